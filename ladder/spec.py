@@ -1,0 +1,248 @@
+"""The ladder job spec: pydantic v2 models loaded from YAML and validated before anything starts.
+
+Owns the schema (`ladder schema`), loading (`load_spec`) and the one-line error format for bad specs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SLUG = r"^[a-z0-9][a-z0-9-]{0,62}$"
+
+
+class SpecError(ValueError):
+    """A spec that cannot be used; the message is one line naming the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StudentSpec(_Strict):
+    base: str = Field(description="HF-format directory (or hub id) of the student's base model.")
+    init: Literal["base", "previous"] = Field(
+        "base", description="Where each rung's student starts: the base model, or the last promoted rung.")
+
+
+class ModelJudge(_Strict):
+    kind: Literal["model"] = Field(description="The judge is an HF-format model directory.")
+    path: str = Field(description="HF-format directory of the judge model.")
+
+
+class RegistryJudge(_Strict):
+    kind: Literal["registry"] = Field(description="The judge is a model version in the MLflow registry.")
+    uri: str = Field(description="An MLflow model URI such as models:/name@judge or models:/name/3.")
+
+    @field_validator("uri")
+    @classmethod
+    def _models_uri(cls, v: str) -> str:
+        if not re.match(r"^models:/[^/@]+(@[\w-]+|/\d+)$", v):
+            raise ValueError("must look like models:/<name>@<alias> or models:/<name>/<version>")
+        return v
+
+
+class VerifierJudge(_Strict):
+    kind: Literal["verifier"] = Field(description="The judge is a Python function (prompt, response, reference) -> score.")
+    function: str = Field(description="Import path module:function of the verifier.")
+
+    @field_validator("function")
+    @classmethod
+    def _import_path(cls, v: str) -> str:
+        if not re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", v):
+            raise ValueError("must be an import path like package.module:function")
+        return v
+
+
+JudgeSource = Annotated[Union[ModelJudge, RegistryJudge, VerifierJudge], Field(discriminator="kind")]
+
+DEFAULT_JUDGE_TEMPLATE = "{prompt}{response}\nok?"
+
+
+class JudgeSpec(_Strict):
+    initial: JudgeSource = Field(description="The rung-1 judge: a model directory, a registry URI or a verifier.")
+    mode: Literal["verdict", "score"] = Field(
+        "verdict", description="verdict: P(yes)/(P(yes)+P(no)) of the next token; score: parse a number the judge writes.")
+    prompt_template: str = Field(
+        DEFAULT_JUDGE_TEMPLATE, description="Judge prompt; must contain {prompt} and {response}.")
+    yes_token: str = Field("yes", description="Token whose probability means approval (verdict mode).")
+    no_token: str = Field("no", description="Token whose probability means disapproval (verdict mode).")
+    score_pattern: str = Field(
+        r"(-?\d+(?:\.\d+)?)\s*$", description="Regex whose first group is the score (score mode).")
+    score_max: float = Field(10.0, gt=0, description="Scores are divided by this to land in [0, 1] (score mode).")
+    score_max_tokens: int = Field(16, ge=1, le=512, description="Tokens the judge may write (score mode).")
+    fallback_score: float = Field(0.0, ge=0, le=1, description="Reward given when the judge output cannot be parsed.")
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _placeholders(cls, v: str) -> str:
+        for key in ("{prompt}", "{response}"):
+            if key not in v:
+                raise ValueError(f"must contain {key}")
+        return v
+
+    @field_validator("score_pattern")
+    @classmethod
+    def _regex(cls, v: str) -> str:
+        try:
+            if re.compile(v).groups < 1:
+                raise ValueError("needs one capture group for the score")
+        except re.error as exc:
+            raise ValueError(f"is not a valid regex: {exc}") from None
+        return v
+
+
+class BuiltinTask(_Strict):
+    kind: Literal["builtin"] = Field(description="A task shipped with judge-ladder.")
+    name: Literal["arithmetic"] = Field("arithmetic", description="Name of the built-in task.")
+    terms: int = Field(3, ge=2, le=6, description="Operands per arithmetic problem.")
+    max_operand: int = Field(9, ge=1, le=99, description="Largest operand.")
+    train_size: int = Field(2000, ge=1, description="Number of training prompts generated.")
+
+
+class JsonlTask(_Strict):
+    kind: Literal["jsonl"] = Field(description="Prompts from a JSONL file of {\"prompt\", \"answer\"?} lines.")
+    path: str = Field(description="Path of the JSONL file.")
+
+
+TaskSource = Annotated[Union[BuiltinTask, JsonlTask], Field(discriminator="kind")]
+
+
+class TaskSpec(_Strict):
+    source: TaskSource = Field(description="Where prompts come from.")
+    eval_size: int = Field(64, ge=1, description="Held-out prompts kept for evaluation.")
+
+
+class RolloutSpec(_Strict):
+    workers: int = Field(1, ge=1, le=512, description="Rollout workers, one vLLM engine each.")
+    group_size: int = Field(4, ge=2, le=256, description="Samples per prompt (the GRPO group).")
+    max_tokens: int = Field(32, ge=1, le=32768, description="Most tokens generated per sample.")
+    temperature: float = Field(1.0, gt=0, le=5, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    kv_cache_gib: float = Field(0.5, gt=0, description="KV cache per engine in GiB (CPU engines).")
+
+
+class JudgePoolSpec(_Strict):
+    workers: int = Field(1, ge=1, le=512, description="Judge workers, one vLLM engine each.")
+    batch_size: int = Field(64, ge=1, description="Pairs scored per request to one worker.")
+
+
+class TrainSpec(_Strict):
+    lr: float = Field(1e-5, gt=0, lt=1, description="AdamW learning rate.")
+    kl_coef: float = Field(0.02, ge=0, description="Weight of the KL penalty to the reference model.")
+    clip_eps: float = Field(0.2, gt=0, lt=1, description="PPO ratio clip range.")
+    steps: int = Field(20, ge=1, description="Training steps per rung (at most).")
+    prompts_per_step: int = Field(8, ge=1, description="Prompts per step; samples = prompts * group_size.")
+    epochs_per_step: int = Field(1, ge=1, le=16, description="Optimizer passes over each step's batch.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+
+
+class EvalSpec(_Strict):
+    every: int = Field(10, ge=1, description="Evaluate every this many steps (and at rung end).")
+    calibration_size: int = Field(64, ge=4, description="Items in the judge calibration set of the gate.")
+
+
+class PromotionSpec(_Strict):
+    policy: Literal["auto", "manual"] = Field("auto", description="auto: promote when the gate passes; manual: wait.")
+    tolerance: float = Field(0.05, ge=0, le=1, description="How much worse than the current judge a candidate may judge.")
+    collapse_share: float = Field(0.9, gt=0, le=1, description="A judge giving this share of samples one score has collapsed.")
+    on_reject: Literal["stop", "retry"] = Field("stop", description="After a rejected rung: stop the ladder or retry the rung.")
+    max_retries: int = Field(1, ge=0, description="Retries of a rejected rung when on_reject is retry.")
+
+
+class SaturationSpec(_Strict):
+    enabled: bool = Field(False, description="End a rung early when the judge approves nearly everything.")
+    window: int = Field(5, ge=1, description="Steps averaged.")
+    threshold: float = Field(0.95, gt=0, le=1, description="Mean judge approval above which the rung ends.")
+
+
+class MlflowSpec(_Strict):
+    tracking_uri: Optional[str] = Field(
+        None, description="MLflow tracking URI; default MLFLOW_TRACKING_URI or sqlite under the work directory.")
+
+
+class LadderSpec(_Strict):
+    name: str = Field(pattern=SLUG, description="Ladder name: lowercase slug; also the registered model name.")
+    seed: int = Field(0, ge=0, description="Seed for data order, sampling and initialisation.")
+    workdir: str = Field(".ladder", description="Directory for checkpoints, local MLflow and controller state.")
+    rungs: int = Field(3, ge=1, le=1000, description="Number of rungs (generations) to run.")
+    checkpoint_every: int = Field(10, ge=1, description="Controller checkpoints at least this often (steps).")
+    student: StudentSpec = Field(description="The model being trained.")
+    judge: JudgeSpec = Field(description="The frozen judge and how it scores.")
+    task: TaskSpec = Field(description="Prompts and ground truth.")
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="Rollout workers.")
+    judge_pool: JudgePoolSpec = Field(default_factory=JudgePoolSpec, description="Judge workers.")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="GRPO trainer.")
+    eval: EvalSpec = Field(default_factory=EvalSpec, description="Evaluation cadence and sizes.")
+    promotion: PromotionSpec = Field(default_factory=PromotionSpec, description="The promotion gate.")
+    saturation: SaturationSpec = Field(default_factory=SaturationSpec, description="Early rung end.")
+    mlflow: MlflowSpec = Field(default_factory=MlflowSpec, description="Tracking and registry.")
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> "LadderSpec":
+        if self.judge.yes_token == self.judge.no_token:
+            raise ValueError("judge.yes_token and judge.no_token must differ")
+        if self.saturation.enabled and self.saturation.window > self.train.steps:
+            raise ValueError("saturation.window must not exceed train.steps")
+        if self.promotion.on_reject == "retry" and self.promotion.max_retries < 1:
+            raise ValueError("promotion.max_retries must be at least 1 when on_reject is retry")
+        return self
+
+    def sha256(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+    def flat(self) -> dict[str, str]:
+        """The spec as dotted keys, for MLflow params."""
+        out: dict[str, str] = {}
+
+        def walk(prefix: str, value: object) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else k, v)
+            else:
+                out[prefix] = str(value)
+
+        walk("", self.model_dump(mode="json"))
+        return out
+
+
+def format_validation_error(err: ValidationError, source: str = "spec") -> str:
+    """One line naming the first bad field, e.g. `spec.yaml: train.lr: Input should be greater than 0`."""
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "<root>"
+    msg = first["msg"].removeprefix("Value error, ")
+    extra = f" ({len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{source}: {loc}: {msg}{extra}"
+
+
+def parse_spec(data: object, source: str = "spec") -> LadderSpec:
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: top level must be a mapping of fields, got {type(data).__name__}")
+    try:
+        return LadderSpec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(format_validation_error(err, source)) from None
+
+
+def load_spec(path: str | Path) -> LadderSpec:
+    """Load and validate a spec file; relative model/task paths are resolved against the file's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: no such spec file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" (line {line + 1})" if line is not None else ""
+        raise SpecError(f"{path}: not valid YAML{where}") from None
+    return parse_spec(data, str(path))
+
+
+def json_schema() -> dict:
+    return LadderSpec.model_json_schema()

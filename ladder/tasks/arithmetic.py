@@ -1,0 +1,84 @@
+"""Multi-step arithmetic: prompts `Q:3+4-2\nA:`, worked solutions `3+4=7,7-2=5#5`, a verifier.
+
+The final answer follows `#`; the verifier gives 1 for a right answer and partial credit for right steps.
+"""
+from __future__ import annotations
+
+import random
+import re
+from typing import Optional
+
+from ladder.tasks.base import Example, Task
+
+ANSWER = re.compile(r"#(-?\d+)")
+STEP = re.compile(r"(-?\d+)([+-])(\d+)=(-?\d+)")
+
+
+def make_example(rng: random.Random, terms: int, max_operand: int) -> Example:
+    nums = [rng.randint(0, max_operand) for _ in range(terms)]
+    ops = []
+    total = nums[0]
+    steps = []
+    for n in nums[1:]:
+        op = "-" if (rng.random() < 0.4 and total >= n) else "+"
+        new = total + n if op == "+" else total - n
+        steps.append(f"{total}{op}{n}={new}")
+        ops.append(op)
+        total = new
+    expr = str(nums[0]) + "".join(f"{o}{n}" for o, n in zip(ops, nums[1:]))
+    return Example(prompt=f"Q:{expr}\nA:", answer=str(total), solution=",".join(steps) + f"#{total}")
+
+
+def build(terms: int, max_operand: int, train_size: int, eval_size: int, seed: int) -> Task:
+    """Train and eval sets drawn without overlap of prompts."""
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    eval_rows: list[Example] = []
+    train_rows: list[Example] = []
+    budget = (train_size + eval_size) * 50
+    while (len(eval_rows) < eval_size or len(train_rows) < train_size) and budget > 0:
+        budget -= 1
+        ex = make_example(rng, terms, max_operand)
+        if ex.prompt in seen:
+            if len(eval_rows) >= eval_size:
+                train_rows.append(ex)  # repeats are fine in training, never across the split
+            continue
+        seen.add(ex.prompt)
+        (eval_rows if len(eval_rows) < eval_size else train_rows).append(ex)
+    eval_prompts = {e.prompt for e in eval_rows}
+    train_rows = [e for e in train_rows if e.prompt not in eval_prompts][:train_size]
+    return Task("arithmetic", tuple(train_rows), tuple(eval_rows), verify, corrupt)
+
+
+def final_answer(response: str) -> Optional[str]:
+    m = ANSWER.search(response)
+    return m.group(1) if m else None
+
+
+def verify(prompt: str, response: str, reference: Optional[str]) -> float:
+    """1.0 for the right final answer; otherwise up to 0.5 for the share of correct, well-formed steps."""
+    if reference is not None and final_answer(response) == str(reference):
+        return 1.0
+    steps = STEP.findall(response.split("#")[0])
+    if not steps:
+        return 0.0
+    good = sum(1 for a, op, b, c in steps if (int(a) + int(b) if op == "+" else int(a) - int(b)) == int(c))
+    return 0.5 * good / max(len(steps), _expected_steps(prompt))
+
+
+def _expected_steps(prompt: str) -> int:
+    return max(1, len(re.findall(r"[+-]", prompt.split("\n")[0][2:])))
+
+
+def corrupt(rng: random.Random, ex: Example) -> str:
+    """A plausible wrong response: one step's result or the final answer is off by a small amount."""
+    assert ex.solution is not None
+    body, ans = ex.solution.split("#")
+    steps = body.split(",")
+    delta = rng.choice([-2, -1, 1, 2, 3])
+    if rng.random() < 0.5:
+        return f"{body}#{int(ans) + delta}"
+    i = rng.randrange(len(steps))
+    lhs, res = steps[i].split("=")
+    steps[i] = f"{lhs}={int(res) + delta}"
+    return ",".join(steps) + f"#{int(ans) + (delta if i == len(steps) - 1 else 0)}"

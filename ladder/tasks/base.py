@@ -1,0 +1,96 @@
+"""The Task type (train / eval prompts, verifier, judge calibration items) and the task registry."""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+
+class TaskError(ValueError):
+    """A dataset that cannot be used; the message is one line naming the file and item."""
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str
+    answer: Optional[str] = None       # ground truth final answer, when the task has one
+    solution: Optional[str] = None     # a worked correct response, when the task can write one
+
+
+@dataclass(frozen=True)
+class CalibrationItem:
+    """A (prompt, response) pair whose correctness is known: used to measure a model *as a judge*."""
+    prompt: str
+    response: str
+    correct: bool
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    train: tuple[Example, ...]
+    eval: tuple[Example, ...]
+    verifier: Optional[Callable[[str, str, Optional[str]], float]]
+    corrupt: Optional[Callable[[random.Random, Example], str]]  # writes a wrong response
+
+    def calibration(self, size: int, seed: int) -> list[CalibrationItem]:
+        """Half correct worked solutions, half corrupted ones, from held-out examples."""
+        if self.corrupt is None:
+            raise TaskError(f"task {self.name}: has no worked solutions, cannot build a judge calibration set")
+        rng = random.Random(seed)
+        items = []
+        for i in range(size):
+            ex = self.eval[i % len(self.eval)]
+            if i % 2 == 0:
+                items.append(CalibrationItem(ex.prompt, ex.solution or "", True))
+            else:
+                items.append(CalibrationItem(ex.prompt, self.corrupt(rng, ex), False))
+        return items
+
+
+def load_jsonl(path: str | Path) -> list[Example]:
+    path = Path(path)
+    if not path.is_file():
+        raise TaskError(f"{path}: no such dataset file")
+    out = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TaskError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"]:
+            raise TaskError(f"{path}:{n}: each line needs a non-empty string field \"prompt\"")
+        answer = row.get("answer")
+        out.append(Example(row["prompt"], None if answer is None else str(answer), row.get("solution")))
+    if not out:
+        raise TaskError(f"{path}: dataset is empty")
+    return out
+
+
+def build_task(task_spec, seed: int) -> Task:
+    """Task from a `TaskSpec`: a built-in generator or a JSONL file split into train / eval."""
+    from ladder.tasks import arithmetic
+
+    source = task_spec.source
+    if source.kind == "builtin":
+        builder = TASKS[source.name]
+        return builder(source, task_spec.eval_size, seed)
+    rows = load_jsonl(source.path)
+    if len(rows) <= task_spec.eval_size:
+        raise TaskError(f"{source.path}: {len(rows)} rows, need more than task.eval_size={task_spec.eval_size}")
+    random.Random(seed).shuffle(rows)
+    eval_rows, train_rows = rows[: task_spec.eval_size], rows[task_spec.eval_size:]
+    verifier = arithmetic.verify if all(r.answer is not None for r in rows) else None
+    return Task("jsonl", tuple(train_rows), tuple(eval_rows), verifier, None)
+
+
+def _arithmetic(source, eval_size: int, seed: int) -> Task:
+    from ladder.tasks import arithmetic
+    return arithmetic.build(source.terms, source.max_operand, source.train_size, eval_size, seed)
+
+
+TASKS = {"arithmetic": _arithmetic}

@@ -1,0 +1,44 @@
+"""Rollout worker: one vLLM engine holding the student's current weights; samples completions.
+
+Weights arrive as `WeightsRef` (a safetensors blob in the Ray object store) and replace the engine's in place.
+"""
+from __future__ import annotations
+
+from ladder.batches import Sample, WeightsRef
+from stages.engine import EngineConfig, build_llm, load_state_dict_into
+
+
+class RolloutWorker:
+    def __init__(self, cfg: EngineConfig):
+        self.cfg = cfg
+        self.llm = build_llm(cfg)
+        self.version = 0
+
+    def generate(self, prompts: list[str], n: int, max_tokens: int, temperature: float = 1.0,
+                 top_p: float = 1.0) -> list[list[Sample]]:
+        """`n` samples for each prompt (temperature 0: greedy), with the sampled tokens' logprobs."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                                logprobs=0)
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        return [[_sample(out.prompt_token_ids, c) for c in out.outputs] for out in outputs]
+
+    def load_weights(self, ref: WeightsRef) -> int:
+        """Load a new weights version in place; returns the version now served."""
+        import ray
+        from safetensors.torch import load
+
+        blob = ray.get(ref.blob) if isinstance(ref.blob, ray.ObjectRef) else ref.blob
+        load_state_dict_into(self.llm, load(blob))
+        self.version = ref.version
+        return self.version
+
+    def weights_version(self) -> int:
+        return self.version
+
+
+def _sample(prompt_ids, completion) -> Sample:
+    ids = tuple(completion.token_ids)
+    logprobs = tuple(step[tok].logprob for step, tok in zip(completion.logprobs or [], ids))
+    return Sample(tuple(prompt_ids), ids, completion.text, logprobs)

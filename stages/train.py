@@ -1,0 +1,157 @@
+"""GRPO trainer: the student and a frozen reference in torch, AdamW, clipped-ratio loss with KL.
+
+`step(judged)` updates the student; `export_weights()` puts a safetensors blob in the Ray object store.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ladder.batches import JudgedBatch, TrainStats, WeightsRef
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float = 1e-5
+    kl_coef: float = 0.02
+    clip_eps: float = 0.2
+    epochs_per_step: int = 1
+    max_grad_norm: float = 1.0
+    weight_decay: float = 0.0
+
+    @classmethod
+    def from_spec(cls, train_spec) -> "TrainConfig":
+        return cls(**{k: getattr(train_spec, k) for k in cls.__dataclass_fields__})
+
+
+def group_advantages(scores, groups, eps: float = 1e-4):
+    """GRPO advantages: (r - mean of the prompt's group) / (std of the group + eps); [n_samples]."""
+    import torch
+
+    r = torch.tensor(scores, dtype=torch.float32)
+    g = torch.tensor(groups)
+    adv = torch.zeros_like(r)
+    for k in g.unique():
+        m = g == k
+        adv[m] = (r[m] - r[m].mean()) / (r[m].std(unbiased=False) + eps)
+    return adv
+
+
+def pack(samples, pad_id: int):
+    """Right-padded `input_ids [B, T]`, `completion_mask [B, T-1]` (over next-token targets), old logprobs."""
+    import torch
+
+    seqs = [list(s.prompt_ids) + list(s.completion_ids) for s in samples]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    mask = torch.zeros((len(seqs), width - 1), dtype=torch.float32)
+    vllm_lp = torch.zeros((len(seqs), width - 1), dtype=torch.float32)
+    for i, (s, seq) in enumerate(zip(samples, seqs)):
+        ids[i, : len(seq)] = torch.tensor(seq)
+        attn[i, : len(seq)] = 1
+        p, c = len(s.prompt_ids), len(s.completion_ids)
+        mask[i, p - 1: p - 1 + c] = 1
+        if s.logprobs:
+            vllm_lp[i, p - 1: p - 1 + c] = torch.tensor(s.logprobs)
+    return ids, attn, mask, vllm_lp
+
+
+def token_logprobs(model, ids, attn):
+    """log p(ids[:, t+1] | ids[:, :t+1]) for every position; [B, T-1]."""
+    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+    return logits.log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+
+
+class Trainer:
+    """Holds the student (trained), the reference (frozen) and the optimizer."""
+
+    def __init__(self, model_path: str, cfg: TrainConfig, seed: int = 0):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch.manual_seed(seed)
+        self.cfg = cfg
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        self.ref = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+        self.ref.requires_grad_(False)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.steps = 0
+        self.version = 0
+
+    def step(self, judged: JudgedBatch) -> TrainStats:
+        import torch
+
+        t0 = time.perf_counter()
+        batch = judged.rollout
+        adv = group_advantages(judged.scores, batch.group)
+        ids, attn, mask, vllm_lp = pack(batch.samples, self.tokenizer.pad_token_id)
+        with torch.no_grad():
+            ref_lp = token_logprobs(self.ref, ids, attn)
+            old_lp = token_logprobs(self.model, ids, attn)
+        n_tok = mask.sum().clamp(min=1)
+        mismatch = ((old_lp - vllm_lp).abs() * mask).sum() / n_tok
+        self.model.train()
+        for _ in range(self.cfg.epochs_per_step):
+            loss, kl, clip_frac = self._loss(ids, attn, mask, adv, old_lp, ref_lp, n_tok)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+            self.opt.step()
+        self.model.eval()
+        self.steps += 1
+        r = torch.tensor(judged.scores)
+        return TrainStats(self.steps, loss.item(), kl.item(), clip_frac.item(), float(grad_norm),
+                          r.mean().item(), r.std(unbiased=False).item(), mismatch.item(),
+                          time.perf_counter() - t0)
+
+    def _loss(self, ids, attn, mask, adv, old_lp, ref_lp, n_tok):
+        import torch
+
+        lp = token_logprobs(self.model, ids, attn)
+        ratio = torch.exp(lp - old_lp)
+        a = adv[:, None]
+        eps = self.cfg.clip_eps
+        surrogate = torch.minimum(ratio * a, ratio.clamp(1 - eps, 1 + eps) * a)
+        log_r = ref_lp - lp
+        kl = torch.exp(log_r) - log_r - 1  # k3 estimator of KL(policy || reference), per token
+        per_token = -(surrogate - self.cfg.kl_coef * kl)
+        loss = (per_token * mask).sum() / n_tok
+        clipped = ((ratio - 1).abs() > eps).float()
+        return loss, (kl.detach() * mask).sum() / n_tok, (clipped * mask).sum() / n_tok
+
+    def sequence_logprobs(self, samples) -> list[float]:
+        """Sum of the student's logprobs over each sample's completion (for tests and diagnostics)."""
+        import torch
+
+        ids, attn, mask, _ = pack(samples, self.tokenizer.pad_token_id)
+        with torch.no_grad():
+            return ((token_logprobs(self.model, ids, attn) * mask).sum(-1)).tolist()
+
+    def state_blob(self) -> bytes:
+        from safetensors.torch import save
+
+        state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()
+                 if k != "lm_head.weight" or not self.model.config.tie_word_embeddings}
+        return save(state)
+
+    def export_weights(self) -> WeightsRef:
+        """The current weights as a safetensors blob in the Ray object store."""
+        import ray
+
+        blob = self.state_blob()
+        self.version += 1
+        return WeightsRef(self.version, ray.put(blob), len(blob), {"step": self.steps})
+
+    def parameter_checksum(self) -> float:
+        return float(sum(p.detach().double().abs().sum() for p in self.model.parameters()))
+
+    def save(self, out_dir: str) -> str:
+        """An HF-format checkpoint (model + tokenizer) that transformers and vLLM load."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(out, safe_serialization=True)
+        self.tokenizer.save_pretrained(out)
+        return str(out)
