@@ -1,0 +1,110 @@
+"""The `ladder` command line: validate, schema, bootstrap, train-rung (and the ladder commands).
+
+Imports stay cheap: torch, vLLM and Ray are imported inside the commands that need them.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="judge-ladder: iterated RL from AI feedback, where each trained student "
+                       "becomes the frozen judge of the next.")
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
+
+
+def fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _load(spec_path: Path):
+    from ladder.spec import SpecError, load_spec
+
+    try:
+        return load_spec(spec_path)
+    except SpecError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def validate(spec: Path = typer.Argument(..., help="Ladder spec YAML file."),
+             as_json: bool = typer.Option(False, "--json", help="Print the validated spec as JSON.")):
+    """Check a spec (fields, bounds, cross-field rules) without starting anything."""
+    loaded = _load(spec)
+    if as_json:
+        typer.echo(json.dumps(loaded.model_dump(mode="json"), indent=2))
+    else:
+        typer.echo(f"{spec}: ok (ladder {loaded.name!r}, {loaded.rungs} rungs, "
+                   f"{loaded.train.steps} steps per rung, judge {loaded.judge.initial.kind})")
+
+
+@app.command()
+def schema():
+    """Print the JSON Schema of a ladder spec."""
+    from ladder.spec import json_schema
+
+    typer.echo(json.dumps(json_schema(), indent=2))
+
+
+@app.command()
+def bootstrap(out: Path = typer.Option(Path(".ladder/models/tiny-base"), help="Where to write the model."),
+              size: str = typer.Option("micro", help="Model size: nano, micro, small, bench."),
+              steps: int = typer.Option(1200, min=1, help="SFT steps."),
+              seed: int = typer.Option(0, help="Seed."),
+              force: bool = typer.Option(False, help="Rebuild even if the model exists."),
+              as_json: bool = typer.Option(False, "--json", help="Print the report as JSON.")):
+    """SFT a tiny model on the arithmetic task and on judging examples; report its accuracies."""
+    from ladder.models.tiny import SIZES
+
+    if size not in SIZES:
+        fail(f"--size: unknown size {size!r}; choose one of {', '.join(SIZES)}")
+    report_file = out / "bootstrap.json"
+    if report_file.is_file() and not force:
+        report = json.loads(report_file.read_text())
+        typer.echo(json.dumps(report) if as_json else f"{out}: already bootstrapped (use --force to rebuild); "
+                   f"answer accuracy {report['answer_accuracy']:.2f}, judge accuracy {report['judge_accuracy']:.2f}")
+        return
+    import torch
+
+    from ladder.bootstrap import bootstrap as run_bootstrap
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    log = (lambda m: typer.echo(m, err=True)) if as_json else typer.echo
+    result = run_bootstrap(out, size=size, steps=steps, seed=seed, log=log)
+    from dataclasses import asdict
+    if as_json:
+        typer.echo(json.dumps(asdict(result)))
+    else:
+        typer.echo(f"bootstrapped {result.model_dir}: {result.parameters / 1e6:.2f}M parameters, "
+                   f"{result.steps} steps in {result.seconds:.0f}s; held-out answer accuracy "
+                   f"{result.answer_accuracy:.2f}, judge accuracy {result.judge_accuracy:.2f}")
+
+
+@app.command("train-rung")
+def train_rung(spec: Path = typer.Argument(..., help="Ladder spec YAML file."),
+               steps: Optional[int] = typer.Option(None, min=1, help="Override train.steps."),
+               out: Optional[Path] = typer.Option(None, help="Where to save the trained student."),
+               as_json: bool = typer.Option(False, "--json", help="One JSON object per step on stdout."),
+               verbose: bool = typer.Option(False, help="Show Ray and vLLM logs.")):
+    """Run one rung (rollout -> judge -> train -> sync) against the spec's initial judge."""
+    loaded = _load(spec)
+    from ladder.rung_driver import run_single_rung
+
+    try:
+        run_single_rung(loaded, steps=steps, out=out, as_json=as_json, verbose=verbose)
+    except USER_ERRORS as exc:
+        fail(str(exc).splitlines()[0])
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

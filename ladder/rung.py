@@ -1,0 +1,196 @@
+"""One rung: rollout -> judge -> train -> weight sync, for N steps, with evaluation.
+
+`Rung` owns the stage actors of one generation and keeps their engines alive across steps.
+"""
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ladder.batches import PromptBatch, RolloutBatch
+from ladder.tasks.base import Task
+
+
+@dataclass(frozen=True)
+class ResolvedJudge:
+    """A judge ready to start: a local HF model directory, or a verifier import path."""
+    kind: str                     # "model" | "verifier"
+    location: str                 # directory or module:function
+    label: str                    # what lineage records (a version, a path, a function)
+
+
+@dataclass
+class PromptCursor:
+    """Deterministic, resumable walk over the training prompts (reshuffled each epoch)."""
+    size: int
+    seed: int
+    epoch: int = 0
+    index: int = 0
+    _order: list = field(default_factory=list, repr=False)
+
+    def next(self, n: int) -> list[int]:
+        out = []
+        while len(out) < n:
+            if not self._order or self.index >= self.size:
+                if self._order:
+                    self.epoch, self.index = self.epoch + 1, 0
+                self._order = list(range(self.size))
+                random.Random(self.seed * 1000 + self.epoch).shuffle(self._order)
+            out.append(self._order[self.index])
+            self.index += 1
+        return out
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+    @classmethod
+    def restore(cls, size: int, seed: int, state: dict) -> "PromptCursor":
+        cur = cls(size, seed, state["epoch"], state["index"])
+        cur._order = list(range(size))
+        random.Random(seed * 1000 + cur.epoch).shuffle(cur._order)
+        return cur
+
+
+def judge_health(scores, parse_failures: int) -> dict[str, float]:
+    """Parse-failure rate, share of samples given the single most common score, mean approval."""
+    n = max(1, len(scores))
+    common = Counter(round(s, 3) for s in scores).most_common(1)
+    return {"judge/parse_failure_rate": parse_failures / n,
+            "judge/identical_share": (common[0][1] / n) if common else 0.0,
+            "judge/approval": sum(scores) / n}
+
+
+def split(items: list, parts: int) -> list[list]:
+    k, r = divmod(len(items), parts)
+    out, start = [], 0
+    for i in range(parts):
+        end = start + k + (i < r)
+        out.append(items[start:end])
+        start = end
+    return out
+
+
+class Rung:
+    """The stage actors of one rung and the step loop that drives them."""
+
+    def __init__(self, spec, task: Task, student_path: str, judge: ResolvedJudge, seed: int):
+        from stages.actors import spawn
+        from stages.engine import EngineConfig
+        from stages.judge import JudgeConfig, JudgePool, JudgeWorker, load_verifier
+        from stages.rollout import RolloutWorker
+        from stages.train import TrainConfig, Trainer
+
+        self.spec, self.task, self.judge = spec, task, judge
+        self.cursor = PromptCursor(len(task.train), seed)
+        ro = spec.rollout
+        student_cfg = EngineConfig(student_path, seed=seed, kv_cache_gib=ro.kv_cache_gib)
+        self.trainer = spawn(Trainer, student_path, TrainConfig.from_spec(spec.train), seed)
+        self.rollout = [spawn(RolloutWorker, EngineConfig(**{**student_cfg.__dict__, "seed": seed + i}))
+                        for i in range(ro.workers)]
+        if judge.kind == "verifier":
+            self.pool = JudgePool([], spec.judge_pool.batch_size, verifier=load_verifier(judge.location))
+        else:
+            judge_cfg = JudgeConfig.from_spec(spec.judge)
+            engine = EngineConfig(judge.location, seed=seed, kv_cache_gib=ro.kv_cache_gib)
+            start = lambda: spawn(JudgeWorker, engine, judge_cfg)  # noqa: E731
+            self.pool = JudgePool([start() for _ in range(spec.judge_pool.workers)],
+                                  spec.judge_pool.batch_size, respawn=start)
+        self.step_no = 0
+        self.weights_version = 0
+
+    def actors(self) -> list:
+        return [self.trainer, *self.rollout, *self.pool.workers]
+
+    def ready(self) -> float:
+        """Block until every engine is up; returns the seconds waited."""
+        import ray
+
+        t0 = time.perf_counter()
+        ray.get([a.__ray_ready__.remote() for a in self.actors()])
+        return time.perf_counter() - t0
+
+    def next_prompts(self) -> PromptBatch:
+        rows = [self.task.train[i] for i in self.cursor.next(self.spec.train.prompts_per_step)]
+        return PromptBatch(tuple(r.prompt for r in rows), tuple(r.answer for r in rows))
+
+    def generate(self, batch: PromptBatch, n: int, temperature: float) -> RolloutBatch:
+        """Prompts split over the rollout workers; `n` samples each."""
+        import ray
+
+        ro = self.spec.rollout
+        idx = list(range(len(batch.prompts)))
+        parts = [p for p in split(idx, len(self.rollout)) if p]
+        refs = [w.generate.remote([batch.prompts[i] for i in part], n, ro.max_tokens, temperature, ro.top_p)
+                for w, part in zip(self.rollout, parts)]
+        prompts, refs_out, samples, group = [], [], [], []
+        for part, result in zip(parts, ray.get(refs)):
+            for i, group_samples in zip(part, result):
+                for s in group_samples:
+                    prompts.append(batch.prompts[i])
+                    refs_out.append(batch.references[i])
+                    samples.append(s)
+                    group.append(i)
+        return RolloutBatch(tuple(prompts), tuple(refs_out), tuple(samples), tuple(group))
+
+    def step(self) -> dict[str, float]:
+        """One GRPO step; returns its metrics (reward, KL, loss, tokens/s, per-stage seconds)."""
+        import ray
+
+        t0 = time.perf_counter()
+        rollout = self.generate(self.next_prompts(), self.spec.rollout.group_size, self.spec.rollout.temperature)
+        t1 = time.perf_counter()
+        judged = self.pool.score(rollout)
+        t2 = time.perf_counter()
+        stats = ray.get(self.trainer.step.remote(judged))
+        t3 = time.perf_counter()
+        self.sync()
+        t4 = time.perf_counter()
+        self.step_no += 1
+        tokens = rollout.n_tokens
+        return {
+            "reward/mean": stats.reward_mean, "reward/std": stats.reward_std, "train/kl": stats.kl,
+            "train/loss": stats.loss, "train/grad_norm": stats.grad_norm, "train/clip_frac": stats.clip_frac,
+            "train/logprob_mismatch": stats.logprob_mismatch,
+            "rollout/tokens": float(tokens), "rollout/tokens_per_s": tokens / max(t1 - t0, 1e-9),
+            "judge/samples_per_s": len(judged.scores) / max(t2 - t1, 1e-9),
+            "time/rollout_s": t1 - t0, "time/judge_s": t2 - t1, "time/train_s": t3 - t2,
+            "time/sync_s": t4 - t3, "time/step_s": t4 - t0,
+            **judge_health(judged.scores, judged.parse_failures),
+        }
+
+    def sync(self) -> int:
+        """Push the trainer's weights to every rollout worker, in place."""
+        import ray
+
+        ref = ray.get(self.trainer.export_weights.remote())
+        ray.get([w.load_weights.remote(ref) for w in self.rollout])
+        self.weights_version = ref.version
+        return ref.version
+
+    def evaluate(self, n: Optional[int] = None) -> dict[str, float]:
+        """Held-out greedy answer accuracy (where the task has a verifier) and judge reward."""
+        rows = self.task.eval[: n or len(self.task.eval)]
+        batch = PromptBatch(tuple(r.prompt for r in rows), tuple(r.answer for r in rows))
+        rollout = self.generate(batch, 1, 0.0)
+        judged = self.pool.score(rollout)
+        out = {"eval/judge_reward": sum(judged.scores) / len(judged.scores)}
+        if self.task.verifier is not None:
+            from ladder.tasks.arithmetic import final_answer
+
+            out["eval/accuracy"] = sum(final_answer(t) == r for t, r in zip(rollout.responses, batch.references)) / len(rows)
+            out["eval/verifier_reward"] = sum(self.task.verifier(p, t, r) for p, t, r in
+                                              zip(batch.prompts, rollout.responses, batch.references)) / len(rows)
+        return out
+
+    def save_student(self, out_dir: str) -> str:
+        import ray
+
+        return ray.get(self.trainer.save.remote(out_dir))
+
+    def shutdown(self) -> None:
+        from stages.actors import kill_all
+
+        kill_all(self.actors())
