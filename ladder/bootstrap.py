@@ -59,12 +59,26 @@ def _encode(tokenizer, pairs):
     return ids, attn, labels
 
 
+def _balanced_loss(logits, labels, is_solve):
+    """Mean token loss of solving plus mean token loss of judging, so one-token verdicts are not drowned."""
+    import torch.nn.functional as F
+
+    tok_loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:], reduction="none", ignore_index=-100)
+    valid = (labels[:, 1:] != -100).float()
+    total = 0.0
+    for rows in (is_solve, ~is_solve):
+        if rows.any():
+            total = total + (tok_loss[rows] * valid[rows]).sum() / valid[rows].sum()
+    return total
+
+
 def greedy_accuracy(model, tokenizer, task, n: int, max_new_tokens: int = 32) -> float:
     import torch
 
     from ladder.tasks.arithmetic import final_answer
 
     rows = task.eval[:n]
+    tokenizer.padding_side = "left"
     enc = tokenizer([e.prompt for e in rows], return_tensors="pt", padding=True, add_special_tokens=False)
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
@@ -78,6 +92,7 @@ def verdicts(model, tokenizer, texts: list[str], yes: str, no: str) -> list[floa
     import torch
 
     y, n = tokenizer.convert_tokens_to_ids(yes), tokenizer.convert_tokens_to_ids(no)
+    tokenizer.padding_side = "left"
     enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     with torch.no_grad():
         logits = model(**enc).logits[:, -1].float()
@@ -111,8 +126,10 @@ def bootstrap(out_dir: str | Path, size: str = "micro", steps: int = 600, batch:
     model.train()
     loss = torch.tensor(0.0)
     for step in range(1, steps + 1):
-        ids, attn, labels = _encode(tokenizer, _examples(task, template, rng, batch, yes, no))
-        loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+        pairs = _examples(task, template, rng, batch, yes, no)
+        ids, attn, labels = _encode(tokenizer, pairs)
+        is_solve = torch.tensor([solve for _, _, solve in pairs])
+        loss = _balanced_loss(model(input_ids=ids, attention_mask=attn).logits, labels, is_solve)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

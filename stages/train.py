@@ -102,7 +102,7 @@ class Trainer:
             self.opt.step()
         self.model.eval()
         self.steps += 1
-        r = torch.tensor(judged.scores)
+        r = torch.tensor(judged.scores, dtype=torch.float32)
         return TrainStats(self.steps, loss.item(), kl.item(), clip_frac.item(), float(grad_norm),
                           r.mean().item(), r.std(unbiased=False).item(), mismatch.item(),
                           time.perf_counter() - t0)

@@ -1,0 +1,1 @@
+"""Running ladders on a Ray cluster: Jobs API submission, placement, KubeRay manifests."""

@@ -1,0 +1,83 @@
+"""The arithmetic task, its verifier and calibration set; JSONL loading; the tiny model factory."""
+import json
+import random
+
+import pytest
+
+from ladder.tasks.arithmetic import build, corrupt, final_answer, make_example, verify
+from ladder.tasks.base import TaskError, load_jsonl
+
+
+def test_worked_solution_is_correct_and_verified():
+    rng = random.Random(0)
+    for _ in range(200):
+        ex = make_example(rng, 4, 9)
+        assert eval(ex.prompt[2:-3]) == int(ex.answer)
+        assert final_answer(ex.solution) == ex.answer
+        assert verify(ex.prompt, ex.solution, ex.answer) == 1.0
+
+
+def test_corrupted_responses_are_wrong():
+    rng = random.Random(1)
+    for _ in range(200):
+        ex = make_example(rng, 3, 9)
+        bad = corrupt(rng, ex)
+        assert bad != ex.solution
+        assert verify(ex.prompt, bad, ex.answer) < 1.0 or final_answer(bad) == ex.answer
+
+
+def test_verifier_partial_credit_and_garbage():
+    assert verify("Q:1+2+3\nA:", "1+2=3,3+3=7#7", "6") == 0.25
+    assert verify("Q:1+2+3\nA:", "zzzz", "6") == 0.0
+
+
+def test_split_has_no_overlap_and_calibration_is_balanced():
+    task = build(3, 9, 500, 50, seed=3)
+    assert not {e.prompt for e in task.train} & {e.prompt for e in task.eval}
+    items = task.calibration(40, seed=0)
+    assert sum(i.correct for i in items) == 20
+    assert all(verify(i.prompt, i.response, None) <= 1 for i in items)
+
+
+@pytest.mark.parametrize("content,message", [
+    ("", "empty"),
+    ("{not json}\n", ":1: not valid JSON"),
+    ('{"answer": 3}\n', ':1: each line needs a non-empty string field "prompt"'),
+])
+def test_jsonl_errors_name_the_line(tmp_path, content, message):
+    path = tmp_path / "d.jsonl"
+    path.write_text(content)
+    with pytest.raises(TaskError, match=message.replace("{", r"\{").replace("}", r"\}")):
+        load_jsonl(path)
+
+
+def test_jsonl_loads(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": f"Q:{i}+1\nA:", "answer": i + 1}) for i in range(5)))
+    rows = load_jsonl(path)
+    assert [r.answer for r in rows] == ["1", "2", "3", "4", "5"]
+
+
+def test_char_tokenizer_round_trips_and_verdict_words_are_single_tokens():
+    from ladder.models.tiny import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    text = "Q:3+4-2\nA:3+4=7,7-2=5#5"
+    ids = tok.encode(text, add_special_tokens=False)
+    assert len(ids) == len(text)
+    assert tok.decode(ids) == text
+    assert len(tok.encode("yes", add_special_tokens=False)) == 1
+    assert len(tok.encode("no", add_special_tokens=False)) == 1
+
+
+def test_tiny_model_builds_with_requested_size(tmp_path):
+    from transformers import AutoConfig
+
+    from ladder.models.tiny import SIZES, build_tiny_model, count_parameters
+
+    small = build_tiny_model(tmp_path / "a", "nano")
+    bigger = build_tiny_model(tmp_path / "b", "micro")
+    cfg = AutoConfig.from_pretrained(small)
+    assert cfg.hidden_size // cfg.num_attention_heads == 64
+    assert cfg.hidden_size == SIZES["nano"].hidden
+    assert count_parameters(bigger) > count_parameters(small) > 100_000
