@@ -40,6 +40,10 @@ class JudgeConfig:
 
 
 def _single_token(tokenizer, text: str, field: str) -> int:
+    """The id of `text` as one vocabulary entry (or the one token it encodes to)."""
+    vocab_id = tokenizer.get_vocab().get(text)
+    if vocab_id is not None:
+        return vocab_id
     ids = tokenizer.encode(text, add_special_tokens=False)
     if len(ids) != 1:
         raise JudgeError(f"judge.{field}: {text!r} is {len(ids)} tokens for this judge's tokenizer, need exactly 1")

@@ -29,17 +29,32 @@ SIZES = {
 }
 
 
+def byte_symbol(ch: str) -> str:
+    """GPT-2 byte-level symbol of an ASCII character (space -> 'Ġ', newline -> 'Ċ')."""
+    b = ord(ch)
+    printable = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+    if b in printable:
+        return ch
+    return chr(256 + sorted(set(range(256)) - set(printable)).index(b))
+
+
 def build_char_tokenizer():
-    """A PreTrainedTokenizerFast that maps every character to one token, plus <pad>, <eos>, yes, no."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    """A tokenizer mapping every character to one token, plus <pad>, <eos>, yes, no.
+
+    It is a byte-level BPE with no merges, so transformers' Qwen2Tokenizer (which AutoTokenizer
+    picks for qwen2 models) and vLLM rebuild exactly the same tokenizer from the saved files.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate([PAD, EOS, *WORD_TOKENS, *CHARS])}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="?"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("yes|no|."), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD, padding_side="left")
-    return fast
+    symbols = [PAD, EOS, *WORD_TOKENS, *(byte_symbol(c) for c in CHARS)]
+    vocab = {tok: i for i, tok in enumerate(symbols)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_tokens([AddedToken(w, normalized=False, special=False) for w in WORD_TOKENS])
+    tok.add_special_tokens([AddedToken(PAD, special=True), AddedToken(EOS, special=True)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD, padding_side="left")
 
 
 def build_tiny_model(out_dir: str | Path, size: str | TinySize = "micro", seed: int = 0,

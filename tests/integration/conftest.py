@@ -1,0 +1,59 @@
+"""Integration fixtures: one local Ray per session, one bootstrapped tiny model, shared engines."""
+import os
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+MODEL_CACHE = os.environ.get("LADDER_TEST_MODEL")  # reuse a bootstrapped model across runs, if given
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=8, include_dashboard=False, namespace="ladder-test", log_to_driver=False,
+             runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """A tiny model SFT-trained briefly: a weak solver and a weak judge (about a minute on 2 cores)."""
+    if MODEL_CACHE and (Path(MODEL_CACHE) / "bootstrap.json").is_file():
+        return MODEL_CACHE
+    from ladder.bootstrap import bootstrap
+
+    out = Path(MODEL_CACHE) if MODEL_CACHE else tmp_path_factory.mktemp("models") / "tiny"
+    bootstrap(out, size="micro", steps=300, seed=0, log=lambda m: None)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def engine_cfg(tiny_model):
+    from stages.engine import EngineConfig
+
+    return EngineConfig(tiny_model, seed=0, kv_cache_gib=0.25)
+
+
+@pytest.fixture(scope="session")
+def rollout_worker(ray_local, engine_cfg):
+    from stages.actors import spawn
+    from stages.rollout import RolloutWorker
+
+    worker = spawn(RolloutWorker, engine_cfg)
+    ray_local.get(worker.__ray_ready__.remote())
+    yield worker
+    ray_local.kill(worker)
+
+
+@pytest.fixture(scope="session")
+def judge_worker(ray_local, engine_cfg):
+    from stages.actors import spawn
+    from stages.judge import JudgeConfig, JudgeWorker
+
+    worker = spawn(JudgeWorker, engine_cfg, JudgeConfig())
+    ray_local.get(worker.__ray_ready__.remote())
+    yield worker
+    ray_local.kill(worker)
