@@ -145,20 +145,22 @@ class JudgePool:
         import ray
 
         chunks = [(i, i + self.batch_size) for i in range(0, len(prompts), self.batch_size)]
-        pending = {k: self._submit(k, prompts[a:b], responses[a:b]) for k, (a, b) in enumerate(chunks)}
+        pending = {}
+        for k, (a, b) in enumerate(chunks):
+            worker = self.workers[k % len(self.workers)]
+            pending[k] = (worker, worker.score.remote(prompts[a:b], responses[a:b]))
         results: dict[int, tuple[list[float], int]] = {}
-        for k, ref in pending.items():
+        for k, (worker, ref) in pending.items():
             try:
                 results[k] = ray.get(ref)
             except ray.exceptions.RayActorError:
+                index = k % len(self.workers)
+                if self.workers[index] is worker:  # not yet replaced by an earlier failed chunk
+                    self._replace(index)
                 a, b = chunks[k]
-                self._replace(k % len(self.workers))
-                results[k] = ray.get(self._submit(k, prompts[a:b], responses[a:b]))
+                results[k] = ray.get(self.workers[index].score.remote(prompts[a:b], responses[a:b]))
         scores = [s for k in range(len(chunks)) for s in results[k][0]]
         return scores, sum(results[k][1] for k in results)
-
-    def _submit(self, k: int, prompts: list[str], responses: list[str]):
-        return self.workers[k % len(self.workers)].score.remote(prompts, responses)
 
     def _replace(self, index: int) -> None:
         if self.respawn is None:

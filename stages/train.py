@@ -133,8 +133,7 @@ class Trainer:
     def state_blob(self) -> bytes:
         from safetensors.torch import save
 
-        state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()
-                 if k != "lm_head.weight" or not self.model.config.tie_word_embeddings}
+        state = {k: v.detach().clone().contiguous() for k, v in self.model.state_dict().items()}
         return save(state)
 
     def export_weights(self) -> WeightsRef:

@@ -111,6 +111,8 @@ def test_judge_pool_spreads_batches_and_replaces_dead_workers(ray_local, engine_
     victim = spawn(JudgeWorker, engine_cfg, JudgeConfig())
     ray.get(victim.__ray_ready__.remote())
     ray.kill(victim)
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(victim.__ray_ready__.remote(), timeout=60)
     pool = JudgePool([judge_worker, victim], batch_size=3, respawn=lambda: judge_worker)
     prompts = PROMPTS * 3
     responses = ["1+1=2#2"] * len(prompts)
