@@ -102,6 +102,75 @@ def train_rung(spec: Path = typer.Argument(..., help="Ladder spec YAML file."),
         fail(str(exc).splitlines()[0])
 
 
+@app.command()
+def run(spec: Path = typer.Argument(..., help="Ladder spec YAML file."),
+        as_json: bool = typer.Option(False, "--json", help="JSON progress lines and a JSON summary."),
+        verbose: bool = typer.Option(False, help="Show Ray and vLLM logs.")):
+    """Run a whole ladder (all rungs) on a local Ray (or RAY_ADDRESS), recording everything in MLflow."""
+    loaded = _load(spec)
+    from ladder.ladder_driver import run_ladder
+    from ladder.rung_driver import resolve_initial_judge
+    from stages.engine import check_model_dir
+
+    try:
+        check_model_dir(loaded.student.base)
+        judge = resolve_initial_judge(loaded)
+        if judge.kind == "model":
+            check_model_dir(judge.location)
+        final = run_ladder(loaded, as_json=as_json, verbose=verbose)
+    except USER_ERRORS as exc:
+        fail(str(exc).splitlines()[0])
+    if final["state"] == "failed":
+        raise typer.Exit(1)
+
+
+def _registry(spec_path: Path):
+    from ladder.registry import Registry
+
+    return Registry.for_spec(_load(spec_path))
+
+
+@app.command()
+def lineage(spec: Path = typer.Argument(..., help="Ladder spec YAML file (names the ladder and MLflow)."),
+            as_json: bool = typer.Option(False, "--json", help="Rows as JSON.")):
+    """Show every rung's model version: who judged it, its status, accuracies and aliases."""
+    from ladder.ladder_driver import aliases_of, format_table, lineage_rows
+
+    reg = _registry(spec)
+    rows = lineage_rows(reg)
+    typer.echo(json.dumps(rows) if as_json else format_table(rows, aliases_of(reg)))
+
+
+@app.command()
+def promote(spec: Path = typer.Argument(..., help="Ladder spec YAML file."),
+            version: str = typer.Argument(..., help="Model version to promote."),
+            reason: str = typer.Option("", help="Why (recorded on the version).")):
+    """Promote a version by hand: aliases judge and champion move to it (overrides the gate)."""
+    from ladder.registry import RegistryError
+
+    reg = _registry(spec)
+    try:
+        reg.promote(version, by="human", reason=reason)
+    except RegistryError as exc:
+        fail(str(exc))
+    typer.echo(f"{reg.name} v{version}: promoted (judge, champion -> v{version})")
+
+
+@app.command()
+def reject(spec: Path = typer.Argument(..., help="Ladder spec YAML file."),
+           version: str = typer.Argument(..., help="Model version to reject."),
+           reason: str = typer.Option("", help="Why (recorded on the version).")):
+    """Reject a version by hand; the judge alias does not move."""
+    from ladder.registry import RegistryError
+
+    reg = _registry(spec)
+    try:
+        reg.reject(version, by="human", reason=reason)
+    except RegistryError as exc:
+        fail(str(exc))
+    typer.echo(f"{reg.name} v{version}: rejected")
+
+
 def main() -> None:  # pragma: no cover
     app()
 

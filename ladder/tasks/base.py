@@ -25,6 +25,7 @@ class CalibrationItem:
     prompt: str
     response: str
     correct: bool
+    reference: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -44,9 +45,9 @@ class Task:
         for i in range(size):
             ex = self.eval[i % len(self.eval)]
             if i % 2 == 0:
-                items.append(CalibrationItem(ex.prompt, ex.solution or "", True))
+                items.append(CalibrationItem(ex.prompt, ex.solution or "", True, ex.answer))
             else:
-                items.append(CalibrationItem(ex.prompt, self.corrupt(rng, ex), False))
+                items.append(CalibrationItem(ex.prompt, self.corrupt(rng, ex), False, ex.answer))
         return items
 
 

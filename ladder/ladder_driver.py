@@ -1,0 +1,85 @@
+"""`ladder run`: start the controller actor, show progress, print the lineage table at the end."""
+from __future__ import annotations
+
+import json
+import time
+
+
+def lineage_rows(registry) -> list[dict]:
+    rows = []
+    for v in registry.versions():
+        t = v.tags
+        run = registry.client.get_run(v.run_id) if v.run_id else None
+        acc = run.data.metrics.get("eval.accuracy") if run else None
+        rows.append({"version": int(v.version), "rung": int(t.get("ladder.rung", 0)), "judged_by": t.get("ladder.judge"),
+                     "status": t.get("ladder.status"), "heldout_accuracy": acc,
+                     "judge_accuracy": float(t["ladder.judge_accuracy"]) if "ladder.judge_accuracy" in t else None,
+                     "student_init": t.get("ladder.student_init"), "job": t.get("ladder.job")})
+    return rows
+
+
+def format_table(rows: list[dict], aliases: dict[str, str]) -> str:
+    head = f"{'version':>7}  {'rung':>4}  {'judged by':<28} {'status':<10} {'held-out acc':>12} {'judge acc':>9}  aliases"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        names = ",".join(sorted(a for a, v in aliases.items() if v == str(r["version"])))
+        fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+        lines.append(f"{r['version']:>7}  {r['rung']:>4}  {str(r['judged_by'])[:28]:<28} {str(r['status']):<10} "
+                     f"{fmt(r['heldout_accuracy']):>12} {fmt(r['judge_accuracy']):>9}  {names}")
+    return "\n".join(lines)
+
+
+def aliases_of(registry) -> dict[str, str]:
+    try:
+        return dict(registry.client.get_registered_model(registry.name).aliases)
+    except Exception:
+        return {}
+
+
+def run_ladder(spec, as_json: bool = False, verbose: bool = False, poll_s: float = 2.0) -> dict:
+    import ray
+
+    from ladder.controller import start_controller
+    from ladder.registry import Registry, tracking_uri_for
+    from ladder.runtime import start_ray
+
+    start_ray(spec, verbose)
+    controller = start_controller(spec)
+    done = controller.run.remote()
+    last = None
+    try:
+        while True:
+            ready, _ = ray.wait([done], timeout=poll_s)
+            status = ray.get(controller.status.remote())
+            line = _progress(status)
+            if line != last:
+                print(json.dumps({k: status[k] for k in ("state", "rung", "step", "latest")}) if as_json else line,
+                      flush=True)
+                last = line
+            if ready:
+                break
+    except KeyboardInterrupt:
+        ray.get(controller.stop.remote())
+        print("stopping: finishing the current step ...", flush=True)
+        ray.get(done)
+    final = ray.get(done)
+    ray.kill(controller)
+    registry = Registry.for_spec(spec)
+    rows = lineage_rows(registry)
+    if as_json:
+        print(json.dumps({"status": final, "lineage": rows}))
+    else:
+        print(format_table(rows, aliases_of(registry)))
+        uri = tracking_uri_for(spec)
+        print(f"\nstate: {final['state']}" + (f" ({final['error']})" if final["error"] else ""))
+        print(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000  (then open http://127.0.0.1:5000)")
+    return final
+
+
+def _progress(s: dict) -> str:
+    m = s["latest"]
+    if s["state"] != "running" or not m:
+        return f"[{s['state']}] rung {s['rung']}/{s['rungs']}"
+    return (f"rung {s['rung']}/{s['rungs']} step {s['step']}/{s['steps_per_rung']}  "
+            f"reward {m.get('reward/mean', 0):.3f}  kl {m.get('train/kl', 0):.4f}  "
+            f"{m.get('rollout/tokens_per_s', 0):.0f} tok/s  step {m.get('time/step_s', 0):.2f}s")

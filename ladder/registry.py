@@ -1,0 +1,180 @@
+"""The MLflow side of a ladder: experiment, parent and rung runs, model versions, tags, aliases.
+
+MLflow is the source of truth for lineage and promotion decisions (design.md section 5).
+"""
+from __future__ import annotations
+
+import getpass
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+from ladder.rung import ResolvedJudge
+
+STATUS_TAG = "ladder.status"
+
+
+class RegistryError(ValueError):
+    """A registry request that cannot be served (unknown version, bad URI); one line."""
+
+
+def tracking_uri_for(spec) -> str:
+    if spec.mlflow.tracking_uri:
+        return spec.mlflow.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    work = Path(spec.workdir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{work / 'mlflow.db'}"
+
+
+class Registry:
+    """Runs, versions and aliases of one ladder (registered model = ladder name)."""
+
+    def __init__(self, name: str, tracking_uri: str, artifact_root: Optional[str] = None):
+        import mlflow
+        from mlflow import MlflowClient
+
+        self.name = name
+        self.tracking_uri = tracking_uri
+        mlflow.set_tracking_uri(tracking_uri)
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self.experiment_id = self._experiment(f"ladder/{name}", artifact_root)
+
+    @classmethod
+    def for_spec(cls, spec) -> "Registry":
+        uri = tracking_uri_for(spec)
+        root = None
+        if uri.startswith("sqlite:"):
+            root = (Path(spec.workdir).resolve() / "mlartifacts").as_uri()
+        return cls(spec.name, uri, root)
+
+    def _experiment(self, name: str, artifact_root: Optional[str]) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        return self.client.create_experiment(name, artifact_location=artifact_root)
+
+    # runs -------------------------------------------------------------------------------
+    def start_ladder_run(self, spec, job: str) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=f"{spec.name}-{job}",
+                                     tags={"ladder.job": job, "ladder.kind": "ladder"})
+        params = spec.flat()
+        from mlflow.entities import Param
+
+        items = [Param(k, v[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run.info.run_id, params=items[i: i + 100])
+        return run.info.run_id
+
+    def start_rung_run(self, parent_run_id: str, rung: int, job: str) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=f"rung-{rung}",
+                                     tags={"mlflow.parentRunId": parent_run_id, "ladder.rung": str(rung),
+                                           "ladder.job": job, "ladder.kind": "rung"})
+        return run.info.run_id
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k.replace("/", "."), float(v), now, step) for k, v in metrics.items()]
+        self.client.log_batch(run_id, metrics=batch)
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status)
+
+    # versions ---------------------------------------------------------------------------
+    def find_version(self, rung_uid: str):
+        found = self.client.search_model_versions(f"name='{self.name}' and tag.`ladder.rung_uid`='{rung_uid}'")
+        return found[0] if found else None
+
+    def register(self, run_id: str, checkpoint_dir: str, tags: dict[str, str]) -> str:
+        """Log the HF checkpoint to the rung run and register it; idempotent on `ladder.rung_uid`."""
+        existing = self.find_version(tags["ladder.rung_uid"])
+        if existing is not None:
+            return existing.version
+        try:
+            self.client.get_registered_model(self.name)
+        except Exception:
+            self.client.create_registered_model(self.name, tags={"ladder": "judge-ladder"})
+        self.client.log_artifacts(run_id, checkpoint_dir, artifact_path="model")
+        source = f"{self.client.get_run(run_id).info.artifact_uri}/model"
+        mv = self.client.create_model_version(self.name, source, run_id=run_id,
+                                              tags={STATUS_TAG: "candidate", **tags})
+        rung = tags.get("ladder.rung")
+        if rung:
+            self.client.set_registered_model_alias(self.name, f"rung-{rung}", mv.version)
+        self.client.set_registered_model_alias(self.name, "candidate", mv.version)
+        return mv.version
+
+    def version(self, version: str):
+        try:
+            return self.client.get_model_version(self.name, str(version))
+        except Exception:
+            raise RegistryError(f"model {self.name!r} has no version {version}") from None
+
+    def alias(self, alias: str) -> Optional[str]:
+        try:
+            return self.client.get_model_version_by_alias(self.name, alias).version
+        except Exception:
+            return None
+
+    def promote(self, version: str, by: str = "auto", reason: str = "") -> None:
+        """Move `judge` and `champion` to `version`; record who/when/why on the version."""
+        self.version(version)
+        self._decide(version, "promoted", by, reason)
+        self.client.set_registered_model_alias(self.name, "judge", str(version))
+        self.client.set_registered_model_alias(self.name, "champion", str(version))
+
+    def reject(self, version: str, by: str = "auto", reason: str = "") -> None:
+        self.version(version)
+        self._decide(version, "rejected", by, reason)
+
+    def _decide(self, version: str, status: str, by: str, reason: str) -> None:
+        who = by if by != "human" else f"human:{getpass.getuser()}"
+        for key, value in {STATUS_TAG: status, "ladder.decided_by": who,
+                           "ladder.decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                           "ladder.reason": reason or "-"}.items():
+            self.client.set_model_version_tag(self.name, str(version), key, value)
+
+    def status_of(self, version: str) -> str:
+        return self.version(version).tags.get(STATUS_TAG, "candidate")
+
+    def versions(self) -> list:
+        return sorted(self.client.search_model_versions(f"name='{self.name}'"), key=lambda v: int(v.version))
+
+    # judges -----------------------------------------------------------------------------
+    def download(self, version: str, dst: str) -> str:
+        """The version's HF checkpoint as a local directory (cached under `dst`)."""
+        import mlflow
+
+        out = Path(dst) / f"{self.name}-v{version}"
+        if (out / "config.json").is_file():
+            return str(out)
+        out.mkdir(parents=True, exist_ok=True)
+        local = mlflow.artifacts.download_artifacts(artifact_uri=self.version(version).source, dst_path=str(out),
+                                                    tracking_uri=self.tracking_uri)
+        return _model_dir(Path(local))
+
+    def resolve_judge_uri(self, uri: str, cache_dir: str = ".ladder/registry-cache") -> ResolvedJudge:
+        """`models:/<name>@<alias>` or `models:/<name>/<version>` -> a local model directory."""
+        body = uri.removeprefix("models:/")
+        name, alias, version = (body.split("@")[0], body.split("@")[1], None) if "@" in body else \
+            (body.split("/")[0], None, body.split("/")[1])
+        reg = self if name == self.name else Registry(name, self.tracking_uri)
+        if alias:
+            version = reg.alias(alias)
+            if version is None:
+                raise RegistryError(f"{uri}: model {name!r} has no alias {alias!r}")
+        path = reg.download(version, cache_dir)
+        return ResolvedJudge("model", path, f"{name}/v{version}")
+
+
+def _model_dir(root: Path) -> str:
+    """The folder holding config.json under a downloaded artifact tree."""
+    if (root / "config.json").is_file():
+        return str(root)
+    for cfg in root.rglob("config.json"):
+        return str(cfg.parent)
+    raise RegistryError(f"{root}: downloaded artifact holds no HF model (no config.json)")
