@@ -57,15 +57,19 @@ class LadderController:
                 setattr(self, k, v)
 
     # the state machine --------------------------------------------------------------------
-    def run(self) -> dict:
+    def prepare(self) -> None:
+        """Open the registry and build the task and the judge calibration set."""
         from ladder.registry import Registry
         from ladder.tasks import build_task
 
+        self.registry = Registry.for_spec(self.spec)
+        self.task = build_task(self.spec.task, self.spec.seed)
+        self.calibration = self.task.calibration(self.spec.eval.calibration_size, self.spec.seed + 7)
+
+    def run(self) -> dict:
         try:
             self._set(state=State.RUNNING)
-            self.registry = Registry.for_spec(self.spec)
-            self.task = build_task(self.spec.task, self.spec.seed)
-            self.calibration = self.task.calibration(self.spec.eval.calibration_size, self.spec.seed + 7)
+            self.prepare()
             self.parent_run = self.registry.start_ladder_run(self.spec, self.job)
             k, retries = 1, 0
             while k <= self.spec.rungs and not self._stop.is_set():
@@ -112,6 +116,7 @@ class LadderController:
         rung = Rung(self.spec, self.task, student_path, judge, self.spec.seed + 1000 * k + attempt)
         try:
             rung.ready()
+            self._probe_judge(rung, run_id)
             self._train(rung, run_id)
             final_eval = rung.evaluate()
             self.registry.log_metrics(run_id, final_eval, self.step)
@@ -122,13 +127,22 @@ class LadderController:
                 "ladder.spec_sha256": self.spec.sha256(), "ladder.job": self.job,
                 "ladder.rung_uid": f"{self.job}-{k}-{attempt}"}
         version = self.registry.register(run_id, ckpt, tags)
-        decision = self._decide(k, version, ckpt, judge, run_id)
+        decision = self.decide(version, ckpt, judge, run_id)
         self.registry.end_run(run_id)
         with self._lock:
             self.history.append({"rung": k, "version": version, "judge": judge.label, "status": decision,
                                  "accuracy": final_eval.get("eval/accuracy"),
                                  "judge_accuracy": self.latest.get("gate/candidate_accuracy")})
         return decision
+
+    def _probe_judge(self, rung, run_id: str) -> None:
+        """Record the judge pool's verdicts on fixed calibration items: proof of which weights it serves."""
+        import json
+
+        items = self.calibration[:8]
+        if rung.pool.verifier is None:
+            scores, _ = rung.pool.score_pairs([c.prompt for c in items], [c.response for c in items])
+            self.registry.client.set_tag(run_id, "ladder.judge_probe", json.dumps([round(s, 6) for s in scores]))
 
     def _train(self, rung, run_id: str) -> None:
         spec = self.spec
@@ -148,7 +162,8 @@ class LadderController:
                 self.registry.client.set_tag(run_id, "ladder.ended_by", "saturation")
                 break
 
-    def _decide(self, k: int, version: str, ckpt: str, judge, run_id: str) -> str:
+    def decide(self, version: str, ckpt: str, judge, run_id: str) -> str:
+        """Gate the candidate as a judge, then promote / reject (auto) or wait for a person (manual)."""
         from ladder.gate import run_gate
         from ladder.rung import ResolvedJudge
 

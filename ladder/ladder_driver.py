@@ -31,7 +31,7 @@ def format_table(rows: list[dict], aliases: dict[str, str]) -> str:
 
 def aliases_of(registry) -> dict[str, str]:
     try:
-        return dict(registry.client.get_registered_model(registry.name).aliases)
+        return {k: str(v) for k, v in registry.client.get_registered_model(registry.name).aliases.items()}
     except Exception:
         return {}
 

@@ -33,12 +33,10 @@ class Registry:
     """Runs, versions and aliases of one ladder (registered model = ladder name)."""
 
     def __init__(self, name: str, tracking_uri: str, artifact_root: Optional[str] = None):
-        import mlflow
         from mlflow import MlflowClient
 
         self.name = name
-        self.tracking_uri = tracking_uri
-        mlflow.set_tracking_uri(tracking_uri)
+        self.tracking_uri = tracking_uri  # never set globally: one process may hold several ladders
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self.experiment_id = self._experiment(f"ladder/{name}", artifact_root)
 
@@ -93,7 +91,7 @@ class Registry:
         """Log the HF checkpoint to the rung run and register it; idempotent on `ladder.rung_uid`."""
         existing = self.find_version(tags["ladder.rung_uid"])
         if existing is not None:
-            return existing.version
+            return str(existing.version)
         try:
             self.client.get_registered_model(self.name)
         except Exception:
@@ -106,7 +104,7 @@ class Registry:
         if rung:
             self.client.set_registered_model_alias(self.name, f"rung-{rung}", mv.version)
         self.client.set_registered_model_alias(self.name, "candidate", mv.version)
-        return mv.version
+        return str(mv.version)
 
     def version(self, version: str):
         try:
@@ -116,7 +114,7 @@ class Registry:
 
     def alias(self, alias: str) -> Optional[str]:
         try:
-            return self.client.get_model_version_by_alias(self.name, alias).version
+            return str(self.client.get_model_version_by_alias(self.name, alias).version)
         except Exception:
             return None
 

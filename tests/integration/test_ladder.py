@@ -1,0 +1,171 @@
+"""The ladder on real engines and MLflow (SQLite): lineage, idempotent registration, gate, manual policy."""
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def ladder_spec(model, workdir, **overrides):
+    spec = {
+        "name": "it-ladder", "seed": 0, "rungs": 2, "workdir": str(workdir),
+        "student": {"base": model, "init": "previous"},
+        "judge": {"initial": {"kind": "model", "path": model}},
+        "task": {"source": {"kind": "builtin", "name": "arithmetic", "train_size": 500}, "eval_size": 16},
+        "rollout": {"workers": 1, "group_size": 4, "max_tokens": 32, "kv_cache_gib": 0.25},
+        "train": {"lr": 1e-3, "kl_coef": 0.0, "steps": 2, "prompts_per_step": 4},
+        "eval": {"every": 2, "calibration_size": 16},
+        "promotion": {"policy": "auto", "tolerance": 1.0, "collapse_share": 1.0},
+    }
+    spec.update(overrides)
+    return spec
+
+
+@pytest.fixture(scope="module")
+def two_rungs(tiny_model, tmp_path_factory):
+    work = tmp_path_factory.mktemp("ladder")
+    path = work / "spec.yaml"
+    path.write_text(yaml.safe_dump(ladder_spec(tiny_model, work / "w")))
+    res = subprocess.run([sys.executable, "-m", "ladder.cli", "run", str(path), "--json"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=1200, env={**os.environ, "RAY_ADDRESS": ""})
+    assert res.returncode == 0, res.stderr[-3000:]
+    from ladder.registry import Registry
+    from ladder.spec import load_spec
+
+    spec = load_spec(path)
+    return spec, Registry.for_spec(spec), json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_two_rung_lineage(two_rungs):
+    spec, reg, summary = two_rungs
+    assert summary["status"]["state"] == "completed"
+    versions = reg.versions()
+    assert [str(v.version) for v in versions] == ["1", "2"]
+    v1, v2 = versions
+    assert v2.tags["ladder.judge"] == f"{spec.name}/v1"
+    assert v1.tags["ladder.judge"] == spec.judge.initial.path
+    assert reg.alias("judge") == "2" and reg.alias("champion") == "2"
+    assert reg.alias("rung-1") == "1" and reg.alias("rung-2") == "2"
+    assert v2.tags["ladder.student_init"] == "v1"
+    for key in ("ladder.rung", "ladder.spec_sha256", "ladder.job", "ladder.rung_uid", "ladder.status"):
+        assert key in v2.tags
+    parents = {reg.client.get_run(v.run_id).data.tags.get("mlflow.parentRunId") for v in versions}
+    assert len(parents) == 1 and None not in parents
+    parent = reg.client.get_run(parents.pop())
+    assert parent.data.params["train.steps"] == "2"
+    history = reg.client.get_metric_history(v1.run_id, "reward.mean")
+    assert [m.step for m in history] == [1, 2]
+
+
+def test_rung_two_judge_served_version_one(two_rungs, tiny_model, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ladder.bootstrap import verdicts
+    from ladder.controller import LadderController
+
+    spec, reg, _ = two_rungs
+    v1, v2 = reg.versions()
+    probe_rung2 = json.loads(reg.client.get_run(v2.run_id).data.tags["ladder.judge_probe"])
+    probe_rung1 = json.loads(reg.client.get_run(v1.run_id).data.tags["ladder.judge_probe"])
+    ctl = LadderController(spec)
+    ctl.prepare()
+    items = ctl.calibration[:8]
+    texts = [spec.judge.prompt_template.replace("{prompt}", c.prompt).replace("{response}", c.response) for c in items]
+
+    def fresh_verdicts(model_dir):
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        return verdicts(model, tok, texts, "yes", "no")
+
+    v1_dir = reg.download("1", str(tmp_path / "dl"))
+    assert probe_rung2 == pytest.approx(fresh_verdicts(v1_dir), abs=1e-3)
+    assert probe_rung1 == pytest.approx(fresh_verdicts(tiny_model), abs=1e-3)
+    assert max(abs(a - b) for a, b in zip(probe_rung1, probe_rung2)) > 1e-3
+
+
+def test_registration_is_idempotent(tiny_model, tmp_path):
+    from ladder.registry import Registry
+
+    reg = Registry("idem", f"sqlite:///{tmp_path / 'm.db'}", (tmp_path / "art").as_uri())
+    run = reg.client.create_run(reg.experiment_id).info.run_id
+    tags = {"ladder.rung": "1", "ladder.rung_uid": "job-1-0", "ladder.judge": "x"}
+    first = reg.register(run, tiny_model, tags)
+    second = reg.register(run, tiny_model, tags)
+    assert first == second == "1"
+    assert len(reg.versions()) == 1
+    third = reg.register(run, tiny_model, {**tags, "ladder.rung_uid": "job-2-0", "ladder.rung": "2"})
+    assert third == "2" and len(reg.versions()) == 2
+
+
+def _controller_with_candidate(spec_dict, model_dir, tmp_path):
+    from ladder.controller import LadderController
+    from ladder.spec import parse_spec
+
+    ctl = LadderController(parse_spec(spec_dict))
+    ctl.prepare()
+    parent = ctl.registry.start_ladder_run(ctl.spec, "job")
+    run = ctl.registry.start_rung_run(parent, 1, "job")
+    version = ctl.registry.register(run, model_dir, {"ladder.rung": "1", "ladder.rung_uid": f"job-{model_dir}"})
+    return ctl, run, version
+
+
+def corrupted_copy(model_dir, out):
+    """The same model with its embedding (and tied head) zeroed: every verdict becomes 0.5."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.zero_()
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
+    return str(out)
+
+
+def test_gate_rejects_a_corrupted_candidate(tiny_model, tmp_path):
+    from ladder.rung import ResolvedJudge
+
+    spec = ladder_spec(tiny_model, tmp_path / "w", promotion={"policy": "auto", "tolerance": 0.05,
+                                                              "collapse_share": 0.9})
+    bad = corrupted_copy(tiny_model, tmp_path / "bad")
+    ctl, run, version = _controller_with_candidate(spec, bad, tmp_path)
+    ctl.registry.promote("1", by="setup")  # pretend an earlier judge: alias judge -> 1
+    bad_v = ctl.registry.register(run, bad, {"ladder.rung": "2", "ladder.rung_uid": "job-bad"})
+    decision = ctl.decide(bad_v, bad, ResolvedJudge("model", tiny_model, "base"), run)
+    assert decision == "rejected"
+    assert ctl.registry.status_of(bad_v) == "rejected"
+    assert ctl.registry.version(bad_v).tags["ladder.gate"] == "fail"
+    assert ctl.registry.alias("judge") == "1"
+
+
+def test_manual_policy_waits_for_a_decision(tiny_model, tmp_path):
+    from ladder.controller import State
+    from ladder.rung import ResolvedJudge
+
+    spec = ladder_spec(tiny_model, tmp_path / "w", promotion={"policy": "manual"})
+    ctl, run, version = _controller_with_candidate(spec, tiny_model, tmp_path)
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(d=ctl.decide(version, tiny_model,
+                                                                         ResolvedJudge("model", tiny_model, "b"), run)))
+    worker.start()
+    deadline = time.time() + 120
+    while ctl.status()["state"] != State.AWAITING_PROMOTION.value and time.time() < deadline:
+        time.sleep(0.2)
+    assert ctl.status()["state"] == "awaiting_promotion"
+    time.sleep(1.5)
+    assert worker.is_alive() and ctl.registry.alias("judge") is None
+    ctl.registry.promote(version, by="human", reason="looks good")
+    worker.join(timeout=30)
+    assert result["d"] == "promoted"
+    assert ctl.status()["state"] == "running"
+    assert ctl.registry.alias("judge") == version
+    assert ctl.registry.version(version).tags["ladder.decided_by"].startswith("human:")
