@@ -22,6 +22,13 @@ class State(str, enum.Enum):
     FAILED = "failed"
 
 
+def saturated(approvals: list[float], sat) -> bool:
+    """The judge approves nearly everything: mean approval over the last `window` steps > threshold."""
+    if not sat.enabled or len(approvals) < sat.window:
+        return False
+    return sum(approvals[-sat.window:]) / sat.window > sat.threshold
+
+
 class LadderController:
     """Runs rungs 1..spec.rungs: train against the current judge, register, gate, promote."""
 
@@ -156,9 +163,7 @@ class LadderController:
             self.registry.log_metrics(run_id, metrics, step)
             self._set(step=step, latest=metrics)
             approvals.append(metrics["judge/approval"])
-            sat = spec.saturation
-            if sat.enabled and len(approvals) >= sat.window and \
-                    sum(approvals[-sat.window:]) / sat.window > sat.threshold:
+            if saturated(approvals, spec.saturation):
                 self.registry.client.set_tag(run_id, "ladder.ended_by", "saturation")
                 break
 

@@ -1,0 +1,42 @@
+"""Controller decisions that need no Ray: saturation, gate arithmetic, judge health, prompt cursor."""
+from ladder.controller import saturated
+from ladder.gate import auc
+from ladder.rung import PromptCursor, judge_health, split
+from ladder.spec import SaturationSpec
+
+
+def test_saturation_needs_a_full_window_above_threshold():
+    sat = SaturationSpec(enabled=True, window=3, threshold=0.9)
+    assert not saturated([0.99, 0.99], sat)
+    assert saturated([0.2, 0.95, 0.97, 0.99], sat)
+    assert not saturated([0.95, 0.97, 0.5], sat)
+    assert not saturated([1.0] * 5, SaturationSpec(enabled=False))
+
+
+def test_auc_orders_correct_above_wrong():
+    assert auc([0.9, 0.8, 0.1, 0.2], [True, True, False, False]) == 1.0
+    assert auc([0.1, 0.2, 0.9, 0.8], [True, True, False, False]) == 0.0
+    assert auc([0.5] * 4, [True, False, True, False]) == 0.5
+
+
+def test_judge_health_reports_collapse_and_parse_failures():
+    h = judge_health([0.5, 0.5, 0.5, 0.9], parse_failures=1)
+    assert h["judge/identical_share"] == 0.75
+    assert h["judge/parse_failure_rate"] == 0.25
+    assert abs(h["judge/approval"] - 0.6) < 1e-9
+
+
+def test_prompt_cursor_is_deterministic_resumable_and_covers_every_prompt():
+    a = PromptCursor(10, seed=3)
+    first = a.next(7)
+    state = a.state()
+    rest = a.next(8)
+    b = PromptCursor.restore(10, 3, state)
+    assert b.next(8) == rest
+    assert sorted(first + rest[:3]) == list(range(10))
+    assert PromptCursor(10, seed=3).next(7) == first
+
+
+def test_split_balances_work_over_workers():
+    assert [len(p) for p in split(list(range(10)), 3)] == [4, 3, 3]
+    assert sum(split(list(range(5)), 2), []) == list(range(5))
