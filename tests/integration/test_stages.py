@@ -120,3 +120,18 @@ def test_judge_pool_spreads_batches_and_replaces_dead_workers(ray_local, engine_
     direct, _ = ray.get(judge_worker.score.remote(prompts, responses))
     assert pool.replaced == 1
     assert scores == pytest.approx(direct, abs=1e-6)
+
+
+def test_score_mode_counts_unparsable_outputs_and_uses_the_fallback(ray_local, engine_cfg):
+    """The tiny judge writes no numbers: every output is a parse failure scored with the fallback."""
+    from stages.actors import spawn
+    from stages.judge import JudgeConfig, JudgeWorker
+
+    cfg = JudgeConfig(mode="score", score_pattern=r"score=(\d+)$", fallback_score=0.25, score_max_tokens=8)
+    worker = spawn(JudgeWorker, engine_cfg, cfg)
+    try:
+        scores, failures = ray_local.get(worker.score.remote(PROMPTS, ["1+1=2#2"] * len(PROMPTS)))
+    finally:
+        ray_local.kill(worker)
+    assert failures == len(PROMPTS)
+    assert scores == [0.25] * len(PROMPTS)

@@ -40,3 +40,11 @@ def test_prompt_cursor_is_deterministic_resumable_and_covers_every_prompt():
 def test_split_balances_work_over_workers():
     assert [len(p) for p in split(list(range(10)), 3)] == [4, 3, 3]
     assert sum(split(list(range(5)), 2), []) == list(range(5))
+
+
+def test_parse_score_scales_and_rejects_garbage():
+    from stages.judge import parse_score
+
+    assert parse_score("the answer looks right. 8", r"(-?\d+(?:\.\d+)?)\s*$", 10) == 0.8
+    assert parse_score("great! 15", r"(-?\d+(?:\.\d+)?)\s*$", 10) == 1.0
+    assert parse_score("no number here", r"(-?\d+(?:\.\d+)?)\s*$", 10) is None
