@@ -18,6 +18,14 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
 
 
+def quiet_libraries() -> None:
+    """No per-file progress bars from transformers / safetensors loading in our terminal output."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
 def fail(message: str, code: int = 2) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
@@ -70,9 +78,13 @@ def bootstrap(out: Path = typer.Option(Path(".ladder/models/tiny-base"), help="W
         typer.echo(json.dumps(report) if as_json else f"{out}: already bootstrapped (use --force to rebuild); "
                    f"answer accuracy {report['answer_accuracy']:.2f}, judge accuracy {report['judge_accuracy']:.2f}")
         return
+    quiet_libraries()
     import torch
+    from transformers.utils import logging as hf_logging
 
     from ladder.bootstrap import bootstrap as run_bootstrap
+
+    hf_logging.disable_progress_bar()
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     log = (lambda m: typer.echo(m, err=True)) if as_json else typer.echo
@@ -108,6 +120,7 @@ def run(spec: Path = typer.Argument(..., help="Ladder spec YAML file."),
         verbose: bool = typer.Option(False, help="Show Ray and vLLM logs.")):
     """Run a whole ladder (all rungs) on a local Ray (or RAY_ADDRESS), recording everything in MLflow."""
     loaded = _load(spec)
+    quiet_libraries()
     from ladder.ladder_driver import run_ladder
     from ladder.rung_driver import resolve_initial_judge
     from stages.engine import check_model_dir

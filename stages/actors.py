@@ -11,7 +11,7 @@ def spawn(cls, *args, num_cpus: float = 1, name: str | None = None, namespace: s
     """Start `cls(*args, **kwargs)` as a Ray actor whose process has the engine environment."""
     import ray
 
-    env = dict(ENGINE_ENV)
+    env = {**ENGINE_ENV, "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
     env.setdefault("OMP_NUM_THREADS", os.environ.get("LADDER_THREADS", str(os.cpu_count() or 1)))
     options = dict(num_cpus=num_cpus, runtime_env={"env_vars": env}, max_restarts=max_restarts,
                    max_concurrency=max_concurrency)
