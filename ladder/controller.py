@@ -200,8 +200,6 @@ class LadderController:
 
 def start_controller(spec, job: Optional[str] = None):
     """The named, detached controller actor of this ladder (namespace `ladder`)."""
-    import ray
-
     from stages.actors import spawn
 
     return spawn(LadderController, spec, job, num_cpus=0, name=spec.name, namespace="ladder",

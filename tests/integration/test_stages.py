@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from ladder.batches import JudgedBatch, PromptBatch, RolloutBatch
+from ladder.batches import JudgedBatch, RolloutBatch
 
 pytestmark = pytest.mark.integration
 PROMPTS = ["Q:3+4-2\nA:", "Q:9+9+9\nA:", "Q:1-1+5\nA:", "Q:7+2+0\nA:"]

@@ -1,5 +1,4 @@
 """GRPO math and the trainer's update, in torch only (no Ray, no vLLM)."""
-import random
 
 import pytest
 import torch
