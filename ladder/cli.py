@@ -122,14 +122,10 @@ def run(spec: Path = typer.Argument(..., help="Ladder spec YAML file."),
     loaded = _load(spec)
     quiet_libraries()
     from ladder.ladder_driver import run_ladder
-    from ladder.rung_driver import resolve_initial_judge
-    from stages.engine import check_model_dir
+    from ladder.rung_driver import preflight
 
     try:
-        check_model_dir(loaded.student.base)
-        judge = resolve_initial_judge(loaded)
-        if judge.kind == "model":
-            check_model_dir(judge.location)
+        preflight(loaded)
         final = run_ladder(loaded, as_json=as_json, verbose=verbose)
     except USER_ERRORS as exc:
         fail(str(exc).splitlines()[0])
@@ -154,19 +150,25 @@ def lineage(spec: Path = typer.Argument(..., help="Ladder spec YAML file (names 
     typer.echo(json.dumps(rows) if as_json else format_table(rows, aliases_of(reg)))
 
 
+def _decide_by_hand(spec_path: Path, version: str, reason: str, action: str) -> None:
+    """Write a person's promote / reject decision to MLflow; one line on an unknown version."""
+    from ladder.registry import RegistryError
+
+    reg = _registry(spec_path)
+    try:
+        getattr(reg, action)(version, by="human", reason=reason)
+    except RegistryError as exc:
+        fail(str(exc))
+    moved = f" (judge, champion -> v{version})" if action == "promote" else ""
+    typer.echo(f"{reg.name} v{version}: {action}ed{moved}")
+
+
 @app.command()
 def promote(spec: Path = typer.Argument(..., help="Ladder spec YAML file."),
             version: str = typer.Argument(..., help="Model version to promote."),
             reason: str = typer.Option("", help="Why (recorded on the version).")):
     """Promote a version by hand: aliases judge and champion move to it (overrides the gate)."""
-    from ladder.registry import RegistryError
-
-    reg = _registry(spec)
-    try:
-        reg.promote(version, by="human", reason=reason)
-    except RegistryError as exc:
-        fail(str(exc))
-    typer.echo(f"{reg.name} v{version}: promoted (judge, champion -> v{version})")
+    _decide_by_hand(spec, version, reason, "promote")
 
 
 @app.command()
@@ -174,14 +176,7 @@ def reject(spec: Path = typer.Argument(..., help="Ladder spec YAML file."),
            version: str = typer.Argument(..., help="Model version to reject."),
            reason: str = typer.Option("", help="Why (recorded on the version).")):
     """Reject a version by hand; the judge alias does not move."""
-    from ladder.registry import RegistryError
-
-    reg = _registry(spec)
-    try:
-        reg.reject(version, by="human", reason=reason)
-    except RegistryError as exc:
-        fail(str(exc))
-    typer.echo(f"{reg.name} v{version}: rejected")
+    _decide_by_hand(spec, version, reason, "reject")
 
 
 def main() -> None:  # pragma: no cover

@@ -26,6 +26,17 @@ def resolve_initial_judge(spec) -> ResolvedJudge:
     return Registry.for_spec(spec).resolve_judge_uri(src.uri)
 
 
+def preflight(spec):
+    """Fail in one line, before Ray starts, on a missing student or judge model; returns the judge."""
+    from stages.engine import check_model_dir
+
+    check_model_dir(spec.student.base)
+    judge = resolve_initial_judge(spec)
+    if judge.kind == "model":
+        check_model_dir(judge.location)
+    return judge
+
+
 def format_step(step: int, total: int, m: dict) -> str:
     return (f"step {step}/{total}  reward {m['reward/mean']:.3f}±{m['reward/std']:.3f}  "
             f"kl {m['train/kl']:.4f}  loss {m['train/loss']:+.4f}  {m['rollout/tokens_per_s']:.0f} tok/s  "
@@ -35,16 +46,12 @@ def format_step(step: int, total: int, m: dict) -> str:
 
 def run_single_rung(spec, steps: Optional[int] = None, out: Optional[Path] = None,
                     as_json: bool = False, verbose: bool = False) -> dict:
-    from stages.engine import check_model_dir
     from ladder.runtime import start_ray
     from ladder.tasks import build_task
 
     total = steps or spec.train.steps
     task = build_task(spec.task, spec.seed)
-    check_model_dir(spec.student.base)
-    judge = resolve_initial_judge(spec)
-    if judge.kind == "model":
-        check_model_dir(judge.location)
+    judge = preflight(spec)
     start_ray(spec, verbose)
     emit = (lambda obj: print(json.dumps(obj), flush=True)) if as_json else (lambda obj: None)
     say = (lambda s: None) if as_json else (lambda s: print(s, flush=True))
