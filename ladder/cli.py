@@ -150,7 +150,7 @@ def lineage(spec: Path = typer.Argument(..., help="Ladder spec YAML file (names 
     typer.echo(json.dumps(rows) if as_json else format_table(rows, aliases_of(reg)))
 
 
-def _decide_by_hand(spec_path: Path, version: str, reason: str, action: str) -> None:
+def _decide_by_hand(spec_path: Path, version: str, reason: str, action: str, outcome: str) -> None:
     """Write a person's promote / reject decision to MLflow; one line on an unknown version."""
     from ladder.registry import RegistryError
 
@@ -159,8 +159,7 @@ def _decide_by_hand(spec_path: Path, version: str, reason: str, action: str) -> 
         getattr(reg, action)(version, by="human", reason=reason)
     except RegistryError as exc:
         fail(str(exc))
-    moved = f" (judge, champion -> v{version})" if action == "promote" else ""
-    typer.echo(f"{reg.name} v{version}: {action}ed{moved}")
+    typer.echo(f"{reg.name} v{version}: {outcome}")
 
 
 @app.command()
@@ -168,7 +167,7 @@ def promote(spec: Path = typer.Argument(..., help="Ladder spec YAML file."),
             version: str = typer.Argument(..., help="Model version to promote."),
             reason: str = typer.Option("", help="Why (recorded on the version).")):
     """Promote a version by hand: aliases judge and champion move to it (overrides the gate)."""
-    _decide_by_hand(spec, version, reason, "promote")
+    _decide_by_hand(spec, version, reason, "promote", f"promoted (judge, champion -> v{version})")
 
 
 @app.command()
@@ -176,7 +175,7 @@ def reject(spec: Path = typer.Argument(..., help="Ladder spec YAML file."),
            version: str = typer.Argument(..., help="Model version to reject."),
            reason: str = typer.Option("", help="Why (recorded on the version).")):
     """Reject a version by hand; the judge alias does not move."""
-    _decide_by_hand(spec, version, reason, "reject")
+    _decide_by_hand(spec, version, reason, "reject", "rejected")
 
 
 def main() -> None:  # pragma: no cover
