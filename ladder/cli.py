@@ -141,13 +141,23 @@ def _registry(spec_path: Path):
 
 @app.command()
 def lineage(spec: Path = typer.Argument(..., help="Ladder spec YAML file (names the ladder and MLflow)."),
-            as_json: bool = typer.Option(False, "--json", help="Rows as JSON.")):
+            as_json: bool = typer.Option(False, "--json", help="Rows as JSON."),
+            plot: Optional[Path] = typer.Option(None, "--plot", metavar="FILE",
+                                                 help="Also write the ladder chart (PNG) to FILE.")):
     """Show every rung's model version: who judged it, its status, accuracies and aliases."""
     from ladder.ladder_driver import aliases_of, format_table, lineage_rows
 
     reg = _registry(spec)
     rows = lineage_rows(reg)
     typer.echo(json.dumps(rows) if as_json else format_table(rows, aliases_of(reg)))
+    if plot is not None:
+        from ladder.chart import ladder_chart
+
+        try:
+            ladder_chart(rows, plot, title=f"ladder {reg.name}")
+        except ValueError as exc:
+            fail(str(exc))
+        typer.echo(f"chart: {plot}", err=as_json)
 
 
 def _decide_by_hand(spec_path: Path, version: str, reason: str, action: str, outcome: str) -> None:

@@ -1,0 +1,99 @@
+"""The ladder chart: one PNG of held-out accuracy, judge accuracy / AUC and mean reward per rung.
+
+Reads `lineage_rows` dicts; matplotlib is imported inside `ladder_chart` so importing this is cheap.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+SERIES = {"held-out accuracy": "heldout_accuracy", "judge accuracy": "judge_accuracy",
+          "judge AUC": "judge_auc", "mean reward": "reward_mean"}
+SERIES_COLORS = {"held-out accuracy": "tab:blue", "judge accuracy": "tab:orange",
+                 "judge AUC": "tab:green", "mean reward": "tab:purple"}
+REJECTED_COLOR = "tab:red"
+
+
+def series_points(rows: list[dict], key: str) -> list[tuple[int, float, str | None]]:
+    """(rung, value, status) for every row whose `key` is set, in rung then version order."""
+    ordered = sorted(rows, key=lambda r: (r["rung"], r["version"]))
+    return [(r["rung"], float(r[key]), r.get("status")) for r in ordered if r.get(key) is not None]
+
+
+def _plot_series(ax, name: str, points: list[tuple[int, float, str | None]]) -> None:
+    """A line through all points; promoted filled, rejected a red x, others hollow."""
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    color = SERIES_COLORS[name]
+    ax.plot(xs, ys, "-", color=color, linewidth=1.5, label=name)
+    for x, y, status in points:
+        if status == "rejected":
+            ax.plot(x, y, "x", color=REJECTED_COLOR, markersize=10, markeredgewidth=2.5, zorder=3)
+        else:
+            face = color if status == "promoted" else "white"
+            ax.plot(x, y, "o", color=color, markerfacecolor=face, markersize=7, zorder=3)
+
+
+def _status_legend_handles():
+    from matplotlib.lines import Line2D
+
+    return [Line2D([], [], color="gray", marker="o", linestyle="", label="promoted (filled)"),
+            Line2D([], [], color="gray", marker="o", markerfacecolor="white", linestyle="",
+                   label="candidate (hollow)"),
+            Line2D([], [], color=REJECTED_COLOR, marker="x", markeredgewidth=2.5, linestyle="",
+                   label="rejected (red x)")]
+
+
+def _draw(rows: list[dict], title: str):
+    """The figure and the number of points per plotted series."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    counts = {}
+    for name, key in SERIES.items():
+        points = series_points(rows, key)
+        if points:
+            _plot_series(ax, name, points)
+            counts[name] = len(points)
+    ax.axhline(0.5, color="gray", linestyle="--", linewidth=1, label="chance (judge)")
+    rungs = sorted({r["rung"] for r in rows})
+    ax.set_xticks(rungs)
+    ax.set_xlim(rungs[0] - 0.5, rungs[-1] + 0.5)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("rung")
+    ax.set_ylabel("value")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    handles, _ = ax.get_legend_handles_labels()
+    ax.legend(handles=handles + _status_legend_handles(), loc="center left",
+              bbox_to_anchor=(1.01, 0.5), fontsize=9)
+    fig.tight_layout()
+    return fig, counts
+
+
+def _save_atomically(fig, out: Path) -> None:
+    """Save to a temp file beside `out`, then rename, so no half-written PNG is ever left."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format="png")
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def ladder_chart(rows: list[dict], out: str | Path, title: str = "") -> dict:
+    """Write the ladder chart PNG to `out`; return {series name: points plotted}."""
+    if not rows:
+        raise ValueError("no rungs to plot")
+    fig, counts = _draw(rows, title)
+    try:
+        _save_atomically(fig, Path(out))
+    finally:
+        import matplotlib.pyplot as plt
+        plt.close(fig)
+    return counts
