@@ -25,13 +25,19 @@ class BootstrapReport:
     judge_accuracy: float      # verdict P(yes) > P(no) agrees with ground truth, held-out calibration set
 
 
-def _examples(task, template: str, rng: random.Random, n: int, yes: str, no: str):
-    """(prefix, target) text pairs: half solve-the-problem, half judge-this-answer."""
+def _examples(task, template: str, rng: random.Random, n: int, yes: str, no: str,
+              judge_share: float = 0.5, direct_share: float = 0.0):
+    """(prefix, target, is_solve) triples: solve-the-problem or judge-this-answer.
+
+    A solve target is the worked solution, or with probability `direct_share` the bare answer
+    (`#5`): the base model then mixes a reliable worked style with an unreliable direct one.
+    """
     out = []
     for _ in range(n):
         ex = rng.choice(task.train)
-        if rng.random() < 0.5:
-            out.append((ex.prompt, ex.solution, True))
+        if rng.random() >= judge_share:
+            direct = rng.random() < direct_share
+            out.append((ex.prompt, "#" + ex.solution.split("#")[1] if direct else ex.solution, True))
         else:
             good = rng.random() < 0.5
             response = ex.solution if good else task.corrupt(rng, ex)
@@ -75,8 +81,6 @@ def _balanced_loss(logits, labels, is_solve):
 def greedy_accuracy(model, tokenizer, task, n: int, max_new_tokens: int = 32) -> float:
     import torch
 
-    from ladder.tasks.arithmetic import final_answer
-
     rows = task.eval[:n]
     tokenizer.padding_side = "left"
     enc = tokenizer([e.prompt for e in rows], return_tensors="pt", padding=True, add_special_tokens=False)
@@ -84,7 +88,7 @@ def greedy_accuracy(model, tokenizer, task, n: int, max_new_tokens: int = 32) ->
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     texts = tokenizer.batch_decode(out[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
-    return sum(final_answer(t) == e.answer for t, e in zip(texts, rows)) / len(rows)
+    return task.accuracy(texts, [e.answer for e in rows])
 
 
 def verdicts(model, tokenizer, texts: list[str], yes: str, no: str) -> list[float]:
@@ -108,7 +112,8 @@ def judge_accuracy(model, tokenizer, items, template: str, yes: str, no: str) ->
 
 def bootstrap(out_dir: str | Path, size: str = "micro", steps: int = 600, batch: int = 64,
               lr: float = 3e-3, seed: int = 0, template: str = "{prompt}{response}\nok?",
-              yes: str = "yes", no: str = "no", log: Callable[[str], None] = print) -> BootstrapReport:
+              yes: str = "yes", no: str = "no", judge_share: float = 0.5, direct_share: float = 0.0,
+              log: Callable[[str], None] = print) -> BootstrapReport:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -126,7 +131,7 @@ def bootstrap(out_dir: str | Path, size: str = "micro", steps: int = 600, batch:
     model.train()
     loss = torch.tensor(0.0)
     for step in range(1, steps + 1):
-        pairs = _examples(task, template, rng, batch, yes, no)
+        pairs = _examples(task, template, rng, batch, yes, no, judge_share, direct_share)
         ids, attn, labels = _encode(tokenizer, pairs)
         is_solve = torch.tensor([solve for _, _, solve in pairs])
         loss = _balanced_loss(model(input_ids=ids, attention_mask=attn).logits, labels, is_solve)

@@ -178,9 +178,7 @@ class Rung:
         judged = self.pool.score(rollout)
         out = {"eval/judge_reward": sum(judged.scores) / len(judged.scores)}
         if self.task.verifier is not None:
-            from ladder.tasks.arithmetic import final_answer
-
-            out["eval/accuracy"] = sum(final_answer(t) == r for t, r in zip(rollout.responses, batch.references)) / len(rows)
+            out["eval/accuracy"] = self.task.accuracy(rollout.responses, batch.references)
             out["eval/verifier_reward"] = sum(self.task.verifier(p, t, r) for p, t, r in
                                               zip(batch.prompts, rollout.responses, batch.references)) / len(rows)
         return out

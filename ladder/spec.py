@@ -20,6 +20,16 @@ class SpecError(ValueError):
     """A spec that cannot be used; the message is one line naming the field."""
 
 
+def _one_group_regex(v: str, what: str) -> str:
+    try:
+        groups = re.compile(v).groups
+    except re.error as exc:
+        raise ValueError(f"is not a valid regex: {exc}") from None
+    if groups < 1:
+        raise ValueError(f"needs one capture group for {what}")
+    return v
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -89,12 +99,7 @@ class JudgeSpec(_Strict):
     @field_validator("score_pattern")
     @classmethod
     def _regex(cls, v: str) -> str:
-        try:
-            if re.compile(v).groups < 1:
-                raise ValueError("needs one capture group for the score")
-        except re.error as exc:
-            raise ValueError(f"is not a valid regex: {exc}") from None
-        return v
+        return _one_group_regex(v, "the score")
 
 
 class BuiltinTask(_Strict):
@@ -108,6 +113,13 @@ class BuiltinTask(_Strict):
 class JsonlTask(_Strict):
     kind: Literal["jsonl"] = Field(description="Prompts from a JSONL file of {\"prompt\", \"answer\"?} lines.")
     path: str = Field(description="Path of the JSONL file.")
+    answer_pattern: str = Field(
+        r"#(-?\d+)", description="Regex whose first group is a response's final answer (compared with \"answer\").")
+
+    @field_validator("answer_pattern")
+    @classmethod
+    def _regex(cls, v: str) -> str:
+        return _one_group_regex(v, "the answer")
 
 
 TaskSource = Annotated[Union[BuiltinTask, JsonlTask], Field(discriminator="kind")]

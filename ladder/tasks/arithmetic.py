@@ -11,7 +11,6 @@ from typing import Optional
 from ladder.tasks.base import Example, Task
 
 ANSWER = re.compile(r"#(-?\d+)")
-STEP = re.compile(r"(-?\d+)([+-])(\d+)=(-?\d+)")
 
 
 def make_example(rng: random.Random, terms: int, max_operand: int) -> Example:
@@ -56,18 +55,38 @@ def final_answer(response: str) -> Optional[str]:
 
 
 def verify(prompt: str, response: str, reference: Optional[str]) -> float:
-    """1.0 for the right final answer; otherwise up to 0.5 for the share of correct, well-formed steps."""
+    """1.0 for the right final answer; otherwise up to 0.5 for this problem's own steps done right.
+
+    Partial credit counts only the steps of the prompt's expression, in order (`3+4=7`, then
+    `7-2=5`), so valid arithmetic that does not belong to the problem earns nothing.
+    """
     if reference is not None and final_answer(response) == str(reference):
         return 1.0
-    steps = STEP.findall(response.split("#")[0])
-    if not steps:
+    expected = solution_steps(prompt)
+    if not expected:
         return 0.0
-    good = sum(1 for a, op, b, c in steps if (int(a) + int(b) if op == "+" else int(a) - int(b)) == int(c))
-    return 0.5 * good / max(len(steps), _expected_steps(prompt))
+    written = response.split("#")[0].split(",")
+    good = sum(1 for want, got in zip(expected, written) if want == got.strip())
+    return 0.5 * good / len(expected)
 
 
-def _expected_steps(prompt: str) -> int:
-    return max(1, len(re.findall(r"[+-]", prompt.split("\n")[0][2:])))
+def exact(prompt: str, response: str, reference: Optional[str]) -> float:
+    """1.0 for the right final answer, else 0.0: no credit for the way there."""
+    return 1.0 if reference is not None and final_answer(response) == str(reference) else 0.0
+
+
+def solution_steps(prompt: str) -> list[str]:
+    """The worked steps of a prompt `Q:3+4-2\nA:`: `["3+4=7", "7-2=5"]` ([] if it is not arithmetic)."""
+    m = re.fullmatch(r"Q:(\d+(?:[+-]\d+)+)\nA:", prompt)
+    if not m:
+        return []
+    tokens = re.findall(r"[+-]|\d+", m.group(1))
+    total, steps = int(tokens[0]), []
+    for op, n in zip(tokens[1::2], tokens[2::2]):
+        new = total + int(n) if op == "+" else total - int(n)
+        steps.append(f"{total}{op}{n}={new}")
+        total = new
+    return steps
 
 
 def corrupt(rng: random.Random, ex: Example) -> str:

@@ -3,9 +3,28 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
+
+
+DEFAULT_ANSWER_PATTERN = r"#(-?\d+)"
+
+
+def extract_answer(pattern: str, response: str) -> Optional[str]:
+    m = re.search(pattern, response)
+    return m.group(1).strip() if m else None
+
+
+class ExactAnswer:
+    """Verifier for a task with ground truth: 1.0 when the extracted answer equals the reference."""
+
+    def __init__(self, pattern: str):
+        self.pattern = pattern
+
+    def __call__(self, prompt: str, response: str, reference: Optional[str]) -> float:
+        return float(reference is not None and extract_answer(self.pattern, response) == str(reference))
 
 
 class TaskError(ValueError):
@@ -35,6 +54,16 @@ class Task:
     eval: tuple[Example, ...]
     verifier: Optional[Callable[[str, str, Optional[str]], float]]
     corrupt: Optional[Callable[[random.Random, Example], str]]  # writes a wrong response
+    answer_pattern: str = DEFAULT_ANSWER_PATTERN  # regex; its first group is a response's final answer
+
+    def extract(self, response: str) -> Optional[str]:
+        """The final answer a response gives (first match of `answer_pattern`), or None."""
+        return extract_answer(self.answer_pattern, response)
+
+    def accuracy(self, responses, references) -> float:
+        """Share of responses whose extracted final answer equals the reference."""
+        pairs = list(zip(responses, references))
+        return sum(self.extract(t) == r for t, r in pairs) / max(1, len(pairs))
 
     def calibration(self, size: int, seed: int) -> list[CalibrationItem]:
         """Half correct worked solutions, half corrupted ones, from held-out examples."""
@@ -74,8 +103,6 @@ def load_jsonl(path: str | Path) -> list[Example]:
 
 def build_task(task_spec, seed: int) -> Task:
     """Task from a `TaskSpec`: a built-in generator or a JSONL file split into train / eval."""
-    from ladder.tasks import arithmetic
-
     source = task_spec.source
     if source.kind == "builtin":
         builder = TASKS[source.name]
@@ -85,8 +112,8 @@ def build_task(task_spec, seed: int) -> Task:
         raise TaskError(f"{source.path}: {len(rows)} rows, need more than task.eval_size={task_spec.eval_size}")
     random.Random(seed).shuffle(rows)
     eval_rows, train_rows = rows[: task_spec.eval_size], rows[task_spec.eval_size:]
-    verifier = arithmetic.verify if all(r.answer is not None for r in rows) else None
-    return Task("jsonl", tuple(train_rows), tuple(eval_rows), verifier, None)
+    verifier = ExactAnswer(source.answer_pattern) if all(r.answer is not None for r in rows) else None
+    return Task("jsonl", tuple(train_rows), tuple(eval_rows), verifier, None, source.answer_pattern)
 
 
 def _arithmetic(source, eval_size: int, seed: int) -> Task:

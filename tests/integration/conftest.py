@@ -57,3 +57,30 @@ def judge_worker(ray_local, engine_cfg):
     ray_local.get(worker.__ray_ready__.remote())
     yield worker
     ray_local.kill(worker)
+
+
+@pytest.fixture(scope="session")
+def wait_dead():
+    """`wait_dead(actor)`: returns once Ray reports the actor dead (see `wait_until_dead`)."""
+    return wait_until_dead
+
+
+def wait_until_dead(actor, timeout_s: float = 120.0) -> None:
+    """Block until Ray itself reports `actor` dead: `ray.kill` only asks for the kill and returns.
+
+    A call to the actor is submitted until one fails with `RayActorError`; a call that is still
+    served proves the kill has not taken effect yet. Fails the test if the actor outlives `timeout_s`.
+    """
+    import time
+
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get(actor.__ray_ready__.remote(), timeout=max(1.0, deadline - time.monotonic()))
+        except ray.exceptions.RayActorError:
+            return
+        except ray.exceptions.GetTimeoutError:
+            break
+    pytest.fail(f"actor still alive {timeout_s:.0f} s after it was killed")

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from ladder.tasks.arithmetic import build, corrupt, final_answer, make_example, verify
+from ladder.tasks.arithmetic import build, corrupt, exact, final_answer, make_example, solution_steps, verify
 from ladder.tasks.base import TaskError, load_jsonl
 
 
@@ -29,6 +29,17 @@ def test_corrupted_responses_are_wrong():
 def test_verifier_partial_credit_and_garbage():
     assert verify("Q:1+2+3\nA:", "1+2=3,3+3=7#7", "6") == 0.25
     assert verify("Q:1+2+3\nA:", "zzzz", "6") == 0.0
+
+
+def test_verifier_gives_no_credit_for_steps_that_are_not_the_problems():
+    """Valid arithmetic unrelated to the prompt cannot be farmed for partial credit."""
+    assert verify("Q:1+2+3\nA:", "5+5=10,10+1=11#11", "6") == 0.0
+    assert verify("Q:1+2+3\nA:", "1+2=3,1+2=3,1+2=3#3", "6") == 0.25
+    assert verify("Q:1+2+3\nA:", "#6", "6") == 1.0
+    assert exact("Q:1+2+3\nA:", "1+2=3,3+3=7#7", "6") == 0.0
+    assert exact("Q:1+2+3\nA:", "1+2=3,3+3=6#6", "6") == 1.0
+    assert solution_steps("Q:12-3+4\nA:") == ["12-3=9", "9+4=13"]
+    assert solution_steps("What is love?") == []
 
 
 def test_split_has_no_overlap_and_calibration_is_balanced():
