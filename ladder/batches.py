@@ -44,6 +44,8 @@ class JudgedBatch:
     rollout: RolloutBatch
     scores: tuple[float, ...]                     # [n_samples] rewards in [0, 1]
     parse_failures: int = 0
+    judge_tokens: int = 0                         # tokens the judge generated to score this batch
+    examples: tuple[dict, ...] = ()               # a few judge outputs, for people to read
 
 
 @dataclass(frozen=True)

@@ -65,13 +65,23 @@ class LadderController:
 
     # the state machine --------------------------------------------------------------------
     def prepare(self) -> None:
-        """Open the registry and build the task and the judge calibration set."""
+        """Open the registry; tasks and calibration sets are built per rung (the schedule may change them)."""
         from ladder.registry import Registry
-        from ladder.tasks import build_task
 
         self.registry = Registry.for_spec(self.spec)
-        self.task = build_task(self.spec.task, self.spec.seed)
-        self.calibration = self.task.calibration(self.spec.eval.calibration_size, self.spec.seed + 7)
+        self._tasks: dict[str, object] = {}
+        self.task, self.calibration = self.task_for(1)
+
+    def task_for(self, k: int):
+        """Rung k's task and judge calibration set (built once per distinct task)."""
+        from ladder.tasks import build_task
+
+        rspec = self.spec.for_rung(k)
+        key = rspec.task.model_dump_json()
+        if key not in self._tasks:
+            task = build_task(rspec.task, self.spec.seed)
+            self._tasks[key] = (task, task.calibration(self.spec.eval.calibration_size, self.spec.seed + 7))
+        return self._tasks[key]
 
     def run(self) -> dict:
         try:
@@ -114,39 +124,57 @@ class LadderController:
         return str(Path(self.spec.workdir) / self.spec.name / "registry-cache")
 
     def _run_rung(self, k: int, attempt: int) -> str:
+        from ladder.gate import measure
         from ladder.rung import Rung
 
+        rspec = self.spec.for_rung(k)
+        task, calibration = self.task_for(k)
         judge = self._current_judge(k)
         student_path, init_label = self._student_init()
         run_id = self.registry.start_rung_run(self.parent_run, k, self.job)
         self._set(rung=k, step=0, latest={})
-        rung = Rung(self.spec, self.task, student_path, judge, self.spec.seed + 1000 * k + attempt)
+        rung = Rung(rspec, task, student_path, judge, self.spec.seed + 1000 * k + attempt)
         try:
             rung.ready()
-            self._probe_judge(rung, run_id)
+            self._probe_judge(rung, calibration, run_id)
+            start_eval = rung.evaluate()
+            self.registry.log_metrics(run_id, start_eval, 0)
             self._train(rung, run_id)
             final_eval = rung.evaluate()
             self.registry.log_metrics(run_id, final_eval, self.step)
+            current = measure(rung.pool, calibration)
             ckpt = rung.save_student(str(Path(self.spec.workdir) / self.spec.name / f"rung-{k}" / "candidate"))
         finally:
             rung.shutdown()
         tags = {"ladder.rung": str(k), "ladder.judge": judge.label, "ladder.student_init": init_label,
                 "ladder.spec_sha256": self.spec.sha256(), "ladder.job": self.job,
-                "ladder.rung_uid": f"{self.job}-{k}-{attempt}"}
+                "ladder.rung_uid": f"{self.job}-{k}-{attempt}", "ladder.task": rspec.task_label(),
+                "ladder.judge_mode": "verifier" if judge.kind == "verifier" else rspec.judge.mode}
         version = self.registry.register(run_id, ckpt, tags)
-        decision = self.decide(version, ckpt, judge, run_id)
+        baseline = self._baseline_accuracy(start_eval)
+        decision = self.decide(version, ckpt, k, run_id, current, judge.kind == "verifier",
+                               final_eval.get("eval/accuracy"), baseline)
         self.registry.end_run(run_id)
         with self._lock:
             self.history.append({"rung": k, "version": version, "judge": judge.label, "status": decision,
                                  "accuracy": final_eval.get("eval/accuracy"),
-                                 "judge_accuracy": self.latest.get("gate/candidate_accuracy")})
+                                 "judge_auc": self.latest.get("gate/candidate_auc")})
         return decision
 
-    def _probe_judge(self, rung, run_id: str) -> None:
-        """Record the judge pool's verdicts on fixed calibration items: proof of which weights it serves."""
+    def _baseline_accuracy(self, start_eval: dict) -> Optional[float]:
+        """The last promoted rung's held-out accuracy; before any promotion, the student's at step 0."""
+        champion = self.registry.alias("champion")
+        if champion is not None:
+            recorded = self.registry.heldout_accuracy(champion)
+            if recorded is not None:
+                return recorded
+        return start_eval.get("eval/accuracy")
+
+    def _probe_judge(self, rung, calibration, run_id: str) -> None:
+        """Record the judge pool's scores of fixed calibration items: proof of which weights it serves."""
         import json
 
-        items = self.calibration[:8]
+        items = calibration[:8]
         if rung.pool.verifier is None:
             scores, _ = rung.pool.score_pairs([c.prompt for c in items], [c.response for c in items])
             self.registry.client.set_tag(run_id, "ladder.judge_probe", json.dumps([round(s, 6) for s in scores]))
@@ -161,23 +189,21 @@ class LadderController:
             if step % spec.eval.every == 0 and step != spec.train.steps:
                 metrics.update(rung.evaluate())
             self.registry.log_metrics(run_id, metrics, step)
+            self.registry.log_judge_examples(run_id, step, rung.last_examples)
             self._set(step=step, latest=metrics)
             approvals.append(metrics["judge/approval"])
             if saturated(approvals, spec.saturation):
                 self.registry.client.set_tag(run_id, "ladder.ended_by", "saturation")
                 break
 
-    def decide(self, version: str, ckpt: str, judge, run_id: str) -> str:
-        """Gate the candidate as a judge, then promote / reject (auto) or wait for a person (manual)."""
-        from ladder.gate import run_gate
-        from ladder.rung import ResolvedJudge
-
-        gate = run_gate(ResolvedJudge("model", ckpt, f"v{version}"), judge, self.calibration, self.spec)
+    def decide(self, version: str, ckpt: str, k: int, run_id: str, current, current_is_verifier: bool,
+               student_accuracy: Optional[float] = None, baseline: Optional[float] = None) -> str:
+        """Gate the candidate as a judge (next rung's mode, on a judge pool), then promote / reject
+        (auto) or wait for a person (manual)."""
+        gate = self.gate(ckpt, k, current, current_is_verifier, student_accuracy, baseline)
         self.registry.log_metrics(run_id, gate.metrics(), self.step)
         self._set(latest={**self.latest, **gate.metrics()})
-        for key, value in {"ladder.gate": "pass" if gate.passed else "fail", "ladder.gate_reason": gate.reason,
-                           "ladder.judge_accuracy": f"{gate.candidate.accuracy:.4f}"}.items():
-            self.registry.client.set_model_version_tag(self.registry.name, version, key, value)
+        self.registry.record_gate(version, gate)
         if self.spec.promotion.policy == "manual":
             return self._await_decision(version)
         if gate.passed:
@@ -185,6 +211,22 @@ class LadderController:
             return "promoted"
         self.registry.reject(version, by="auto", reason=gate.reason)
         return "rejected"
+
+    def gate(self, ckpt: str, k: int, current, current_is_verifier: bool,
+             student_accuracy: Optional[float] = None, baseline: Optional[float] = None):
+        """The candidate measured as a judge on judge workers, in the mode rung k+1 will use."""
+        from ladder.gate import decide_gate, measure
+        from ladder.rung import ResolvedJudge, build_judge_pool
+        from stages.actors import kill_all
+
+        nxt = self.spec.for_rung(min(k + 1, self.spec.rungs))
+        task, calibration = self.task_for(min(k + 1, self.spec.rungs))
+        pool = build_judge_pool(nxt, ResolvedJudge("model", ckpt, "candidate"), task.answer_pattern, self.spec.seed)
+        try:
+            candidate = measure(pool, calibration)
+        finally:
+            kill_all(pool.workers)
+        return decide_gate(candidate, current, self.spec.promotion, current_is_verifier, student_accuracy, baseline)
 
     def _await_decision(self, version: str, poll_s: float = 1.0) -> str:
         """Wait until a person promotes or rejects the version (written to MLflow), or a stop."""

@@ -1,12 +1,14 @@
-"""The promotion gate: a candidate is measured *as a judge* on a calibration set beside the current judge.
+"""The promotion gate: a candidate is measured *as a judge*, on the judge pool, beside the current judge.
 
-Verdicts come from transformers on the controller (the same P(yes)/(P(yes)+P(no)) the vLLM judge computes).
+Rules (each rejection names its rule and numbers): no collapse, AUC above chance by a margin, not behind
+the current model judge, and the student's held-out accuracy not below the last promoted rung's.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
-from ladder.rung import ResolvedJudge, judge_health
+from ladder.rung import judge_health
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,9 @@ class GateResult:
     current: JudgeQuality
     passed: bool
     reason: str
+    rule: str = "passed"                  # which rule decided: collapse | chance | behind_judge | student_accuracy
+    student_accuracy: Optional[float] = None
+    baseline_accuracy: Optional[float] = None
 
     def metrics(self) -> dict[str, float]:
         out = {}
@@ -29,6 +34,8 @@ class GateResult:
             out.update({f"gate/{who}_accuracy": q.accuracy, f"gate/{who}_auc": q.auc,
                         f"gate/{who}_identical_share": q.identical_share})
         out["gate/passed"] = float(self.passed)
+        if self.student_accuracy is not None and self.baseline_accuracy is not None:
+            out.update({"gate/student_accuracy": self.student_accuracy, "gate/baseline_accuracy": self.baseline_accuracy})
         return out
 
 
@@ -41,37 +48,38 @@ def auc(scores: list[float], labels: list[bool]) -> float:
     return wins / (len(pos) * len(neg))
 
 
-def judge_scores(judge: ResolvedJudge, items, judge_spec) -> list[float]:
-    if judge.kind == "verifier":
-        from stages.judge import load_verifier
-
-        fn = load_verifier(judge.location)
-        return [float(fn(c.prompt, c.response, c.reference)) for c in items]
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from ladder.bootstrap import verdicts
-
-    tok = AutoTokenizer.from_pretrained(judge.location)
-    model = AutoModelForCausalLM.from_pretrained(judge.location, dtype=torch.float32).eval()
-    texts = [judge_spec.prompt_template.replace("{prompt}", c.prompt).replace("{response}", c.response)
-             for c in items]
-    return verdicts(model, tok, texts, judge_spec.yes_token, judge_spec.no_token)
-
-
-def measure(judge: ResolvedJudge, items, judge_spec) -> JudgeQuality:
-    scores = judge_scores(judge, items, judge_spec)
-    labels = [c.correct for c in items]
-    acc = sum((s > 0.5) == y for s, y in zip(scores, labels)) / len(items)
+def quality(scores: list[float], labels: list[bool]) -> JudgeQuality:
+    acc = sum((s > 0.5) == y for s, y in zip(scores, labels)) / max(1, len(labels))
     return JudgeQuality(acc, auc(scores, labels), judge_health(scores, 0)["judge/identical_share"])
 
 
-def run_gate(candidate: ResolvedJudge, current: ResolvedJudge, items, spec) -> GateResult:
-    cand, cur = measure(candidate, items, spec.judge), measure(current, items, spec.judge)
-    p = spec.promotion
-    if cand.identical_share >= p.collapse_share:
-        return GateResult(cand, cur, False, f"judge collapsed: {cand.identical_share:.0%} of items got one score")
-    if cand.accuracy < cur.accuracy - p.tolerance:
-        return GateResult(cand, cur, False, f"judges worse: accuracy {cand.accuracy:.3f} < "
-                                            f"{cur.accuracy:.3f} - tolerance {p.tolerance}")
-    return GateResult(cand, cur, True, f"accuracy {cand.accuracy:.3f} vs current {cur.accuracy:.3f}")
+def measure(pool, items) -> JudgeQuality:
+    """A judge pool's quality on calibration items (scored in the pool's mode; items of one prompt
+    form a group, so a pairwise judge compares the correct and the corrupted response)."""
+    index = {p: g for g, p in enumerate(dict.fromkeys(c.prompt for c in items))}
+    scored = pool.score_items([c.prompt for c in items], [c.response for c in items],
+                              [index[c.prompt] for c in items], [c.reference for c in items])
+    return quality(list(scored.scores), [c.correct for c in items])
+
+
+def decide_gate(candidate: JudgeQuality, current: JudgeQuality, promotion, current_is_verifier: bool,
+                student_accuracy: Optional[float] = None, baseline_accuracy: Optional[float] = None) -> GateResult:
+    """Apply the gate's rules in order; the first that fails is the reason."""
+    p = promotion
+    result = lambda passed, rule, reason: GateResult(candidate, current, passed, reason, rule,  # noqa: E731
+                                                     student_accuracy, baseline_accuracy)
+    if candidate.identical_share >= p.collapse_share:
+        return result(False, "collapse", f"judge collapsed: {candidate.identical_share:.0%} of calibration items "
+                                         f"got one score (limit {p.collapse_share:.0%})")
+    if candidate.auc < p.min_auc:
+        return result(False, "chance", f"judge near chance: AUC {candidate.auc:.3f} < min_auc {p.min_auc}")
+    if not current_is_verifier and candidate.auc < current.auc - p.tolerance:
+        return result(False, "behind_judge", f"judges worse than the current judge: AUC {candidate.auc:.3f} < "
+                                             f"{current.auc:.3f} - tolerance {p.tolerance}")
+    if student_accuracy is not None and baseline_accuracy is not None \
+            and student_accuracy < baseline_accuracy - p.tolerance:
+        return result(False, "student_accuracy", f"student lost accuracy: held-out {student_accuracy:.3f} < "
+                                                 f"{baseline_accuracy:.3f} - tolerance {p.tolerance}")
+    vs = "verifier (exact; not a bar for a learned judge)" if current_is_verifier else f"{current.auc:.3f}"
+    acc = "" if student_accuracy is None else f"; held-out {student_accuracy:.3f} vs {baseline_accuracy:.3f}"
+    return result(True, "passed", f"AUC {candidate.auc:.3f} (min {p.min_auc}) vs current {vs}{acc}")

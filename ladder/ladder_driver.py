@@ -4,27 +4,54 @@ from __future__ import annotations
 import json
 
 
+HEALTH = {"reward_mean": "reward.mean", "response_tokens": "rollout.response_tokens",
+          "length_reward_corr": "judge.length_reward_corr", "approval": "judge.approval",
+          "identical_share": "judge.identical_share", "parse_failure_rate": "judge.parse_failure_rate",
+          "judge_tokens_per_sample": "judge.tokens_per_sample"}
+
+
 def lineage_rows(registry) -> list[dict]:
+    """One row per version: rung, task, judge, gate verdict, accuracies, judge health over the rung."""
     rows = []
     for v in registry.versions():
         t = v.tags
         run = registry.client.get_run(v.run_id) if v.run_id else None
-        acc = run.data.metrics.get("eval.accuracy") if run else None
-        rows.append({"version": int(v.version), "rung": int(t.get("ladder.rung", 0)), "judged_by": t.get("ladder.judge"),
-                     "status": t.get("ladder.status"), "heldout_accuracy": acc,
-                     "judge_accuracy": float(t["ladder.judge_accuracy"]) if "ladder.judge_accuracy" in t else None,
-                     "student_init": t.get("ladder.student_init"), "job": t.get("ladder.job")})
+        number = lambda key: float(t[key]) if key in t else None  # noqa: E731
+        rows.append({"version": int(v.version), "rung": int(t.get("ladder.rung", 0)), "task": t.get("ladder.task"),
+                     "judged_by": t.get("ladder.judge"), "judge_mode": t.get("ladder.judge_mode"),
+                     "status": t.get("ladder.status"),
+                     "heldout_accuracy": run.data.metrics.get("eval.accuracy") if run else None,
+                     "judge_accuracy": number("ladder.judge_accuracy"), "judge_auc": number("ladder.judge_auc"),
+                     "gate": t.get("ladder.gate"), "gate_rule": t.get("ladder.gate_rule"),
+                     "reason": t.get("ladder.gate_reason"), "decided_by": t.get("ladder.decided_by"),
+                     "student_init": t.get("ladder.student_init"), "job": t.get("ladder.job"),
+                     **_rung_means(registry, v.run_id)})
     return rows
 
 
+def _rung_means(registry, run_id) -> dict:
+    """Per-step judge-health metrics averaged over the rung's training steps (step 0 is evaluation)."""
+    out = {}
+    for name, key in HEALTH.items():
+        hist = [m.value for m in registry.client.get_metric_history(run_id, key) if m.step > 0] if run_id else []
+        out[name] = sum(hist) / len(hist) if hist else None
+    return out
+
+
 def format_table(rows: list[dict], aliases: dict[str, str]) -> str:
-    head = f"{'version':>7}  {'rung':>4}  {'judged by':<28} {'status':<10} {'held-out acc':>12} {'judge acc':>9}  aliases"
+    fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+    head = (f"{'version':>7}  {'rung':>4}  {'judged by':<24} {'mode':<8} {'status':<9} {'held-out acc':>12} "
+            f"{'judge acc':>9} {'judge AUC':>9} {'reward':>6}  aliases")
     lines = [head, "-" * len(head)]
     for r in rows:
         names = ",".join(sorted(a for a, v in aliases.items() if v == str(r["version"])))
-        fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
-        lines.append(f"{r['version']:>7}  {r['rung']:>4}  {str(r['judged_by'])[:28]:<28} {str(r['status']):<10} "
-                     f"{fmt(r['heldout_accuracy']):>12} {fmt(r['judge_accuracy']):>9}  {names}")
+        lines.append(f"{r['version']:>7}  {r['rung']:>4}  {str(r['judged_by'])[-24:]:<24} {str(r['judge_mode'])[:8]:<8} "
+                     f"{str(r['status']):<9} {fmt(r['heldout_accuracy']):>12} {fmt(r['judge_accuracy']):>9} "
+                     f"{fmt(r['judge_auc']):>9} {fmt(r['reward_mean']):>6}  {names}")
+        lines.append(f"{'':>15}task: {r['task'] or '-'};  gate: {r['reason'] or '-'}")
+        lines.append(f"{'':>15}health: length {fmt(r['response_tokens'])} tok, length~reward r={fmt(r['length_reward_corr'])}, "
+                     f"approval {fmt(r['approval'])}, identical {fmt(r['identical_share'])}, "
+                     f"parse failures {fmt(r['parse_failure_rate'])}, judge tok/sample {fmt(r['judge_tokens_per_sample'])}")
     return "\n".join(lines)
 
 

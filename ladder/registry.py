@@ -79,6 +79,13 @@ class Registry:
         batch = [Metric(k.replace("/", "."), float(v), now, step) for k, v in metrics.items()]
         self.client.log_batch(run_id, metrics=batch)
 
+    def log_judge_examples(self, run_id: str, step: int, examples) -> None:
+        """A few of the judge's outputs at this step, as a JSON artifact people can read."""
+        import json
+
+        if examples:
+            self.client.log_text(run_id, json.dumps(list(examples), indent=1), f"judge_samples/step-{step:04d}.json")
+
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status)
 
@@ -135,6 +142,19 @@ class Registry:
                            "ladder.decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                            "ladder.reason": reason or "-"}.items():
             self.client.set_model_version_tag(self.name, str(version), key, value)
+
+    def record_gate(self, version: str, gate) -> None:
+        """The gate's verdict on a version: pass/fail, the deciding rule, its numbers."""
+        tags = {"ladder.gate": "pass" if gate.passed else "fail", "ladder.gate_rule": gate.rule,
+                "ladder.gate_reason": gate.reason, "ladder.judge_accuracy": f"{gate.candidate.accuracy:.4f}",
+                "ladder.judge_auc": f"{gate.candidate.auc:.4f}"}
+        for key, value in tags.items():
+            self.client.set_model_version_tag(self.name, str(version), key, value)
+
+    def heldout_accuracy(self, version: str) -> Optional[float]:
+        """The student's held-out accuracy at the end of the version's rung (None if not recorded)."""
+        run_id = self.version(version).run_id
+        return self.client.get_run(run_id).data.metrics.get("eval.accuracy") if run_id else None
 
     def status_of(self, version: str) -> str:
         return self.version(version).tags.get(STATUS_TAG, "candidate")

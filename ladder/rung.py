@@ -63,6 +63,26 @@ def judge_health(scores, parse_failures: int) -> dict[str, float]:
             "judge/approval": sum(scores) / n}
 
 
+def length_health(rollout, judged) -> dict[str, float]:
+    """Mean response length, its correlation with reward (length hacking), judge tokens per sample."""
+    lengths = [float(len(s.completion_ids)) for s in rollout.samples]
+    n = max(1, len(lengths))
+    return {"rollout/response_tokens": sum(lengths) / n,
+            "judge/length_reward_corr": pearson(lengths, list(judged.scores)),
+            "judge/tokens_per_sample": judged.judge_tokens / n}
+
+
+def pearson(xs: list[float], ys: list[float]) -> float:
+    """Pearson correlation; 0.0 when either side is constant."""
+    n = len(xs)
+    if n < 2:
+        return 0.0
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    sxx, syy = sum((x - mx) ** 2 for x in xs), sum((y - my) ** 2 for y in ys)
+    return sxy / (sxx * syy) ** 0.5 if sxx > 0 and syy > 0 else 0.0
+
+
 def split(items: list, parts: int) -> list[list]:
     k, r = divmod(len(items), parts)
     out, start = [], 0
@@ -73,13 +93,27 @@ def split(items: list, parts: int) -> list[list]:
     return out
 
 
+def build_judge_pool(spec, judge: ResolvedJudge, answer_pattern: str, seed: int):
+    """A `JudgePool` for `judge` in `spec.judge`'s mode: a verifier, or judge workers (one engine each)."""
+    from stages.actors import spawn
+    from stages.engine import EngineConfig
+    from stages.judge import JudgeConfig, JudgePool, JudgeWorker, load_verifier
+
+    if judge.kind == "verifier":
+        return JudgePool([], spec.judge_pool.batch_size, verifier=load_verifier(judge.location))
+    cfg = JudgeConfig.from_spec(spec.judge, answer_pattern)
+    engine = EngineConfig(judge.location, seed=seed, kv_cache_gib=spec.rollout.kv_cache_gib)
+    start = lambda: spawn(JudgeWorker, engine, cfg)  # noqa: E731
+    return JudgePool([start() for _ in range(spec.judge_pool.workers)], spec.judge_pool.batch_size,
+                     respawn=start, cfg=cfg)
+
+
 class Rung:
     """The stage actors of one rung and the step loop that drives them."""
 
     def __init__(self, spec, task: Task, student_path: str, judge: ResolvedJudge, seed: int):
         from stages.actors import spawn
         from stages.engine import EngineConfig
-        from stages.judge import JudgeConfig, JudgePool, JudgeWorker, load_verifier
         from stages.rollout import RolloutWorker
         from stages.train import TrainConfig, Trainer
 
@@ -90,16 +124,10 @@ class Rung:
         self.trainer = spawn(Trainer, student_path, TrainConfig.from_spec(spec.train), seed)
         self.rollout = [spawn(RolloutWorker, EngineConfig(**{**student_cfg.__dict__, "seed": seed + i}))
                         for i in range(ro.workers)]
-        if judge.kind == "verifier":
-            self.pool = JudgePool([], spec.judge_pool.batch_size, verifier=load_verifier(judge.location))
-        else:
-            judge_cfg = JudgeConfig.from_spec(spec.judge)
-            engine = EngineConfig(judge.location, seed=seed, kv_cache_gib=ro.kv_cache_gib)
-            start = lambda: spawn(JudgeWorker, engine, judge_cfg)  # noqa: E731
-            self.pool = JudgePool([start() for _ in range(spec.judge_pool.workers)],
-                                  spec.judge_pool.batch_size, respawn=start)
+        self.pool = build_judge_pool(spec, judge, task.answer_pattern, seed)
         self.step_no = 0
         self.weights_version = 0
+        self.last_examples: tuple = ()
 
     def actors(self) -> list:
         return [self.trainer, *self.rollout, *self.pool.workers]
@@ -149,6 +177,7 @@ class Rung:
         self.sync()
         t4 = time.perf_counter()
         self.step_no += 1
+        self.last_examples = judged.examples
         tokens = rollout.n_tokens
         return {
             "reward/mean": stats.reward_mean, "reward/std": stats.reward_std, "train/kl": stats.kl,
@@ -159,6 +188,7 @@ class Rung:
             "time/rollout_s": t1 - t0, "time/judge_s": t2 - t1, "time/train_s": t3 - t2,
             "time/sync_s": t4 - t3, "time/step_s": t4 - t0,
             **judge_health(judged.scores, judged.parse_failures),
+            **length_health(rollout, judged),
         }
 
     def sync(self) -> int:

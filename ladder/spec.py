@@ -20,6 +20,13 @@ class SpecError(ValueError):
     """A spec that cannot be used; the message is one line naming the field."""
 
 
+def _has_placeholders(v: str, *keys: str) -> str:
+    for key in keys:
+        if key not in v:
+            raise ValueError(f"must contain {key}")
+    return v
+
+
 def _one_group_regex(v: str, what: str) -> str:
     try:
         groups = re.compile(v).groups
@@ -72,12 +79,16 @@ class VerifierJudge(_Strict):
 JudgeSource = Annotated[Union[ModelJudge, RegistryJudge, VerifierJudge], Field(discriminator="kind")]
 
 DEFAULT_JUDGE_TEMPLATE = "{prompt}{response}\nok?"
+JudgeMode = Literal["verdict", "score", "solve", "pairwise"]
 
 
 class JudgeSpec(_Strict):
     initial: JudgeSource = Field(description="The rung-1 judge: a model directory, a registry URI or a verifier.")
-    mode: Literal["verdict", "score"] = Field(
-        "verdict", description="verdict: P(yes)/(P(yes)+P(no)) of the next token; score: parse a number the judge writes.")
+    mode: JudgeMode = Field(
+        "verdict", description="verdict: P(yes)/(P(yes)+P(no)) of the next token; score: parse a number the judge "
+                               "writes; solve: the judge solves the prompt itself and the response earns its "
+                               "agreement with the judge's answers; pairwise: the judge compares two responses of a "
+                               "group in both orders and a response earns its win rate.")
     prompt_template: str = Field(
         DEFAULT_JUDGE_TEMPLATE, description="Judge prompt; must contain {prompt} and {response}.")
     yes_token: str = Field("yes", description="Token whose probability means approval (verdict mode).")
@@ -87,14 +98,32 @@ class JudgeSpec(_Strict):
     score_max: float = Field(10.0, gt=0, description="Scores are divided by this to land in [0, 1] (score mode).")
     score_max_tokens: int = Field(16, ge=1, le=512, description="Tokens the judge may write (score mode).")
     fallback_score: float = Field(0.0, ge=0, le=1, description="Reward given when the judge output cannot be parsed.")
+    solve_template: str = Field("{prompt}", description="What the judge is given to solve (solve mode); contains {prompt}.")
+    solve_samples: int = Field(4, ge=1, le=64, description="Answers the judge writes per prompt (solve mode).")
+    solve_temperature: float = Field(
+        1.0, ge=0, le=5, description="Sampling temperature of the judge's own answers (solve mode; 0 = greedy).")
+    solve_max_tokens: int = Field(32, ge=1, le=32768, description="Tokens per judge answer (solve mode).")
+    solve_reward: Literal["share", "majority"] = Field(
+        "share", description="share: the fraction of the judge's answers the response agrees with; "
+                             "majority: 1 when it agrees with the judge's most common answer (solve mode).")
+    pair_template: str = Field(
+        "{prompt}1:{first}\n2:{second}\nfirst?", description="Pairwise prompt with {prompt}, {first}, {second}; "
+                                                          "yes_token means the first response is better.")
 
     @field_validator("prompt_template")
     @classmethod
     def _placeholders(cls, v: str) -> str:
-        for key in ("{prompt}", "{response}"):
-            if key not in v:
-                raise ValueError(f"must contain {key}")
-        return v
+        return _has_placeholders(v, "{prompt}", "{response}")
+
+    @field_validator("solve_template")
+    @classmethod
+    def _solve_placeholders(cls, v: str) -> str:
+        return _has_placeholders(v, "{prompt}")
+
+    @field_validator("pair_template")
+    @classmethod
+    def _pair_placeholders(cls, v: str) -> str:
+        return _has_placeholders(v, "{prompt}", "{first}", "{second}")
 
     @field_validator("score_pattern")
     @classmethod
@@ -162,7 +191,12 @@ class EvalSpec(_Strict):
 
 class PromotionSpec(_Strict):
     policy: Literal["auto", "manual"] = Field("auto", description="auto: promote when the gate passes; manual: wait.")
-    tolerance: float = Field(0.05, ge=0, le=1, description="How much worse than the current judge a candidate may judge.")
+    tolerance: float = Field(
+        0.05, ge=0, le=1, description="How much a candidate may fall behind: the current judge's AUC as a judge, and "
+                                      "the last promoted rung's held-out accuracy as a student.")
+    min_auc: float = Field(
+        0.6, ge=0.5, le=1, description="A candidate judge must separate right from wrong calibration answers with at "
+                                       "least this AUC (0.5 is chance).")
     collapse_share: float = Field(0.9, gt=0, le=1, description="A judge giving this share of samples one score has collapsed.")
     on_reject: Literal["stop", "retry"] = Field("stop", description="After a rejected rung: stop the ladder or retry the rung.")
     max_retries: int = Field(1, ge=0, description="Retries of a rejected rung when on_reject is retry.")
@@ -172,6 +206,13 @@ class SaturationSpec(_Strict):
     enabled: bool = Field(False, description="End a rung early when the judge approves nearly everything.")
     window: int = Field(5, ge=1, description="Steps averaged.")
     threshold: float = Field(0.95, gt=0, le=1, description="Mean judge approval above which the rung ends.")
+
+
+class RungSchedule(_Strict):
+    """Overrides from rung `rung` on (until the next entry): what the rung trains on and how it is judged."""
+    rung: int = Field(ge=1, description="First rung this entry applies to.")
+    task: Optional[TaskSource] = Field(None, description="The task from this rung on (e.g. more terms).")
+    judge_mode: Optional[JudgeMode] = Field(None, description="The judge mode from this rung on.")
 
 
 class MlflowSpec(_Strict):
@@ -195,6 +236,8 @@ class LadderSpec(_Strict):
     promotion: PromotionSpec = Field(default_factory=PromotionSpec, description="The promotion gate.")
     saturation: SaturationSpec = Field(default_factory=SaturationSpec, description="Early rung end.")
     mlflow: MlflowSpec = Field(default_factory=MlflowSpec, description="Tracking and registry.")
+    schedule: list[RungSchedule] = Field(
+        default_factory=list, description="Per-rung overrides of the task and the judge mode, by first rung.")
 
     @model_validator(mode="after")
     def _cross_field(self) -> "LadderSpec":
@@ -204,7 +247,31 @@ class LadderSpec(_Strict):
             raise ValueError("saturation.window must not exceed train.steps")
         if self.promotion.on_reject == "retry" and self.promotion.max_retries < 1:
             raise ValueError("promotion.max_retries must be at least 1 when on_reject is retry")
+        firsts = [entry.rung for entry in self.schedule]
+        if firsts != sorted(set(firsts)):
+            raise ValueError("schedule: entries must name increasing, distinct rungs")
+        if firsts and firsts[-1] > self.rungs:
+            raise ValueError(f"schedule: rung {firsts[-1]} is beyond rungs={self.rungs}")
         return self
+
+    def for_rung(self, k: int) -> "LadderSpec":
+        """This spec with the schedule's overrides for rung `k` applied (the latest entry at or before k)."""
+        spec = self
+        for entry in self.schedule:
+            if entry.rung > k:
+                break
+            if entry.task is not None:
+                spec = spec.model_copy(update={"task": spec.task.model_copy(update={"source": entry.task})})
+            if entry.judge_mode is not None:
+                spec = spec.model_copy(update={"judge": spec.judge.model_copy(update={"mode": entry.judge_mode})})
+        return spec
+
+    def task_label(self) -> str:
+        """What a rung trains on, in a few words (lineage shows it)."""
+        src = self.task.source
+        if src.kind == "builtin":
+            return f"{src.name} terms={src.terms} max_operand={src.max_operand}"
+        return f"jsonl {Path(src.path).name}"
 
     def sha256(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()

@@ -1,13 +1,14 @@
 """The frozen judge: judge workers (one vLLM engine each) behind a `JudgePool` that scores batches.
 
-Scorers: `verdict` = P(yes)/(P(yes)+P(no)) of the next token; `score` = a number the judge writes;
-a verifier judge runs a `module:function` in the pool instead of an engine.
+Workers read verdicts and write text; the mode's scorer (`stages.scoring.JUDGE_SCORERS`) turns that
+into rewards. A verifier judge runs a `module:function` in the pool instead of an engine.
 """
 from __future__ import annotations
 
 import importlib
 import math
 import re
+import zlib
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -30,13 +31,27 @@ class JudgeConfig:
     score_max: float = 10.0
     score_max_tokens: int = 16
     fallback_score: float = 0.0
+    solve_template: str = "{prompt}"
+    solve_samples: int = 4
+    solve_temperature: float = 1.0
+    solve_max_tokens: int = 32
+    solve_reward: str = "share"
+    pair_template: str = "{prompt}1:{first}\n2:{second}\nfirst?"
+    answer_pattern: str = r"#(-?\d+)"   # the task's, set by the rung
 
     @classmethod
-    def from_spec(cls, judge_spec) -> "JudgeConfig":
-        return cls(**{k: getattr(judge_spec, k) for k in cls.__dataclass_fields__})
+    def from_spec(cls, judge_spec, answer_pattern: Optional[str] = None) -> "JudgeConfig":
+        fields = {k: getattr(judge_spec, k) for k in cls.__dataclass_fields__ if k != "answer_pattern"}
+        return cls(**fields, **({"answer_pattern": answer_pattern} if answer_pattern else {}))
 
     def render(self, prompt: str, response: str) -> str:
         return self.prompt_template.replace("{prompt}", prompt).replace("{response}", response)
+
+    def render_solve(self, prompt: str) -> str:
+        return self.solve_template.replace("{prompt}", prompt)
+
+    def render_pair(self, prompt: str, first: str, second: str) -> str:
+        return self.pair_template.replace("{prompt}", prompt).replace("{first}", first).replace("{second}", second)
 
 
 def _single_token(tokenizer, text: str, field: str) -> int:
@@ -82,28 +97,41 @@ class JudgeWorker:
         self.judge = judge
         self.llm = build_llm(EngineConfig(**{**engine.__dict__, "full_logprobs": True}))
         tok = self.llm.get_tokenizer()
-        if judge.mode == "verdict":
+        if judge.mode in ("verdict", "pairwise"):
             self.yes_id = _single_token(tok, judge.yes_token, "yes_token")
             self.no_id = _single_token(tok, judge.no_token, "no_token")
 
-    def score(self, prompts: list[str], responses: list[str]) -> tuple[list[float], int]:
-        """Scores in [0, 1] for each (prompt, response), and how many judge outputs were unparsable."""
-        texts = [self.judge.render(p, r) for p, r in zip(prompts, responses)]
-        if self.judge.mode == "verdict":
-            return verdict_scores(self.llm, texts, self.yes_id, self.no_id), 0
-        return self._written_scores(texts)
+    def verdicts(self, texts: list[str]) -> list[float]:
+        """P(yes) / (P(yes) + P(no)) of the next token after each text."""
+        return verdict_scores(self.llm, texts, self.yes_id, self.no_id)
 
-    def _written_scores(self, texts: list[str]) -> tuple[list[float], int]:
+    def write(self, texts: list[str], n: int, max_tokens: int, temperature: float) -> list[list[tuple[str, int]]]:
+        """`n` continuations of each text as (text, tokens). Sampling is seeded by the text, so the
+        same prompt gets the same judge outputs on any worker and in any chunk."""
         from vllm import SamplingParams
 
-        params = SamplingParams(max_tokens=self.judge.score_max_tokens, temperature=0.0)
+        params = [SamplingParams(n=n, max_tokens=max_tokens, temperature=temperature,
+                                 seed=zlib.crc32(t.encode()) if temperature > 0 else None) for t in texts]
         outs = self.llm.generate(texts, params, use_tqdm=False)
-        scores, failures = [], 0
-        for out in outs:
-            value = parse_score(out.outputs[0].text, self.judge.score_pattern, self.judge.score_max)
-            failures += value is None
-            scores.append(self.judge.fallback_score if value is None else value)
-        return scores, failures
+        return [[(c.text, len(c.token_ids)) for c in out.outputs] for out in outs]
+
+    def score(self, prompts: list[str], responses: list[str]) -> tuple[list[float], int]:
+        """Scores in [0, 1] for each (prompt, response) in this worker's mode, and the parse failures."""
+        from stages.scoring import JUDGE_SCORERS, Pairs
+
+        scored = JUDGE_SCORERS[self.judge.mode](_Local(self), self.judge,
+                                                Pairs(tuple(prompts), tuple(responses), tuple(range(len(prompts)))))
+        return list(scored.scores), scored.parse_failures
+
+
+class _Local:
+    """A pool of one worker, called in its own process (`JudgeWorker.score`)."""
+
+    def __init__(self, worker: JudgeWorker):
+        self.worker = worker
+
+    def map(self, method: str, items: list, *args) -> list:
+        return getattr(self.worker, method)(items, *args)
 
 
 def load_verifier(path: str) -> Callable[[str, str, Optional[str]], float]:
@@ -123,33 +151,47 @@ class JudgePool:
     """Scores rollouts in batches spread over judge workers (or with a verifier function)."""
 
     def __init__(self, workers: list, batch_size: int, verifier: Optional[Callable] = None,
-                 respawn: Optional[Callable[[], object]] = None):
+                 respawn: Optional[Callable[[], object]] = None, cfg: Optional[JudgeConfig] = None):
         if not workers and verifier is None:
             raise JudgeError("a judge pool needs judge workers or a verifier")
         self.workers = list(workers)
         self.batch_size = batch_size
         self.verifier = verifier
         self.respawn = respawn
+        self.cfg = cfg or JudgeConfig()
         self.replaced = 0
 
     def score(self, batch: RolloutBatch) -> JudgedBatch:
-        prompts, responses = list(batch.prompts), batch.responses
+        scored = self.score_items(list(batch.prompts), batch.responses, list(batch.group), list(batch.references))
+        return JudgedBatch(batch, scored.scores, scored.parse_failures, scored.judge_tokens, scored.examples)
+
+    def score_items(self, prompts: list[str], responses: list[str], groups: Optional[list[int]] = None,
+                    references: Optional[list] = None):
+        """Rewards for (prompt, response) pairs in the judge's mode; `groups` tie samples of one prompt."""
+        from stages.scoring import JUDGE_SCORERS, Pairs, Scored
+
         if self.verifier is not None:
-            scores = [float(self.verifier(p, r, ref)) for p, r, ref in zip(prompts, responses, batch.references)]
-            return JudgedBatch(batch, tuple(scores), 0)
-        scores, failures = self.score_pairs(prompts, responses)
-        return JudgedBatch(batch, tuple(scores), failures)
+            refs = references or [None] * len(prompts)
+            return Scored(tuple(float(self.verifier(p, r, ref)) for p, r, ref in zip(prompts, responses, refs)), 0, 0)
+        groups = groups if groups is not None else list(range(len(prompts)))
+        return JUDGE_SCORERS[self.cfg.mode](self, self.cfg, Pairs(tuple(prompts), tuple(responses), tuple(groups)))
 
     def score_pairs(self, prompts: list[str], responses: list[str]) -> tuple[list[float], int]:
-        """Chunks of `batch_size` round-robin over workers; a dead worker is replaced and its chunk retried."""
+        """Each pair scored on its own (no groups): scores and parse failures."""
+        scored = self.score_items(prompts, responses)
+        return list(scored.scores), scored.parse_failures
+
+    def map(self, method: str, items: list, *args) -> list:
+        """`worker.method(chunk, *args)` over chunks of `batch_size` items, round-robin over workers,
+        results in order; a dead worker is replaced and its chunk retried."""
         import ray
 
-        chunks = [(i, i + self.batch_size) for i in range(0, len(prompts), self.batch_size)]
+        chunks = [(i, i + self.batch_size) for i in range(0, len(items), self.batch_size)]
         pending = {}
         for k, (a, b) in enumerate(chunks):
             worker = self.workers[k % len(self.workers)]
-            pending[k] = (worker, worker.score.remote(prompts[a:b], responses[a:b]))
-        results: dict[int, tuple[list[float], int]] = {}
+            pending[k] = (worker, getattr(worker, method).remote(items[a:b], *args))
+        results: dict[int, list] = {}
         for k, (worker, ref) in pending.items():
             try:
                 results[k] = ray.get(ref)
@@ -158,9 +200,8 @@ class JudgePool:
                 if self.workers[index] is worker:  # not yet replaced by an earlier failed chunk
                     self._replace(index)
                 a, b = chunks[k]
-                results[k] = ray.get(self.workers[index].score.remote(prompts[a:b], responses[a:b]))
-        scores = [s for k in range(len(chunks)) for s in results[k][0]]
-        return scores, sum(results[k][1] for k in results)
+                results[k] = ray.get(getattr(self.workers[index], method).remote(items[a:b], *args))
+        return [x for k in range(len(chunks)) for x in results[k]]
 
     def _replace(self, index: int) -> None:
         if self.respawn is None:

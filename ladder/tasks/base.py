@@ -66,13 +66,14 @@ class Task:
         return sum(self.extract(t) == r for t, r in pairs) / max(1, len(pairs))
 
     def calibration(self, size: int, seed: int) -> list[CalibrationItem]:
-        """Half correct worked solutions, half corrupted ones, from held-out examples."""
+        """Pairs from held-out examples: items 2m and 2m+1 are a correct worked solution and a
+        corrupted one of the same prompt (so a pairwise judge can compare them)."""
         if self.corrupt is None:
             raise TaskError(f"task {self.name}: has no worked solutions, cannot build a judge calibration set")
         rng = random.Random(seed)
         items = []
         for i in range(size):
-            ex = self.eval[i % len(self.eval)]
+            ex = self.eval[(i // 2) % len(self.eval)]
             if i % 2 == 0:
                 items.append(CalibrationItem(ex.prompt, ex.solution or "", True, ex.answer))
             else:

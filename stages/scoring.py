@@ -1,0 +1,111 @@
+"""How a judge model turns (prompt, response) pairs into rewards: one scorer per judge mode.
+
+`JUDGE_SCORERS[mode](pool, cfg, pairs)` uses the pool's workers (`verdicts` / `write`) and returns `Scored`.
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """What a judge scores: `[n]` prompts and responses, and each one's group (same prompt)."""
+    prompts: tuple[str, ...]
+    responses: tuple[str, ...]
+    groups: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Scored:
+    scores: tuple[float, ...]          # [n] rewards in [0, 1]
+    parse_failures: int                # judge outputs that could not be read (fallback score used)
+    judge_tokens: int                  # tokens the judge generated for these scores
+    examples: tuple[dict, ...] = ()    # a few judge outputs, for people to read
+
+
+def extract(pattern: str, text: str) -> Optional[str]:
+    m = re.search(pattern, text)
+    return m.group(1).strip() if m else None
+
+
+def score_verdict(pool, cfg, pairs: Pairs) -> Scored:
+    """P(yes) / (P(yes) + P(no)) after the rendered judge prompt: one next-token read per pair."""
+    texts = [cfg.render(p, r) for p, r in zip(pairs.prompts, pairs.responses)]
+    scores = pool.map("verdicts", texts)
+    examples = tuple({"judge_input": t, "score": round(s, 4)} for t, s in list(zip(texts, scores))[:4])
+    return Scored(tuple(scores), 0, len(texts), examples)
+
+
+def score_written(pool, cfg, pairs: Pairs) -> Scored:
+    """The judge writes a score (greedy); `score_pattern` reads it, `fallback_score` when unreadable."""
+    from stages.judge import parse_score
+
+    texts = [cfg.render(p, r) for p, r in zip(pairs.prompts, pairs.responses)]
+    outs = [o[0] for o in pool.map("write", texts, 1, cfg.score_max_tokens, 0.0)]
+    values = [parse_score(text, cfg.score_pattern, cfg.score_max) for text, _ in outs]
+    scores = tuple(cfg.fallback_score if v is None else v for v in values)
+    examples = tuple({"judge_output": text, "score": s} for (text, _), s in list(zip(outs, scores))[:4])
+    return Scored(scores, sum(v is None for v in values), sum(n for _, n in outs), examples)
+
+
+def score_solve(pool, cfg, pairs: Pairs) -> Scored:
+    """The judge solves each distinct prompt `solve_samples` times; a response earns the share of the
+    judge's answers it agrees with (`share`) or 1 for agreeing with the judge's majority (`majority`)."""
+    prompts = list(dict.fromkeys(pairs.prompts))
+    solved = pool.map("write", [cfg.render_solve(p) for p in prompts], cfg.solve_samples,
+                      cfg.solve_max_tokens, cfg.solve_temperature)
+    answers = {p: [extract(cfg.answer_pattern, text) for text, _ in outs] for p, outs in zip(prompts, solved)}
+    scores, failures = [], 0
+    for p, r in zip(pairs.prompts, pairs.responses):
+        judged = [a for a in answers[p] if a is not None]
+        if not judged:
+            failures += 1
+            scores.append(cfg.fallback_score)
+            continue
+        scores.append(agreement(extract(cfg.answer_pattern, r), judged, cfg.solve_reward))
+    examples = tuple({"prompt": p, "judge_wrote": [t for t, _ in outs]} for p, outs in list(zip(prompts, solved))[:4])
+    tokens = sum(n for outs in solved for _, n in outs)
+    return Scored(tuple(scores), failures, tokens, examples)
+
+
+def agreement(answer: Optional[str], judge_answers: Sequence[str], rule: str) -> float:
+    """Reward of a response whose final answer is `answer`, given the judge's own answers."""
+    if answer is None:
+        return 0.0
+    if rule == "majority":
+        return float(Counter(judge_answers).most_common(1)[0][0] == answer)
+    return sum(a == answer for a in judge_answers) / len(judge_answers)
+
+
+def score_pairwise(pool, cfg, pairs: Pairs) -> Scored:
+    """Every two responses of a group are compared in both orders (cancelling position bias);
+    a response's reward is its mean win probability against the rest of its group."""
+    comparisons = [(i, j) for members in _members(pairs.groups).values() for i in members for j in members if i != j]
+    texts = [cfg.render_pair(pairs.prompts[i], pairs.responses[i], pairs.responses[j]) for i, j in comparisons]
+    first_wins = dict(zip(comparisons, pool.map("verdicts", texts))) if texts else {}
+    wins: dict[int, list[float]] = {i: [] for i in range(len(pairs.prompts))}
+    for i, j in comparisons:
+        wins[i].append(pair_win(first_wins[(i, j)], first_wins[(j, i)]))
+    scores = tuple(sum(w) / len(w) if w else 0.5 for _, w in sorted(wins.items()))
+    examples = tuple({"judge_input": t, "p_first_better": round(first_wins[c], 4)}
+                     for t, c in list(zip(texts, comparisons))[:4])
+    return Scored(scores, 0, len(texts), examples)
+
+
+def pair_win(p_first_ab: float, p_first_ba: float) -> float:
+    """P(a beats b) from the judge's two readings, a shown first and b shown first: mirrored by design,
+    pair_win(x, y) + pair_win(y, x) == 1."""
+    return (p_first_ab + (1.0 - p_first_ba)) / 2
+
+
+def _members(groups: Sequence[int]) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        out.setdefault(g, []).append(i)
+    return out
+
+
+JUDGE_SCORERS = {"verdict": score_verdict, "score": score_written, "solve": score_solve, "pairwise": score_pairwise}
