@@ -9,7 +9,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from ladder.tasks.arithmetic import build as build_arithmetic
 
@@ -22,7 +22,11 @@ class BootstrapReport:
     seconds: float
     final_loss: float
     answer_accuracy: float     # greedy, held-out prompts
-    judge_accuracy: float      # verdict P(yes) > P(no) agrees with ground truth, held-out calibration set
+    worked_share: float        # share of greedy held-out answers that show their steps (not a bare `#answer`)
+    judge_accuracy: Optional[float]  # verdict P(yes) > P(no) agrees with ground truth (None: not taught to judge)
+    terms: int = 3
+    direct_share: float = 0.0
+    judge_share: float = 0.5
 
 
 def _examples(task, template: str, rng: random.Random, n: int, yes: str, no: str,
@@ -78,7 +82,7 @@ def _balanced_loss(logits, labels, is_solve):
     return total
 
 
-def greedy_accuracy(model, tokenizer, task, n: int, max_new_tokens: int = 32) -> float:
+def greedy_answers(model, tokenizer, task, n: int, max_new_tokens: int = 40) -> list[str]:
     import torch
 
     rows = task.eval[:n]
@@ -87,8 +91,12 @@ def greedy_accuracy(model, tokenizer, task, n: int, max_new_tokens: int = 32) ->
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    texts = tokenizer.batch_decode(out[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
-    return task.accuracy(texts, [e.answer for e in rows])
+    return tokenizer.batch_decode(out[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
+
+
+def greedy_accuracy(model, tokenizer, task, n: int, max_new_tokens: int = 40) -> float:
+    texts = greedy_answers(model, tokenizer, task, n, max_new_tokens)
+    return task.accuracy(texts, [e.answer for e in task.eval[:n]])
 
 
 def verdicts(model, tokenizer, texts: list[str], yes: str, no: str) -> list[float]:
@@ -113,7 +121,9 @@ def judge_accuracy(model, tokenizer, items, template: str, yes: str, no: str) ->
 def bootstrap(out_dir: str | Path, size: str = "micro", steps: int = 600, batch: int = 64,
               lr: float = 3e-3, seed: int = 0, template: str = "{prompt}{response}\nok?",
               yes: str = "yes", no: str = "no", judge_share: float = 0.5, direct_share: float = 0.0,
-              log: Callable[[str], None] = print) -> BootstrapReport:
+              terms: int = 3, max_operand: int = 9, log: Callable[[str], None] = print) -> BootstrapReport:
+    """SFT from scratch; `judge_share` of examples teach yes/no judging, `direct_share` of the solving
+    examples give the bare answer instead of the worked steps. Held-out prompts are never trained on."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -124,14 +134,32 @@ def bootstrap(out_dir: str | Path, size: str = "micro", steps: int = 600, batch:
     build_tiny_model(out, size=size, seed=seed)
     tokenizer = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
-    task = build_arithmetic(terms=3, max_operand=9, train_size=4000, eval_size=128, seed=seed + 1)
+    task = build_arithmetic(terms=terms, max_operand=max_operand, train_size=4000, eval_size=128, seed=seed + 1)
+    examples = lambda rng: _examples(task, template, rng, batch, yes, no, judge_share, direct_share)  # noqa: E731
+    loss = _sft(model, tokenizer, examples, steps, lr, seed, lambda m: log(f"{m} ({time.perf_counter() - t0:.0f}s)"))
+    model.save_pretrained(out, safe_serialization=True)
+    texts = greedy_answers(model, tokenizer, task, 128)
+    judge_acc = judge_accuracy(model, tokenizer, task.calibration(128, seed + 2), template, yes, no) \
+        if judge_share > 0 else None
+    report = BootstrapReport(
+        str(out), count_parameters(out), steps, round(time.perf_counter() - t0, 1), round(loss, 4),
+        task.accuracy(texts, [e.answer for e in task.eval[:128]]),
+        sum(not t.startswith("#") for t in texts) / len(texts), judge_acc, terms, direct_share, judge_share)
+    (out / "bootstrap.json").write_text(json.dumps(asdict(report), indent=2))
+    return report
+
+
+def _sft(model, tokenizer, examples, steps: int, lr: float, seed: int, log) -> float:
+    """AdamW with a one-cycle schedule over `steps` batches from `examples(rng)`; returns the last loss."""
+    import torch
+
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     model.train()
     loss = torch.tensor(0.0)
     for step in range(1, steps + 1):
-        pairs = _examples(task, template, rng, batch, yes, no, judge_share, direct_share)
+        pairs = examples(rng)
         ids, attn, labels = _encode(tokenizer, pairs)
         is_solve = torch.tensor([solve for _, _, solve in pairs])
         loss = _balanced_loss(model(input_ids=ids, attention_mask=attn).logits, labels, is_solve)
@@ -141,12 +169,6 @@ def bootstrap(out_dir: str | Path, size: str = "micro", steps: int = 600, batch:
         opt.step()
         sched.step()
         if step % 50 == 0 or step == steps:
-            log(f"bootstrap step {step}/{steps} loss {loss.item():.3f} ({time.perf_counter() - t0:.0f}s)")
+            log(f"bootstrap step {step}/{steps} loss {loss.item():.3f}")
     model.eval()
-    model.save_pretrained(out, safe_serialization=True)
-    report = BootstrapReport(
-        str(out), count_parameters(out), steps, round(time.perf_counter() - t0, 1), round(loss.item(), 4),
-        greedy_accuracy(model, tokenizer, task, 128),
-        judge_accuracy(model, tokenizer, task.calibration(128, seed + 2), template, yes, no))
-    (out / "bootstrap.json").write_text(json.dumps(asdict(report), indent=2))
-    return report
+    return loss.item()

@@ -63,11 +63,18 @@ def schema():
 @app.command()
 def bootstrap(out: Path = typer.Option(Path(".ladder/models/tiny-base"), help="Where to write the model."),
               size: str = typer.Option("micro", help="Model size: nano, micro, small, bench."),
-              steps: int = typer.Option(1200, min=1, help="SFT steps."),
+              steps: int = typer.Option(900, min=1, help="SFT steps (batches of 64)."),
+              terms: int = typer.Option(4, min=2, max=6, help="Operands per arithmetic problem."),
+              direct_share: float = typer.Option(
+                  0.6, min=0.0, max=1.0, help="Share of solving examples that give the bare answer (#13) instead "
+                                              "of the worked steps: the base model then mostly answers directly, "
+                                              "and RL can teach it to use its steps."),
+              judge_share: float = typer.Option(
+                  0.0, min=0.0, max=1.0, help="Share of examples that teach yes/no judging (verdict-mode judges)."),
               seed: int = typer.Option(0, help="Seed."),
               force: bool = typer.Option(False, help="Rebuild even if the model exists."),
               as_json: bool = typer.Option(False, "--json", help="Print the report as JSON.")):
-    """SFT a tiny model on the arithmetic task and on judging examples; report its accuracies."""
+    """SFT a tiny model from scratch on the arithmetic task (and optionally on judging); report its accuracy."""
     from ladder.models.tiny import SIZES
 
     if size not in SIZES:
@@ -76,7 +83,7 @@ def bootstrap(out: Path = typer.Option(Path(".ladder/models/tiny-base"), help="W
     if report_file.is_file() and not force:
         report = json.loads(report_file.read_text())
         typer.echo(json.dumps(report) if as_json else f"{out}: already bootstrapped (use --force to rebuild); "
-                   f"answer accuracy {report['answer_accuracy']:.2f}, judge accuracy {report['judge_accuracy']:.2f}")
+                   + _describe_bootstrap(report))
         return
     quiet_libraries()
     import torch
@@ -85,17 +92,22 @@ def bootstrap(out: Path = typer.Option(Path(".ladder/models/tiny-base"), help="W
     from ladder.bootstrap import bootstrap as run_bootstrap
 
     hf_logging.disable_progress_bar()
-
     torch.set_num_threads(max(1, torch.get_num_threads()))
     log = (lambda m: typer.echo(m, err=True)) if as_json else typer.echo
-    result = run_bootstrap(out, size=size, steps=steps, seed=seed, log=log)
+    result = run_bootstrap(out, size=size, steps=steps, seed=seed, terms=terms, direct_share=direct_share,
+                           judge_share=judge_share, log=log)
     from dataclasses import asdict
     if as_json:
         typer.echo(json.dumps(asdict(result)))
     else:
         typer.echo(f"bootstrapped {result.model_dir}: {result.parameters / 1e6:.2f}M parameters, "
-                   f"{result.steps} steps in {result.seconds:.0f}s; held-out answer accuracy "
-                   f"{result.answer_accuracy:.2f}, judge accuracy {result.judge_accuracy:.2f}")
+                   f"{result.steps} steps in {result.seconds:.0f}s; " + _describe_bootstrap(asdict(result)))
+
+
+def _describe_bootstrap(report: dict) -> str:
+    judge = report.get("judge_accuracy")
+    return (f"held-out answer accuracy {report['answer_accuracy']:.2f} (greedy; {report.get('worked_share', 1.0):.0%} "
+            f"show their steps)" + ("" if judge is None else f", judge accuracy {judge:.2f}"))
 
 
 @app.command("train-rung")

@@ -99,6 +99,7 @@ class LadderController:
                 else:
                     break
             final = State.STOPPED if self._stop.is_set() or k <= self.spec.rungs else State.COMPLETED
+            self.registry.log_ladder_chart(self.parent_run, str(Path(self.spec.workdir) / self.spec.name))
             self.registry.end_run(self.parent_run)
             self._set(state=final)
         except Exception as exc:  # the controller records why it failed and stays queryable
@@ -174,9 +175,10 @@ class LadderController:
         """Record the judge pool's scores of fixed calibration items: proof of which weights it serves."""
         import json
 
-        items = calibration[:8]
+        from ladder.gate import score_calibration
+
         if rung.pool.verifier is None:
-            scores, _ = rung.pool.score_pairs([c.prompt for c in items], [c.response for c in items])
+            scores = score_calibration(rung.pool, calibration[:8])
             self.registry.client.set_tag(run_id, "ladder.judge_probe", json.dumps([round(s, 6) for s in scores]))
 
     def _train(self, rung, run_id: str) -> None:

@@ -53,13 +53,18 @@ def quality(scores: list[float], labels: list[bool]) -> JudgeQuality:
     return JudgeQuality(acc, auc(scores, labels), judge_health(scores, 0)["judge/identical_share"])
 
 
-def measure(pool, items) -> JudgeQuality:
-    """A judge pool's quality on calibration items (scored in the pool's mode; items of one prompt
-    form a group, so a pairwise judge compares the correct and the corrupted response)."""
+def score_calibration(pool, items) -> list[float]:
+    """The pool's scores of calibration items in its mode; items of one prompt form a group, so a
+    pairwise judge compares the correct and the corrupted response."""
     index = {p: g for g, p in enumerate(dict.fromkeys(c.prompt for c in items))}
     scored = pool.score_items([c.prompt for c in items], [c.response for c in items],
                               [index[c.prompt] for c in items], [c.reference for c in items])
-    return quality(list(scored.scores), [c.correct for c in items])
+    return list(scored.scores)
+
+
+def measure(pool, items) -> JudgeQuality:
+    """A judge pool's quality on calibration items."""
+    return quality(score_calibration(pool, items), [c.correct for c in items])
 
 
 def decide_gate(candidate: JudgeQuality, current: JudgeQuality, promotion, current_is_verifier: bool,

@@ -4,38 +4,8 @@ from __future__ import annotations
 import json
 
 
-HEALTH = {"reward_mean": "reward.mean", "response_tokens": "rollout.response_tokens",
-          "length_reward_corr": "judge.length_reward_corr", "approval": "judge.approval",
-          "identical_share": "judge.identical_share", "parse_failure_rate": "judge.parse_failure_rate",
-          "judge_tokens_per_sample": "judge.tokens_per_sample"}
-
-
 def lineage_rows(registry) -> list[dict]:
-    """One row per version: rung, task, judge, gate verdict, accuracies, judge health over the rung."""
-    rows = []
-    for v in registry.versions():
-        t = v.tags
-        run = registry.client.get_run(v.run_id) if v.run_id else None
-        number = lambda key: float(t[key]) if key in t else None  # noqa: E731
-        rows.append({"version": int(v.version), "rung": int(t.get("ladder.rung", 0)), "task": t.get("ladder.task"),
-                     "judged_by": t.get("ladder.judge"), "judge_mode": t.get("ladder.judge_mode"),
-                     "status": t.get("ladder.status"),
-                     "heldout_accuracy": run.data.metrics.get("eval.accuracy") if run else None,
-                     "judge_accuracy": number("ladder.judge_accuracy"), "judge_auc": number("ladder.judge_auc"),
-                     "gate": t.get("ladder.gate"), "gate_rule": t.get("ladder.gate_rule"),
-                     "reason": t.get("ladder.gate_reason"), "decided_by": t.get("ladder.decided_by"),
-                     "student_init": t.get("ladder.student_init"), "job": t.get("ladder.job"),
-                     **_rung_means(registry, v.run_id)})
-    return rows
-
-
-def _rung_means(registry, run_id) -> dict:
-    """Per-step judge-health metrics averaged over the rung's training steps (step 0 is evaluation)."""
-    out = {}
-    for name, key in HEALTH.items():
-        hist = [m.value for m in registry.client.get_metric_history(run_id, key) if m.step > 0] if run_id else []
-        out[name] = sum(hist) / len(hist) if hist else None
-    return out
+    return registry.lineage()
 
 
 def format_table(rows: list[dict], aliases: dict[str, str]) -> str:

@@ -14,6 +14,11 @@ from ladder.rung import ResolvedJudge
 
 STATUS_TAG = "ladder.status"
 
+HEALTH = {"reward_mean": "reward.mean", "response_tokens": "rollout.response_tokens",
+          "length_reward_corr": "judge.length_reward_corr", "approval": "judge.approval",
+          "identical_share": "judge.identical_share", "parse_failure_rate": "judge.parse_failure_rate",
+          "judge_tokens_per_sample": "judge.tokens_per_sample"}
+
 
 class RegistryError(ValueError):
     """A registry request that cannot be served (unknown version, bad URI); one line."""
@@ -161,6 +166,44 @@ class Registry:
 
     def versions(self) -> list:
         return sorted(self.client.search_model_versions(f"name='{self.name}'"), key=lambda v: int(v.version))
+
+    def lineage(self) -> list[dict]:
+        """One row per version: rung, task, judge, gate verdict, accuracies, judge health over the rung."""
+        rows = []
+        for v in self.versions():
+            t = v.tags
+            run = self.client.get_run(v.run_id) if v.run_id else None
+            number = lambda key: float(t[key]) if key in t else None  # noqa: E731
+            rows.append({"version": int(v.version), "rung": int(t.get("ladder.rung", 0)), "task": t.get("ladder.task"),
+                         "judged_by": t.get("ladder.judge"), "judge_mode": t.get("ladder.judge_mode"),
+                         "status": t.get("ladder.status"),
+                         "heldout_accuracy": run.data.metrics.get("eval.accuracy") if run else None,
+                         "judge_accuracy": number("ladder.judge_accuracy"), "judge_auc": number("ladder.judge_auc"),
+                         "gate": t.get("ladder.gate"), "gate_rule": t.get("ladder.gate_rule"),
+                         "reason": t.get("ladder.gate_reason"), "decided_by": t.get("ladder.decided_by"),
+                         "student_init": t.get("ladder.student_init"), "job": t.get("ladder.job"),
+                         **self._rung_means(v.run_id)})
+        return rows
+
+    def _rung_means(self, run_id) -> dict:
+        """Per-step judge-health metrics averaged over the rung's training steps (step 0 is evaluation)."""
+        out = {}
+        for name, key in HEALTH.items():
+            hist = [m.value for m in self.client.get_metric_history(run_id, key) if m.step > 0] if run_id else []
+            out[name] = sum(hist) / len(hist) if hist else None
+        return out
+
+    def log_ladder_chart(self, run_id: str, out_dir: str) -> Optional[str]:
+        """Draw the ladder chart from the lineage and attach it to the ladder's parent run."""
+        from ladder.chart import ladder_chart
+
+        rows = self.lineage()
+        if not rows:
+            return None
+        path = Path(out_dir) / "ladder_chart.png"
+        ladder_chart(rows, path, title=f"ladder {self.name}")
+        self.client.log_artifact(run_id, str(path))
+        return str(path)
 
     # judges -----------------------------------------------------------------------------
     def download(self, version: str, dst: str) -> str:

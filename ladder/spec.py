@@ -195,8 +195,8 @@ class PromotionSpec(_Strict):
         0.05, ge=0, le=1, description="How much a candidate may fall behind: the current judge's AUC as a judge, and "
                                       "the last promoted rung's held-out accuracy as a student.")
     min_auc: float = Field(
-        0.6, ge=0.5, le=1, description="A candidate judge must separate right from wrong calibration answers with at "
-                                       "least this AUC (0.5 is chance).")
+        0.6, ge=0, le=1, description="A candidate judge must separate right from wrong calibration answers with at "
+                                     "least this AUC (0.5 is chance; 0 turns the rule off).")
     collapse_share: float = Field(0.9, gt=0, le=1, description="A judge giving this share of samples one score has collapsed.")
     on_reject: Literal["stop", "retry"] = Field("stop", description="After a rejected rung: stop the ladder or retry the rung.")
     max_retries: int = Field(1, ge=0, description="Retries of a rejected rung when on_reject is retry.")

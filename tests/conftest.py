@@ -1,4 +1,18 @@
-"""Shared test setup: engine environment before vLLM is imported, tiers by folder."""
+"""Shared test setup: engine environment before vLLM is imported, tiers by folder.
+
+Two rules every test here keeps, because `make test` must pass on any fresh x86 machine, loaded or not:
+
+1. A threshold in a learning test rests on an effect far larger than the spread between CPUs.
+   Float results differ between CPUs, so two machines' training trajectories part after a few
+   steps. Never assert on one machine's trajectory (a per-step reward, a small rise of a noisy
+   mean). Measure before and after with enough samples that sampling noise is small, choose a
+   setting whose effect is several times the threshold (check it by running it, and by breaking
+   the update on purpose: learning rate 0 or a flipped advantage must fail the test), and say in
+   the test what the margin is.
+2. A kill, stop or start is awaited through Ray or the OS, never assumed. `ray.kill` only asks for
+   the kill; wait for the actor's death with `wait_dead` (integration conftest), for a process with
+   its pid, and give deadlines, not sleeps, for anything that must happen.
+"""
 import os
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import re
+import zlib
 from typing import Optional
 
 from ladder.tasks.base import Example, Task
@@ -28,8 +29,14 @@ def make_example(rng: random.Random, terms: int, max_operand: int) -> Example:
     return Example(prompt=f"Q:{expr}\nA:", answer=str(total), solution=",".join(steps) + f"#{total}")
 
 
+def is_heldout(prompt: str) -> bool:
+    """One prompt in eight is held out for evaluation, by a hash of its text: the same prompts for every
+    seed and size, so neither the bootstrap SFT nor any rung ever trains on an evaluation prompt."""
+    return zlib.crc32(prompt.encode()) % 8 == 0
+
+
 def build(terms: int, max_operand: int, train_size: int, eval_size: int, seed: int) -> Task:
-    """Train and eval sets drawn without overlap of prompts."""
+    """Train and eval sets from disjoint prompt halves (`is_heldout`); repeats allowed in training only."""
     rng = random.Random(seed)
     seen: set[str] = set()
     eval_rows: list[Example] = []
@@ -38,14 +45,12 @@ def build(terms: int, max_operand: int, train_size: int, eval_size: int, seed: i
     while (len(eval_rows) < eval_size or len(train_rows) < train_size) and budget > 0:
         budget -= 1
         ex = make_example(rng, terms, max_operand)
-        if ex.prompt in seen:
-            if len(eval_rows) >= eval_size:
-                train_rows.append(ex)  # repeats are fine in training, never across the split
-            continue
-        seen.add(ex.prompt)
-        (eval_rows if len(eval_rows) < eval_size else train_rows).append(ex)
-    eval_prompts = {e.prompt for e in eval_rows}
-    train_rows = [e for e in train_rows if e.prompt not in eval_prompts][:train_size]
+        if not is_heldout(ex.prompt):
+            if len(train_rows) < train_size:
+                train_rows.append(ex)
+        elif ex.prompt not in seen and len(eval_rows) < eval_size:
+            seen.add(ex.prompt)
+            eval_rows.append(ex)
     return Task("arithmetic", tuple(train_rows), tuple(eval_rows), verify, corrupt)
 
 
@@ -90,7 +95,8 @@ def solution_steps(prompt: str) -> list[str]:
 
 
 def corrupt(rng: random.Random, ex: Example) -> str:
-    """A plausible wrong response: one step's result or the final answer is off by a small amount."""
+    """A plausible wrong response with a wrong final answer: either only the final answer is off by a
+    small amount, or one step's result is, and the slip carries through every later step."""
     assert ex.solution is not None
     body, ans = ex.solution.split("#")
     steps = body.split(",")
@@ -98,6 +104,12 @@ def corrupt(rng: random.Random, ex: Example) -> str:
     if rng.random() < 0.5:
         return f"{body}#{int(ans) + delta}"
     i = rng.randrange(len(steps))
-    lhs, res = steps[i].split("=")
-    steps[i] = f"{lhs}={int(res) + delta}"
-    return ",".join(steps) + f"#{int(ans) + (delta if i == len(steps) - 1 else 0)}"
+    out = steps[:i]
+    total = None
+    for k, step in enumerate(steps[i:]):
+        lhs, res = step.split("=")
+        a, op, b = re.fullmatch(r"(-?\d+)([+-])(\d+)", lhs).groups()
+        a = total if k > 0 else int(a)
+        total = (a + int(b) if op == "+" else a - int(b)) + (delta if k == 0 else 0)
+        out.append(f"{a}{op}{b}={total}")
+    return ",".join(out) + f"#{total}"

@@ -23,7 +23,10 @@ def ladder_spec(model, workdir, **overrides):
         "rollout": {"workers": 1, "group_size": 4, "max_tokens": 32, "kv_cache_gib": 0.25},
         "train": {"lr": 1e-3, "kl_coef": 0.0, "steps": 2, "prompts_per_step": 4},
         "eval": {"every": 2, "calibration_size": 16},
-        "promotion": {"policy": "auto", "tolerance": 1.0, "collapse_share": 1.0},
+        "promotion": {"policy": "auto", "tolerance": 1.0, "collapse_share": 1.0, "min_auc": 0.0},
+        # rung 2 trains on longer problems and is judged pairwise by rung 1's student
+        "schedule": [{"rung": 2, "task": {"kind": "builtin", "name": "arithmetic", "terms": 4, "train_size": 500},
+                      "judge_mode": "pairwise"}],
     }
     spec.update(overrides)
     return spec
@@ -65,12 +68,31 @@ def test_two_rung_lineage(two_rungs):
     assert [m.step for m in history] == [1, 2]
 
 
+def test_schedule_changes_task_and_judge_mode_per_rung(two_rungs):
+    spec, reg, _ = two_rungs
+    v1, v2 = reg.versions()
+    assert v1.tags["ladder.task"] == "arithmetic terms=3 max_operand=9" and v1.tags["ladder.judge_mode"] == "verdict"
+    assert v2.tags["ladder.task"] == "arithmetic terms=4 max_operand=9" and v2.tags["ladder.judge_mode"] == "pairwise"
+    probe = json.loads(reg.client.get_run(v2.run_id).data.tags["ladder.judge_probe"])
+    assert all(0.0 <= p <= 1.0 for p in probe)
+    # each rung trained on its own task: rung 2's logged prompts have four operands
+    samples = json.loads(Path(reg.client.download_artifacts(v2.run_id, "judge_samples/step-0001.json")).read_text())
+    assert samples and all(s["judge_input"].split("\n")[0].count("+") + s["judge_input"].split("\n")[0].count("-") == 3
+                           for s in samples)
+    health = reg.client.get_metric_history(v2.run_id, "judge.tokens_per_sample")
+    assert [m.step for m in health] == [1, 2] and health[0].value > 1.0  # pairwise: several comparisons per sample
+
+
 def test_rung_two_judge_served_version_one(two_rungs, tiny_model, tmp_path):
+    """The probes recorded by each rung equal scores recomputed with transformers from the judge it
+    should have served: the base model (verdicts) for rung 1, version 1 (pairwise) for rung 2."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ladder.bootstrap import verdicts
     from ladder.controller import LadderController
+    from stages.judge import JudgeConfig
+    from stages.scoring import pair_win
 
     spec, reg, _ = two_rungs
     v1, v2 = reg.versions()
@@ -78,18 +100,24 @@ def test_rung_two_judge_served_version_one(two_rungs, tiny_model, tmp_path):
     probe_rung1 = json.loads(reg.client.get_run(v1.run_id).data.tags["ladder.judge_probe"])
     ctl = LadderController(spec)
     ctl.prepare()
-    items = ctl.calibration[:8]
-    texts = [spec.judge.prompt_template.replace("{prompt}", c.prompt).replace("{response}", c.response) for c in items]
+    cfg = JudgeConfig.from_spec(spec.judge)
 
-    def fresh_verdicts(model_dir):
+    def fresh_verdicts(model_dir, texts):
         tok = AutoTokenizer.from_pretrained(model_dir)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
         return verdicts(model, tok, texts, "yes", "no")
 
+    items1 = ctl.task_for(1)[1][:8]
+    assert probe_rung1 == pytest.approx(fresh_verdicts(tiny_model, [cfg.render(c.prompt, c.response) for c in items1]),
+                                        abs=1e-3)
+    items2 = ctl.task_for(2)[1][:8]  # (correct, corrupted) pairs of one prompt each
     v1_dir = reg.download("1", str(tmp_path / "dl"))
-    assert probe_rung2 == pytest.approx(fresh_verdicts(v1_dir), abs=1e-3)
-    assert probe_rung1 == pytest.approx(fresh_verdicts(tiny_model), abs=1e-3)
-    assert max(abs(a - b) for a, b in zip(probe_rung1, probe_rung2)) > 1e-3
+    texts = [cfg.render_pair(a.prompt, x.response, y.response)
+             for a, b in zip(items2[::2], items2[1::2]) for x, y in ((a, b), (b, a))]
+    p = fresh_verdicts(v1_dir, texts)
+    expected = [w for k in range(0, len(p), 2) for w in (pair_win(p[k], p[k + 1]), pair_win(p[k + 1], p[k]))]
+    assert probe_rung2 == pytest.approx(expected, abs=1e-3)
+    assert len({round(x, 3) for x in probe_rung2}) > 1
 
 
 def test_registration_is_idempotent(tiny_model, tmp_path):
@@ -132,7 +160,8 @@ def corrupted_copy(model_dir, out):
 
 
 def test_gate_rejects_a_corrupted_candidate(tiny_model, tmp_path):
-    from ladder.rung import ResolvedJudge
+    """A candidate whose verdicts are all 0.5 is measured on real judge workers and refused as collapsed."""
+    from ladder.gate import JudgeQuality
 
     spec = ladder_spec(tiny_model, tmp_path / "w", promotion={"policy": "auto", "tolerance": 0.05,
                                                               "collapse_share": 0.9})
@@ -140,31 +169,34 @@ def test_gate_rejects_a_corrupted_candidate(tiny_model, tmp_path):
     ctl, run, version = _controller_with_candidate(spec, bad, tmp_path)
     ctl.registry.promote("1", by="setup")  # pretend an earlier judge: alias judge -> 1
     bad_v = ctl.registry.register(run, bad, {"ladder.rung": "2", "ladder.rung_uid": "job-bad"})
-    decision = ctl.decide(bad_v, bad, ResolvedJudge("model", tiny_model, "base"), run)
+    decision = ctl.decide(bad_v, bad, 1, run, JudgeQuality(0.6, 0.65, 0.1), current_is_verifier=False)
     assert decision == "rejected"
+    tags = ctl.registry.version(bad_v).tags
     assert ctl.registry.status_of(bad_v) == "rejected"
-    assert ctl.registry.version(bad_v).tags["ladder.gate"] == "fail"
+    assert tags["ladder.gate"] == "fail" and tags["ladder.gate_rule"] == "collapse"
+    assert "judge collapsed: 100%" in tags["ladder.gate_reason"]
     assert ctl.registry.alias("judge") == "1"
 
 
 def test_manual_policy_waits_for_a_decision(tiny_model, tmp_path):
     from ladder.controller import State
-    from ladder.rung import ResolvedJudge
+    from ladder.gate import JudgeQuality
 
     spec = ladder_spec(tiny_model, tmp_path / "w", promotion={"policy": "manual"})
     ctl, run, version = _controller_with_candidate(spec, tiny_model, tmp_path)
     result = {}
-    worker = threading.Thread(target=lambda: result.update(d=ctl.decide(version, tiny_model,
-                                                                         ResolvedJudge("model", tiny_model, "b"), run)))
+    current = JudgeQuality(0.5, 0.5, 0.1)
+    worker = threading.Thread(target=lambda: result.update(d=ctl.decide(version, tiny_model, 1, run, current, False)))
     worker.start()
-    deadline = time.time() + 120
+    deadline = time.time() + 300
     while ctl.status()["state"] != State.AWAITING_PROMOTION.value and time.time() < deadline:
         time.sleep(0.2)
     assert ctl.status()["state"] == "awaiting_promotion"
-    time.sleep(1.5)
+    time.sleep(1.5)  # the controller polls every second: it must still be waiting, the alias unmoved
     assert worker.is_alive() and ctl.registry.alias("judge") is None
     ctl.registry.promote(version, by="human", reason="looks good")
-    worker.join(timeout=30)
+    worker.join(timeout=300)
+    assert not worker.is_alive(), "the controller did not see the decision"
     assert result["d"] == "promoted"
     assert ctl.status()["state"] == "running"
     assert ctl.registry.alias("judge") == version

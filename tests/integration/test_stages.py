@@ -134,3 +134,54 @@ def test_score_mode_counts_unparsable_outputs_and_uses_the_fallback(ray_local, e
         ray_local.kill(worker)
     assert failures == len(PROMPTS)
     assert scores == [0.25] * len(PROMPTS)
+
+
+def _wrong(solution: str) -> str:
+    body, answer = solution.split("#")
+    return f"{body}#{int(answer) + 1}"
+
+
+def test_solve_mode_rewards_agreement_with_the_judges_own_answer(ray_local, judge_worker):
+    """The judge solves each prompt itself; a response earns 1 when its final answer equals the judge's.
+    Where the judge solves correctly, the correct response wins; where it does not, the reward follows
+    the judge, not the ground truth."""
+    from ladder.tasks.arithmetic import build
+    from stages.judge import JudgeConfig, JudgePool
+    from stages.scoring import extract
+
+    cfg = JudgeConfig(mode="solve", solve_samples=1, solve_temperature=0.0, solve_max_tokens=32)
+    pool = JudgePool([judge_worker], batch_size=8, cfg=cfg)
+    rows = build(3, 9, 40, 4, seed=3).train[:40]
+    written = ray_local.get(judge_worker.write.remote([r.prompt for r in rows], 1, 32, 0.0))
+    judge_says = [extract(cfg.answer_pattern, outs[0][0]) for outs in written]
+    prompts = [r.prompt for r in rows for _ in range(2)]
+    responses = [x for r in rows for x in (r.solution, _wrong(r.solution))]
+    scored = pool.score_items(prompts, responses, [i // 2 for i in range(len(prompts))])
+    solved = [i for i, (r, a) in enumerate(zip(rows, judge_says)) if a == r.answer]
+    unsolved = [i for i, a in enumerate(judge_says) if a != rows[i].answer]
+    assert solved, "the test judge solved none of 40 training prompts"
+    for i in solved:
+        assert scored.scores[2 * i: 2 * i + 2] == (1.0, 0.0)
+    for i in unsolved:
+        assert scored.scores[2 * i] == 0.0
+    assert scored.judge_tokens == sum(outs[0][1] for outs in written)  # one answer per distinct prompt
+    assert scored.examples and "judge_wrote" in scored.examples[0]
+
+
+def test_pairwise_mode_mirrors_when_the_order_of_a_pair_is_swapped(ray_local, judge_worker):
+    from ladder.tasks.arithmetic import build
+    from stages.judge import JudgeConfig, JudgePool
+
+    pool = JudgePool([judge_worker], batch_size=16, cfg=JudgeConfig(mode="pairwise"))
+    rows = build(3, 9, 8, 4, seed=4).train[:6]
+    moved = False
+    for r in rows:
+        a, b = r.solution, _wrong(r.solution)
+        forward = pool.score_items([r.prompt] * 2, [a, b], [0, 0]).scores
+        swapped = pool.score_items([r.prompt] * 2, [b, a], [0, 0]).scores
+        assert forward == pytest.approx(swapped[::-1], abs=1e-6)
+        assert sum(forward) == pytest.approx(1.0, abs=1e-6)
+        moved |= abs(forward[0] - 0.5) > 1e-3
+    assert moved, "every comparison came out a tie: the judge's reading does not depend on the responses"
+    three = pool.score_items([rows[0].prompt] * 3, [rows[0].solution, _wrong(rows[0].solution), "#0"], [0, 0, 0])
+    assert sum(three.scores) == pytest.approx(1.5, abs=1e-6) and three.judge_tokens == 6

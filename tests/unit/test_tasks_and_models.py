@@ -18,12 +18,15 @@ def test_worked_solution_is_correct_and_verified():
 
 
 def test_corrupted_responses_are_wrong():
+    """Every corruption ends in a wrong final answer (a slipped step carries through), so a judge that
+    only checks final answers can still tell every calibration pair apart."""
     rng = random.Random(1)
-    for _ in range(200):
-        ex = make_example(rng, 3, 9)
-        bad = corrupt(rng, ex)
-        assert bad != ex.solution
-        assert verify(ex.prompt, bad, ex.answer) < 1.0 or final_answer(bad) == ex.answer
+    for terms in (2, 3, 4):
+        for _ in range(200):
+            ex = make_example(rng, terms, 9)
+            bad = corrupt(rng, ex)
+            assert final_answer(bad) != ex.answer
+            assert verify(ex.prompt, bad, ex.answer) < 1.0
 
 
 def test_verifier_partial_credit_and_garbage():
