@@ -29,6 +29,8 @@ demo: setup
 
 bench: setup
 	$(PY) bench/weight_sync.py
+	$(LADDER) bootstrap --out $(WORK)/models/tiny-base
+	$(PY) bench/verifier_rung.py
 
 clean:
 	rm -rf $(WORK) .pytest_cache

@@ -59,7 +59,12 @@ def _draw(rows: list[dict], title: str):
             counts[name] = len(points)
     ax.axhline(0.5, color="gray", linestyle="--", linewidth=1, label="chance (judge)")
     rungs = sorted({r["rung"] for r in rows})
-    ax.set_xticks(rungs)
+    first = min(rows, key=lambda r: (r["rung"], r["version"]))
+    if first.get("start_accuracy") is not None:  # the model rung 1 started from, at x = 0
+        ax.plot([0], [first["start_accuracy"]], "s", color=SERIES_COLORS["held-out accuracy"], markersize=7,
+                label="base model (held-out)")
+        rungs = [0] + rungs
+    ax.set_xticks(rungs, [("base" if r == 0 else str(r)) for r in rungs])
     ax.set_xlim(rungs[0] - 0.5, rungs[-1] + 0.5)
     ax.set_ylim(0, 1)
     ax.set_xlabel("rung")

@@ -182,7 +182,7 @@ class LadderController:
             self.registry.client.set_tag(run_id, "ladder.judge_probe", json.dumps([round(s, 6) for s in scores]))
 
     def _train(self, rung, run_id: str) -> None:
-        spec = self.spec
+        spec = rung.spec  # this rung's spec, schedule applied
         approvals: list[float] = []
         for step in range(1, spec.train.steps + 1):
             if self._stop.is_set():

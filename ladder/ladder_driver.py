@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 
 def lineage_rows(registry) -> list[dict]:
@@ -10,19 +11,25 @@ def lineage_rows(registry) -> list[dict]:
 
 def format_table(rows: list[dict], aliases: dict[str, str]) -> str:
     fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
-    head = (f"{'version':>7}  {'rung':>4}  {'judged by':<24} {'mode':<8} {'status':<9} {'held-out acc':>12} "
+    head = (f"{'version':>7}  {'rung':>4}  {'judged by':<24} {'mode':<8} {'status':<9} {'held-out acc':>14} "
             f"{'judge acc':>9} {'judge AUC':>9} {'reward':>6}  aliases")
     lines = [head, "-" * len(head)]
     for r in rows:
         names = ",".join(sorted(a for a, v in aliases.items() if v == str(r["version"])))
         lines.append(f"{r['version']:>7}  {r['rung']:>4}  {str(r['judged_by'])[-24:]:<24} {str(r['judge_mode'])[:8]:<8} "
-                     f"{str(r['status']):<9} {fmt(r['heldout_accuracy']):>12} {fmt(r['judge_accuracy']):>9} "
+                     f"{str(r['status']):<9} {_from_to(r.get('start_accuracy'), r['heldout_accuracy']):>14} {fmt(r['judge_accuracy']):>9} "
                      f"{fmt(r['judge_auc']):>9} {fmt(r['reward_mean']):>6}  {names}")
         lines.append(f"{'':>15}task: {r['task'] or '-'};  gate: {r['reason'] or '-'}")
         lines.append(f"{'':>15}health: length {fmt(r['response_tokens'])} tok, length~reward r={fmt(r['length_reward_corr'])}, "
                      f"approval {fmt(r['approval'])}, identical {fmt(r['identical_share'])}, "
                      f"parse failures {fmt(r['parse_failure_rate'])}, judge tok/sample {fmt(r['judge_tokens_per_sample'])}")
     return "\n".join(lines)
+
+
+def _from_to(start, end) -> str:
+    """`0.227->0.477`: held-out accuracy before and after the rung's training."""
+    fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+    return fmt(end) if start is None else f"{fmt(start)}->{fmt(end)}"
 
 
 def aliases_of(registry) -> dict[str, str]:
@@ -68,6 +75,9 @@ def run_ladder(spec, as_json: bool = False, verbose: bool = False, poll_s: float
         print(format_table(rows, aliases_of(registry)))
         uri = tracking_uri_for(spec)
         print(f"\nstate: {final['state']}" + (f" ({final['error']})" if final["error"] else ""))
+        chart = Path(spec.workdir) / spec.name / "ladder_chart.png"
+        if chart.is_file():
+            print(f"ladder chart: {chart} (also an artifact of the ladder's MLflow run)")
         print(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000  (then open http://127.0.0.1:5000)")
     return final
 

@@ -182,8 +182,13 @@ class Registry:
                          "gate": t.get("ladder.gate"), "gate_rule": t.get("ladder.gate_rule"),
                          "reason": t.get("ladder.gate_reason"), "decided_by": t.get("ladder.decided_by"),
                          "student_init": t.get("ladder.student_init"), "job": t.get("ladder.job"),
-                         **self._rung_means(v.run_id)})
+                         "start_accuracy": self._start_accuracy(v.run_id), **self._rung_means(v.run_id)})
         return rows
+
+    def _start_accuracy(self, run_id) -> Optional[float]:
+        """Held-out accuracy of the rung's student before its first step."""
+        hist = self.client.get_metric_history(run_id, "eval.accuracy") if run_id else []
+        return next((m.value for m in hist if m.step == 0), None)
 
     def _rung_means(self, run_id) -> dict:
         """Per-step judge-health metrics averaged over the rung's training steps (step 0 is evaluation)."""

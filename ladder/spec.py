@@ -213,6 +213,9 @@ class RungSchedule(_Strict):
     rung: int = Field(ge=1, description="First rung this entry applies to.")
     task: Optional[TaskSource] = Field(None, description="The task from this rung on (e.g. more terms).")
     judge_mode: Optional[JudgeMode] = Field(None, description="The judge mode from this rung on.")
+    train: Optional[dict] = Field(
+        None, description="Trainer fields to change from this rung on (e.g. {lr: 1.0e-4, kl_coef: 0.05}); "
+                          "the rest stay as in `train`.")
 
 
 class MlflowSpec(_Strict):
@@ -252,6 +255,12 @@ class LadderSpec(_Strict):
             raise ValueError("schedule: entries must name increasing, distinct rungs")
         if firsts and firsts[-1] > self.rungs:
             raise ValueError(f"schedule: rung {firsts[-1]} is beyond rungs={self.rungs}")
+        for entry in self.schedule:
+            if entry.train:
+                try:
+                    TrainSpec.model_validate({**self.train.model_dump(), **entry.train})
+                except ValidationError as err:
+                    raise ValueError(f"schedule (rung {entry.rung}): " + format_validation_error(err, "train")) from None
         return self
 
     def for_rung(self, k: int) -> "LadderSpec":
@@ -264,6 +273,9 @@ class LadderSpec(_Strict):
                 spec = spec.model_copy(update={"task": spec.task.model_copy(update={"source": entry.task})})
             if entry.judge_mode is not None:
                 spec = spec.model_copy(update={"judge": spec.judge.model_copy(update={"mode": entry.judge_mode})})
+            if entry.train:
+                train = TrainSpec.model_validate({**spec.train.model_dump(), **entry.train})
+                spec = spec.model_copy(update={"train": train})
         return spec
 
     def task_label(self) -> str:

@@ -64,6 +64,8 @@ def test_two_rung_lineage(two_rungs):
     assert len(parents) == 1 and None not in parents
     parent = reg.client.get_run(parents.pop())
     assert parent.data.params["train.steps"] == "2"
+    chart = Path(reg.client.download_artifacts(parent.info.run_id, "ladder_chart.png"))
+    assert chart.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     history = reg.client.get_metric_history(v1.run_id, "reward.mean")
     assert [m.step for m in history] == [1, 2]
 

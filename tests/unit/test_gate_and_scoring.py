@@ -84,3 +84,13 @@ def test_schedule_errors_name_the_problem():
         _spec(schedule=[{"rung": 2, "judge_mode": "solve"}, {"rung": 2, "judge_mode": "verdict"}])
     with pytest.raises(SpecError, match="judge_mode"):
         _spec(schedule=[{"rung": 2, "judge_mode": "vibes"}])
+    with pytest.raises(SpecError, match=r"schedule \(rung 2\): train: lr"):
+        _spec(schedule=[{"rung": 2, "train": {"lr": -1}}])
+    with pytest.raises(SpecError, match="lrr"):
+        _spec(schedule=[{"rung": 2, "train": {"lrr": 0.1}}])
+
+
+def test_schedule_changes_trainer_fields_and_keeps_the_rest():
+    spec = _spec(train={"lr": 2e-4, "steps": 30}, schedule=[{"rung": 2, "train": {"kl_coef": 0.05}}])
+    assert spec.for_rung(1).train.kl_coef == 0.02
+    assert spec.for_rung(3).train.kl_coef == 0.05 and spec.for_rung(3).train.lr == 2e-4
