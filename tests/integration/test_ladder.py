@@ -161,7 +161,7 @@ def corrupted_copy(model_dir, out):
     return str(out)
 
 
-def test_gate_rejects_a_corrupted_candidate(tiny_model, tmp_path):
+def test_gate_rejects_a_corrupted_candidate(ray_local, tiny_model, tmp_path):
     """A candidate whose verdicts are all 0.5 is measured on real judge workers and refused as collapsed."""
     from ladder.gate import JudgeQuality
 
@@ -180,7 +180,7 @@ def test_gate_rejects_a_corrupted_candidate(tiny_model, tmp_path):
     assert ctl.registry.alias("judge") == "1"
 
 
-def test_manual_policy_waits_for_a_decision(tiny_model, tmp_path):
+def test_manual_policy_waits_for_a_decision(ray_local, tiny_model, tmp_path):
     from ladder.controller import State
     from ladder.gate import JudgeQuality
 
