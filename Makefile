@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: setup
-	$(PY) -m pytest tests -v --timeout=1500
+	$(PY) -m pytest tests -v --timeout=3600
 
 test-unit: setup
 	$(PY) -m pytest tests/unit -q

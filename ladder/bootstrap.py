@@ -25,6 +25,7 @@ class BootstrapReport:
     worked_share: float        # share of greedy held-out answers that show their steps (not a bare `#answer`)
     judge_accuracy: Optional[float]  # verdict P(yes) > P(no) agrees with ground truth (None: not taught to judge)
     terms: int = 3
+    max_operand: int = 9
     direct_share: float = 0.0
     judge_share: float = 0.5
 
@@ -144,7 +145,8 @@ def bootstrap(out_dir: str | Path, size: str = "micro", steps: int = 600, batch:
     report = BootstrapReport(
         str(out), count_parameters(out), steps, round(time.perf_counter() - t0, 1), round(loss, 4),
         task.accuracy(texts, [e.answer for e in task.eval[:128]]),
-        sum(not t.startswith("#") for t in texts) / len(texts), judge_acc, terms, direct_share, judge_share)
+        sum(not t.startswith("#") for t in texts) / len(texts), judge_acc, terms, max_operand, direct_share,
+        judge_share)
     (out / "bootstrap.json").write_text(json.dumps(asdict(report), indent=2))
     return report
 

@@ -65,6 +65,7 @@ def bootstrap(out: Path = typer.Option(Path(".ladder/models/tiny-base"), help="W
               size: str = typer.Option("micro", help="Model size: nano, micro, small, bench."),
               steps: int = typer.Option(900, min=1, help="SFT steps (batches of 64)."),
               terms: int = typer.Option(4, min=2, max=6, help="Operands per arithmetic problem."),
+              max_operand: int = typer.Option(5, min=1, max=99, help="Largest operand."),
               direct_share: float = typer.Option(
                   0.6, min=0.0, max=1.0, help="Share of solving examples that give the bare answer (#13) instead "
                                               "of the worked steps: the base model then mostly answers directly, "
@@ -94,7 +95,8 @@ def bootstrap(out: Path = typer.Option(Path(".ladder/models/tiny-base"), help="W
     hf_logging.disable_progress_bar()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     log = (lambda m: typer.echo(m, err=True)) if as_json else typer.echo
-    result = run_bootstrap(out, size=size, steps=steps, seed=seed, terms=terms, direct_share=direct_share,
+    result = run_bootstrap(out, size=size, steps=steps, seed=seed, terms=terms, max_operand=max_operand,
+                           direct_share=direct_share,
                            judge_share=judge_share, log=log)
     from dataclasses import asdict
     if as_json:

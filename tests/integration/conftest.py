@@ -20,14 +20,15 @@ def ray_local():
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
-    """The demo's base model recipe (4-term arithmetic; mostly one-shot answers, sometimes worked
+    """The demo's base model recipe (4-term arithmetic, operands 0-5; mostly one-shot answers, sometimes worked
     steps; not taught to judge), about 5 minutes on 2 cores. LADDER_TEST_MODEL keeps it between runs."""
     if MODEL_CACHE and (Path(MODEL_CACHE) / "bootstrap.json").is_file():
         return MODEL_CACHE
     from ladder.bootstrap import bootstrap
 
     out = Path(MODEL_CACHE) if MODEL_CACHE else tmp_path_factory.mktemp("models") / "tiny"
-    bootstrap(out, size="micro", steps=900, seed=0, terms=4, direct_share=0.6, judge_share=0.0, log=lambda m: None)
+    bootstrap(out, size="micro", steps=900, seed=0, terms=4, max_operand=5, direct_share=0.6, judge_share=0.0,
+              log=lambda m: None)
     return str(out)
 
 

@@ -39,20 +39,22 @@ def held_out_greedy(rung):
 def test_grpo_learns_against_the_verifier(ray_local, tiny_model):
     """RL against the exact verifier makes the student a better solver on prompts it never trained on.
 
-    The test model (like the demo's) mostly answers in one shot (`#13`, greedy: always) and only
-    sometimes writes its steps, which are right more often. GRPO must find that out from rewards
-    alone: on every machine tried, the greedy held-out answers go from 0% to ~100% worked within
-    ~15 steps, and held-out greedy accuracy rises by ~20 points in 40 steps (0.23 -> 0.45 on 128
-    prompts, standard error ~4 points). The thresholds (worked share from < 0.2 to > 0.7; accuracy
-    +8 points) sit far inside that effect and far outside sampling noise. Learning rate 0 or a flipped
-    advantage fails both (checked by breaking the trainer on purpose).
+    The test model (the demo's recipe) mostly answers in one shot (`#13`; greedy: always) and only
+    sometimes writes its steps, which are right far more often. GRPO must find that out from rewards
+    alone. Measured here (same settings, 128 held-out prompts, standard error <= 4.5 points): greedy
+    answers go from 0% to ~100% worked, held-out greedy accuracy 0.34 -> 0.94 in 40 steps (with
+    operands up to 9 instead of 5: 0.23 -> 0.45). The thresholds (worked share from < 0.2 to > 0.7;
+    accuracy +15 points) sit far inside that effect and far outside sampling noise, so CPU-to-CPU
+    float differences cannot decide the outcome. A flipped advantage fails it (checked by breaking
+    the trainer on purpose), and so does a learning rate of 0.
     """
     from ladder.rung import ResolvedJudge, Rung
     from ladder.spec import parse_spec
     from ladder.tasks import build_task
 
     spec = spec_dict(tiny_model, {"kind": "verifier", "function": "ladder.tasks.arithmetic:exact"},
-                     task={"source": {"kind": "builtin", "name": "arithmetic", "terms": 4, "train_size": 4000},
+                     task={"source": {"kind": "builtin", "name": "arithmetic", "terms": 4, "max_operand": 5,
+                                      "train_size": 4000},
                            "eval_size": 128},
                      rollout={"workers": 1, "group_size": 8, "max_tokens": 40, "kv_cache_gib": 0.25},
                      train={"lr": 2e-4, "kl_coef": 0.0, "steps": 40, "prompts_per_step": 16})
@@ -72,7 +74,7 @@ def test_grpo_learns_against_the_verifier(ray_local, tiny_model):
                f"worked answers {worked_before:.0%} -> {worked_after:.0%}")
     assert changed
     assert worked_before < 0.2 and worked_after > 0.7, summary
-    assert acc_after > acc_before + 0.08, summary
+    assert acc_after > acc_before + 0.15, summary
     assert max(m["train/logprob_mismatch"] for m in steps) < 1e-3
 
 

@@ -151,7 +151,7 @@ def test_solve_mode_rewards_agreement_with_the_judges_own_answer(ray_local, judg
 
     cfg = JudgeConfig(mode="solve", solve_samples=1, solve_temperature=0.0, solve_max_tokens=32)
     pool = JudgePool([judge_worker], batch_size=8, cfg=cfg)
-    rows = build(4, 9, 40, 4, seed=3).train[:40]  # the test model trained on 4-term problems
+    rows = build(4, 5, 40, 4, seed=3).train[:40]  # the test model trained on these problems
     written = ray_local.get(judge_worker.write.remote([r.prompt for r in rows], 1, 32, 0.0))
     judge_says = [extract(cfg.answer_pattern, outs[0][0]) for outs in written]
     prompts = [r.prompt for r in rows for _ in range(2)]
