@@ -78,7 +78,7 @@ def report(curve: list[dict], spec, args) -> None:
           f"({gain['sampled'] * 100:+.1f}); held-out prompts: {spec.task.eval_size}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"spec": args.spec, "student": spec.student.base, "judge": spec.judge.initial.model_dump(),
+    out.write_text(json.dumps({"spec": os.path.relpath(args.spec, ROOT), "student": spec.student.base, "judge": spec.judge.initial.model_dump(),
                                "train": spec.train.model_dump(), "rollout": spec.rollout.model_dump(),
                                "eval_size": spec.task.eval_size, "gain_points": {k: v * 100 for k, v in gain.items()},
                                "curve": curve}, indent=2))

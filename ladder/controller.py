@@ -70,7 +70,7 @@ class LadderController:
 
         self.registry = Registry.for_spec(self.spec)
         self._tasks: dict[str, object] = {}
-        self.task, self.calibration = self.task_for(1)
+        self.task_for(1)  # a dataset problem fails here, before any actor starts
 
     def task_for(self, k: int):
         """Rung k's task and judge calibration set (built once per distinct task)."""

@@ -4,10 +4,11 @@
 """
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Optional, Sequence
+
+from ladder.tasks.base import extract_answer as extract
 
 
 @dataclass(frozen=True)
@@ -24,11 +25,6 @@ class Scored:
     parse_failures: int                # judge outputs that could not be read (fallback score used)
     judge_tokens: int                  # tokens the judge generated for these scores
     examples: tuple[dict, ...] = ()    # a few judge outputs, for people to read
-
-
-def extract(pattern: str, text: str) -> Optional[str]:
-    m = re.search(pattern, text)
-    return m.group(1).strip() if m else None
 
 
 def score_verdict(pool, cfg, pairs: Pairs) -> Scored:
