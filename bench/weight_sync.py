@@ -30,7 +30,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-sync-"))
     model = str(build_tiny_model(work / "model", args.size))
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     cfg = EngineConfig(model, kv_cache_gib=0.25)
     trainer = spawn(Trainer, model, TrainConfig(), 0)
     worker = spawn(RolloutWorker, cfg)

@@ -1,69 +1,82 @@
-"""The ladder controller: a named, detached Ray actor running the rung state machine.
+"""The ladder controller: a named, detached Ray actor; a transition function over the ladder's saved progress.
 
-It is the only writer of ladder state; MLflow holds lineage and decisions, so a restart can read them back.
+`run()` loads the progress (or starts it), runs the handler of its phase, saves it, and repeats until the
+ladder is stopped, done or failed; MLflow holds the progress, lineage and decisions, so a restart reads them back.
 """
 from __future__ import annotations
 
-import enum
+import json
+import shutil
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Optional
 
-
-class State(str, enum.Enum):
-    PENDING = "pending"
-    RUNNING = "running"
-    AWAITING_PROMOTION = "awaiting_promotion"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-    COMPLETED = "completed"
-    FAILED = "failed"
-
-
-def saturated(approvals: list[float], sat) -> bool:
-    """The judge approves nearly everything: mean approval over the last `window` steps > threshold."""
-    if not sat.enabled or len(approvals) < sat.window:
-        return False
-    return sum(approvals[-sat.window:]) / sat.window > sat.threshold
+from ladder.progress import Phase, Progress, State
+from ladder.rung import saturated  # noqa: F401  (re-exported: the rung owns the step loop)
 
 
 class LadderController:
     """Runs rungs 1..spec.rungs: train against the current judge, register, gate, promote."""
 
-    def __init__(self, spec, job: Optional[str] = None):
+    def __init__(self, spec, job: Optional[str] = None, resume: bool = False, submission: Optional[str] = None):
         self.spec = spec
         self.job = job or uuid.uuid4().hex[:8]
-        self.state = State.PENDING
-        self.rung = 0
-        self.step = 0
+        self.resume = resume
+        self.submission = submission
+        self.progress = Progress(spec.name, self.job)
         self.latest: dict[str, float] = {}
+        self.live_step = 0
         self.history: list[dict] = []
-        self.error: Optional[str] = None
         self._stop = threading.Event()
+        self._now = threading.Event()
         self._lock = threading.Lock()
+        self._actors: list = []
 
     # control ------------------------------------------------------------------------------
     def status(self) -> dict:
         with self._lock:
-            return {"ladder": self.spec.name, "job": self.job, "state": self.state.value, "rung": self.rung,
-                    "step": self.step, "steps_per_rung": self.spec.train.steps, "rungs": self.spec.rungs,
-                    "latest": dict(self.latest), "history": list(self.history), "error": self.error}
+            p = self.progress
+            return {"ladder": self.spec.name, "job": self.job, "state": p.state.value, "phase": p.phase.value,
+                    "rung": p.rung, "step": max(self.live_step, p.step), "steps_per_rung": self.spec.train.steps,
+                    "rungs": self.spec.rungs, "candidate": p.candidate, "checkpoint_step": p.step,
+                    "latest": dict(self.latest), "history": list(self.history), "error": p.error,
+                    "submission": p.submission, "source": "controller",
+                    "pending_decision": p.candidate if p.state is State.AWAITING_PROMOTION else None}
 
-    def stop(self) -> str:
+    def stop(self, now: bool = False) -> str:
+        """Graceful: finish the step, checkpoint, stop. `now`: abort the step (its stage actors are killed)."""
+        from stages.actors import kill_all
+
         self._stop.set()
+        if now:
+            self._now.set()
+            kill_all(self._actors)
         with self._lock:
-            if self.state in (State.RUNNING, State.AWAITING_PROMOTION, State.PENDING):
-                self.state = State.STOPPING
-            return self.state.value
+            if self.progress.active:
+                self.progress = self.progress.to(state=State.STOPPING)
+            return self.progress.state.value
 
-    def _set(self, **fields) -> None:
+    def _save(self, progress: Progress) -> Progress:
         with self._lock:
-            for k, v in fields.items():
-                setattr(self, k, v)
+            if self._stop.is_set() and progress.state is State.RUNNING:
+                progress = progress.to(state=State.STOPPING)
+            self.progress = progress
+        self.registry.save_progress(progress)
+        return progress
 
-    # the state machine --------------------------------------------------------------------
+    def _watch_requests(self, poll_s: float = 2.0) -> None:
+        """Stop requests written to MLflow by `ladder stop` (which may have no Ray connection)."""
+        while not self._done.wait(poll_s):
+            try:
+                request = self.registry.stop_request(self.progress.parent_run)
+            except Exception:  # MLflow briefly unreachable: ask again at the next poll
+                continue
+            if request and not self._stop.is_set():
+                self.stop(now=request == "now")
+
+    # the transition function --------------------------------------------------------------
     def prepare(self) -> None:
         """Open the registry; tasks and calibration sets are built per rung (the schedule may change them)."""
         from ladder.registry import Registry
@@ -83,138 +96,259 @@ class LadderController:
             self._tasks[key] = (task, task.calibration(self.spec.eval.calibration_size, self.spec.seed + 7))
         return self._tasks[key]
 
+    HANDLERS = {Phase.TRAIN: "_train", Phase.REGISTER: "_register", Phase.GATE: "_gate", Phase.AWAIT: "_await"}
+
     def run(self) -> dict:
+        from stages.actors import kill_all
+
+        self._done = threading.Event()
+        p = self.progress
         try:
-            self._set(state=State.RUNNING)
             self.prepare()
-            self.parent_run = self.registry.start_ladder_run(self.spec, self.job)
-            k, retries = 1, 0
-            while k <= self.spec.rungs and not self._stop.is_set():
-                outcome = self._run_rung(k, attempt=retries)
-                if outcome == "promoted":
-                    k, retries = k + 1, 0
-                elif outcome == "rejected" and self.spec.promotion.on_reject == "retry" \
-                        and retries < self.spec.promotion.max_retries:
-                    retries += 1
-                else:
+            p = self._begin()
+            threading.Thread(target=self._watch_requests, daemon=True).start()
+            while p.active and p.phase is not Phase.DONE:
+                if self._stop.is_set():
+                    p = self._save(p.to(state=State.STOPPED))
                     break
-            final = State.STOPPED if self._stop.is_set() or k <= self.spec.rungs else State.COMPLETED
-            self.registry.log_ladder_chart(self.parent_run, str(Path(self.spec.workdir) / self.spec.name))
-            self.registry.end_run(self.parent_run)
-            self._set(state=final)
+                p = self._save(getattr(self, self.HANDLERS[p.phase])(p))
+            self._finish(p)
         except Exception as exc:  # the controller records why it failed and stays queryable
-            self._set(state=State.FAILED, error=f"{type(exc).__name__}: {exc}".splitlines()[0])
-            if getattr(self, "parent_run", None):
-                self.registry.end_run(self.parent_run, "FAILED")
+            p = self.progress.to(state=State.FAILED, error=f"{type(exc).__name__}: {exc}".splitlines()[0])
+            self._finish(p)
+        finally:
+            self._done.set()
+            kill_all(self._actors)
+            self._exit_later()
         return self.status()
 
+    def _exit_later(self, after_s: float = 30.0) -> None:
+        """A controller actor ends itself once its ladder is over: a driver that was stopped (`ray job stop`)
+        or killed cannot leave it behind. The linger lets a driver still read the result first."""
+        import ray
+
+        try:
+            me = ray.get_runtime_context().current_actor
+        except Exception:  # run in-process (tests): nothing to end
+            return
+        timer = threading.Timer(after_s, lambda: ray.kill(me))
+        timer.daemon = True
+        timer.start()
+
+    def _begin(self) -> Progress:
+        """A new job's progress, or (resume) the saved one of this job, reopened."""
+        saved = self.registry.load_progress(self.job) if self.resume else None
+        if saved is None:
+            parent = self.registry.start_ladder_run(self.spec, self.job)
+            self.registry.save_spec(parent, self.spec)
+            return self._save(Progress(self.spec.name, self.job, parent_run=parent, submission=self.submission)
+                              .to(state=State.RUNNING))
+        self.registry.reopen_run(saved.parent_run)
+        self.registry.clear_stop_request(saved.parent_run)
+        if saved.phase is Phase.DONE and saved.results.get("ended") == "rejected":
+            saved = saved.to(phase=Phase.AWAIT)  # a decision by hand since the rejection is read again
+        self.history = saved.results.get("history", [])
+        return self._save(saved.to(state=State.RUNNING, error=None, submission=self.submission))
+
+    def _finish(self, p: Progress) -> None:
+        with self._lock:
+            self.progress = p.to(phase=Phase.DONE) if p.state is State.COMPLETED else p
+        try:
+            self.registry.save_progress(self.progress)
+            if self.registry.versions():
+                self.registry.log_ladder_chart(p.parent_run, str(Path(self.spec.workdir) / self.spec.name))
+            self.registry.end_run(p.parent_run, {State.COMPLETED: "FINISHED", State.FAILED: "FAILED"}.get(
+                p.state, "KILLED"))
+        except Exception:  # the parent run may not exist if the start itself failed
+            pass
+
+    # phase handlers -------------------------------------------------------------------------
+    def _train(self, p: Progress) -> Progress:
+        """Train the rung from its last checkpoint (or its start) to the end, checkpointing on the way."""
+        import ray
+
+        from ladder.gate import measure
+        from ladder.rung import Rung, train_steps
+
+        rspec = self.spec.for_rung(p.rung)
+        task, calibration = self.task_for(p.rung)
+        judge = self._current_judge(p.rung)
+        student, init_label = self._student_init()
+        if p.rung_run is None:
+            run_id = self.registry.start_rung_run(p.parent_run, p.rung, p.job)
+            p = self._save(p.to(rung_run=run_id, judge=judge.label, results={"student_init": init_label}))
+        seed = self.spec.seed + 1000 * p.rung + p.attempt
+        with self._lock:
+            self.live_step, self.latest = p.step, {}
+        rung = Rung(rspec, task, student, judge, seed, name_prefix=f"{self.spec.name}.{self.job}")
+        self._actors = rung.actors()
+        try:
+            rung.ready()
+            p = self._restore(rung, p) if p.checkpoint else self._start_rung(rung, p, calibration)
+
+            def on_step(step: int, metrics: dict) -> None:
+                nonlocal p
+                self.registry.log_metrics(p.rung_run, metrics, step)
+                self.registry.log_judge_examples(p.rung_run, step, rung.last_examples)
+                with self._lock:
+                    self.live_step, self.latest = step, metrics
+                if step % self.spec.checkpoint_every == 0 and step != rspec.train.steps:
+                    p = self._save(self._checkpoint(rung, p, step))
+
+            ended = train_steps(rung, p.step + 1, rspec.train.steps, self._stop.is_set, on_step)
+            if ended == "stopped":
+                done = rung.step_no
+                return (self._checkpoint(rung, p, done) if done > p.step else p).to(state=State.STOPPED)
+            if ended == "saturation":
+                self.registry.client.set_tag(p.rung_run, "ladder.ended_by", "saturation")
+            final = rung.evaluate()
+            self.registry.log_metrics(p.rung_run, final, rung.step_no)
+            current = measure(rung.pool, calibration)
+            p = self._checkpoint(rung, p, rung.step_no, final=True)
+            return p.to(phase=Phase.REGISTER, results={
+                **p.results, "final_accuracy": final.get("eval/accuracy"),
+                "current_judge": [current.accuracy, current.auc, current.identical_share]})
+        except ray.exceptions.RayActorError:
+            if self._now.is_set():  # `stop --now` killed the stage actors: back to the last checkpoint
+                return p.to(state=State.STOPPED)
+            raise
+        finally:
+            rung.shutdown()
+            self._actors = []
+
+    def _start_rung(self, rung, p: Progress, calibration) -> Progress:
+        self._probe_judge(rung, calibration, p.rung_run)
+        start = rung.evaluate()
+        self.registry.log_metrics(p.rung_run, start, 0)
+        return self._save(p.to(results={**p.results, "start_accuracy": start.get("eval/accuracy")}))
+
+    def _checkpoint(self, rung, p: Progress, step: int, final: bool = False) -> Progress:
+        """Write a complete checkpoint, log it to the rung run, and only then point the progress at it.
+        The final one (the candidate) holds the model only: nothing trains from it."""
+        local = Path(self.spec.workdir) / self.spec.name / self.job / f"rung-{p.rung}" / f"ckpt-{step:05d}"
+        try:
+            rung.checkpoint(str(local), trainer_state=not final)
+            uri = self.registry.upload_checkpoint(p.rung_run, str(local), step)
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
+        return p.to(step=step, cursor=rung.cursor.state(), checkpoint=uri)
+
+    def _restore(self, rung, p: Progress) -> Progress:
+        local = self._checkpoint_dir(p)
+        restored = rung.restore(local)
+        assert restored == p.step, f"checkpoint holds step {restored}, progress says {p.step}"
+        with self._lock:
+            self.live_step = p.step
+        return p
+
+    def _checkpoint_dir(self, p: Progress) -> str:
+        """The progress' checkpoint as a local folder (downloaded once per job and step)."""
+        dst = Path(self.spec.workdir) / self.spec.name / self.job / f"rung-{p.rung}" / f"restore-{p.step:05d}"
+        if not (dst / "cursor.json").is_file():
+            self.registry.download_checkpoint(p.checkpoint, str(dst.parent / f".{dst.name}"))
+            shutil.rmtree(dst, ignore_errors=True)
+            (dst.parent / f".{dst.name}" / Path(p.checkpoint).name).rename(dst)
+            shutil.rmtree(dst.parent / f".{dst.name}", ignore_errors=True)
+        return str(dst)
+
+    def _register(self, p: Progress) -> Progress:
+        """Register the rung's final checkpoint as a model version (idempotent on the rung uid)."""
+        rspec = self.spec.for_rung(p.rung)
+        tags = {"ladder.rung": str(p.rung), "ladder.judge": p.judge or "-",
+                "ladder.student_init": p.results.get("student_init", "base"),
+                "ladder.spec_sha256": self.spec.sha256(), "ladder.job": p.job, "ladder.rung_uid": p.rung_uid,
+                "ladder.task": rspec.task_label(),
+                "ladder.judge_mode": "verifier" if (p.judge or "").startswith("verifier:") else rspec.judge.mode}
+        logged = f"{p.checkpoint.split(f'runs:/{p.rung_run}/', 1)[1]}/model"  # the final checkpoint's model
+        version = self.registry.register(p.rung_run, None, tags, logged_path=logged)
+        return p.to(phase=Phase.GATE, candidate=version)
+
+    def _gate(self, p: Progress) -> Progress:
+        """Measure the candidate as a judge; auto: promote or reject; manual: wait for a person."""
+        from ladder.gate import JudgeQuality
+
+        current = JudgeQuality(*p.results["current_judge"])
+        baseline = self._baseline_accuracy(p.results.get("start_accuracy"))
+        gate = self.gate(f"models:/{self.spec.name}/{p.candidate}", p.rung, current,
+                         (p.judge or "").startswith("verifier:"), p.results.get("final_accuracy"), baseline)
+        self.registry.log_metrics(p.rung_run, gate.metrics(), p.step)
+        with self._lock:
+            self.latest = {**self.latest, **gate.metrics()}
+        self.registry.record_gate(p.candidate, gate)
+        p = p.to(results={**p.results, "judge_auc": gate.candidate.auc})
+        if self.spec.promotion.policy == "manual":
+            return p.to(phase=Phase.AWAIT, state=State.AWAITING_PROMOTION)
+        if gate.passed:
+            self.registry.promote(p.candidate, by="auto", reason=gate.reason)
+            return self._decided(p, "promoted")
+        self.registry.reject(p.candidate, by="auto", reason=gate.reason)
+        return self._decided(p, "rejected")
+
+    def _await(self, p: Progress, poll_s: float = 1.0) -> Progress:
+        """Wait until a person promotes or rejects the candidate (written to MLflow), or a stop."""
+        p = self._save(p.to(state=State.AWAITING_PROMOTION))
+        while not self._stop.is_set():
+            status = self.registry.status_of(p.candidate)
+            if status in ("promoted", "rejected"):
+                return self._decided(p.to(state=State.RUNNING), status)
+            time.sleep(poll_s)
+        return p.to(state=State.STOPPED)
+
+    def _decided(self, p: Progress, decision: str) -> Progress:
+        """After a decision: the next rung, a retry of this one, or the end of the ladder."""
+        row = {"rung": p.rung, "version": p.candidate, "judge": p.judge, "status": decision,
+               "accuracy": p.results.get("final_accuracy"), "judge_auc": p.results.get("judge_auc")}
+        with self._lock:
+            self.history = [h for h in self.history if h["version"] != p.candidate] + [row]
+        self.registry.end_run(p.rung_run)
+        history = {"history": list(self.history)}
+        if decision == "promoted":
+            if p.rung >= self.spec.rungs:
+                return p.to(phase=Phase.DONE, state=State.COMPLETED, results={**p.results, **history})
+            return p.next_rung().to(results=history)
+        if self.spec.promotion.on_reject == "retry" and p.attempt < self.spec.promotion.max_retries:
+            return p.retry_rung().to(results=history)
+        return p.to(phase=Phase.DONE, state=State.STOPPED, error=f"rung {p.rung} rejected",
+                    results={**p.results, **history, "ended": "rejected"})
+
+    # judges and students -------------------------------------------------------------------
     def _current_judge(self, k: int):
+        """Rung 1: the spec's initial judge; later rungs: the version alias `judge` names (fetched by the workers)."""
+        from ladder.registry import RegistryError
+        from ladder.rung import ResolvedJudge
         from ladder.rung_driver import resolve_initial_judge
 
         if k == 1:
             return resolve_initial_judge(self.spec)
-        return self.registry.resolve_judge_uri(f"models:/{self.spec.name}@judge", self._cache())
+        version = self.registry.alias("judge")
+        if version is None:
+            raise RegistryError(f"models:/{self.spec.name}@judge: no promoted rung to judge rung {k}")
+        return ResolvedJudge("model", f"models:/{self.spec.name}/{version}", f"{self.spec.name}/v{version}")
 
     def _student_init(self) -> tuple[str, str]:
         champion = self.registry.alias("champion")
         if self.spec.student.init == "previous" and champion is not None:
-            return self.registry.download(champion, self._cache()), f"v{champion}"
+            return f"models:/{self.spec.name}/{champion}", f"v{champion}"
         return self.spec.student.base, "base"
 
-    def _cache(self) -> str:
-        return str(Path(self.spec.workdir) / self.spec.name / "registry-cache")
-
-    def _run_rung(self, k: int, attempt: int) -> str:
-        from ladder.gate import measure
-        from ladder.rung import Rung
-
-        rspec = self.spec.for_rung(k)
-        task, calibration = self.task_for(k)
-        judge = self._current_judge(k)
-        student_path, init_label = self._student_init()
-        run_id = self.registry.start_rung_run(self.parent_run, k, self.job)
-        self._set(rung=k, step=0, latest={})
-        rung = Rung(rspec, task, student_path, judge, self.spec.seed + 1000 * k + attempt)
-        try:
-            rung.ready()
-            self._probe_judge(rung, calibration, run_id)
-            start_eval = rung.evaluate()
-            self.registry.log_metrics(run_id, start_eval, 0)
-            self._train(rung, run_id)
-            final_eval = rung.evaluate()
-            self.registry.log_metrics(run_id, final_eval, self.step)
-            current = measure(rung.pool, calibration)
-            ckpt = rung.save_student(str(Path(self.spec.workdir) / self.spec.name / f"rung-{k}" / "candidate"))
-        finally:
-            rung.shutdown()
-        tags = {"ladder.rung": str(k), "ladder.judge": judge.label, "ladder.student_init": init_label,
-                "ladder.spec_sha256": self.spec.sha256(), "ladder.job": self.job,
-                "ladder.rung_uid": f"{self.job}-{k}-{attempt}", "ladder.task": rspec.task_label(),
-                "ladder.judge_mode": "verifier" if judge.kind == "verifier" else rspec.judge.mode}
-        version = self.registry.register(run_id, ckpt, tags)
-        baseline = self._baseline_accuracy(start_eval)
-        decision = self.decide(version, ckpt, k, run_id, current, judge.kind == "verifier",
-                               final_eval.get("eval/accuracy"), baseline)
-        self.registry.end_run(run_id)
-        with self._lock:
-            self.history.append({"rung": k, "version": version, "judge": judge.label, "status": decision,
-                                 "accuracy": final_eval.get("eval/accuracy"),
-                                 "judge_auc": self.latest.get("gate/candidate_auc")})
-        return decision
-
-    def _baseline_accuracy(self, start_eval: dict) -> Optional[float]:
+    def _baseline_accuracy(self, start_accuracy: Optional[float]) -> Optional[float]:
         """The last promoted rung's held-out accuracy; before any promotion, the student's at step 0."""
         champion = self.registry.alias("champion")
         if champion is not None:
             recorded = self.registry.heldout_accuracy(champion)
             if recorded is not None:
                 return recorded
-        return start_eval.get("eval/accuracy")
+        return start_accuracy
 
     def _probe_judge(self, rung, calibration, run_id: str) -> None:
         """Record the judge pool's scores of fixed calibration items: proof of which weights it serves."""
-        import json
-
         from ladder.gate import score_calibration
 
         if rung.pool.verifier is None:
             scores = score_calibration(rung.pool, calibration[:8])
             self.registry.client.set_tag(run_id, "ladder.judge_probe", json.dumps([round(s, 6) for s in scores]))
 
-    def _train(self, rung, run_id: str) -> None:
-        spec = rung.spec  # this rung's spec, schedule applied
-        approvals: list[float] = []
-        for step in range(1, spec.train.steps + 1):
-            if self._stop.is_set():
-                break
-            metrics = rung.step()
-            if step % spec.eval.every == 0 and step != spec.train.steps:
-                metrics.update(rung.evaluate())
-            self.registry.log_metrics(run_id, metrics, step)
-            self.registry.log_judge_examples(run_id, step, rung.last_examples)
-            self._set(step=step, latest=metrics)
-            approvals.append(metrics["judge/approval"])
-            if saturated(approvals, spec.saturation):
-                self.registry.client.set_tag(run_id, "ladder.ended_by", "saturation")
-                break
-
-    def decide(self, version: str, ckpt: str, k: int, run_id: str, current, current_is_verifier: bool,
-               student_accuracy: Optional[float] = None, baseline: Optional[float] = None) -> str:
-        """Gate the candidate as a judge (next rung's mode, on a judge pool), then promote / reject
-        (auto) or wait for a person (manual)."""
-        gate = self.gate(ckpt, k, current, current_is_verifier, student_accuracy, baseline)
-        self.registry.log_metrics(run_id, gate.metrics(), self.step)
-        self._set(latest={**self.latest, **gate.metrics()})
-        self.registry.record_gate(version, gate)
-        if self.spec.promotion.policy == "manual":
-            return self._await_decision(version)
-        if gate.passed:
-            self.registry.promote(version, by="auto", reason=gate.reason)
-            return "promoted"
-        self.registry.reject(version, by="auto", reason=gate.reason)
-        return "rejected"
-
-    def gate(self, ckpt: str, k: int, current, current_is_verifier: bool,
+    def gate(self, candidate: str, k: int, current, current_is_verifier: bool,
              student_accuracy: Optional[float] = None, baseline: Optional[float] = None):
         """The candidate measured as a judge on judge workers, in the mode rung k+1 will use."""
         from ladder.gate import decide_gate, measure
@@ -223,28 +357,23 @@ class LadderController:
 
         nxt = self.spec.for_rung(min(k + 1, self.spec.rungs))
         task, calibration = self.task_for(min(k + 1, self.spec.rungs))
-        pool = build_judge_pool(nxt, ResolvedJudge("model", ckpt, "candidate"), task.answer_pattern, self.spec.seed)
+        pool = build_judge_pool(nxt, ResolvedJudge("model", candidate, "candidate"), task.answer_pattern,
+                                self.spec.seed, name_prefix=f"{self.spec.name}.{self.job}")
+        self._actors = list(pool.workers)
         try:
-            candidate = measure(pool, calibration)
+            candidate_quality = measure(pool, calibration)
         finally:
             kill_all(pool.workers)
-        return decide_gate(candidate, current, self.spec.promotion, current_is_verifier, student_accuracy, baseline)
-
-    def _await_decision(self, version: str, poll_s: float = 1.0) -> str:
-        """Wait until a person promotes or rejects the version (written to MLflow), or a stop."""
-        self._set(state=State.AWAITING_PROMOTION)
-        while not self._stop.is_set():
-            status = self.registry.status_of(version)
-            if status in ("promoted", "rejected"):
-                self._set(state=State.RUNNING)
-                return status
-            time.sleep(poll_s)
-        return "stopped"
+            self._actors = []
+        return decide_gate(candidate_quality, current, self.spec.promotion, current_is_verifier, student_accuracy,
+                           baseline)
 
 
-def start_controller(spec, job: Optional[str] = None):
-    """The named, detached controller actor of this ladder (namespace `ladder`)."""
+def start_controller(spec, job: Optional[str] = None, resume: bool = False, submission: Optional[str] = None):
+    """The named, detached controller actor of this ladder (namespace `ladder`): it outlives the driver that
+    started it (a killed `ladder run` or `ray job stop` does not orphan the ladder's stage actors: they are
+    the controller's, and the controller ends itself once the ladder is stopped or done)."""
     from stages.actors import spawn
 
-    return spawn(LadderController, spec, job, num_cpus=0, name=spec.name, namespace="ladder",
-                 max_concurrency=4)
+    return spawn(LadderController, spec, job, resume, submission, resources=spec.resources.controller, name=spec.name,
+                 namespace="ladder", detached=True, max_concurrency=4)

@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import json
+import signal
+import threading
+import time
 from pathlib import Path
+from typing import Optional
 
 
 def lineage_rows(registry) -> list[dict]:
@@ -39,32 +43,72 @@ def aliases_of(registry) -> dict[str, str]:
         return {}
 
 
-def run_ladder(spec, as_json: bool = False, verbose: bool = False, poll_s: float = 2.0) -> dict:
+class Terminated(Exception):
+    """SIGTERM (as `ray job stop` sends it to a submitted ladder's driver)."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def claim_name(spec, poll_s: float = 0.5, timeout_s: float = 120.0) -> None:
+    """Refuse, in one line, a ladder whose controller is alive and working; clear one that only lingers."""
+    import ray
+
+    try:
+        old = ray.get_actor(spec.name, namespace="ladder")
+    except ValueError:
+        return
+    try:
+        status = ray.get(old.status.remote(), timeout=30)
+    except Exception:
+        status = {"state": "failed"}
+    if status["state"] in ("pending", "running", "awaiting_promotion", "stopping"):
+        raise ValueError(f"ladder {spec.name!r} is already running (job {status.get('job')}, {status['state']}); "
+                         f"see `ladder status {spec.name}` or stop it with `ladder stop {spec.name}`")
+    ray.kill(old)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(spec.name, namespace="ladder")
+        except ValueError:
+            return
+        time.sleep(poll_s)
+
+
+def run_ladder(spec, as_json: bool = False, verbose: bool = False, poll_s: float = 2.0,
+               address: Optional[str] = None, job: Optional[str] = None, resume: bool = False,
+               submission: Optional[str] = None) -> dict:
+    """Start (or resume) the ladder's controller, follow it, and print the lineage at the end.
+
+    Ctrl-C asks for a graceful stop and waits for it; SIGTERM (`ray job stop`) asks for it and leaves: the
+    detached controller finishes the step, checkpoints, stops its stage actors, and ends itself.
+    """
     import ray
 
     from ladder.controller import start_controller
-    from ladder.registry import Registry, tracking_uri_for
+    from ladder.registry import Registry
     from ladder.runtime import start_ray
 
-    start_ray(spec, verbose)
-    controller = start_controller(spec)
+    start_ray(spec, verbose, address)
+    claim_name(spec)
+    controller = start_controller(spec, job, resume, submission)
     done = controller.run.remote()
-    last = None
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
-        while True:
-            ready, _ = ray.wait([done], timeout=poll_s)
-            status = ray.get(controller.status.remote())
-            line = _progress(status)
-            if line != last:
-                print(json.dumps({k: status[k] for k in ("state", "rung", "step", "latest")}) if as_json else line,
-                      flush=True)
-                last = line
-            if ready:
-                break
+        _follow(controller, done, as_json, poll_s)
     except KeyboardInterrupt:
         ray.get(controller.stop.remote())
-        print("stopping: finishing the current step ...", flush=True)
+        print("stopping: finishing the current step and checkpointing ...", flush=True)
         ray.get(done)
+    except Terminated:
+        ray.get(controller.stop.remote(), timeout=10)
+        print("terminated: the ladder finishes its step, checkpoints and stops", flush=True)
+        raise SystemExit(143)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     final = ray.get(done)
     ray.kill(controller)
     registry = Registry.for_spec(spec)
@@ -72,20 +116,46 @@ def run_ladder(spec, as_json: bool = False, verbose: bool = False, poll_s: float
     if as_json:
         print(json.dumps({"status": final, "lineage": rows}))
     else:
-        print(format_table(rows, aliases_of(registry)))
-        uri = tracking_uri_for(spec)
-        print(f"\nstate: {final['state']}" + (f" ({final['error']})" if final["error"] else ""))
-        chart = Path(spec.workdir) / spec.name / "ladder_chart.png"
-        if chart.is_file():
-            print(f"ladder chart: {chart} (also an artifact of the ladder's MLflow run)")
-        print(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {uri} --port 5000  (then open http://127.0.0.1:5000)")
+        _print_summary(spec, final, rows, registry)
     return final
+
+
+def _follow(controller, done, as_json: bool, poll_s: float) -> None:
+    import ray
+
+    last = None
+    while True:
+        ready, _ = ray.wait([done], timeout=poll_s)
+        status = ray.get(controller.status.remote())
+        line = _progress(status)
+        if line != last:
+            print(json.dumps({k: status[k] for k in ("state", "phase", "rung", "step", "latest")}) if as_json
+                  else line, flush=True)
+            last = line
+        if ready:
+            return
+
+
+def _print_summary(spec, final: dict, rows: list[dict], registry) -> None:
+    from ladder.registry import tracking_uri_for
+
+    print(format_table(rows, aliases_of(registry)))
+    print(f"\nstate: {final['state']}" + (f" ({final['error']})" if final["error"] else ""))
+    if final["state"] == "stopped":
+        print(f"resume with: ladder resume {spec.name}")
+    chart = Path(spec.workdir) / spec.name / "ladder_chart.png"
+    if chart.is_file():
+        print(f"ladder chart: {chart} (also an artifact of the ladder's MLflow run)")
+    print(f"MLflow UI: .venv/bin/mlflow ui --backend-store-uri {tracking_uri_for(spec)} --port 5000  "
+          f"(then open http://127.0.0.1:5000)")
 
 
 def _progress(s: dict) -> str:
     m = s["latest"]
-    if s["state"] != "running" or not m:
-        return f"[{s['state']}] rung {s['rung']}/{s['rungs']}"
+    if s["state"] != "running" or not m or s.get("phase", "train") != "train":
+        pending = f" (decide on v{s['candidate']}: ladder promote/reject {s['ladder']} {s['candidate']})" \
+            if s["state"] == "awaiting_promotion" else ""
+        return f"[{s['state']}] rung {s['rung']}/{s['rungs']} {s.get('phase', '')}{pending}"
     return (f"rung {s['rung']}/{s['rungs']} step {s['step']}/{s['steps_per_rung']}  "
             f"reward {m.get('reward/mean', 0):.3f}  kl {m.get('train/kl', 0):.4f}  "
             f"{m.get('rollout/tokens_per_s', 0):.0f} tok/s  step {m.get('time/step_s', 0):.2f}s")

@@ -13,6 +13,8 @@ from typing import Optional
 from ladder.rung import ResolvedJudge
 
 STATUS_TAG = "ladder.status"
+PROGRESS_TAG = "ladder.progress"
+STOP_TAG = "ladder.stop_request"
 
 HEALTH = {"reward_mean": "reward.mean", "response_tokens": "rollout.response_tokens",
           "length_reward_corr": "judge.length_reward_corr", "approval": "judge.approval",
@@ -25,13 +27,22 @@ class RegistryError(ValueError):
 
 
 def tracking_uri_for(spec) -> str:
-    if spec.mlflow.tracking_uri:
-        return spec.mlflow.tracking_uri
+    return default_tracking_uri(spec.workdir, spec.mlflow.tracking_uri)
+
+
+def default_tracking_uri(workdir: str = ".ladder", explicit: Optional[str] = None) -> str:
+    """The spec's (or the command's) URI, else MLFLOW_TRACKING_URI, else SQLite under the work directory."""
+    if explicit:
+        return explicit
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    work = Path(spec.workdir).resolve()
+    work = Path(workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{work / 'mlflow.db'}"
+
+
+def local_artifact_root(tracking_uri: str, workdir: str) -> Optional[str]:
+    return (Path(workdir).resolve() / "mlartifacts").as_uri() if tracking_uri.startswith("sqlite:") else None
 
 
 class Registry:
@@ -42,16 +53,31 @@ class Registry:
 
         self.name = name
         self.tracking_uri = tracking_uri  # never set globally: one process may hold several ladders
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in our output
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self.experiment_id = self._experiment(f"ladder/{name}", artifact_root)
 
     @classmethod
     def for_spec(cls, spec) -> "Registry":
         uri = tracking_uri_for(spec)
-        root = None
-        if uri.startswith("sqlite:"):
-            root = (Path(spec.workdir).resolve() / "mlartifacts").as_uri()
-        return cls(spec.name, uri, root)
+        return cls(spec.name, uri, local_artifact_root(uri, spec.workdir))
+
+    @classmethod
+    def find(cls, name: str, tracking_uri: str) -> Optional["Registry"]:
+        """The registry of an existing ladder, or None when MLflow has never seen one of that name."""
+        from mlflow import MlflowClient
+
+        if MlflowClient(tracking_uri=tracking_uri).get_experiment_by_name(f"ladder/{name}") is None:
+            return None
+        return cls(name, tracking_uri)
+
+    @staticmethod
+    def ladder_names(tracking_uri: str) -> list[str]:
+        """Every ladder MLflow knows (experiments named ladder/<name>)."""
+        from mlflow import MlflowClient
+
+        found = MlflowClient(tracking_uri=tracking_uri).search_experiments(filter_string="name LIKE 'ladder/%'")
+        return sorted(e.name.removeprefix("ladder/") for e in found)
 
     def _experiment(self, name: str, artifact_root: Optional[str]) -> str:
         found = self.client.get_experiment_by_name(name)
@@ -94,13 +120,73 @@ class Registry:
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status)
 
+    def reopen_run(self, run_id: str) -> None:
+        self.client.update_run(run_id, status="RUNNING")
+
+    # saved progress and control requests ------------------------------------------------
+    def save_progress(self, progress) -> None:
+        """The ladder's progress on its parent run (the one value status, stop and resume read)."""
+        self.client.set_tag(progress.parent_run, PROGRESS_TAG, progress.to_json())
+
+    def ladder_runs(self) -> list:
+        """Parent runs of this ladder, newest first."""
+        return self.client.search_runs([self.experiment_id], "tags.`ladder.kind` = 'ladder'",
+                                       order_by=["attributes.start_time DESC"], max_results=100)
+
+    def load_progress(self, job: Optional[str] = None):
+        """The newest job's saved progress (or `job`'s); None when the ladder never started one."""
+        from ladder.progress import Progress
+
+        for run in self.ladder_runs():
+            text = run.data.tags.get(PROGRESS_TAG)
+            if text and (job is None or run.data.tags.get("ladder.job") == job):
+                return Progress.from_json(text)
+        return None
+
+    def save_spec(self, run_id: str, spec) -> None:
+        self.client.log_text(run_id, spec.model_dump_json(indent=1), "spec.json")
+
+    def load_spec(self, run_id: str):
+        """The spec a job was started with (resume runs exactly it)."""
+        import tempfile
+
+        from ladder.spec import LadderSpec
+
+        with tempfile.TemporaryDirectory(prefix="ladder-") as tmp:
+            text = Path(self.client.download_artifacts(run_id, "spec.json", tmp)).read_text()
+        return LadderSpec.model_validate_json(text)
+
+    def request_stop(self, run_id: str, now: bool) -> None:
+        self.client.set_tag(run_id, STOP_TAG, "now" if now else "graceful")
+
+    def stop_request(self, run_id: str) -> Optional[str]:
+        return self.client.get_run(run_id).data.tags.get(STOP_TAG) or None
+
+    def clear_stop_request(self, run_id: str) -> None:
+        self.client.set_tag(run_id, STOP_TAG, "")
+
+    # checkpoints ------------------------------------------------------------------------
+    def upload_checkpoint(self, run_id: str, local_dir: str, step: int) -> str:
+        """Log a complete checkpoint folder to the rung run; returns its artifact URI (used only once logged)."""
+        path = f"checkpoints/step-{step:05d}"
+        self.client.log_artifacts(run_id, local_dir, artifact_path=path)
+        return f"runs:/{run_id}/{path}"
+
+    def download_checkpoint(self, uri: str, dst: str) -> str:
+        import mlflow
+
+        Path(dst).mkdir(parents=True, exist_ok=True)
+        return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst, tracking_uri=self.tracking_uri)
+
     # versions ---------------------------------------------------------------------------
     def find_version(self, rung_uid: str):
         found = self.client.search_model_versions(f"name='{self.name}' and tag.`ladder.rung_uid`='{rung_uid}'")
         return found[0] if found else None
 
-    def register(self, run_id: str, checkpoint_dir: str, tags: dict[str, str]) -> str:
-        """Log the HF checkpoint to the rung run and register it; idempotent on `ladder.rung_uid`."""
+    def register(self, run_id: str, checkpoint_dir: Optional[str], tags: dict[str, str],
+                 logged_path: Optional[str] = None) -> str:
+        """Register the rung's HF checkpoint as a version; idempotent on `ladder.rung_uid`. The model is the
+        run's artifact `logged_path` when it is logged already (a checkpoint), else `checkpoint_dir` logged now."""
         existing = self.find_version(tags["ladder.rung_uid"])
         if existing is not None:
             return str(existing.version)
@@ -108,8 +194,9 @@ class Registry:
             self.client.get_registered_model(self.name)
         except Exception:
             self.client.create_registered_model(self.name, tags={"ladder": "judge-ladder"})
-        self.client.log_artifacts(run_id, checkpoint_dir, artifact_path="model")
-        source = f"{self.client.get_run(run_id).info.artifact_uri}/model"
+        if logged_path is None:
+            self.client.log_artifacts(run_id, checkpoint_dir, artifact_path="model")
+        source = f"{self.client.get_run(run_id).info.artifact_uri}/{logged_path or 'model'}"
         mv = self.client.create_model_version(self.name, source, run_id=run_id,
                                               tags={STATUS_TAG: "candidate", **tags})
         rung = tags.get("ladder.rung")
@@ -244,3 +331,38 @@ def _model_dir(root: Path) -> str:
     for cfg in root.rglob("config.json"):
         return str(cfg.parent)
     raise RegistryError(f"{root}: downloaded artifact holds no HF model (no config.json)")
+
+
+def fetch_model(uri: str, tracking_uri: str, cache_dir: str) -> str:
+    """`models:/<name>/<version>` -> a local HF directory on *this* node (downloaded once, then cached).
+
+    Stage actors call it themselves, so models never travel as paths from one node's disk to another's.
+    The download lands in a temporary folder renamed into place: a cached model is always complete.
+    """
+    import shutil
+    import tempfile
+
+    from mlflow import MlflowClient
+
+    name, version = uri.removeprefix("models:/").split("/")
+    out = Path(cache_dir) / f"{name}-v{version}"
+    if (out / "config.json").is_file():
+        return str(out)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        source = client.get_model_version(name, version).source
+    except Exception:
+        raise RegistryError(f"{uri}: no such model version") from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{name}-v{version}-", dir=out.parent)
+    try:
+        import mlflow
+
+        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=tracking_uri)
+        try:
+            os.replace(_model_dir(Path(local)), out)
+        except OSError:  # another worker on this node finished first
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(out)

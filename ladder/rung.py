@@ -8,7 +8,8 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Optional
+from pathlib import Path
+from typing import Callable, Optional
 
 from ladder.batches import PromptBatch, RolloutBatch
 from ladder.tasks.base import Task
@@ -93,17 +94,40 @@ def split(items: list, parts: int) -> list[list]:
     return out
 
 
-def build_judge_pool(spec, judge: ResolvedJudge, answer_pattern: str, seed: int):
+def model_store(spec):
+    """Where stage actors fetch `models:/` locations: the ladder's MLflow, cached under its work directory."""
+    from ladder.registry import tracking_uri_for
+    from stages.engine import ModelStore
+
+    return ModelStore(tracking_uri_for(spec), str(Path(spec.workdir).resolve() / spec.name / "model-cache"))
+
+
+def engine_config(spec, model: str, seed: int):
+    from stages.engine import EngineConfig
+
+    ro = spec.rollout
+    return EngineConfig(model, seed=seed, kv_cache_gib=ro.kv_cache_gib, dtype=ro.dtype,
+                        gpu_memory_utilization=ro.gpu_memory_utilization, store=model_store(spec))
+
+
+def actor_name(prefix: Optional[str], role: str) -> Optional[str]:
+    """`<ladder>.<job>.<role>.<random>`: stage actors carry their ladder's name (never reused)."""
+    import uuid
+
+    return f"{prefix}.{role}.{uuid.uuid4().hex[:6]}" if prefix else None
+
+
+def build_judge_pool(spec, judge: ResolvedJudge, answer_pattern: str, seed: int, name_prefix: Optional[str] = None):
     """A `JudgePool` for `judge` in `spec.judge`'s mode: a verifier, or judge workers (one engine each)."""
     from stages.actors import spawn
-    from stages.engine import EngineConfig
     from stages.judge import JudgeConfig, JudgePool, JudgeWorker, load_verifier
 
     if judge.kind == "verifier":
         return JudgePool([], spec.judge_pool.batch_size, verifier=load_verifier(judge.location))
     cfg = JudgeConfig.from_spec(spec.judge, answer_pattern)
-    engine = EngineConfig(judge.location, seed=seed, kv_cache_gib=spec.rollout.kv_cache_gib)
-    start = lambda: spawn(JudgeWorker, engine, cfg)  # noqa: E731
+    engine = engine_config(spec, judge.location, seed)
+    start = lambda: spawn(JudgeWorker, engine, cfg, resources=spec.resources.judge,  # noqa: E731
+                          name=actor_name(name_prefix, "judge"), namespace="ladder")
     return JudgePool([start() for _ in range(spec.judge_pool.workers)], spec.judge_pool.batch_size,
                      respawn=start, cfg=cfg)
 
@@ -111,20 +135,21 @@ def build_judge_pool(spec, judge: ResolvedJudge, answer_pattern: str, seed: int)
 class Rung:
     """The stage actors of one rung and the step loop that drives them."""
 
-    def __init__(self, spec, task: Task, student_path: str, judge: ResolvedJudge, seed: int):
+    def __init__(self, spec, task: Task, student_path: str, judge: ResolvedJudge, seed: int,
+                 name_prefix: Optional[str] = None):
         from stages.actors import spawn
-        from stages.engine import EngineConfig
         from stages.rollout import RolloutWorker
         from stages.train import TrainConfig, Trainer
 
         self.spec, self.task, self.judge = spec, task, judge
         self.cursor = PromptCursor(len(task.train), seed)
-        ro = spec.rollout
-        student_cfg = EngineConfig(student_path, seed=seed, kv_cache_gib=ro.kv_cache_gib)
-        self.trainer = spawn(Trainer, student_path, TrainConfig.from_spec(spec.train), seed)
-        self.rollout = [spawn(RolloutWorker, EngineConfig(**{**student_cfg.__dict__, "seed": seed + i}))
-                        for i in range(ro.workers)]
-        self.pool = build_judge_pool(spec, judge, task.answer_pattern, seed)
+        res = spec.resources
+        self.trainer = spawn(Trainer, student_path, TrainConfig.from_spec(spec.train), seed, model_store(spec),
+                             resources=res.trainer, name=actor_name(name_prefix, "trainer"), namespace="ladder")
+        self.rollout = [spawn(RolloutWorker, engine_config(spec, student_path, seed + i), resources=res.rollout,
+                              name=actor_name(name_prefix, f"rollout{i}"), namespace="ladder")
+                        for i in range(spec.rollout.workers)]
+        self.pool = build_judge_pool(spec, judge, task.answer_pattern, seed, name_prefix)
         self.step_no = 0
         self.weights_version = 0
         self.last_examples: tuple = ()
@@ -214,11 +239,72 @@ class Rung:
         return out
 
     def save_student(self, out_dir: str) -> str:
+        """The trained student as an HF directory on *this* node (files come through the object store)."""
         import ray
 
-        return ray.get(self.trainer.save.remote(out_dir))
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, data in ray.get(self.trainer.model_files.remote()).items():
+            (out / name).write_bytes(data)
+        return str(out)
+
+    def checkpoint(self, out_dir: str, trainer_state: bool = True) -> str:
+        """A complete checkpoint folder: `model/` (HF files), `trainer.pt` (optimizer, steps, RNG), `cursor.json`."""
+        import json
+
+        import ray
+
+        out = Path(out_dir)
+        self.save_student(str(out / "model"))
+        if trainer_state:
+            (out / "trainer.pt").write_bytes(ray.get(self.trainer.trainer_state.remote()))
+        (out / "cursor.json").write_text(json.dumps({**self.cursor.state(), "step": self.step_no}))
+        return str(out)
+
+    def restore(self, ckpt_dir: str) -> int:
+        """Continue from a checkpoint: trainer weights and optimizer, the data cursor, and the rollout workers
+        re-synced to the restored weights before the first step. Returns the restored step."""
+        import json
+
+        import ray
+
+        root = Path(ckpt_dir)
+        cursor = json.loads((root / "cursor.json").read_text())
+        weights = (root / "model" / "model.safetensors").read_bytes()
+        ray.get(self.trainer.restore.remote(weights, (root / "trainer.pt").read_bytes()))
+        self.cursor = PromptCursor.restore(self.cursor.size, self.cursor.seed, cursor)
+        self.step_no = cursor["step"]
+        self.sync()
+        return self.step_no
 
     def shutdown(self) -> None:
         from stages.actors import kill_all
 
         kill_all(self.actors())
+
+
+def saturated(approvals: list[float], sat) -> bool:
+    """The judge approves nearly everything: mean approval over the last `window` steps > threshold."""
+    if not sat.enabled or len(approvals) < sat.window:
+        return False
+    return sum(approvals[-sat.window:]) / sat.window > sat.threshold
+
+
+def train_steps(rung: Rung, first: int, last: int, should_stop: Callable[[], bool],
+                on_step: Callable[[int, dict], None]) -> str:
+    """The one step loop (the controller's and `ladder train-rung`'s): steps `first..last`, held-out
+    evaluation every `eval.every` steps, early end on judge saturation. Returns why it ended:
+    "steps", "saturation" or "stopped"."""
+    spec = rung.spec
+    approvals: list[float] = []
+    for step in range(first, last + 1):
+        if should_stop():
+            return "stopped"
+        metrics = rung.step()
+        if step % spec.eval.every == 0 and step != last:
+            metrics.update(rung.evaluate())
+        on_step(step, metrics)
+        approvals.append(metrics["judge/approval"])
+        if saturated(approvals, spec.saturation):
+            return "saturation"
+    return "steps"

@@ -1,6 +1,7 @@
 """`ladder train-rung`: one rung against the spec's initial judge, printing per-step metrics.
 
-The ladder controller runs the same `Rung` object; this driver is the standalone, single-rung path.
+The ladder controller runs the same `Rung` and the same step loop (`train_steps`: evaluation cadence,
+saturation, stop); this driver is the standalone, single-rung path.
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from ladder.rung import ResolvedJudge, Rung
+from ladder.rung import ResolvedJudge, Rung, train_steps
 
 
 def resolve_initial_judge(spec) -> ResolvedJudge:
@@ -63,17 +64,19 @@ def run_single_rung(spec, steps: Optional[int] = None, out: Optional[Path] = Non
         before = rung.evaluate()
         say("eval before: " + ", ".join(f"{k} {v:.3f}" for k, v in before.items()))
         history = []
-        for i in range(1, total + 1):
-            m = rung.step()
+
+        def on_step(i: int, m: dict) -> None:
             history.append(m)
             emit({"step": i, **m})
             say(format_step(i, total, m))
+
+        train_steps(rung, 1, total, lambda: False, on_step)
         after = rung.evaluate()
         say("eval after:  " + ", ".join(f"{k} {v:.3f}" for k, v in after.items()))
         saved = rung.save_student(str(out or Path(spec.workdir) / spec.name / "train-rung" / "student"))
         summary = {"engine_start_s": started, "steps": total, "seconds": time.perf_counter() - t0,
                    "eval_before": before, "eval_after": after, "saved": saved,
-                   "mean_step": {k: sum(h[k] for h in history) / len(history) for k in history[0]}}
+                   "mean_step": {k: sum(h[k] for h in history if k in h) / sum(k in h for h in history) for k in history[0]}}
         emit({"summary": summary})
         say(f"saved student to {saved}")
         return summary

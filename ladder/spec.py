@@ -161,6 +161,10 @@ class TaskSpec(_Strict):
 
 class RolloutSpec(_Strict):
     workers: int = Field(1, ge=1, le=512, description="Rollout workers, one vLLM engine each.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Engine dtype (rollout and judge): auto is float32 on CPU and bfloat16 on GPU.")
+    gpu_memory_utilization: float = Field(
+        0.5, gt=0, le=1, description="Share of its GPU an engine may take (GPU engines; two roles may share one).")
     group_size: int = Field(4, ge=2, le=256, description="Samples per prompt (the GRPO group).")
     max_tokens: int = Field(32, ge=1, le=32768, description="Most tokens generated per sample.")
     temperature: float = Field(1.0, gt=0, le=5, description="Sampling temperature.")
@@ -218,6 +222,28 @@ class RungSchedule(_Strict):
                           "the rest stay as in `train`.")
 
 
+class RoleResources(_Strict):
+    """What one actor of a role asks Ray for, and where it may run."""
+    cpus: float = Field(1, ge=0, description="CPUs per actor.")
+    gpus: float = Field(0, ge=0, description="GPUs per actor (fractions share a device).")
+    custom: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources per actor, e.g. {judge_node: 1}.")
+    node_labels: dict[str, str] = Field(
+        default_factory=dict, description="Node labels the actor's node must carry (Ray label selector), e.g. {tier: trainer}.")
+
+
+class ResourcesSpec(_Strict):
+    """Per role Ray resources; the defaults fit one CPU machine."""
+    rollout: RoleResources = Field(default_factory=RoleResources, description="Each rollout worker.")
+    judge: RoleResources = Field(default_factory=RoleResources, description="Each judge worker.")
+    trainer: RoleResources = Field(default_factory=RoleResources, description="The trainer.")
+    controller: RoleResources = Field(default_factory=lambda: RoleResources(cpus=0),
+                                      description="The ladder controller (it only coordinates).")
+
+    @property
+    def uses_gpu(self) -> bool:
+        return any(r.gpus > 0 for r in (self.rollout, self.judge, self.trainer))
+
+
 class MlflowSpec(_Strict):
     tracking_uri: Optional[str] = Field(
         None, description="MLflow tracking URI; default MLFLOW_TRACKING_URI or sqlite under the work directory.")
@@ -228,7 +254,9 @@ class LadderSpec(_Strict):
     seed: int = Field(0, ge=0, description="Seed for data order, sampling and initialisation.")
     workdir: str = Field(".ladder", description="Directory for checkpoints, local MLflow and controller state.")
     rungs: int = Field(3, ge=1, le=1000, description="Number of rungs (generations) to run.")
-    checkpoint_every: int = Field(10, ge=1, description="Controller checkpoints at least this often (steps).")
+    checkpoint_every: int = Field(
+        10, ge=1, description="The trainer's weights, optimizer, RNG and data cursor are saved to MLflow this often "
+                              "(steps); a resumed or restarted rung redoes at most this many steps.")
     student: StudentSpec = Field(description="The model being trained.")
     judge: JudgeSpec = Field(description="The frozen judge and how it scores.")
     task: TaskSpec = Field(description="Prompts and ground truth.")
@@ -239,6 +267,7 @@ class LadderSpec(_Strict):
     promotion: PromotionSpec = Field(default_factory=PromotionSpec, description="The promotion gate.")
     saturation: SaturationSpec = Field(default_factory=SaturationSpec, description="Early rung end.")
     mlflow: MlflowSpec = Field(default_factory=MlflowSpec, description="Tracking and registry.")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Ray resources and placement per role.")
     schedule: list[RungSchedule] = Field(
         default_factory=list, description="Per-rung overrides of the task and the judge mode, by first rung.")
 

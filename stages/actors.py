@@ -1,4 +1,4 @@
-"""Turning stage classes into Ray actors: resources, the engine environment, restarts."""
+"""Turning stage classes into Ray actors: resources and placement, the engine environment, restarts."""
 from __future__ import annotations
 
 import os
@@ -6,17 +6,25 @@ import os
 from stages.engine import ENGINE_ENV
 
 
-def spawn(cls, *args, num_cpus: float = 1, name: str | None = None, namespace: str | None = None,
-          max_restarts: int = 0, max_concurrency: int = 1, **kwargs):
-    """Start `cls(*args, **kwargs)` as a Ray actor whose process has the engine environment."""
+def spawn(cls, *args, resources=None, name: str | None = None, namespace: str | None = None,
+          detached: bool = False, max_restarts: int = 0, max_concurrency: int = 1, **kwargs):
+    """Start `cls(*args, **kwargs)` as a Ray actor whose process has the engine environment.
+
+    `resources` is the role's `RoleResources` (CPUs, GPUs, custom resources, node labels). A named actor
+    that is not detached is still owned by its creator: it dies with it.
+    """
     import ray
+
+    from cluster.placement import actor_options
 
     env = {**ENGINE_ENV, "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
     env.setdefault("OMP_NUM_THREADS", os.environ.get("LADDER_THREADS", str(os.cpu_count() or 1)))
-    options = dict(num_cpus=num_cpus, runtime_env={"env_vars": env}, max_restarts=max_restarts,
-                   max_concurrency=max_concurrency)
+    options = dict(runtime_env={"env_vars": env}, max_restarts=max_restarts, max_concurrency=max_concurrency,
+                   **actor_options(resources))
     if name:
-        options.update(name=name, namespace=namespace, lifetime="detached", get_if_exists=False)
+        options.update(name=name, namespace=namespace, get_if_exists=False)
+    if detached:
+        options.update(lifetime="detached")
     return ray.remote(cls).options(**options).remote(*args, **kwargs)
 
 

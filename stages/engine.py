@@ -16,13 +16,30 @@ ENGINE_ENV = {
 
 
 @dataclass(frozen=True)
+class ModelStore:
+    """Where `models:/` locations are fetched from (MLflow) and cached, by each actor on its own node."""
+    tracking_uri: str = ""
+    cache_dir: str = ""
+
+    def local(self, location: str) -> str:
+        """A local HF directory for `location` (a directory, a hub id, or `models:/<name>/<version>`)."""
+        if not location.startswith("models:/"):
+            return location
+        from ladder.registry import fetch_model
+
+        return fetch_model(location, self.tracking_uri, self.cache_dir)
+
+
+@dataclass(frozen=True)
 class EngineConfig:
-    model: str
+    model: str                    # a local directory or models:/<name>/<version> (fetched by the worker)
     seed: int = 0
     kv_cache_gib: float = 0.5
     max_model_len: int = 512
-    dtype: str = "float32"        # float32 on CPU keeps trainer and engine logprobs identical
+    dtype: str = "auto"           # auto: float32 on CPU (trainer and engine logprobs agree), bfloat16 on GPU
     full_logprobs: bool = False   # judges need the whole next-token distribution
+    gpu_memory_utilization: float = 0.5   # on GPU: the share of the device the engine may take
+    store: ModelStore = ModelStore()
 
 
 class ModelNotFound(ValueError):
@@ -42,14 +59,24 @@ def build_llm(cfg: EngineConfig):
     """A vLLM `LLM` for `cfg`; the environment must be set before vLLM is imported."""
     for key, value in ENGINE_ENV.items():
         os.environ.setdefault(key, value)
-    check_model_dir(cfg.model)
+    model = cfg.store.local(cfg.model)
+    check_model_dir(model)
     from vllm import LLM
 
+    memory = dict(gpu_memory_utilization=cfg.gpu_memory_utilization) if on_gpu() else \
+        dict(kv_cache_memory_bytes=int(cfg.kv_cache_gib * 2**30))
+    dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if on_gpu() else "float32")
     return LLM(
-        model=cfg.model, dtype=cfg.dtype, seed=cfg.seed, max_model_len=cfg.max_model_len,
-        kv_cache_memory_bytes=int(cfg.kv_cache_gib * 2**30), enforce_eager=True,
-        max_logprobs=-1 if cfg.full_logprobs else 20, enable_prefix_caching=False,
+        model=model, dtype=dtype, seed=cfg.seed, max_model_len=cfg.max_model_len, enforce_eager=True,
+        max_logprobs=-1 if cfg.full_logprobs else 20, enable_prefix_caching=False, **memory,
     )
+
+
+def on_gpu() -> bool:
+    """Whether this actor was given a GPU (Ray sets CUDA_VISIBLE_DEVICES for actors with num_gpus)."""
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def load_state_dict_into(llm, state: dict) -> None:

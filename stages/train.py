@@ -67,15 +67,18 @@ def token_logprobs(model, ids, attn):
 class Trainer:
     """Holds the student (trained), the reference (frozen) and the optimizer."""
 
-    def __init__(self, model_path: str, cfg: TrainConfig, seed: int = 0):
+    def __init__(self, model_path: str, cfg: TrainConfig, seed: int = 0, store=None):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        if store is not None:
+            model_path = store.local(model_path)
         torch.manual_seed(seed)
         self.cfg = cfg
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the GPU Ray gave this actor
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-        self.ref = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(self.device)
+        self.ref = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(self.device).eval()
         self.ref.requires_grad_(False)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.steps = 0
@@ -87,7 +90,8 @@ class Trainer:
         t0 = time.perf_counter()
         batch = judged.rollout
         adv = group_advantages(judged.scores, batch.group)
-        ids, attn, mask, vllm_lp = pack(batch.samples, self.tokenizer.pad_token_id)
+        ids, attn, mask, vllm_lp = (t.to(self.device) for t in pack(batch.samples, self.tokenizer.pad_token_id))
+        adv = adv.to(self.device)
         with torch.no_grad():
             ref_lp = token_logprobs(self.ref, ids, attn)
             old_lp = token_logprobs(self.model, ids, attn)
@@ -126,14 +130,14 @@ class Trainer:
         """Sum of the student's logprobs over each sample's completion (for tests and diagnostics)."""
         import torch
 
-        ids, attn, mask, _ = pack(samples, self.tokenizer.pad_token_id)
+        ids, attn, mask, _ = (t.to(self.device) for t in pack(samples, self.tokenizer.pad_token_id))
         with torch.no_grad():
             return ((token_logprobs(self.model, ids, attn) * mask).sum(-1)).tolist()
 
     def state_blob(self) -> bytes:
         from safetensors.torch import save
 
-        state = {k: v.detach().clone().contiguous() for k, v in self.model.state_dict().items()}
+        state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.model.state_dict().items()}
         return save(state)
 
     def export_weights(self) -> WeightsRef:
@@ -154,3 +158,41 @@ class Trainer:
         self.model.save_pretrained(out, safe_serialization=True)
         self.tokenizer.save_pretrained(out)
         return str(out)
+
+    def model_files(self) -> dict[str, bytes]:
+        """The HF-format checkpoint as {file name: bytes}: it reaches the controller through the object
+        store, so the trainer's node and the controller's need not share a disk."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="ladder-model-") as tmp:
+            self.save(tmp)
+            return {f.name: f.read_bytes() for f in Path(tmp).iterdir() if f.is_file()}
+
+    def trainer_state(self) -> bytes:
+        """Optimizer, step counters and RNG: with `model_files` everything a resumed rung needs."""
+        import io
+
+        import torch
+
+        buf = io.BytesIO()
+        torch.save({"optimizer": self.opt.state_dict(), "steps": self.steps, "version": self.version,
+                    "rng": torch.get_rng_state()}, buf)
+        return buf.getvalue()
+
+    def restore(self, weights: bytes, state: bytes) -> int:
+        """Load a checkpoint written by `model_files` + `trainer_state`; returns the restored step."""
+        import io
+
+        import torch
+        from safetensors.torch import load
+
+        tensors = load(weights)
+        missing = self.model.load_state_dict(tensors, strict=False).missing_keys
+        tied = {k for k in missing if k.endswith("lm_head.weight")} if self.model.config.tie_word_embeddings else set()
+        if set(missing) - tied:
+            raise ValueError(f"checkpoint lacks weights: {sorted(set(missing) - tied)[:3]}")
+        saved = torch.load(io.BytesIO(state), map_location=self.device, weights_only=True)
+        self.opt.load_state_dict(saved["optimizer"])
+        self.steps, self.version = saved["steps"], saved["version"]
+        torch.set_rng_state(saved["rng"].cpu())
+        return self.steps

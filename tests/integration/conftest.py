@@ -12,7 +12,8 @@ MODEL_CACHE = os.environ.get("LADDER_TEST_MODEL")  # reuse a bootstrapped model 
 def ray_local():
     import ray
 
-    ray.init(num_cpus=8, include_dashboard=False, namespace="ladder-test", log_to_driver=False,
+    # address="local": a Ray of this session's own, never one another process started on the machine
+    ray.init(address="local", num_cpus=8, include_dashboard=False, namespace="ladder-test", log_to_driver=False,
              runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
     yield ray
     ray.shutdown()

@@ -137,7 +137,9 @@ def test_registration_is_idempotent(tiny_model, tmp_path):
 
 
 def _controller_with_candidate(spec_dict, model_dir, tmp_path):
+    """A controller whose progress is at the gate of rung 1, with `model_dir` registered as the candidate."""
     from ladder.controller import LadderController
+    from ladder.progress import Phase, Progress
     from ladder.spec import parse_spec
 
     ctl = LadderController(parse_spec(spec_dict))
@@ -145,7 +147,10 @@ def _controller_with_candidate(spec_dict, model_dir, tmp_path):
     parent = ctl.registry.start_ladder_run(ctl.spec, "job")
     run = ctl.registry.start_rung_run(parent, 1, "job")
     version = ctl.registry.register(run, model_dir, {"ladder.rung": "1", "ladder.rung_uid": f"job-{model_dir}"})
-    return ctl, run, version
+    progress = Progress(ctl.spec.name, "job", phase=Phase.GATE, parent_run=parent, rung_run=run, candidate=version,
+                        judge="base", results={"current_judge": [0.6, 0.65, 0.1], "start_accuracy": 0.1})
+    ctl.progress = progress
+    return ctl, run, version, progress
 
 
 def corrupted_copy(model_dir, out):
@@ -163,16 +168,17 @@ def corrupted_copy(model_dir, out):
 
 def test_gate_rejects_a_corrupted_candidate(ray_local, tiny_model, tmp_path):
     """A candidate whose verdicts are all 0.5 is measured on real judge workers and refused as collapsed."""
-    from ladder.gate import JudgeQuality
+
+    from ladder.progress import Phase, State
 
     spec = ladder_spec(tiny_model, tmp_path / "w", promotion={"policy": "auto", "tolerance": 0.05,
                                                               "collapse_share": 0.9})
     bad = corrupted_copy(tiny_model, tmp_path / "bad")
-    ctl, run, version = _controller_with_candidate(spec, bad, tmp_path)
+    ctl, run, version, progress = _controller_with_candidate(spec, bad, tmp_path)
     ctl.registry.promote("1", by="setup")  # pretend an earlier judge: alias judge -> 1
     bad_v = ctl.registry.register(run, bad, {"ladder.rung": "2", "ladder.rung_uid": "job-bad"})
-    decision = ctl.decide(bad_v, bad, 1, run, JudgeQuality(0.6, 0.65, 0.1), current_is_verifier=False)
-    assert decision == "rejected"
+    after = ctl._gate(progress.to(candidate=bad_v))  # the candidate is fetched from MLflow by the judge worker
+    assert after.phase is Phase.DONE and after.state is State.STOPPED and after.results["ended"] == "rejected"
     tags = ctl.registry.version(bad_v).tags
     assert ctl.registry.status_of(bad_v) == "rejected"
     assert tags["ladder.gate"] == "fail" and tags["ladder.gate_rule"] == "collapse"
@@ -182,13 +188,14 @@ def test_gate_rejects_a_corrupted_candidate(ray_local, tiny_model, tmp_path):
 
 def test_manual_policy_waits_for_a_decision(ray_local, tiny_model, tmp_path):
     from ladder.controller import State
-    from ladder.gate import JudgeQuality
+    from ladder.progress import Phase
 
     spec = ladder_spec(tiny_model, tmp_path / "w", promotion={"policy": "manual"})
-    ctl, run, version = _controller_with_candidate(spec, tiny_model, tmp_path)
+    ctl, run, version, progress = _controller_with_candidate(spec, tiny_model, tmp_path)
+    waiting = ctl._gate(progress)
+    assert waiting.phase is Phase.AWAIT and ctl.registry.alias("judge") is None
     result = {}
-    current = JudgeQuality(0.5, 0.5, 0.1)
-    worker = threading.Thread(target=lambda: result.update(d=ctl.decide(version, tiny_model, 1, run, current, False)))
+    worker = threading.Thread(target=lambda: result.update(p=ctl._await(waiting)))
     worker.start()
     deadline = time.time() + 300
     while ctl.status()["state"] != State.AWAITING_PROMOTION.value and time.time() < deadline:
@@ -199,7 +206,7 @@ def test_manual_policy_waits_for_a_decision(ray_local, tiny_model, tmp_path):
     ctl.registry.promote(version, by="human", reason="looks good")
     worker.join(timeout=300)
     assert not worker.is_alive(), "the controller did not see the decision"
-    assert result["d"] == "promoted"
-    assert ctl.status()["state"] == "running"
+    assert result["p"].rung == 2 and result["p"].phase is Phase.TRAIN  # on to the next rung at once
+    assert ctl.history[-1]["status"] == "promoted"
     assert ctl.registry.alias("judge") == version
     assert ctl.registry.version(version).tags["ladder.decided_by"].startswith("human:")

@@ -1,0 +1,58 @@
+"""Where each role's actors run: Ray options from `spec.resources`, and a check that the cluster can host them.
+
+A spec that asks for resources no live node has is refused before anything starts, in one line.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+
+class PlacementError(ValueError):
+    """The cluster has no node that can host a role as the spec asks; one line."""
+
+
+ROLES = ("rollout", "judge", "trainer", "controller")
+
+
+def actor_options(res) -> dict:
+    """Ray actor options for one `RoleResources` (None: one CPU, anywhere)."""
+    if res is None:
+        return {"num_cpus": 1}
+    opts: dict = {"num_cpus": res.cpus, "num_gpus": res.gpus}
+    if res.custom:
+        opts["resources"] = dict(res.custom)
+    if res.node_labels:
+        opts["label_selector"] = dict(res.node_labels)
+    return opts
+
+
+def fits(res, node: dict) -> bool:
+    """Whether one actor of the role fits on an empty `node` (an entry of `ray.nodes()`)."""
+    total = node.get("Resources", {})
+    need = {"CPU": res.cpus, "GPU": res.gpus, **res.custom}
+    if any(amount > 0 and total.get(key, 0) < amount for key, amount in need.items()):
+        return False
+    labels = node.get("Labels", {}) or {}
+    return all(labels.get(k) == v for k, v in res.node_labels.items())
+
+
+def unplaceable(spec, nodes: list[dict]) -> Optional[str]:
+    """The first role that no live node can host, described in one line; None when every role fits."""
+    alive = [n for n in nodes if n.get("Alive", n.get("alive"))]
+    for role in ROLES:
+        res = getattr(spec.resources, role)
+        if not any(fits(res, n) for n in alive):
+            want = ", ".join([f"{res.cpus:g} CPU", f"{res.gpus:g} GPU"] + [f"{v:g} {k}" for k, v in res.custom.items()]
+                             + [f"label {k}={v}" for k, v in res.node_labels.items()])
+            return (f"resources.{role}: no node of the cluster has {want} "
+                    f"({len(alive)} live node{'s' if len(alive) != 1 else ''})")
+    return None
+
+
+def check_placement(spec) -> None:
+    """Refuse, before any actor starts, a spec the connected Ray cluster cannot host."""
+    import ray
+
+    problem = unplaceable(spec, ray.nodes())
+    if problem:
+        raise PlacementError(problem)

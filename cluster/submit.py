@@ -1,0 +1,164 @@
+"""Ladders as jobs: `ladder submit` / `ladder resume` through the Ray Jobs API, or as a local background job.
+
+A submitted job carries the project (runtime env `working_dir`) and the validated spec (an environment
+variable); its driver is `ladder run-submitted`, which starts or resumes the ladder's controller.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Optional
+
+PROJECT = Path(__file__).resolve().parents[1]
+EXCLUDES = [".venv", ".git", ".ladder", "**/__pycache__", "*.egg-info", "bench/results", "*.db", "mlartifacts",
+            ".pytest_cache"]
+LIVE = ("PENDING", "RUNNING")
+
+
+def portable_spec(spec):
+    """The spec with local paths made absolute and the MLflow URI pinned, so the job's driver (whose working
+    directory is a copy of the project) and the user's later `status` / `stop` see the same ladder."""
+    from ladder.registry import tracking_uri_for
+
+    def absolute(path: str) -> str:
+        return path if path.startswith(("models:/", "/")) or not os.path.exists(path) else str(Path(path).resolve())
+
+    update: dict = {"workdir": str(Path(spec.workdir).resolve()),
+                    "mlflow": spec.mlflow.model_copy(update={"tracking_uri": tracking_uri_for(spec)}),
+                    "student": spec.student.model_copy(update={"base": absolute(spec.student.base)})}
+    initial = spec.judge.initial
+    if initial.kind == "model":
+        update["judge"] = spec.judge.model_copy(update={"initial": initial.model_copy(
+            update={"path": absolute(initial.path)})})
+    source = spec.task.source
+    if source.kind == "jsonl":
+        update["task"] = spec.task.model_copy(update={"source": source.model_copy(update={"path": absolute(source.path)})})
+    return spec.model_copy(update=update)
+
+
+def job_env(spec, job: str, resume: bool, submission: str) -> dict[str, str]:
+    return {"LADDER_SPEC_JSON": spec.model_dump_json(), "LADDER_JOB": job, "LADDER_RESUME": "1" if resume else "0",
+            "LADDER_SUBMISSION": submission}
+
+
+def jobs_client(address):
+    """A `JobSubmissionClient` for the cluster, its errors (unreachable, token) as one line."""
+    import logging
+
+    from ray.job_submission import JobSubmissionClient
+
+    from ladder.runtime import explain
+
+    for name in list(logging.root.manager.loggerDict):  # Ray's job SDK logs every packaged file at INFO
+        if name.startswith("ray"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    url = address.api_server()
+    try:
+        return JobSubmissionClient(url)
+    except Exception as exc:
+        raise explain(exc, address.raw) from None
+
+
+def live_jobs(client, name: str) -> list:
+    """Submitted jobs of ladder `name` that are pending or running."""
+    return [j for j in client.list_jobs()
+            if (j.metadata or {}).get("ladder") == name and str(getattr(j.status, "value", j.status)) in LIVE]
+
+
+def submit(address, spec, job: str, resume: bool = False, python: str = "python") -> str:
+    """Submit the ladder as a Ray job; returns the submission id. Refuses a name that is already running."""
+    from ladder.runtime import explain
+
+    client = jobs_client(address)
+    try:
+        running = live_jobs(client, spec.name)
+    except Exception as exc:
+        raise explain(exc, address.raw) from None
+    if running:
+        raise ValueError(f"ladder {spec.name!r} is already running (Ray job {running[0].submission_id}); "
+                         f"see `ladder status {spec.name}`")
+    submission = f"ladder-{spec.name}-{job}-{uuid.uuid4().hex[:4]}"
+    try:
+        return client.submit_job(
+            entrypoint=f"{python} -m ladder.cli run-submitted", submission_id=submission,
+            runtime_env={"working_dir": str(PROJECT), "excludes": EXCLUDES,
+                         "env_vars": job_env(spec, job, resume, submission)},
+            metadata={"ladder": spec.name, "ladder_job": job})
+    except Exception as exc:
+        raise explain(exc, address.raw) from None
+
+
+def follow(address, submission: str, out=sys.stdout) -> str:
+    """Print the job's log as it grows until the job ends; returns its final status."""
+    client = jobs_client(address)
+    shown = 0
+    while True:
+        status = str(getattr(client.get_job_status(submission), "value", ""))
+        logs = client.get_job_logs(submission)
+        out.write(logs[shown:])
+        out.flush()
+        shown = len(logs)
+        if status not in LIVE:
+            return status
+        time.sleep(2.0)
+
+
+def stop_job(address, submission: str) -> None:
+    jobs_client(address).stop_job(submission)
+
+
+# local background jobs (no cluster address) --------------------------------------------------
+def local_record(spec) -> Path:
+    return Path(spec.workdir).resolve() / spec.name / "local-job.json"
+
+
+def local_running(spec) -> Optional[dict]:
+    """The local background job of this ladder, if its process is alive."""
+    record = local_record(spec)
+    if not record.is_file():
+        return None
+    info = json.loads(record.read_text())
+    try:
+        os.kill(info["pid"], 0)
+    except OSError:
+        return None
+    return info
+
+
+def submit_local(spec, job: str, resume: bool = False) -> dict:
+    """Run the ladder in a background process on an embedded local Ray; its output goes to a log file."""
+    running = local_running(spec)
+    if running:
+        raise ValueError(f"ladder {spec.name!r} is already running (local job, pid {running['pid']}); "
+                         f"see `ladder status {spec.name}`")
+    log = Path(spec.workdir).resolve() / spec.name / f"job-{job}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    submission = f"local-{uuid.uuid4().hex[:6]}"
+    env = {**os.environ, **job_env(spec, job, resume, submission)}
+    env.pop("RAY_ADDRESS", None)
+    with open(log, "ab") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "ladder.cli", "run-submitted"], stdout=sink,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=str(PROJECT),
+                                start_new_session=True)
+    info = {"pid": proc.pid, "job": job, "log": str(log), "submission": submission}
+    local_record(spec).write_text(json.dumps(info))
+    return {**info, "process": proc}
+
+
+def follow_local(info: dict, out=sys.stdout, poll_s: float = 1.0) -> int:
+    """Print a local job's log as it grows until its process ends; returns 0 when it ended."""
+    log, shown = Path(info["log"]), 0
+    while True:
+        alive = info["process"].poll() is None  # our child: poll reaps it
+        data = log.read_text(errors="replace") if log.is_file() else ""
+        out.write(data[shown:])
+        out.flush()
+        shown = len(data)
+        if not alive:
+            return 0
+        time.sleep(poll_s)

@@ -1,0 +1,90 @@
+"""A ladder's progress as one typed, saved value, and the states and phases it moves through.
+
+The controller loads it, runs the handler of its phase and saves it (in MLflow, on the ladder's parent
+run); `status`, `stop`, `resume` and a restarted controller all read this one value.
+"""
+from __future__ import annotations
+
+import enum
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Optional
+
+
+class State(str, enum.Enum):
+    """What a person sees: is the ladder working, waiting, or over."""
+    PENDING = "pending"
+    RUNNING = "running"
+    AWAITING_PROMOTION = "awaiting_promotion"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+ACTIVE = (State.PENDING, State.RUNNING, State.AWAITING_PROMOTION, State.STOPPING)
+
+
+class Phase(str, enum.Enum):
+    """Where the current rung is: train -> register -> gate -> (await) -> next rung; done at the end."""
+    TRAIN = "train"
+    REGISTER = "register"
+    GATE = "gate"
+    AWAIT = "await"
+    DONE = "done"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Everything needed to continue a ladder where it stopped (JSON-serialisable, saved after each change)."""
+    ladder: str
+    job: str                                   # stable across resume: rung uids and the parent run derive from it
+    state: State = State.PENDING
+    phase: Phase = Phase.TRAIN
+    rung: int = 1
+    attempt: int = 0                           # retries of this rung after a rejection
+    step: int = 0                              # training steps done in this rung (as of `checkpoint`)
+    cursor: dict = field(default_factory=dict)  # the prompt cursor's state at `checkpoint`
+    checkpoint: Optional[str] = None           # artifact URI of the last complete trainer checkpoint
+    candidate: Optional[str] = None            # model version registered by this rung
+    judge: Optional[str] = None                # label of the judge this rung trains against
+    submission: Optional[str] = None           # the Ray job (or local job) that runs the ladder now
+    parent_run: Optional[str] = None
+    rung_run: Optional[str] = None
+    results: dict = field(default_factory=dict)  # rung numbers the later phases need (accuracies, judge quality)
+    error: Optional[str] = None
+    updated_at: float = 0.0
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["state"], data["phase"] = self.state.value, self.phase.value
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Progress":
+        data = json.loads(text)
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**{**known, "state": State(known.get("state", "pending")),
+                      "phase": Phase(known.get("phase", "train"))})
+
+    def to(self, **changes) -> "Progress":
+        """A copy with `changes` applied and the time stamped."""
+        return replace(self, **changes, updated_at=time.time())
+
+    def next_rung(self) -> "Progress":
+        return self.to(phase=Phase.TRAIN, rung=self.rung + 1, attempt=0, step=0, cursor={}, checkpoint=None,
+                       candidate=None, judge=None, rung_run=None, results={})
+
+    def retry_rung(self) -> "Progress":
+        return self.to(phase=Phase.TRAIN, attempt=self.attempt + 1, step=0, cursor={}, checkpoint=None,
+                       candidate=None, judge=None, rung_run=None, results={})
+
+    @property
+    def rung_uid(self) -> str:
+        """The idempotency key of this rung attempt's model version."""
+        return f"{self.job}-{self.rung}-{self.attempt}"
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE

@@ -1,0 +1,143 @@
+"""The ladder as a service: find a ladder by name, report its status, stop it, resume it.
+
+Everything reads the ladder's saved progress in MLflow; where a Ray cluster is given, liveness comes from
+Ray itself (the controller actor and the stage actors, named `<ladder>` and `<ladder>.<job>.<role>.*`).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+from ladder.progress import Progress, State
+
+
+class LadderNotFound(ValueError):
+    """No ladder of that name in the MLflow store; one line."""
+
+
+@dataclass(frozen=True)
+class Where:
+    """How the commands reach a ladder: its MLflow store and, optionally, its Ray cluster."""
+    tracking_uri: str
+    address: object                        # ladder.runtime.Address
+    workdir: str = ".ladder"
+
+
+def open_registry(name: str, where: Where):
+    from ladder.registry import Registry
+
+    reg = Registry.find(name, where.tracking_uri)
+    if reg is None:
+        raise LadderNotFound(f"no ladder named {name!r} in MLflow at {where.tracking_uri}")
+    return reg
+
+
+def saved_progress(reg) -> Progress:
+    progress = reg.load_progress()
+    if progress is None:
+        raise LadderNotFound(f"ladder {reg.name!r} has no saved progress (it never started a job)")
+    return progress
+
+
+def alive_actors(where: Where, name: str) -> Optional[list[str]]:
+    """Names of the ladder's live actors on the cluster (None when no cluster address is known)."""
+    if where.address.local:
+        return None
+    from ray.util.state import list_actors
+
+    from ladder.runtime import explain
+
+    try:
+        actors = list_actors(address=where.address.api_server(), filters=[("state", "=", "ALIVE")], limit=10000,
+                             raise_on_missing_output=False)
+    except Exception as exc:
+        raise explain(exc, where.address.raw) from None
+    return [a.name for a in actors if a.name == name or (a.name or "").startswith(f"{name}.")]
+
+
+def local_job_of(reg, progress: Progress) -> Optional[dict]:
+    from cluster.submit import local_running
+
+    return local_running(reg.load_spec(progress.parent_run))
+
+
+def local_job_alive(info: dict) -> bool:
+    import os
+
+    try:
+        os.kill(info["pid"], 0)
+    except OSError:
+        return False
+    return True
+
+
+def controller_alive(where: Where, reg, progress: Progress) -> Optional[bool]:
+    """Is the ladder's controller alive? From Ray when a cluster is given; from the local job record else."""
+    actors = alive_actors(where, reg.name)
+    if actors is not None:
+        return reg.name in actors
+    from cluster.submit import local_running
+
+    spec = reg.load_spec(progress.parent_run)
+    return True if local_running(spec) else None
+
+
+def status(name: str, where: Where) -> dict:
+    """State, rung, step, phase, latest metrics, pending decision and job of one ladder."""
+    reg = open_registry(name, where)
+    p = saved_progress(reg)
+    latest = reg.client.get_run(p.rung_run).data.metrics if p.rung_run else {}
+    live = controller_alive(where, reg, p)
+    out = {"ladder": name, "job": p.job, "state": p.state.value, "phase": p.phase.value, "rung": p.rung,
+           "step": p.step, "checkpoint_step": p.step, "candidate": p.candidate, "error": p.error,
+           "pending_decision": p.candidate if p.state is State.AWAITING_PROMOTION else None,
+           "latest": {k.replace(".", "/"): v for k, v in latest.items()}, "live": live, "source": "mlflow",
+           "submission": p.submission}
+    if p.active and live is False:
+        out["state"] = f"{p.state.value} (controller gone: resume with `ladder resume {name}`)"
+    return out
+
+
+def request_stop(name: str, where: Where, now: bool = False, timeout_s: float = 900.0, poll_s: float = 1.0) -> dict:
+    """Ask the ladder to stop (through MLflow, read by its controller), then wait until its progress says
+    stopped and, on a cluster, until no actor of the ladder is alive."""
+    reg = open_registry(name, where)
+    p = saved_progress(reg)
+    if not p.active:
+        raise ValueError(f"ladder {name!r} is not running (state {p.state.value})")
+    reg.request_stop(p.parent_run, now)
+    deadline = time.monotonic() + timeout_s
+    local_job = local_job_of(reg, p) if where.address.local else None
+    while time.monotonic() < deadline:
+        p = reg.load_progress(p.job)
+        actors = alive_actors(where, name)
+        if local_job is not None and not p.active:
+            actors = [name] if local_job_alive(local_job) else []  # its embedded Ray ends with its process
+        if not p.active and not actors:
+            return {"ladder": name, "job": p.job, "state": p.state.value, "rung": p.rung, "step": p.step,
+                    "actors_alive": actors}
+        if p.active and actors is not None and name not in actors and p.state is not State.STOPPING:
+            break  # nobody is left to act on the request: the controller is gone
+        time.sleep(poll_s)
+    raise ValueError(f"ladder {name!r} did not stop within {timeout_s:.0f} s (state {p.state.value})")
+
+
+def resumable(name: str, where: Where):
+    """The spec and job of a stopped or crashed ladder; one line when there is nothing to resume."""
+    reg = open_registry(name, where)
+    p = saved_progress(reg)
+    if p.state is State.COMPLETED:
+        raise ValueError(f"ladder {name!r} has completed; nothing to resume")
+    if p.active and controller_alive(where, reg, p):
+        raise ValueError(f"ladder {name!r} is already running (job {p.job}, {p.state.value})")
+    return reg.load_spec(p.parent_run), p.job
+
+
+def pending_version(name: str, where: Where) -> str:
+    reg = open_registry(name, where)
+    p = saved_progress(reg)
+    if p.state is not State.AWAITING_PROMOTION or not p.candidate:
+        raise ValueError(f"ladder {name!r} has no decision pending (state {p.state.value}); name a version "
+                         f"to override an earlier decision")
+    return p.candidate

@@ -1,0 +1,273 @@
+"""The ladder as a service, driven through the CLI as a user would, against a real Ray head (`ray start --head`,
+dashboard on, token authentication on) and a real `mlflow server` (artifacts proxied), both on 127.0.0.1 and
+stopped by process id: submit, status, lineage, promote, stop, resume; `ray job stop`; one-line CLI errors."""
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc, timeout_s: float = 180.0) -> None:
+    """Until `url` answers (any HTTP status counts: an auth-protected server is up)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"server exited with {proc.returncode}"
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"{url} did not come up in {timeout_s:.0f} s")
+
+
+def stop_group(proc, grace_s: float = 20.0) -> None:
+    """Stop a server and every process it started (one process group, led by its pid)."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(60)
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """A Ray head on 127.0.0.1 with its dashboard and token authentication; yields (env, dashboard URL, GCS)."""
+    temp = tempfile.mkdtemp(prefix="/tmp/lt")  # short: Ray's socket paths must fit 107 characters
+    home = tempfile.mkdtemp(prefix="ladder-home-")  # no ~/.ray/auth_token of the machine's is seen
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16), "HOME": home,
+           "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    port, dash = free_port(), free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true", "--num-cpus=8",
+         f"--temp-dir={temp}", "--disable-usage-stats"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{dash}/api/version", proc)
+        yield env, f"http://127.0.0.1:{dash}", f"127.0.0.1:{port}"
+    finally:
+        stop_group(proc)
+        subprocess.run(["rm", "-rf", temp, home])
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    store = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}", "--artifacts-destination", str(store / "art")],
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no idle job consumers on 2 cores
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_group(proc)
+
+
+def service_spec(model, workdir, name, tracking_uri, **overrides):
+    spec = {
+        "name": name, "seed": 0, "rungs": 3, "workdir": str(workdir), "checkpoint_every": 2,
+        "student": {"base": model, "init": "previous"},
+        "judge": {"initial": {"kind": "verifier", "function": "ladder.tasks.arithmetic:exact"},
+                  "mode": "solve", "solve_samples": 2, "solve_reward": "majority"},
+        "task": {"source": {"kind": "builtin", "name": "arithmetic", "terms": 4, "max_operand": 5,
+                            "train_size": 500}, "eval_size": 8},
+        "rollout": {"workers": 1, "group_size": 8, "max_tokens": 40, "kv_cache_gib": 0.25},
+        "train": {"lr": 1e-4, "kl_coef": 0.0, "steps": 8, "prompts_per_step": 16},
+        "eval": {"every": 4, "calibration_size": 8},
+        "promotion": {"policy": "manual", "tolerance": 1.0, "min_auc": 0.0, "collapse_share": 1.0},
+        "mlflow": {"tracking_uri": tracking_uri},
+    }
+    spec.update(overrides)
+    path = Path(workdir) / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def ladder(env, *args, check: bool = True, timeout: float = 900):
+    res = subprocess.run([sys.executable, "-m", "ladder.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=timeout)
+    if check:
+        assert res.returncode == 0, f"ladder {' '.join(args)}: {res.stderr[-2000:]}"
+    return res
+
+
+def progress_of(name, tracking_uri):
+    from ladder.registry import Registry
+
+    reg = Registry.find(name, tracking_uri)
+    return reg.load_progress() if reg else None
+
+
+def wait_for(name, tracking_uri, what, timeout_s=900.0, poll_s=1.0):
+    """Poll the ladder's saved progress until `what(progress)` holds; fail with the last progress."""
+    deadline, p = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        p = progress_of(name, tracking_uri)
+        if p is not None and what(p):
+            return p
+        assert p is None or p.state.value != "failed", p.error
+        time.sleep(poll_s)
+    pytest.fail(f"{name}: condition not reached in {timeout_s:.0f} s; last progress {p}")
+
+
+ALIVE = """
+import json, sys
+from ray.util.state import list_actors
+actors = list_actors(address=sys.argv[1], filters=[("state", "=", "ALIVE")], limit=10000)
+print(json.dumps([a.name for a in actors if a.name == sys.argv[2] or (a.name or "").startswith(sys.argv[2] + ".")]))
+"""
+
+
+def alive(dashboard, env, name) -> list[str]:
+    """Names of live actors of ladder `name` (its controller and stage actors), asked of Ray's State API
+    (in a process of its own: Ray reads the authentication mode once per process)."""
+    res = subprocess.run([sys.executable, "-c", ALIVE, dashboard, name], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return json.loads(res.stdout)
+
+
+def steps_logged(tracking_uri, name, rung):
+    """The step numbers of every reward.mean logged by rung `rung`'s run (a step logged twice appears twice)."""
+    from ladder.registry import Registry
+
+    reg = Registry.find(name, tracking_uri)
+    runs = reg.client.search_runs([reg.experiment_id], f"tags.`ladder.rung` = '{rung}'")
+    return sorted(m.step for r in runs for m in reg.client.get_metric_history(r.info.run_id, "reward.mean"))
+
+
+def test_submit_status_promote_stop_resume(tiny_model, ray_head, mlflow_server, tmp_path):
+    env, dashboard, gcs = ray_head
+    name = "svc"
+    spec = service_spec(tiny_model, tmp_path / "w", name, mlflow_server)
+    at = ["--address", dashboard]
+    track = ["--tracking-uri", mlflow_server]
+    sub = json.loads(ladder(env, "submit", str(spec), *at, "--python", sys.executable, "--json").stdout)
+    assert sub["ladder"] == name and sub["submission"]
+
+    again = ladder(env, "submit", str(spec), *at, "--python", sys.executable, check=False)
+    assert again.returncode == 2 and "already running" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1 and "Traceback" not in again.stderr
+
+    wait_for(name, mlflow_server, lambda p: p.state.value == "awaiting_promotion", timeout_s=600)
+    status = json.loads(ladder(env, "status", name, *at, *track, "--json").stdout)
+    assert status["state"] == "awaiting_promotion" and status["pending_decision"] == "1" and status["rung"] == 1
+    assert status["job"] == sub["job"] and status["submission"] == sub["submission"] and status["live"] is True
+    assert "decision pending on v1" in ladder(env, "status", name, *at, *track).stdout
+    rows = json.loads(ladder(env, "lineage", name, *track, "--json").stdout)
+    assert [(r["version"], r["rung"], r["status"]) for r in rows] == [(1, 1, "candidate")]
+
+    ladder(env, "promote", name, "1", *track, "--reason", "looks right")
+    p = wait_for(name, mlflow_server, lambda p: p.rung == 2 and p.phase.value == "train" and p.step >= 2)
+    out = json.loads(ladder(env, "stop", name, *at, *track, "--json").stdout)
+    assert out["state"] == "stopped" and out["rung"] == 2
+    assert alive(dashboard, env, name) == []  # controller and every stage actor are gone
+    stopped = progress_of(name, mlflow_server)
+    assert stopped.state.value == "stopped" and stopped.step >= 2 and stopped.checkpoint
+
+    res = json.loads(ladder(env, "resume", name, *at, *track, "--python", sys.executable, "--json").stdout)
+    assert res["job"] == sub["job"] and res["resumed"]
+    for version in ("2", "3"):
+        wait_for(name, mlflow_server, lambda p: p.state.value == "awaiting_promotion" and p.candidate == version)
+        ladder(env, "promote", name, *track)  # the pending version
+    done = wait_for(name, mlflow_server, lambda p: p.state.value == "completed")
+    assert done.job == sub["job"]
+    rows = json.loads(ladder(env, "lineage", name, *track, "--json").stdout)
+    assert [(r["version"], r["rung"], r["status"]) for r in rows] == [(1, 1, "promoted"), (2, 2, "promoted"),
+                                                                      (3, 3, "promoted")]
+    assert {r["job"] for r in rows} == {sub["job"]}
+    assert steps_logged(mlflow_server, name, 2) == list(range(1, 9))  # a graceful stop redoes no step
+    deadline = time.monotonic() + 120  # the controller ends itself once the ladder is over
+    while alive(dashboard, env, name) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert alive(dashboard, env, name) == []
+
+
+def test_ray_job_stop_then_resume(tiny_model, ray_head, mlflow_server, tmp_path):
+    env, dashboard, gcs = ray_head
+    name = "svc-jobstop"
+    spec = service_spec(tiny_model, tmp_path / "w", name, mlflow_server, rungs=2,
+                        promotion={"policy": "auto", "tolerance": 1.0, "min_auc": 0.0, "collapse_share": 1.0})
+    sub = json.loads(ladder(env, "submit", str(spec), "--address", gcs, "--python", sys.executable,
+                            "--json").stdout)
+    wait_for(name, mlflow_server, lambda p: p.rung == 1 and p.step >= 2)
+    stop = subprocess.run([str(BIN / "ray"), "job", "stop", "--address", dashboard, sub["submission"]], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert stop.returncode == 0, stop.stderr[-2000:]
+    stopped = wait_for(name, mlflow_server, lambda p: p.state.value == "stopped", timeout_s=300)
+    deadline = time.monotonic() + 120
+    while alive(dashboard, env, name) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert alive(dashboard, env, name) == []
+    assert stopped.rung == 1 and stopped.checkpoint
+
+    ladder(env, "resume", name, "--address", dashboard, "--tracking-uri", mlflow_server, "--python",
+           sys.executable, "--wait")
+    done = wait_for(name, mlflow_server, lambda p: p.state.value == "completed", timeout_s=60)
+    from ladder.registry import Registry
+
+    versions = Registry.find(name, mlflow_server).versions()
+    assert [(v.version, v.tags["ladder.rung"]) for v in versions] == [("1", "1"), ("2", "2")]
+    assert done.job == sub["job"]
+    assert steps_logged(mlflow_server, name, 1) == list(range(1, 9))
+
+
+def test_cli_errors_are_one_line(tiny_model, ray_head, mlflow_server, tmp_path):
+    from ladder.progress import Progress, State
+    from ladder.registry import Registry
+
+    env, dashboard, gcs = ray_head
+    track = ["--tracking-uri", mlflow_server]
+    spec = service_spec(tiny_model, tmp_path / "w", "svc-errors", mlflow_server)
+    reg = Registry("svc-done", mlflow_server)  # a ladder that has ended: nothing is pending
+    parent = reg.start_ladder_run(__import__("ladder.spec", fromlist=["load_spec"]).load_spec(spec), "j1")
+    reg.save_progress(Progress("svc-done", "j1", state=State.COMPLETED, parent_run=parent))
+    cases = {
+        "unknown ladder": (["status", "no-such-ladder", *track], "no ladder named 'no-such-ladder'"),
+        "unknown version": (["promote", "svc-done", "99", *track], "has no version 99"),
+        "no decision pending": (["promote", "svc-done", *track], "no decision pending"),
+        "not running": (["stop", "svc-done", *track], "is not running"),
+        "unreachable": (["submit", str(spec), "--address", f"http://127.0.0.1:{free_port()}"], "unreachable"),
+        "wrong token": (["submit", str(spec), "--address", dashboard], "refused the token"),
+        "no token": (["submit", str(spec), "--address", dashboard], "none was given"),
+        "dashboard address for run": (["run", str(spec), "--address", dashboard], "dashboard's address"),
+    }
+    for what, (args, expected) in cases.items():
+        run_env = {**env, "RAY_AUTH_TOKEN": "wrong"} if what == "wrong token" else \
+            {k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN"} if what == "no token" else env
+        res = ladder(run_env, *args, check=False, timeout=300)
+        assert res.returncode == 2, f"{what}: exit {res.returncode}: {res.stderr[-1500:]}"
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0] and "Traceback" not in res.stderr, f"{what}: {res.stderr}"

@@ -1,0 +1,80 @@
+"""Saved ladder progress (JSON round trip, phase transitions), placement checks, cluster addresses."""
+import pytest
+
+from cluster.placement import actor_options, unplaceable
+from ladder.progress import Phase, Progress, State
+from ladder.runtime import Address, ClusterError
+from ladder.spec import SpecError, parse_spec
+
+
+def test_progress_round_trips_through_json():
+    p = Progress("lad", "job1", state=State.AWAITING_PROMOTION, phase=Phase.AWAIT, rung=2, attempt=1, step=8,
+                 cursor={"epoch": 1, "index": 5}, checkpoint="runs:/r/checkpoints/step-00008", candidate="3",
+                 judge="lad/v2", parent_run="p", rung_run="r", results={"final_accuracy": 0.5}, submission="s")
+    back = Progress.from_json(p.to_json())
+    assert back == p and back.state is State.AWAITING_PROMOTION and back.phase is Phase.AWAIT
+    assert back.rung_uid == "job1-2-1" and back.active
+
+
+def test_next_rung_and_retry_reset_the_rung_but_keep_the_job():
+    p = Progress("lad", "job1", state=State.RUNNING, phase=Phase.GATE, rung=2, step=8, checkpoint="c", candidate="3",
+                 rung_run="r", results={"x": 1}, parent_run="p")
+    nxt = p.next_rung()
+    assert (nxt.rung, nxt.attempt, nxt.step, nxt.phase, nxt.checkpoint, nxt.candidate, nxt.rung_run, nxt.results) \
+        == (3, 0, 0, Phase.TRAIN, None, None, None, {})
+    assert nxt.job == "job1" and nxt.parent_run == "p" and nxt.updated_at > 0
+    retry = p.retry_rung()
+    assert (retry.rung, retry.attempt, retry.step, retry.checkpoint) == (2, 1, 0, None)
+    assert retry.rung_uid != p.rung_uid  # a retried rung registers its own version
+    assert not p.to(state=State.STOPPED).active and not p.to(state=State.COMPLETED).active
+
+
+def test_progress_reads_fields_it_does_not_know_yet_without_failing():
+    p = Progress.from_json('{"ladder": "a", "job": "j", "state": "stopped", "phase": "train", "later_field": 1}')
+    assert p.state is State.STOPPED
+
+
+def spec(**resources):
+    return parse_spec({"name": "p", "student": {"base": "m"}, "judge": {"initial": {"kind": "model", "path": "m"}},
+                       "task": {"source": {"kind": "builtin"}}, "resources": resources})
+
+
+def node(cpus, gpus=0, custom=None, labels=None, alive=True):
+    return {"Alive": alive, "Resources": {"CPU": cpus, "GPU": gpus, **(custom or {})}, "Labels": labels or {}}
+
+
+def test_roles_are_placed_by_cpus_gpus_custom_resources_and_labels():
+    s = spec(trainer={"cpus": 2, "gpus": 1, "node_labels": {"tier": "train"}},
+             judge={"cpus": 1, "custom": {"judge_node": 1}})
+    assert actor_options(s.resources.trainer) == {"num_cpus": 2, "num_gpus": 1, "label_selector": {"tier": "train"}}
+    assert actor_options(s.resources.judge) == {"num_cpus": 1, "num_gpus": 0, "resources": {"judge_node": 1}}
+    cluster = [node(4), node(4, gpus=1, labels={"tier": "train"}), node(2, custom={"judge_node": 1})]
+    assert unplaceable(s, cluster) is None
+    no_label = [node(4), node(4, gpus=1), node(2, custom={"judge_node": 1})]
+    assert unplaceable(s, no_label).startswith("resources.trainer: no node of the cluster has 2 CPU, 1 GPU, "
+                                               "label tier=train")
+    dead_judge_node = [node(4), node(4, gpus=1, labels={"tier": "train"}), node(2, custom={"judge_node": 1},
+                                                                                   alive=False)]
+    assert "resources.judge" in unplaceable(s, dead_judge_node)
+
+
+def test_resources_are_validated():
+    with pytest.raises(SpecError, match="resources.trainer.gpus"):
+        spec(trainer={"gpus": -1})
+    with pytest.raises(SpecError, match="resources.rollout.memory"):
+        spec(rollout={"memory": 1})
+
+
+def test_addresses_cluster_and_dashboard():
+    assert Address.resolve("127.0.0.1:6379").cluster() == "127.0.0.1:6379"
+    dash = Address.resolve("http://127.0.0.1:8265/")
+    assert dash.is_http and dash.api_server() == "http://127.0.0.1:8265"
+    with pytest.raises(ClusterError, match="dashboard's address"):
+        dash.cluster()
+
+
+def test_local_when_no_address(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert Address.resolve(None).local
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert Address.resolve(None).raw == "10.0.0.1:6379"
