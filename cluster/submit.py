@@ -117,17 +117,25 @@ def local_record(spec) -> Path:
     return Path(spec.workdir).resolve() / spec.name / "local-job.json"
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, where nothing reaps orphans, counts as ended)."""
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True  # no /proc: trust the signal
+
+
 def local_running(spec) -> Optional[dict]:
     """The local background job of this ladder, if its process is alive."""
     record = local_record(spec)
     if not record.is_file():
         return None
     info = json.loads(record.read_text())
-    try:
-        os.kill(info["pid"], 0)
-    except OSError:
-        return None
-    return info
+    return info if pid_alive(info["pid"]) else None
 
 
 def submit_local(spec, job: str, resume: bool = False) -> dict:

@@ -5,7 +5,6 @@ ladder is stopped, done or failed; MLflow holds the progress, lineage and decisi
 """
 from __future__ import annotations
 
-import json
 import shutil
 import threading
 import time
@@ -200,7 +199,7 @@ class LadderController:
                 done = rung.step_no
                 return (self._checkpoint(rung, p, done) if done > p.step else p).to(state=State.STOPPED)
             if ended == "saturation":
-                self.registry.client.set_tag(p.rung_run, "ladder.ended_by", "saturation")
+                self.registry.record_ended_by(p.rung_run, "saturation")
             final = rung.evaluate()
             self.registry.log_metrics(p.rung_run, final, rung.step_no)
             current = measure(rung.pool, calibration)
@@ -254,11 +253,8 @@ class LadderController:
     def _register(self, p: Progress) -> Progress:
         """Register the rung's final checkpoint as a model version (idempotent on the rung uid)."""
         rspec = self.spec.for_rung(p.rung)
-        tags = {"ladder.rung": str(p.rung), "ladder.judge": p.judge or "-",
-                "ladder.student_init": p.results.get("student_init", "base"),
-                "ladder.spec_sha256": self.spec.sha256(), "ladder.job": p.job, "ladder.rung_uid": p.rung_uid,
-                "ladder.task": rspec.task_label(),
-                "ladder.judge_mode": "verifier" if (p.judge or "").startswith("verifier:") else rspec.judge.mode}
+        mode = "verifier" if (p.judge or "").startswith("verifier:") else rspec.judge.mode
+        tags = self.registry.rung_tags(p, self.spec.sha256(), rspec.task_label(), mode)
         logged = f"{p.checkpoint.split(f'runs:/{p.rung_run}/', 1)[1]}/model"  # the final checkpoint's model
         version = self.registry.register(p.rung_run, None, tags, logged_path=logged)
         return p.to(phase=Phase.GATE, candidate=version)
@@ -313,17 +309,9 @@ class LadderController:
 
     # judges and students -------------------------------------------------------------------
     def _current_judge(self, k: int):
-        """Rung 1: the spec's initial judge; later rungs: the version alias `judge` names (fetched by the workers)."""
-        from ladder.registry import RegistryError
-        from ladder.rung import ResolvedJudge
-        from ladder.rung_driver import resolve_initial_judge
+        from ladder.judges import resolve_judge
 
-        if k == 1:
-            return resolve_initial_judge(self.spec)
-        version = self.registry.alias("judge")
-        if version is None:
-            raise RegistryError(f"models:/{self.spec.name}@judge: no promoted rung to judge rung {k}")
-        return ResolvedJudge("model", f"models:/{self.spec.name}/{version}", f"{self.spec.name}/v{version}")
+        return resolve_judge(self.spec, k)
 
     def _student_init(self) -> tuple[str, str]:
         champion = self.registry.alias("champion")
@@ -345,14 +333,14 @@ class LadderController:
         from ladder.gate import score_calibration
 
         if rung.pool.verifier is None:
-            scores = score_calibration(rung.pool, calibration[:8])
-            self.registry.client.set_tag(run_id, "ladder.judge_probe", json.dumps([round(s, 6) for s in scores]))
+            self.registry.record_judge_probe(run_id, score_calibration(rung.pool, calibration[:8]))
 
     def gate(self, candidate: str, k: int, current, current_is_verifier: bool,
              student_accuracy: Optional[float] = None, baseline: Optional[float] = None):
         """The candidate measured as a judge on judge workers, in the mode rung k+1 will use."""
         from ladder.gate import decide_gate, measure
-        from ladder.rung import ResolvedJudge, build_judge_pool
+        from ladder.judges import ResolvedJudge
+        from ladder.rung import build_judge_pool
         from stages.actors import kill_all
 
         nxt = self.spec.for_rung(min(k + 1, self.spec.rungs))

@@ -37,18 +37,19 @@ def _from_to(start, end) -> str:
 
 
 def aliases_of(registry) -> dict[str, str]:
-    try:
-        return {k: str(v) for k, v in registry.client.get_registered_model(registry.name).aliases.items()}
-    except Exception:
-        return {}
+    return registry.aliases()
 
 
 class Terminated(Exception):
     """SIGTERM (as `ray job stop` sends it to a submitted ladder's driver)."""
 
 
-def _on_sigterm(signum, frame):
-    raise Terminated()
+TERMINATED, INTERRUPTED = threading.Event(), threading.Event()
+
+
+def _on_signal(signum, frame):
+    """Only note it: raising here, inside one of Ray's C calls, would corrupt that call."""
+    (TERMINATED if signum == signal.SIGTERM else INTERRUPTED).set()
 
 
 def claim_name(spec, poll_s: float = 0.5, timeout_s: float = 120.0) -> None:
@@ -94,8 +95,8 @@ def run_ladder(spec, as_json: bool = False, verbose: bool = False, poll_s: float
     claim_name(spec)
     controller = start_controller(spec, job, resume, submission)
     done = controller.run.remote()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() \
-        else None
+    main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)} if main else {}
     try:
         _follow(controller, done, as_json, poll_s)
     except KeyboardInterrupt:
@@ -103,12 +104,12 @@ def run_ladder(spec, as_json: bool = False, verbose: bool = False, poll_s: float
         print("stopping: finishing the current step and checkpointing ...", flush=True)
         ray.get(done)
     except Terminated:
-        ray.get(controller.stop.remote(), timeout=10)
+        ray.get(controller.stop.remote(), timeout=2)
         print("terminated: the ladder finishes its step, checkpoints and stops", flush=True)
         raise SystemExit(143)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     final = ray.get(done)
     ray.kill(controller)
     registry = Registry.for_spec(spec)
@@ -121,11 +122,21 @@ def run_ladder(spec, as_json: bool = False, verbose: bool = False, poll_s: float
 
 
 def _follow(controller, done, as_json: bool, poll_s: float) -> None:
+    """Print progress lines until the controller's run ends; a SIGTERM is acted on within half a second
+    (`ray job stop` waits 3 s before it kills the driver)."""
     import ray
 
-    last = None
+    last, next_poll = None, 0.0
     while True:
-        ready, _ = ray.wait([done], timeout=poll_s)
+        ready, _ = ray.wait([done], timeout=0.5)
+        if TERMINATED.is_set():
+            raise Terminated()
+        if INTERRUPTED.is_set():
+            INTERRUPTED.clear()
+            raise KeyboardInterrupt
+        if not ready and time.monotonic() < next_poll:
+            continue
+        next_poll = time.monotonic() + poll_s
         status = ray.get(controller.status.remote())
         line = _progress(status)
         if line != last:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from ladder.rung import ResolvedJudge
+from ladder.judges import ResolvedJudge
 
 STATUS_TAG = "ladder.status"
 PROGRESS_TAG = "ladder.progress"
@@ -109,6 +109,28 @@ class Registry:
         now = int(time.time() * 1000)
         batch = [Metric(k.replace("/", "."), float(v), now, step) for k, v in metrics.items()]
         self.client.log_batch(run_id, metrics=batch)
+
+    def record_judge_probe(self, run_id: str, scores: list[float]) -> None:
+        """The judge pool's scores of fixed calibration items: proof of which weights it served."""
+        import json
+
+        self.client.set_tag(run_id, "ladder.judge_probe", json.dumps([round(s, 6) for s in scores]))
+
+    def record_ended_by(self, run_id: str, reason: str) -> None:
+        self.client.set_tag(run_id, "ladder.ended_by", reason)
+
+    def latest_metrics(self, run_id: Optional[str]) -> dict[str, float]:
+        """A run's latest value of every metric, named as the step loop names them (`reward/mean`)."""
+        metrics = self.client.get_run(run_id).data.metrics if run_id else {}
+        return {k.replace(".", "/"): v for k, v in metrics.items()}
+
+    @staticmethod
+    def rung_tags(progress, spec_sha256: str, task: str, judge_mode: str) -> dict[str, str]:
+        """The lineage tags of a rung's model version."""
+        return {"ladder.rung": str(progress.rung), "ladder.judge": progress.judge or "-",
+                "ladder.student_init": progress.results.get("student_init", "base"),
+                "ladder.spec_sha256": spec_sha256, "ladder.job": progress.job, "ladder.rung_uid": progress.rung_uid,
+                "ladder.task": task, "ladder.judge_mode": judge_mode}
 
     def log_judge_examples(self, run_id: str, step: int, examples) -> None:
         """A few of the judge's outputs at this step, as a JSON artifact people can read."""
@@ -211,6 +233,13 @@ class Registry:
         except Exception:
             raise RegistryError(f"model {self.name!r} has no version {version}") from None
 
+    def aliases(self) -> dict[str, str]:
+        """alias -> version of the ladder's registered model (empty before the first rung registers)."""
+        try:
+            return {k: str(v) for k, v in self.client.get_registered_model(self.name).aliases.items()}
+        except Exception:
+            return {}
+
     def alias(self, alias: str) -> Optional[str]:
         try:
             return str(self.client.get_model_version_by_alias(self.name, alias).version)
@@ -310,18 +339,19 @@ class Registry:
                                                     tracking_uri=self.tracking_uri)
         return _model_dir(Path(local))
 
-    def resolve_judge_uri(self, uri: str, cache_dir: str = ".ladder/registry-cache") -> ResolvedJudge:
-        """`models:/<name>@<alias>` or `models:/<name>/<version>` -> a local model directory."""
+    def resolve_judge_uri(self, uri: str) -> ResolvedJudge:
+        """`models:/<name>@<alias>` or `models:/<name>/<version>` -> that version pinned as `models:/<name>/<v>`,
+        which each judge worker fetches itself on its own node."""
         body = uri.removeprefix("models:/")
         name, alias, version = (body.split("@")[0], body.split("@")[1], None) if "@" in body else \
             (body.split("/")[0], None, body.split("/")[1])
-        reg = self if name == self.name else Registry(name, self.tracking_uri)
-        if alias:
-            version = reg.alias(alias)
-            if version is None:
-                raise RegistryError(f"{uri}: model {name!r} has no alias {alias!r}")
-        path = reg.download(version, cache_dir)
-        return ResolvedJudge("model", path, f"{name}/v{version}")
+        try:
+            found = self.client.get_model_version_by_alias(name, alias) if alias else \
+                self.client.get_model_version(name, version)
+        except Exception:
+            what = f"no alias {alias!r}" if alias else f"no version {version}"
+            raise RegistryError(f"{uri}: model {name!r} has {what}") from None
+        return ResolvedJudge("model", f"models:/{name}/{found.version}", f"{name}/v{found.version}")
 
 
 def _model_dir(root: Path) -> str:
@@ -331,6 +361,19 @@ def _model_dir(root: Path) -> str:
     for cfg in root.rglob("config.json"):
         return str(cfg.parent)
     raise RegistryError(f"{root}: downloaded artifact holds no HF model (no config.json)")
+
+
+def check_model_uri(uri: str, tracking_uri: str) -> None:
+    """Fail in one line unless MLflow has `models:/<name>/<version>`."""
+    from mlflow import MlflowClient
+
+    body = uri.removeprefix("models:/")
+    if body.count("/") != 1:
+        raise RegistryError(f"{uri}: a model location must look like models:/<name>/<version>")
+    try:
+        MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).get_model_version(*body.split("/"))
+    except Exception:
+        raise RegistryError(f"{uri}: no such model version in MLflow at {tracking_uri}") from None
 
 
 def fetch_model(uri: str, tracking_uri: str, cache_dir: str) -> str:

@@ -12,15 +12,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ladder.batches import PromptBatch, RolloutBatch
+from ladder.judges import ResolvedJudge
 from ladder.tasks.base import Task
-
-
-@dataclass(frozen=True)
-class ResolvedJudge:
-    """A judge ready to start: a local HF model directory, or a verifier import path."""
-    kind: str                     # "model" | "verifier"
-    location: str                 # directory or module:function
-    label: str                    # what lineage records (a version, a path, a function)
 
 
 @dataclass

@@ -10,32 +10,26 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from ladder.rung import ResolvedJudge, Rung, train_steps
-
-
-def resolve_initial_judge(spec) -> ResolvedJudge:
-    src = spec.judge.initial
-    if src.kind == "model":
-        return ResolvedJudge("model", src.path, src.path)
-    if src.kind == "verifier":
-        from stages.judge import load_verifier
-
-        load_verifier(src.function)  # fail here, in one line, before any actor starts
-        return ResolvedJudge("verifier", src.function, f"verifier:{src.function}")
-    from ladder.registry import Registry
-
-    return Registry.for_spec(spec).resolve_judge_uri(src.uri)
+from ladder.judges import resolve_judge
+from ladder.rung import Rung, train_steps
 
 
 def preflight(spec):
     """Fail in one line, before Ray starts, on a missing student or judge model; returns the judge."""
+    judge = resolve_judge(spec)
+    for model in [spec.student.base] + ([judge.location] if judge.kind == "model" else []):
+        check_model(model, spec)
+    return judge
+
+
+def check_model(location: str, spec) -> None:
+    """A model directory that holds an HF model, or a `models:/<name>/<version>` that MLflow has."""
+    from ladder.registry import check_model_uri, tracking_uri_for
     from stages.engine import check_model_dir
 
-    check_model_dir(spec.student.base)
-    judge = resolve_initial_judge(spec)
-    if judge.kind == "model":
-        check_model_dir(judge.location)
-    return judge
+    if location.startswith("models:/"):
+        return check_model_uri(location, tracking_uri_for(spec))
+    return check_model_dir(location)
 
 
 def format_step(step: int, total: int, m: dict) -> str:

@@ -63,13 +63,9 @@ def local_job_of(reg, progress: Progress) -> Optional[dict]:
 
 
 def local_job_alive(info: dict) -> bool:
-    import os
+    from cluster.submit import pid_alive
 
-    try:
-        os.kill(info["pid"], 0)
-    except OSError:
-        return False
-    return True
+    return pid_alive(info["pid"])
 
 
 def controller_alive(where: Where, reg, progress: Progress) -> Optional[bool]:
@@ -83,19 +79,43 @@ def controller_alive(where: Where, reg, progress: Progress) -> Optional[bool]:
     return True if local_running(spec) else None
 
 
+def live_status(name: str, where: Where) -> Optional[dict]:
+    """The live controller's own status, where the cluster's address lets this process join it as a driver
+    (a dashboard URL does not); None when there is no such controller."""
+    if where.address.local or where.address.is_http:
+        return None
+    import ray
+
+    from ladder.runtime import connect
+
+    if not ray.is_initialized():
+        connect(where.address)
+    try:
+        controller = ray.get_actor(name, namespace="ladder")
+        return ray.get(controller.status.remote(), timeout=30)
+    except Exception:  # no such actor, or it is ending
+        return None
+
+
 def status(name: str, where: Where) -> dict:
-    """State, rung, step, phase, latest metrics, pending decision and job of one ladder."""
+    """State, rung, step, phase, latest metrics, pending decision and job of one ladder: from the live
+    controller when it can be reached, else from the progress it saved in MLflow."""
     reg = open_registry(name, where)
     p = saved_progress(reg)
-    latest = reg.client.get_run(p.rung_run).data.metrics if p.rung_run else {}
+    latest = reg.latest_metrics(p.rung_run)
     live = controller_alive(where, reg, p)
     out = {"ladder": name, "job": p.job, "state": p.state.value, "phase": p.phase.value, "rung": p.rung,
            "step": p.step, "checkpoint_step": p.step, "candidate": p.candidate, "error": p.error,
            "pending_decision": p.candidate if p.state is State.AWAITING_PROMOTION else None,
-           "latest": {k.replace(".", "/"): v for k, v in latest.items()}, "live": live, "source": "mlflow",
+           "latest": latest, "live": live, "source": "mlflow",
            "submission": p.submission}
     if p.active and live is False:
         out["state"] = f"{p.state.value} (controller gone: resume with `ladder resume {name}`)"
+    own = live_status(name, where) if live is not False else None
+    if own is not None:
+        out.update({k: own[k] for k in ("state", "phase", "rung", "step", "candidate", "error", "pending_decision",
+                                        "submission") if k in own}, latest=own["latest"] or out["latest"],
+                   source="controller", live=True)
     return out
 
 

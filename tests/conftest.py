@@ -12,6 +12,11 @@ Two rules every test here keeps, because `make test` must pass on any fresh x86 
 2. A kill, stop or start is awaited through Ray or the OS, never assumed. `ray.kill` only asks for
    the kill; wait for the actor's death with `wait_dead` (integration conftest), for a process with
    its pid, and give deadlines, not sleeps, for anything that must happen.
+3. A test shares nothing with other processes on the machine. Its Ray is its own (`address="local"`: a
+   bare `ray.init()` joins whatever Ray another process started), servers it starts (`ray start --head`,
+   `mlflow server`) listen on 127.0.0.1 on free ports and are stopped by their process group id, and
+   pytest keeps a lock on the session's temp dir (retention policy "failed", not "none", under which a
+   second pytest run beside this one deletes its files mid-run).
 """
 import os
 

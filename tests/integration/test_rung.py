@@ -79,14 +79,27 @@ def test_grpo_learns_against_the_verifier(ray_local, tiny_model):
 
 
 def test_model_judge_rung_runs_to_completion(tiny_model, tmp_path):
+    """`ladder train-rung` end to end, on a machine where Ray's record of the "current cluster" names a head
+    that is gone (as a `ray start --head` whose process died leaves it): without an address the rung
+    starts a Ray of its own and never tries to join that one."""
+    import shutil
+    import tempfile
+
     spec = spec_dict(tiny_model, {"kind": "model", "path": tiny_model},
                      workdir=str(tmp_path / "work"), train={"steps": 2, "prompts_per_step": 4, "lr": 1e-4})
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     out = tmp_path / "student"
-    env = {**os.environ, "RAY_ADDRESS": ""}
-    res = subprocess.run([sys.executable, "-m", "ladder.cli", "train-rung", str(path), "--json", "--out", str(out)],
-                         cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+    ray_tmp = tempfile.mkdtemp(prefix="/tmp/lr")  # short: Ray's socket paths must fit 107 characters
+    (Path(ray_tmp) / "ray").mkdir()
+    (Path(ray_tmp) / "ray" / "ray_current_cluster").write_text("127.0.0.1:1")  # a head that is gone
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
+    env.pop("RAY_ADDRESS", None)
+    try:
+        res = subprocess.run([sys.executable, "-m", "ladder.cli", "train-rung", str(path), "--json", "--out",
+                              str(out)], cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert res.returncode == 0, res.stderr[-3000:]
     lines = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
     steps = [line for line in lines if "step" in line]

@@ -186,6 +186,8 @@ def test_submit_status_promote_stop_resume(tiny_model, ray_head, mlflow_server, 
     assert status["state"] == "awaiting_promotion" and status["pending_decision"] == "1" and status["rung"] == 1
     assert status["job"] == sub["job"] and status["submission"] == sub["submission"] and status["live"] is True
     assert "decision pending on v1" in ladder(env, "status", name, *at, *track).stdout
+    live = json.loads(ladder(env, "status", name, "--address", gcs, *track, "--json").stdout)
+    assert live["source"] == "controller" and live["pending_decision"] == "1"  # asked of the controller itself
     rows = json.loads(ladder(env, "lineage", name, *track, "--json").stdout)
     assert [(r["version"], r["rung"], r["status"]) for r in rows] == [(1, 1, "candidate")]
 
@@ -271,3 +273,30 @@ def test_cli_errors_are_one_line(tiny_model, ray_head, mlflow_server, tmp_path):
         assert res.returncode == 2, f"{what}: exit {res.returncode}: {res.stderr[-1500:]}"
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0] and "Traceback" not in res.stderr, f"{what}: {res.stderr}"
+
+
+def test_local_submit_stop_now_resume(tiny_model, tmp_path):
+    """Without a cluster: `submit` runs the ladder in the background on a Ray of its own, `stop --now` aborts
+    the step (progress goes back to the last checkpoint, the job's process ends), `resume --wait` finishes
+    it; the steps redone are at most one checkpoint interval."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    name, work = "svc-local", tmp_path / "w"
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    spec = service_spec(tiny_model, work, name, None, rungs=1, checkpoint_every=3,
+                        promotion={"policy": "auto", "tolerance": 1.0, "min_auc": 0.0, "collapse_share": 1.0})
+    sub = json.loads(ladder(env, "submit", str(spec), "--json").stdout)
+    assert sub["submission"].startswith("local-")
+    wait_for(name, uri, lambda p: p.step >= 3 and p.checkpoint)
+    out = json.loads(ladder(env, "stop", name, "--now", "--workdir", str(work), "--json").stdout)
+    assert out["state"] == "stopped"
+    stopped = progress_of(name, uri)
+    assert stopped.step % 3 == 0 and stopped.checkpoint.endswith(f"step-{stopped.step:05d}")
+    status = json.loads(ladder(env, "status", name, "--workdir", str(work), "--json").stdout)
+    assert status["state"] == "stopped" and status["live"] is None  # its local job's process has ended
+
+    ladder(env, "resume", name, "--workdir", str(work), "--wait")
+    done = progress_of(name, uri)
+    assert done.state.value == "completed" and done.job == sub["job"]
+    steps = steps_logged(uri, name, 1)
+    assert sorted(set(steps)) == list(range(1, 9))
+    assert len(steps) - 8 <= 3  # steps after the checkpoint were redone, no more

@@ -1,0 +1,36 @@
+"""Which judge a rung trains against, resolved in one place: a model directory, a registry version or a
+verifier for rung 1 (`judge.initial`), and for later rungs the version the alias `judge` points to.
+
+Model judges resolve to a location each judge worker opens itself (a directory or `models:/<name>/<v>`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ResolvedJudge:
+    """A judge ready to start: a model location (directory or models:/ URI), or a verifier import path."""
+    kind: str                     # "model" | "verifier"
+    location: str                 # directory, models:/<name>/<version>, or module:function
+    label: str                    # what lineage records (a version, a path, a function)
+
+
+def resolve_judge(spec, rung: int = 1) -> ResolvedJudge:
+    """The frozen judge of rung `rung` of the ladder `spec` (fails in one line when there is none)."""
+    from ladder.registry import Registry, RegistryError
+
+    if rung > 1:
+        reg = Registry.for_spec(spec)
+        if reg.alias("judge") is None:
+            raise RegistryError(f"models:/{spec.name}@judge: no promoted rung to judge rung {rung}")
+        return reg.resolve_judge_uri(f"models:/{spec.name}@judge")
+    src = spec.judge.initial
+    if src.kind == "model":
+        return ResolvedJudge("model", src.path, src.path)
+    if src.kind == "verifier":
+        from stages.judge import load_verifier
+
+        load_verifier(src.function)  # fail here, in one line, before any actor starts
+        return ResolvedJudge("verifier", src.function, f"verifier:{src.function}")
+    return Registry.for_spec(spec).resolve_judge_uri(src.uri)
