@@ -97,6 +97,10 @@ def start_ray(spec, verbose: bool = False, address: Optional[str] = None) -> Non
         target = Address.resolve(address)
         kwargs = dict(namespace="ladder", log_to_driver=verbose, configure_logging=verbose, logging_level="WARNING")
         if target.local:
+            import logging
+
+            # Ray announces its default token authentication with advice to opt out; we keep it on, quietly.
+            logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
             cpus = max(os.cpu_count() or 1, actors_needed(spec))
             ray.init(address="local", num_cpus=cpus, include_dashboard=False, **kwargs)
         else:
