@@ -341,7 +341,7 @@ def lineage(ladder: str = typer.Argument(..., help="Ladder name, or its spec YAM
 
 
 def _decide_by_hand(ladder: str, version: Optional[str], reason: str, action: str, tracking_uri: Optional[str],
-                    workdir: str) -> None:
+                    workdir: str, as_json: bool = False) -> None:
     """Write a person's promote / reject decision to MLflow (a waiting controller reads it within a second)."""
     from ladder.service import pending_version
 
@@ -349,6 +349,10 @@ def _decide_by_hand(ladder: str, version: Optional[str], reason: str, action: st
     if version is None:
         version = _guard(pending_version, reg.name, _where(None, tracking_uri, workdir))
     _guard(getattr(reg, action), version, by="human", reason=reason)
+    if as_json:
+        typer.echo(json.dumps({"ladder": reg.name, "version": version, "status": reg.status_of(version),
+                               "aliases": reg.aliases()}))
+        return
     typer.echo(f"{reg.name} v{version}: " + ("promoted (judge, champion -> v%s)" % version if action == "promote"
                                              else "rejected"))
 
@@ -358,10 +362,11 @@ def promote(ladder: str = typer.Argument(..., help="Ladder name, or its spec YAM
             version: Optional[str] = typer.Argument(None, help="Model version; default the one awaiting a decision."),
             reason: str = typer.Option("", help="Why (recorded on the version)."),
             tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
-            workdir: str = typer.Option(".ladder", help="Work directory of a local ladder.")):
+            workdir: str = typer.Option(".ladder", help="Work directory of a local ladder."),
+            as_json: bool = typer.Option(False, "--json", help="Print the decision as JSON.")):
     """Promote a version by hand: aliases judge and champion move to it (overrides the gate). A ladder
     waiting for this decision continues at once."""
-    _decide_by_hand(ladder, version, reason, "promote", tracking_uri, workdir)
+    _decide_by_hand(ladder, version, reason, "promote", tracking_uri, workdir, as_json)
 
 
 @app.command()
@@ -369,9 +374,10 @@ def reject(ladder: str = typer.Argument(..., help="Ladder name, or its spec YAML
            version: Optional[str] = typer.Argument(None, help="Model version; default the one awaiting a decision."),
            reason: str = typer.Option("", help="Why (recorded on the version)."),
            tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
-           workdir: str = typer.Option(".ladder", help="Work directory of a local ladder.")):
+           workdir: str = typer.Option(".ladder", help="Work directory of a local ladder."),
+           as_json: bool = typer.Option(False, "--json", help="Print the decision as JSON.")):
     """Reject a version by hand; the judge alias does not move. A waiting ladder stops or retries the rung."""
-    _decide_by_hand(ladder, version, reason, "reject", tracking_uri, workdir)
+    _decide_by_hand(ladder, version, reason, "reject", tracking_uri, workdir, as_json)
 
 
 def main() -> None:  # pragma: no cover

@@ -191,7 +191,8 @@ def test_submit_status_promote_stop_resume(tiny_model, ray_head, mlflow_server, 
     rows = json.loads(ladder(env, "lineage", name, *track, "--json").stdout)
     assert [(r["version"], r["rung"], r["status"]) for r in rows] == [(1, 1, "candidate")]
 
-    ladder(env, "promote", name, "1", *track, "--reason", "looks right")
+    decided = json.loads(ladder(env, "promote", name, "1", *track, "--reason", "looks right", "--json").stdout)
+    assert decided["status"] == "promoted" and decided["aliases"]["judge"] == "1"
     p = wait_for(name, mlflow_server, lambda p: p.rung == 2 and p.phase.value == "train" and p.step >= 2)
     out = json.loads(ladder(env, "stop", name, *at, *track, "--json").stdout)
     assert out["state"] == "stopped" and out["rung"] == 2
