@@ -57,6 +57,8 @@ def jobs_client(address):
     for name in list(logging.root.manager.loggerDict):  # Ray's job SDK logs every packaged file at INFO
         if name.startswith("ray"):
             logging.getLogger(name).setLevel(logging.WARNING)
+    # ... and warns that .git/.venv are left out of the package, which EXCLUDES asks for anyway
+    logging.getLogger("ray._private.runtime_env").setLevel(logging.ERROR)
     url = address.api_server()
     try:
         return JobSubmissionClient(url)
@@ -70,7 +72,7 @@ def live_jobs(client, name: str) -> list:
             if (j.metadata or {}).get("ladder") == name and str(getattr(j.status, "value", j.status)) in LIVE]
 
 
-def submit(address, spec, job: str, resume: bool = False, python: str = "python") -> str:
+def submit(address, spec, job: str, resume: bool = False, python: str = "python", agent_wait_s: float = 120.0) -> str:
     """Submit the ladder as a Ray job; returns the submission id. Refuses a name that is already running."""
     from ladder.runtime import explain
 
@@ -83,14 +85,19 @@ def submit(address, spec, job: str, resume: bool = False, python: str = "python"
         raise ValueError(f"ladder {spec.name!r} is already running (Ray job {running[0].submission_id}); "
                          f"see `ladder status {spec.name}`")
     submission = f"ladder-{spec.name}-{job}-{uuid.uuid4().hex[:4]}"
-    try:
-        return client.submit_job(
-            entrypoint=f"{python} -m ladder.cli run-submitted", submission_id=submission,
-            runtime_env={"working_dir": str(PROJECT), "excludes": EXCLUDES,
-                         "env_vars": job_env(spec, job, resume, submission)},
-            metadata={"ladder": spec.name, "ladder_job": job})
-    except Exception as exc:
-        raise explain(exc, address.raw) from None
+    deadline = time.monotonic() + agent_wait_s
+    while True:
+        try:
+            return client.submit_job(
+                entrypoint=f"{python} -m ladder.cli run-submitted", submission_id=submission,
+                runtime_env={"working_dir": str(PROJECT), "excludes": EXCLUDES,
+                             "env_vars": job_env(spec, job, resume, submission)},
+                metadata={"ladder": spec.name, "ladder_job": job})
+        except Exception as exc:
+            # a cluster that has just started answers before its job agent is up: that one is worth waiting for
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise explain(exc, address.raw) from None
+            time.sleep(2.0)
 
 
 def follow(address, submission: str, out=sys.stdout) -> str:

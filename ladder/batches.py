@@ -46,6 +46,12 @@ class JudgedBatch:
     parse_failures: int = 0
     judge_tokens: int = 0                         # tokens the judge generated to score this batch
     examples: tuple[dict, ...] = ()               # a few judge outputs, for people to read
+    keep: tuple[bool, ...] = ()                   # [n_samples] False: left out of training (empty: all kept)
+    invalid_scores: int = 0                       # scores that were NaN or outside [0, 1]
+
+    @property
+    def trainable(self) -> tuple[bool, ...]:
+        return self.keep or (True,) * len(self.scores)
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,7 @@ class TrainStats:
     reward_std: float
     logprob_mismatch: float                       # mean |trainer logprob - vLLM logprob| before the update
     seconds: float
+    skipped: str = ""                             # why no update was made ("" when one was)
 
 
 @dataclass(frozen=True)

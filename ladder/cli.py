@@ -128,10 +128,14 @@ def train_rung(spec: Path = typer.Argument(..., help="Ladder spec YAML file."),
     loaded = _load(spec)
     from ladder.rung_driver import run_single_rung
 
+    from ladder.rung import RungFailed
+
     try:
         run_single_rung(loaded, steps=steps, out=out, as_json=as_json, verbose=verbose)
     except USER_ERRORS as exc:
         fail(str(exc).splitlines()[0])
+    except RungFailed as exc:
+        fail(f"rung failed: {exc}", code=1)
 
 
 ADDRESS_HELP = ("Ray cluster: its address (host:6379) or its dashboard's (http://host:8265); default RAY_ADDRESS, "

@@ -31,7 +31,11 @@ class LadderController:
         self._stop = threading.Event()
         self._now = threading.Event()
         self._lock = threading.Lock()
+        self._running = threading.Lock()
+        self._ran = False
         self._actors: list = []
+        if _restarted_by_ray():  # whoever called `run` may be gone with the old process: go on by ourselves
+            threading.Thread(target=self.run, daemon=True).start()
 
     # control ------------------------------------------------------------------------------
     def status(self) -> dict:
@@ -98,6 +102,14 @@ class LadderController:
     HANDLERS = {Phase.TRAIN: "_train", Phase.REGISTER: "_register", Phase.GATE: "_gate", Phase.AWAIT: "_await"}
 
     def run(self) -> dict:
+        """Run the ladder to its end (or a stop); a second call waits for the first and returns its status."""
+        with self._running:
+            if not self._ran:
+                self._ran = True
+                self._run()
+        return self.status()
+
+    def _run(self) -> None:
         from stages.actors import kill_all
 
         self._done = threading.Event()
@@ -114,12 +126,12 @@ class LadderController:
             self._finish(p)
         except Exception as exc:  # the controller records why it failed and stays queryable
             p = self.progress.to(state=State.FAILED, error=f"{type(exc).__name__}: {exc}".splitlines()[0])
+            self._fail_rung_run(p)
             self._finish(p)
         finally:
             self._done.set()
             kill_all(self._actors)
             self._exit_later()
-        return self.status()
 
     def _exit_later(self, after_s: float = 30.0) -> None:
         """A controller actor ends itself once its ladder is over: a driver that was stopped (`ray job stop`)
@@ -135,19 +147,32 @@ class LadderController:
         timer.start()
 
     def _begin(self) -> Progress:
-        """A new job's progress, or (resume) the saved one of this job, reopened."""
-        saved = self.registry.load_progress(self.job) if self.resume else None
+        """A new job's progress, or the saved one of this job: on `resume`, and when Ray restarts a controller
+        that died (it is constructed again with the same job, and re-enters the saved phase)."""
+        saved = self.registry.load_progress(self.job)
         if saved is None:
             parent = self.registry.start_ladder_run(self.spec, self.job)
             self.registry.save_spec(parent, self.spec)
             return self._save(Progress(self.spec.name, self.job, parent_run=parent, submission=self.submission)
                               .to(state=State.RUNNING))
+        if not saved.active and not self.resume:  # a restart after the ladder had ended: nothing to do
+            return saved
         self.registry.reopen_run(saved.parent_run)
-        self.registry.clear_stop_request(saved.parent_run)
+        if self.resume:  # a restarted controller keeps a stop someone asked for
+            self.registry.clear_stop_request(saved.parent_run)
         if saved.phase is Phase.DONE and saved.results.get("ended") == "rejected":
             saved = saved.to(phase=Phase.AWAIT)  # a decision by hand since the rejection is read again
         self.history = saved.results.get("history", [])
         return self._save(saved.to(state=State.RUNNING, error=None, submission=self.submission))
+
+    def _fail_rung_run(self, p: Progress) -> None:
+        """The failed rung's own run says why, too (the MLflow UI shows it beside the rung's metrics)."""
+        try:
+            if p.rung_run:
+                self.registry.record_ended_by(p.rung_run, f"failed: {p.error}")
+                self.registry.end_run(p.rung_run, "FAILED")
+        except Exception:  # MLflow itself may be what failed
+            pass
 
     def _finish(self, p: Progress) -> None:
         with self._lock:
@@ -207,13 +232,25 @@ class LadderController:
             return p.to(phase=Phase.REGISTER, results={
                 **p.results, "final_accuracy": final.get("eval/accuracy"),
                 "current_judge": [current.accuracy, current.auc, current.identical_share]})
-        except ray.exceptions.RayActorError:
+        except ray.exceptions.RayActorError as exc:
             if self._now.is_set():  # `stop --now` killed the stage actors: back to the last checkpoint
                 return p.to(state=State.STOPPED)
-            raise
+            return self._after_stage_death(p, exc)
         finally:
             rung.shutdown()
             self._actors = []
+
+    def _after_stage_death(self, p: Progress, exc: Exception) -> Progress:
+        """A rollout worker, judge worker or the trainer died mid-step: the rung starts again from its last
+        checkpoint on fresh actors (the train phase re-enters), within `stage_restarts`; beyond, it fails."""
+        from ladder.rung import RungFailed
+
+        restarts = p.results.get("stage_restarts", 0) + 1
+        if restarts > self.spec.stage_restarts:
+            raise RungFailed(f"stage actors died {restarts} times in rung {p.rung} (stage_restarts is "
+                             f"{self.spec.stage_restarts}); last: {str(exc).splitlines()[0][:200]}")
+        self.registry.log_metrics(p.rung_run, {"faults/stage_restarts": restarts}, p.step)
+        return p.to(results={**p.results, "stage_restarts": restarts})
 
     def _start_rung(self, rung, p: Progress, calibration) -> Progress:
         self._probe_judge(rung, calibration, p.rung_run)
@@ -357,11 +394,24 @@ class LadderController:
                            baseline)
 
 
+def _restarted_by_ray() -> bool:
+    """Whether this controller actor is a restart of one whose process died."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().was_current_actor_reconstructed
+    except Exception:  # not in an actor (tests construct controllers in-process)
+        return False
+
+
 def start_controller(spec, job: Optional[str] = None, resume: bool = False, submission: Optional[str] = None):
     """The named, detached controller actor of this ladder (namespace `ladder`): it outlives the driver that
     started it (a killed `ladder run` or `ray job stop` does not orphan the ladder's stage actors: they are
-    the controller's, and the controller ends itself once the ladder is stopped or done)."""
+    the controller's, and the controller ends itself once the ladder is stopped or done). If its process dies,
+    Ray starts it again (`controller_restarts`) and the driver's `run` call is retried on it."""
     from stages.actors import spawn
 
+    job = job or uuid.uuid4().hex[:8]  # chosen here: a restarted controller is built from these same arguments
     return spawn(LadderController, spec, job, resume, submission, resources=spec.resources.controller, name=spec.name,
-                 namespace="ladder", detached=True, max_concurrency=4)
+                 namespace="ladder", detached=True, max_concurrency=4, max_restarts=spec.controller_restarts,
+                 max_task_retries=-1 if spec.controller_restarts else 0)

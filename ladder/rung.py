@@ -146,6 +146,7 @@ class Rung:
         self.step_no = 0
         self.weights_version = 0
         self.last_examples: tuple = ()
+        self.last_skip = ""
 
     def actors(self) -> list:
         return [self.trainer, *self.rollout, *self.pool.workers]
@@ -192,10 +193,12 @@ class Rung:
         t2 = time.perf_counter()
         stats = ray.get(self.trainer.step.remote(judged))
         t3 = time.perf_counter()
-        self.sync()
+        if not stats.skipped:  # no update: the rollout workers already hold these weights
+            self.sync()
         t4 = time.perf_counter()
         self.step_no += 1
         self.last_examples = judged.examples
+        self.last_skip = stats.skipped
         tokens = rollout.n_tokens
         return {
             "reward/mean": stats.reward_mean, "reward/std": stats.reward_std, "train/kl": stats.kl,
@@ -205,6 +208,8 @@ class Rung:
             "judge/samples_per_s": len(judged.scores) / max(t2 - t1, 1e-9),
             "time/rollout_s": t1 - t0, "time/judge_s": t2 - t1, "time/train_s": t3 - t2,
             "time/sync_s": t4 - t3, "time/step_s": t4 - t0,
+            "train/skipped": float(bool(stats.skipped)), "judge/invalid_scores": float(judged.invalid_scores),
+            "judge/dropped": float(len(judged.scores) - sum(judged.trainable)),
             **judge_health(judged.scores, judged.parse_failures),
             **length_health(rollout, judged),
         }
@@ -283,17 +288,26 @@ def saturated(approvals: list[float], sat) -> bool:
     return sum(approvals[-sat.window:]) / sat.window > sat.threshold
 
 
+class RungFailed(RuntimeError):
+    """A rung that cannot go on (its reason is one line, recorded in MLflow)."""
+
+
 def train_steps(rung: Rung, first: int, last: int, should_stop: Callable[[], bool],
                 on_step: Callable[[int, dict], None]) -> str:
     """The one step loop (the controller's and `ladder train-rung`'s): steps `first..last`, held-out
-    evaluation every `eval.every` steps, early end on judge saturation. Returns why it ended:
-    "steps", "saturation" or "stopped"."""
+    evaluation every `eval.every` steps, early end on judge saturation; `train.max_skipped_steps` steps
+    in a row without an update fail the rung. Returns why it ended: "steps", "saturation" or "stopped"."""
     spec = rung.spec
     approvals: list[float] = []
+    skipped = 0
     for step in range(first, last + 1):
         if should_stop():
             return "stopped"
         metrics = rung.step()
+        skipped = skipped + 1 if rung.last_skip else 0
+        if skipped >= spec.train.max_skipped_steps:
+            on_step(step, metrics)
+            raise RungFailed(f"{skipped} steps in a row without an update ({rung.last_skip})")
         if step % spec.eval.every == 0 and step != last:
             metrics.update(rung.evaluate())
         on_step(step, metrics)

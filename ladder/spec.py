@@ -98,6 +98,11 @@ class JudgeSpec(_Strict):
     score_max: float = Field(10.0, gt=0, description="Scores are divided by this to land in [0, 1] (score mode).")
     score_max_tokens: int = Field(16, ge=1, le=512, description="Tokens the judge may write (score mode).")
     fallback_score: float = Field(0.0, ge=0, le=1, description="Reward given when the judge output cannot be parsed.")
+    unreadable: Literal["fallback", "drop"] = Field(
+        "fallback", description="A judge output that cannot be read, or a score that is NaN or outside [0, 1]: "
+                                "fallback gives it fallback_score; drop leaves the sample out of training. Either "
+                                "way it is counted (judge/parse_failure_rate), and a step with nothing left is "
+                                "skipped.")
     solve_template: str = Field("{prompt}", description="What the judge is given to solve (solve mode); contains {prompt}.")
     solve_samples: int = Field(4, ge=1, le=64, description="Answers the judge writes per prompt (solve mode).")
     solve_temperature: float = Field(
@@ -186,6 +191,9 @@ class TrainSpec(_Strict):
     epochs_per_step: int = Field(1, ge=1, le=16, description="Optimizer passes over each step's batch.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_skipped_steps: int = Field(
+        5, ge=1, description="Steps in a row without an update (non-finite loss or gradients, or no sample left to "
+                             "train on) after which the rung fails, with the reason in MLflow.")
 
 
 class EvalSpec(_Strict):
@@ -257,6 +265,12 @@ class LadderSpec(_Strict):
     checkpoint_every: int = Field(
         10, ge=1, description="The trainer's weights, optimizer, RNG and data cursor are saved to MLflow this often "
                               "(steps); a resumed or restarted rung redoes at most this many steps.")
+    controller_restarts: int = Field(
+        3, ge=0, description="Times Ray restarts a ladder controller whose process died; it re-enters the saved "
+                             "phase (a rung goes on from its last checkpoint).")
+    stage_restarts: int = Field(
+        3, ge=0, description="Times a rung starts again from its last checkpoint on fresh actors after a rollout "
+                             "worker, judge worker or the trainer died; one more death fails the rung.")
     student: StudentSpec = Field(description="The model being trained.")
     judge: JudgeSpec = Field(description="The frozen judge and how it scores.")
     task: TaskSpec = Field(description="Prompts and ground truth.")

@@ -7,7 +7,8 @@ from stages.engine import ENGINE_ENV
 
 
 def spawn(cls, *args, resources=None, name: str | None = None, namespace: str | None = None,
-          detached: bool = False, max_restarts: int = 0, max_concurrency: int = 1, **kwargs):
+          detached: bool = False, max_restarts: int = 0, max_task_retries: int = 0, max_concurrency: int = 1,
+          **kwargs):
     """Start `cls(*args, **kwargs)` as a Ray actor whose process has the engine environment.
 
     `resources` is the role's `RoleResources` (CPUs, GPUs, custom resources, node labels). A named actor
@@ -19,8 +20,8 @@ def spawn(cls, *args, resources=None, name: str | None = None, namespace: str | 
 
     env = {**ENGINE_ENV, "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
     env.setdefault("OMP_NUM_THREADS", os.environ.get("LADDER_THREADS", str(os.cpu_count() or 1)))
-    options = dict(runtime_env={"env_vars": env}, max_restarts=max_restarts, max_concurrency=max_concurrency,
-                   **actor_options(resources))
+    options = dict(runtime_env={"env_vars": env}, max_restarts=max_restarts, max_task_retries=max_task_retries,
+                   max_concurrency=max_concurrency, **actor_options(resources))
     if name:
         options.update(name=name, namespace=namespace, get_if_exists=False)
     if detached:

@@ -53,6 +53,8 @@ def check_model_dir(path: str) -> None:
         raise ModelNotFound(f"{path}: no such model directory")
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
         raise ModelNotFound(f"{path}: not an HF model directory (no config.json)")
+    if os.path.isdir(path) and not any(f.endswith(".safetensors") for f in os.listdir(path)):
+        raise ModelNotFound(f"{path}: no .safetensors weights (weights are only read as safetensors, never pickles)")
 
 
 def build_llm(cfg: EngineConfig):
@@ -68,6 +70,7 @@ def build_llm(cfg: EngineConfig):
     dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if on_gpu() else "float32")
     return LLM(
         model=model, dtype=dtype, seed=cfg.seed, max_model_len=cfg.max_model_len, enforce_eager=True,
+        load_format="safetensors", trust_remote_code=False,
         max_logprobs=-1 if cfg.full_logprobs else 20, enable_prefix_caching=False, **memory,
     )
 

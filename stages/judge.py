@@ -31,6 +31,7 @@ class JudgeConfig:
     score_max: float = 10.0
     score_max_tokens: int = 16
     fallback_score: float = 0.0
+    unreadable: str = "fallback"        # "fallback": fallback_score; "drop": left out of training
     solve_template: str = "{prompt}"
     solve_samples: int = 4
     solve_temperature: float = 1.0
@@ -134,6 +135,14 @@ class _Local:
         return getattr(self.worker, method)(items, *args)
 
 
+def _number(x) -> float:
+    """A verifier's return value as a float (NaN when it is not a number: checked later like any bad score)."""
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def load_verifier(path: str) -> Callable[[str, str, Optional[str]], float]:
     """Import `module:function`; one-line JudgeError when it cannot be found."""
     module_name, _, func_name = path.partition(":")
@@ -162,8 +171,13 @@ class JudgePool:
         self.replaced = 0
 
     def score(self, batch: RolloutBatch) -> JudgedBatch:
-        scored = self.score_items(list(batch.prompts), batch.responses, list(batch.group), list(batch.references))
-        return JudgedBatch(batch, scored.scores, scored.parse_failures, scored.judge_tokens, scored.examples)
+        """Rewards for a rollout batch; unreadable or out-of-range scores get the fallback or are dropped."""
+        from stages.scoring import checked
+
+        raw = self.score_items(list(batch.prompts), batch.responses, list(batch.group), list(batch.references))
+        scored, keep, invalid = checked(raw, self.cfg.fallback_score, self.cfg.unreadable == "drop")
+        return JudgedBatch(batch, scored.scores, scored.parse_failures, scored.judge_tokens, scored.examples,
+                           keep, invalid)
 
     def score_items(self, prompts: list[str], responses: list[str], groups: Optional[list[int]] = None,
                     references: Optional[list] = None):
@@ -172,7 +186,7 @@ class JudgePool:
 
         if self.verifier is not None:
             refs = references or [None] * len(prompts)
-            return Scored(tuple(float(self.verifier(p, r, ref)) for p, r, ref in zip(prompts, responses, refs)), 0, 0)
+            return Scored(tuple(_number(self.verifier(p, r, ref)) for p, r, ref in zip(prompts, responses, refs)), 0, 0)
         groups = groups if groups is not None else list(range(len(prompts)))
         return JUDGE_SCORERS[self.cfg.mode](self, self.cfg, Pairs(tuple(prompts), tuple(responses), tuple(groups)))
 

@@ -25,6 +25,7 @@ class Scored:
     parse_failures: int                # judge outputs that could not be read (fallback score used)
     judge_tokens: int                  # tokens the judge generated for these scores
     examples: tuple[dict, ...] = ()    # a few judge outputs, for people to read
+    unread: tuple[bool, ...] = ()      # [n] True where the judge's output could not be read (empty: none)
 
 
 def score_verdict(pool, cfg, pairs: Pairs) -> Scored:
@@ -44,7 +45,8 @@ def score_written(pool, cfg, pairs: Pairs) -> Scored:
     values = [parse_score(text, cfg.score_pattern, cfg.score_max) for text, _ in outs]
     scores = tuple(cfg.fallback_score if v is None else v for v in values)
     examples = tuple({"judge_output": text, "score": s} for (text, _), s in list(zip(outs, scores))[:4])
-    return Scored(scores, sum(v is None for v in values), sum(n for _, n in outs), examples)
+    return Scored(scores, sum(v is None for v in values), sum(n for _, n in outs), examples,
+                  tuple(v is None for v in values))
 
 
 def score_solve(pool, cfg, pairs: Pairs) -> Scored:
@@ -54,17 +56,15 @@ def score_solve(pool, cfg, pairs: Pairs) -> Scored:
     solved = pool.map("write", [cfg.render_solve(p) for p in prompts], cfg.solve_samples,
                       cfg.solve_max_tokens, cfg.solve_temperature)
     answers = {p: [extract(cfg.answer_pattern, text) for text, _ in outs] for p, outs in zip(prompts, solved)}
-    scores, failures = [], 0
+    scores, unread = [], []
     for p, r in zip(pairs.prompts, pairs.responses):
         judged = [a for a in answers[p] if a is not None]
-        if not judged:
-            failures += 1
-            scores.append(cfg.fallback_score)
-            continue
-        scores.append(agreement(extract(cfg.answer_pattern, r), judged, cfg.solve_reward))
+        unread.append(not judged)
+        scores.append(agreement(extract(cfg.answer_pattern, r), judged, cfg.solve_reward) if judged
+                      else cfg.fallback_score)
     examples = tuple({"prompt": p, "judge_wrote": [t for t, _ in outs]} for p, outs in list(zip(prompts, solved))[:4])
     tokens = sum(n for outs in solved for _, n in outs)
-    return Scored(tuple(scores), failures, tokens, examples)
+    return Scored(tuple(scores), sum(unread), tokens, examples, tuple(unread))
 
 
 def agreement(answer: Optional[str], judge_answers: Sequence[str], rule: str) -> float:
@@ -102,6 +102,22 @@ def _members(groups: Sequence[int]) -> dict[int, list[int]]:
     for i, g in enumerate(groups):
         out.setdefault(g, []).append(i)
     return out
+
+
+def checked(scored: Scored, fallback: float, drop: bool) -> tuple[Scored, tuple[bool, ...], int]:
+    """Scores a trainer can use: an unreadable output, or a score that is NaN or outside [0, 1] (a judge or
+    verifier gone wrong), gets the fallback score, or, with `drop`, is left out of training.
+    Returns the scores, which samples to train on (`[n]`), and how many scores were out of range."""
+    import math
+
+    n = len(scored.scores)
+    unread = scored.unread or (False,) * n
+    bad = [not (isinstance(x, (int, float)) and math.isfinite(x) and 0.0 <= x <= 1.0) for x in scored.scores]
+    scores = tuple(fallback if b else float(x) for x, b in zip(scored.scores, bad))
+    keep = tuple(not (drop and (u or b)) for u, b in zip(unread, bad))
+    fixed = Scored(scores, scored.parse_failures + sum(bad), scored.judge_tokens, scored.examples,
+                   tuple(u or b for u, b in zip(unread, bad)))
+    return fixed, keep, sum(bad)
 
 
 JUDGE_SCORERS = {"verdict": score_verdict, "score": score_written, "solve": score_solve, "pairwise": score_pairwise}

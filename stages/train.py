@@ -25,16 +25,19 @@ class TrainConfig:
         return cls(**{k: getattr(train_spec, k) for k in cls.__dataclass_fields__})
 
 
-def group_advantages(scores, groups, eps: float = 1e-4):
-    """GRPO advantages: (r - mean of the prompt's group) / (std of the group + eps); [n_samples]."""
+def group_advantages(scores, groups, keep=None, eps: float = 1e-4):
+    """GRPO advantages: (r - mean of the prompt's group) / (std of the group + eps); [n_samples].
+    Samples not kept (`keep[i]` False) take no part in their group's statistics and get advantage 0."""
     import torch
 
     r = torch.tensor(scores, dtype=torch.float32)
     g = torch.tensor(groups)
+    kept = torch.ones_like(r, dtype=torch.bool) if keep is None else torch.tensor(keep, dtype=torch.bool)
     adv = torch.zeros_like(r)
     for k in g.unique():
-        m = g == k
-        adv[m] = (r[m] - r[m].mean()) / (r[m].std(unbiased=False) + eps)
+        m = (g == k) & kept
+        if m.any():
+            adv[m] = (r[m] - r[m].mean()) / (r[m].std(unbiased=False) + eps)
     return adv
 
 
@@ -77,8 +80,9 @@ class Trainer:
         self.cfg = cfg
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the GPU Ray gave this actor
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(self.device)
-        self.ref = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(self.device).eval()
+        load = dict(dtype=torch.float32, use_safetensors=True, trust_remote_code=False)  # never unpickle weights
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, **load).to(self.device)
+        self.ref = AutoModelForCausalLM.from_pretrained(model_path, **load).to(self.device).eval()
         self.ref.requires_grad_(False)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.steps = 0
@@ -89,9 +93,14 @@ class Trainer:
 
         t0 = time.perf_counter()
         batch = judged.rollout
-        adv = group_advantages(judged.scores, batch.group)
+        keep = judged.trainable
+        adv = group_advantages(judged.scores, batch.group, keep)
         ids, attn, mask, vllm_lp = (t.to(self.device) for t in pack(batch.samples, self.tokenizer.pad_token_id))
+        mask = mask * torch.tensor(keep, dtype=mask.dtype, device=self.device)[:, None]  # dropped samples: no loss
         adv = adv.to(self.device)
+        r = torch.tensor(judged.scores, dtype=torch.float32)
+        if not any(keep):
+            return self._skip(judged, "no sample left to train on (every judge output unreadable)", t0)
         with torch.no_grad():
             ref_lp = token_logprobs(self.ref, ids, attn)
             old_lp = token_logprobs(self.model, ids, attn)
@@ -103,13 +112,24 @@ class Trainer:
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+                self.opt.zero_grad(set_to_none=True)
+                self.model.eval()
+                return self._skip(judged, f"non-finite {'loss' if not torch.isfinite(loss) else 'gradients'}", t0)
             self.opt.step()
         self.model.eval()
         self.steps += 1
-        r = torch.tensor(judged.scores, dtype=torch.float32)
         return TrainStats(self.steps, loss.item(), kl.item(), clip_frac.item(), float(grad_norm),
                           r.mean().item(), r.std(unbiased=False).item(), mismatch.item(),
                           time.perf_counter() - t0)
+
+    def _skip(self, judged: JudgedBatch, reason: str, t0: float) -> TrainStats:
+        """No update this step (the weights and the optimizer are untouched); the reason is reported."""
+        import torch
+
+        r = torch.tensor(judged.scores, dtype=torch.float32)
+        return TrainStats(self.steps, 0.0, 0.0, 0.0, 0.0, r.mean().item(), r.std(unbiased=False).item(), 0.0,
+                          time.perf_counter() - t0, skipped=reason)
 
     def _loss(self, ids, attn, mask, adv, old_lp, ref_lp, n_tok):
         import torch

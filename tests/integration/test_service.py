@@ -301,3 +301,75 @@ def test_local_submit_stop_now_resume(tiny_model, tmp_path):
     steps = steps_logged(uri, name, 1)
     assert sorted(set(steps)) == list(range(1, 9))
     assert len(steps) - 8 <= 3  # steps after the checkpoint were redone, no more
+
+
+PID = """
+import json, re, sys
+from ray.util.state import list_actors
+found = list_actors(address=sys.argv[1], filters=[("state", "=", "ALIVE")], limit=10000)
+print(json.dumps([a.pid for a in found if re.fullmatch(sys.argv[2], a.name or "")]))
+"""
+
+
+def actor_pid(dashboard, env, name_pattern, timeout_s=120.0) -> int:
+    """The process id of the live actor whose name matches `name_pattern`, as Ray reports it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        res = subprocess.run([sys.executable, "-c", PID, dashboard, name_pattern], env=env, capture_output=True,
+                             text=True, timeout=120)
+        assert res.returncode == 0, res.stderr[-2000:]
+        pids = json.loads(res.stdout)
+        if pids:
+            return pids[0]
+        time.sleep(1)
+    pytest.fail(f"no live actor named like {name_pattern}")
+
+
+def test_killed_driver_and_killed_controller(tiny_model, ray_head, mlflow_server, tmp_path):
+    """SIGKILL the driver of a `ladder run`: the ladder goes on. Then SIGKILL its controller mid-rung: Ray
+    restarts it, it re-enters the saved phase from the last checkpoint, and the ladder finishes with one
+    version per rung and no step redone beyond one checkpoint interval."""
+    env, dashboard, gcs = ray_head
+    name = "svc-faults"
+    spec = service_spec(tiny_model, tmp_path / "w", name, mlflow_server, rungs=2, checkpoint_every=2,
+                        train={"lr": 1e-4, "kl_coef": 0.0, "steps": 10, "prompts_per_step": 16},
+                        promotion={"policy": "auto", "tolerance": 1.0, "min_auc": 0.0, "collapse_share": 1.0})
+    driver = subprocess.Popen([sys.executable, "-m", "ladder.cli", "run", str(spec), "--address", gcs], cwd=ROOT,
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(name, mlflow_server, lambda p: p.rung == 1 and p.step >= 2)
+        driver.kill()
+        assert driver.wait(60) == -signal.SIGKILL
+        before = wait_for(name, mlflow_server, lambda p: p.rung == 1 and p.step >= 4)  # it went on without it
+        status = json.loads(ladder(env, "status", name, "--address", dashboard, "--tracking-uri", mlflow_server,
+                                   "--json").stdout)
+        assert status["live"] is True and status["state"] == "running"
+
+        pid = actor_pid(dashboard, env, name)
+        os.kill(pid, signal.SIGKILL)
+        killed_at, killed_step = time.monotonic(), before.step
+        back = wait_for(name, mlflow_server, lambda p: p.rung > 1 or p.step > killed_step + 2)
+        recovery = time.monotonic() - killed_at
+        assert actor_pid(dashboard, env, name) != pid  # Ray started a new controller process
+
+        wait_for(name, mlflow_server, lambda p: p.rung == 2 and p.step >= 2)
+        trainer = actor_pid(dashboard, env, rf"{name}\.{back.job}\.trainer\..*")
+        os.kill(trainer, signal.SIGKILL)  # the rung starts again from its checkpoint on fresh actors
+        done = wait_for(name, mlflow_server, lambda p: p.state.value == "completed")
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    from ladder.registry import Registry
+
+    versions = Registry.find(name, mlflow_server).versions()
+    assert [(v.version, v.tags["ladder.rung"]) for v in versions] == [("1", "1"), ("2", "2")]
+    steps = steps_logged(mlflow_server, name, 1)
+    assert sorted(set(steps)) == list(range(1, 11)) and len(steps) - 10 <= 2  # at most one interval redone
+    steps2 = steps_logged(mlflow_server, name, 2)
+    assert sorted(set(steps2)) == list(range(1, 11)) and len(steps2) - 10 <= 2
+    reg = Registry.find(name, mlflow_server)
+    rung2 = reg.client.get_run(versions[1].run_id)
+    assert rung2.data.metrics["faults.stage_restarts"] == 1.0  # the trainer's death is on record
+    print(f"controller killed at rung 1 step >= {killed_step}: back at checkpoint step {back.step} after "
+          f"{recovery:.0f} s; rung-1 steps logged twice: {len(steps) - 10}; trainer killed in rung 2: "
+          f"rung-2 steps logged twice: {len(steps2) - 10}; job {done.job}")

@@ -126,14 +126,24 @@ def test_score_mode_counts_unparsable_outputs_and_uses_the_fallback(ray_local, e
     from stages.actors import spawn
     from stages.judge import JudgeConfig, JudgeWorker
 
+    from dataclasses import replace
+
+    from ladder.batches import RolloutBatch, Sample
+    from stages.judge import JudgePool
+
     cfg = JudgeConfig(mode="score", score_pattern=r"score=(\d+)$", fallback_score=0.25, score_max_tokens=8)
     worker = spawn(JudgeWorker, engine_cfg, cfg)
+    batch = RolloutBatch(tuple(PROMPTS), (None,) * len(PROMPTS),
+                         tuple(Sample((1,), (2,), "1+1=2#2", ()) for _ in PROMPTS), tuple(range(len(PROMPTS))))
     try:
         scores, failures = ray_local.get(worker.score.remote(PROMPTS, ["1+1=2#2"] * len(PROMPTS)))
+        dropped = JudgePool([worker], 8, cfg=replace(cfg, unreadable="drop")).score(batch)
     finally:
         ray_local.kill(worker)
     assert failures == len(PROMPTS)
     assert scores == [0.25] * len(PROMPTS)
+    # with `unreadable: drop` the same outputs are counted and left out of training: the step would be skipped
+    assert dropped.parse_failures == len(PROMPTS) and not any(dropped.trainable)
 
 
 def _wrong(solution: str) -> str:

@@ -1,4 +1,6 @@
 """Controller decisions that need no Ray: saturation, gate arithmetic, judge health, prompt cursor."""
+import pytest
+
 from ladder.controller import saturated
 from ladder.gate import auc
 from ladder.rung import PromptCursor, judge_health, split
@@ -48,3 +50,30 @@ def test_parse_score_scales_and_rejects_garbage():
     assert parse_score("the answer looks right. 8", r"(-?\d+(?:\.\d+)?)\s*$", 10) == 0.8
     assert parse_score("great! 15", r"(-?\d+(?:\.\d+)?)\s*$", 10) == 1.0
     assert parse_score("no number here", r"(-?\d+(?:\.\d+)?)\s*$", 10) is None
+
+
+class _Rung:
+    """A rung's step loop as `train_steps` sees it: a spec, `step()` and why the last step made no update.
+    (A stand-in for the step loop's bookkeeping only; stages are exercised by the integration tests.)"""
+
+    def __init__(self, spec, skips):
+        self.spec, self.skips, self.last_skip = spec, list(skips), ""
+
+    def step(self):
+        self.last_skip = self.skips.pop(0)
+        return {"judge/approval": 0.5}
+
+
+def test_steps_in_a_row_without_an_update_fail_the_rung():
+    from ladder.rung import RungFailed, train_steps
+    from ladder.spec import parse_spec
+
+    spec = parse_spec({"name": "x", "student": {"base": "m"}, "judge": {"initial": {"kind": "model", "path": "m"}},
+                       "task": {"source": {"kind": "builtin"}}, "train": {"steps": 10, "max_skipped_steps": 3},
+                       "eval": {"every": 100}})
+    seen = []
+    ok = _Rung(spec, ["", "non-finite loss", "non-finite loss", ""] + [""] * 6)  # two in a row, then healthy
+    assert train_steps(ok, 1, 10, lambda: False, lambda s, m: seen.append(s)) == "steps" and seen == list(range(1, 11))
+    bad = _Rung(spec, ["", "non-finite loss", "non-finite gradients", "non-finite loss"] + [""] * 6)
+    with pytest.raises(RungFailed, match="3 steps in a row without an update .non-finite loss."):
+        train_steps(bad, 1, 10, lambda: False, lambda s, m: None)

@@ -94,3 +94,29 @@ def test_schedule_changes_trainer_fields_and_keeps_the_rest():
     spec = _spec(train={"lr": 2e-4, "steps": 30}, schedule=[{"rung": 2, "train": {"kl_coef": 0.05}}])
     assert spec.for_rung(1).train.kl_coef == 0.02
     assert spec.for_rung(3).train.kl_coef == 0.05 and spec.for_rung(3).train.lr == 2e-4
+
+
+def test_bad_scores_get_the_fallback_or_are_dropped_and_are_counted():
+    import math
+
+    from stages.scoring import Scored, checked
+
+    raw = Scored((0.7, math.nan, 2.0, -0.5, 0.3), parse_failures=1, judge_tokens=5,
+                 unread=(False, False, False, False, True))
+    fixed, keep, invalid = checked(raw, fallback=0.0, drop=False)
+    assert fixed.scores == (0.7, 0.0, 0.0, 0.0, 0.3) and keep == (True,) * 5
+    assert invalid == 3 and fixed.parse_failures == 4
+    fixed, keep, invalid = checked(raw, fallback=0.0, drop=True)
+    assert keep == (True, False, False, False, False) and invalid == 3
+
+
+def test_a_verifier_returning_nonsense_is_checked_like_a_judge():
+    from ladder.batches import RolloutBatch, Sample
+    from stages.judge import JudgeConfig, JudgePool
+
+    answers = iter([1.0, float("nan"), "not a number", 1.5])
+    pool = JudgePool([], 8, verifier=lambda p, r, ref: next(answers), cfg=JudgeConfig(unreadable="drop"))
+    samples = tuple(Sample((1,), (2,), "x", ()) for _ in range(4))
+    judged = pool.score(RolloutBatch(("p",) * 4, (None,) * 4, samples, (0, 0, 0, 0)))
+    assert judged.scores == (1.0, 0.0, 0.0, 0.0)
+    assert judged.trainable == (True, False, False, False) and judged.invalid_scores == 3

@@ -72,3 +72,34 @@ def test_state_blob_round_trips(tiny):
     model_state = trainer.model.state_dict()
     for k, v in state.items():
         assert torch.equal(v, model_state[k])
+
+
+def test_dropped_samples_take_no_part_in_their_group():
+    adv = group_advantages([1.0, 0.0, 0.0, 0.9], [0, 0, 0, 0], keep=[True, True, True, False])
+    assert adv[3] == 0.0
+    assert torch.allclose(adv[:3], group_advantages([1.0, 0.0, 0.0], [0, 0, 0]), atol=1e-6)
+
+
+def test_a_step_with_nothing_to_train_on_is_skipped(tiny):
+    trainer = Trainer(tiny, TrainConfig(lr=1e-2, kl_coef=0.0), seed=0)
+    before = trainer.parameter_checksum()
+    judged = _batch(trainer, ["1+1="] * 2, ["2#2", "3#3"], [1.0, 0.0], [0, 0])
+    stats = trainer.step(JudgedBatch(judged.rollout, judged.scores, keep=(False, False)))
+    assert stats.skipped.startswith("no sample left") and trainer.steps == 0
+    assert trainer.parameter_checksum() == before
+
+
+def test_non_finite_loss_skips_the_update_and_keeps_the_optimizer_clean(tiny):
+    trainer = Trainer(tiny, TrainConfig(lr=1e-2, kl_coef=0.0), seed=0)
+    judged = _batch(trainer, ["1+1="] * 2, ["2#2", "3#3"], [1.0, 0.0], [0, 0])
+    with torch.no_grad():
+        trainer.model.model.norm.weight[0] = float("nan")  # every logit NaN from here on
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    stats = trainer.step(judged)
+    assert stats.skipped == "non-finite loss" and trainer.steps == 0
+    assert not trainer.opt.state  # AdamW never stepped: no moments were written
+    after = trainer.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) or torch.isnan(before[k]).any() for k in before)
+    with torch.no_grad():
+        trainer.model.model.norm.weight[0] = 1.0
+    assert not trainer.step(judged).skipped and trainer.steps == 1  # healthy numbers: it trains again

@@ -95,3 +95,23 @@ def test_tiny_model_builds_with_requested_size(tmp_path):
     assert cfg.hidden_size // cfg.num_attention_heads == 64
     assert cfg.hidden_size == SIZES["nano"].hidden
     assert count_parameters(bigger) > count_parameters(small) > 100_000
+
+
+def test_model_directories_must_hold_safetensors_weights(tmp_path):
+    """Weights are read only as safetensors: a directory with only a pickled checkpoint is refused in one line
+    before any engine or trainer would unpickle it."""
+    import pytest
+
+    from ladder.models.tiny import build_tiny_model
+    from stages.engine import ModelNotFound, check_model_dir
+
+    good = build_tiny_model(tmp_path / "good", "nano")
+    check_model_dir(str(good))
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text((good / "config.json").read_text())
+    (pickled / "pytorch_model.bin").write_bytes(b"\x80\x04not loaded")
+    with pytest.raises(ModelNotFound, match="no .safetensors weights"):
+        check_model_dir(str(pickled))
+    with pytest.raises(ModelNotFound, match="no such model directory"):
+        check_model_dir(str(tmp_path / "missing"))
