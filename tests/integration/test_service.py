@@ -65,10 +65,15 @@ def ray_head():
     env.pop("RAY_ADDRESS", None)
     env.pop("MLFLOW_TRACKING_URI", None)
     port, dash = free_port(), free_port()
+    # every port on free ones: Ray's fixed defaults (the dashboard agent's 52365) are taken by any other Ray
+    # on the machine, such as the test session's own, and a head without its agent cannot take jobs
+    ports = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+             f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+             f"--ray-client-server-port={free_port()}"]
     proc = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true", "--num-cpus=8",
-         f"--temp-dir={temp}", "--disable-usage-stats"],
+         f"--temp-dir={temp}", "--disable-usage-stats", *ports],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_http(f"http://127.0.0.1:{dash}/api/version", proc)
