@@ -138,6 +138,8 @@ class LadderController:
         or killed cannot leave it behind. The linger lets a driver still read the result first."""
         import ray
 
+        if not ray.is_initialized():
+            return
         try:
             me = ray.get_runtime_context().current_actor
         except Exception:  # run in-process (tests): nothing to end
@@ -396,11 +398,13 @@ class LadderController:
 
 def _restarted_by_ray() -> bool:
     """Whether this controller actor is a restart of one whose process died."""
-    try:
-        import ray
+    import ray
 
+    if not ray.is_initialized():  # built in-process, outside Ray (get_runtime_context would start a Ray)
+        return False
+    try:
         return ray.get_runtime_context().was_current_actor_reconstructed
-    except Exception:  # not in an actor (tests construct controllers in-process)
+    except Exception:  # a driver, not an actor
         return False
 
 
