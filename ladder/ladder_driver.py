@@ -36,10 +36,6 @@ def _from_to(start, end) -> str:
     return fmt(end) if start is None else f"{fmt(start)}->{fmt(end)}"
 
 
-def aliases_of(registry) -> dict[str, str]:
-    return registry.aliases()
-
-
 class Terminated(Exception):
     """SIGTERM (as `ray job stop` sends it to a submitted ladder's driver)."""
 
@@ -150,7 +146,7 @@ def _follow(controller, done, as_json: bool, poll_s: float) -> None:
 def _print_summary(spec, final: dict, rows: list[dict], registry) -> None:
     from ladder.registry import tracking_uri_for
 
-    print(format_table(rows, aliases_of(registry)))
+    print(format_table(rows, registry.aliases()))
     print(f"\nstate: {final['state']}" + (f" ({final['error']})" if final["error"] else ""))
     if final["state"] == "stopped":
         print(f"resume with: ladder resume {spec.name}")

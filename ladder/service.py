@@ -62,12 +62,6 @@ def local_job_of(reg, progress: Progress) -> Optional[dict]:
     return local_running(reg.load_spec(progress.parent_run))
 
 
-def local_job_alive(info: dict) -> bool:
-    from cluster.submit import pid_alive
-
-    return pid_alive(info["pid"])
-
-
 def controller_alive(where: Where, reg, progress: Progress) -> Optional[bool]:
     """Is the ladder's controller alive? From Ray when a cluster is given; from the local job record else."""
     actors = alive_actors(where, reg.name)
@@ -133,7 +127,9 @@ def request_stop(name: str, where: Where, now: bool = False, timeout_s: float = 
         p = reg.load_progress(p.job)
         actors = alive_actors(where, name)
         if local_job is not None and not p.active:
-            actors = [name] if local_job_alive(local_job) else []  # its embedded Ray ends with its process
+            from cluster.submit import pid_alive
+
+            actors = [name] if pid_alive(local_job["pid"]) else []  # its embedded Ray ends with its process
         if not p.active and not actors:
             return {"ladder": name, "job": p.job, "state": p.state.value, "rung": p.rung, "step": p.step,
                     "actors_alive": actors}
