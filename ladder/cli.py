@@ -329,10 +329,10 @@ def lineage(ladder: str = typer.Argument(..., help="Ladder name, or its spec YAM
             plot: Optional[Path] = typer.Option(None, "--plot", metavar="FILE",
                                                  help="Also write the ladder chart (PNG) to FILE.")):
     """Show every rung's model version: who judged it, its status, accuracies and aliases."""
-    from ladder.ladder_driver import format_table, lineage_rows
+    from ladder.ladder_driver import format_table
 
     reg = _registry_for(ladder, tracking_uri, workdir)
-    rows = lineage_rows(reg)
+    rows = reg.lineage()
     typer.echo(json.dumps(rows) if as_json else format_table(rows, reg.aliases()))
     if plot is not None:
         from ladder.chart import ladder_chart

@@ -202,6 +202,7 @@ class LadderController:
         student, init_label = self._student_init()
         if p.rung_run is None:
             run_id = self.registry.start_rung_run(p.parent_run, p.rung, p.job)
+            self.registry.record_judge_input(run_id, judge)
             p = self._save(p.to(rung_run=run_id, judge=judge.label, results={"student_init": init_label}))
         seed = self.spec.seed + 1000 * p.rung + p.attempt
         with self._lock:
@@ -230,7 +231,7 @@ class LadderController:
             final = rung.evaluate()
             self.registry.log_metrics(p.rung_run, final, rung.step_no)
             current = measure(rung.pool, calibration)
-            p = self._checkpoint(rung, p, rung.step_no, final=True)
+            p = self._log_candidate(rung, p)
             return p.to(phase=Phase.REGISTER, results={
                 **p.results, "final_accuracy": final.get("eval/accuracy"),
                 "current_judge": [current.accuracy, current.auc, current.identical_share]})
@@ -260,16 +261,26 @@ class LadderController:
         self.registry.log_metrics(p.rung_run, start, 0)
         return self._save(p.to(results={**p.results, "start_accuracy": start.get("eval/accuracy")}))
 
-    def _checkpoint(self, rung, p: Progress, step: int, final: bool = False) -> Progress:
-        """Write a complete checkpoint, log it to the rung run, and only then point the progress at it.
-        The final one (the candidate) holds the model only: nothing trains from it."""
+    def _checkpoint(self, rung, p: Progress, step: int) -> Progress:
+        """Write a complete checkpoint, log it to the rung run, and only then point the progress at it."""
         local = Path(self.spec.workdir) / self.spec.name / self.job / f"rung-{p.rung}" / f"ckpt-{step:05d}"
         try:
-            rung.checkpoint(str(local), trainer_state=not final)
+            rung.checkpoint(str(local))
             uri = self.registry.upload_checkpoint(p.rung_run, str(local), step)
         finally:
             shutil.rmtree(local, ignore_errors=True)
         return p.to(step=step, cursor=rung.cursor.state(), checkpoint=uri)
+
+    def _log_candidate(self, rung, p: Progress) -> Progress:
+        """The rung's final student logged as an MLflow model, output of the rung run: the candidate that
+        `_register` registers (the weights are stored once; nothing trains from them)."""
+        local = Path(self.spec.workdir) / self.spec.name / self.job / f"rung-{p.rung}" / "candidate"
+        try:
+            rung.save_student(str(local))
+            model_id = self.registry.log_model(p.rung_run, str(local), self._version_tags(p), rung.step_no)
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
+        return p.to(step=rung.step_no, cursor=rung.cursor.state(), checkpoint=f"models:/{model_id}")
 
     def _restore(self, rung, p: Progress) -> Progress:
         local = self._checkpoint_dir(p)
@@ -289,13 +300,20 @@ class LadderController:
             shutil.rmtree(dst.parent / f".{dst.name}", ignore_errors=True)
         return str(dst)
 
-    def _register(self, p: Progress) -> Progress:
-        """Register the rung's final checkpoint as a model version (idempotent on the rung uid)."""
+    def _version_tags(self, p: Progress) -> dict[str, str]:
         rspec = self.spec.for_rung(p.rung)
         mode = "verifier" if (p.judge or "").startswith("verifier:") else rspec.judge.mode
-        tags = self.registry.rung_tags(p, self.spec.sha256(), rspec.task_label(), mode)
-        logged = f"{p.checkpoint.split(f'runs:/{p.rung_run}/', 1)[1]}/model"  # the final checkpoint's model
-        version = self.registry.register(p.rung_run, None, tags, logged_path=logged)
+        return self.registry.rung_tags(p, self.spec.sha256(), rspec.task_label(), mode)
+
+    def _register(self, p: Progress) -> Progress:
+        """Register the rung's logged candidate as a model version (idempotent on the rung uid). A candidate
+        saved by an older controller as a checkpoint folder is logged as a model first."""
+        if p.checkpoint.startswith("models:/"):
+            version = self.registry.register(p.rung_run, None, self._version_tags(p),
+                                             model_id=p.checkpoint.removeprefix("models:/"))
+        else:
+            version = self.registry.register(p.rung_run, str(Path(self._checkpoint_dir(p)) / "model"),
+                                             self._version_tags(p), step=p.step)
         return p.to(phase=Phase.GATE, candidate=version)
 
     def _gate(self, p: Progress) -> Progress:

@@ -9,10 +9,6 @@ from pathlib import Path
 from typing import Optional
 
 
-def lineage_rows(registry) -> list[dict]:
-    return registry.lineage()
-
-
 def format_table(rows: list[dict], aliases: dict[str, str]) -> str:
     fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
     head = (f"{'version':>7}  {'rung':>4}  {'judged by':<24} {'mode':<8} {'status':<9} {'held-out acc':>14} "
@@ -109,7 +105,7 @@ def run_ladder(spec, as_json: bool = False, verbose: bool = False, poll_s: float
     final = ray.get(done)
     ray.kill(controller)
     registry = Registry.for_spec(spec)
-    rows = lineage_rows(registry)
+    rows = registry.lineage()
     if as_json:
         print(json.dumps({"status": final, "lineage": rows}))
     else:

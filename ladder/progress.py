@@ -46,7 +46,8 @@ class Progress:
     attempt: int = 0                           # retries of this rung after a rejection
     step: int = 0                              # training steps done in this rung (as of `checkpoint`)
     cursor: dict = field(default_factory=dict)  # the prompt cursor's state at `checkpoint`
-    checkpoint: Optional[str] = None           # artifact URI of the last complete trainer checkpoint
+    checkpoint: Optional[str] = None           # last complete trainer checkpoint (runs:/...); after the
+    #                                            rung: its candidate, a logged model (models:/<model_id>)
     candidate: Optional[str] = None            # model version registered by this rung
     judge: Optional[str] = None                # label of the judge this rung trains against
     submission: Optional[str] = None           # the Ray job (or local job) that runs the ladder now

@@ -11,20 +11,11 @@ from pathlib import Path
 from typing import Optional
 
 from ladder.judges import ResolvedJudge
+from ladder.mlmodels import RegistryError, model_id_of
 
 STATUS_TAG = "ladder.status"
 PROGRESS_TAG = "ladder.progress"
 STOP_TAG = "ladder.stop_request"
-
-HEALTH = {"reward_mean": "reward.mean", "response_tokens": "rollout.response_tokens",
-          "length_reward_corr": "judge.length_reward_corr", "approval": "judge.approval",
-          "identical_share": "judge.identical_share", "parse_failure_rate": "judge.parse_failure_rate",
-          "judge_tokens_per_sample": "judge.tokens_per_sample"}
-
-
-class RegistryError(ValueError):
-    """A registry request that cannot be served (unknown version, bad URI); one line."""
-
 
 def tracking_uri_for(spec) -> str:
     return default_tracking_uri(spec.workdir, spec.mlflow.tracking_uri)
@@ -205,27 +196,63 @@ class Registry:
         found = self.client.search_model_versions(f"name='{self.name}' and tag.`ladder.rung_uid`='{rung_uid}'")
         return found[0] if found else None
 
-    def register(self, run_id: str, checkpoint_dir: Optional[str], tags: dict[str, str],
-                 logged_path: Optional[str] = None) -> str:
-        """Register the rung's HF checkpoint as a version; idempotent on `ladder.rung_uid`. The model is the
-        run's artifact `logged_path` when it is logged already (a checkpoint), else `checkpoint_dir` logged now."""
+    def log_model(self, run_id: str, hf_dir: str, tags: dict[str, str], step: int = 0) -> str:
+        """The rung's trained student as an MLflow model (transformers flavor) output by its run; its id."""
+        from ladder.mlmodels import log_hf_model
+
+        card = (f"# {self.name}, rung {tags.get('ladder.rung', '?')}\n\nA student trained with GRPO by judge-ladder "
+                f"against the frozen judge {tags.get('ladder.judge', '-')}.")
+        return log_hf_model(self.client, self.experiment_id, run_id, hf_dir, f"{self.name}-rung-{tags.get('ladder.rung')}",
+                            tags, card, step)
+
+    def register(self, run_id: str, hf_dir: Optional[str], tags: dict[str, str], model_id: Optional[str] = None,
+                 step: int = 0) -> str:
+        """Register the rung's model as a version, idempotent on `ladder.rung_uid`: the logged model `model_id`
+        when the rung logged it already, else `hf_dir` logged now."""
+        from ladder.mlmodels import register_logged_model
+
         existing = self.find_version(tags["ladder.rung_uid"])
         if existing is not None:
             return str(existing.version)
         try:
             self.client.get_registered_model(self.name)
         except Exception:
-            self.client.create_registered_model(self.name, tags={"ladder": "judge-ladder"})
-        if logged_path is None:
-            self.client.log_artifacts(run_id, checkpoint_dir, artifact_path="model")
-        source = f"{self.client.get_run(run_id).info.artifact_uri}/{logged_path or 'model'}"
-        mv = self.client.create_model_version(self.name, source, run_id=run_id,
-                                              tags={STATUS_TAG: "candidate", **tags})
+            self.client.create_registered_model(self.name, tags={"ladder": "judge-ladder"},
+                                                description=f"judge-ladder {self.name}: one version per rung; "
+                                                            "alias judge = the rung that judges the next one.")
+        model_id = model_id or self.log_model(run_id, hf_dir, tags, step)
+        mv = register_logged_model(self.client, self.tracking_uri, self.name, model_id, run_id,
+                                   {STATUS_TAG: "candidate", **tags})
         rung = tags.get("ladder.rung")
         if rung:
             self.client.set_registered_model_alias(self.name, f"rung-{rung}", mv.version)
         self.client.set_registered_model_alias(self.name, "candidate", mv.version)
+        self.describe(str(mv.version))
         return str(mv.version)
+
+    def record_judge_input(self, run_id: str, judge: ResolvedJudge) -> None:
+        """Name the rung's judge on its run: a registered judge as the run's model input (an MLflow link),
+        a verifier or a model directory by kind and label."""
+        from mlflow.entities import LoggedModelInput
+
+        kind = "verifier" if judge.kind == "verifier" else "registered model" if judge.location.startswith(
+            "models:/") else "model directory"
+        self.client.set_tag(run_id, "ladder.judge_kind", kind)
+        if kind == "registered model":
+            name, version = judge.location.removeprefix("models:/").split("/")
+            model_id = model_id_of(self.client.get_model_version(name, version))
+            if model_id:
+                self.client.log_inputs(run_id, models=[LoggedModelInput(model_id)])
+
+    def describe(self, version: str) -> None:
+        """Write the version's description for people (and the same text on its rung run)."""
+        from ladder.lineage import describe
+
+        mv = self.version(version)
+        text = describe(self, mv)
+        self.client.update_model_version(self.name, str(version), description=text)
+        if mv.run_id:
+            self.client.set_tag(mv.run_id, "mlflow.note.content", text)
 
     def version(self, version: str):
         try:
@@ -263,6 +290,7 @@ class Registry:
                            "ladder.decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                            "ladder.reason": reason or "-"}.items():
             self.client.set_model_version_tag(self.name, str(version), key, value)
+        self.describe(version)
 
     def record_gate(self, version: str, gate) -> None:
         """The gate's verdict on a version: pass/fail, the deciding rule, its numbers."""
@@ -271,6 +299,7 @@ class Registry:
                 "ladder.judge_auc": f"{gate.candidate.auc:.4f}"}
         for key, value in tags.items():
             self.client.set_model_version_tag(self.name, str(version), key, value)
+        self.describe(version)
 
     def heldout_accuracy(self, version: str) -> Optional[float]:
         """The student's held-out accuracy at the end of the version's rung (None if not recorded)."""
@@ -284,60 +313,22 @@ class Registry:
         return sorted(self.client.search_model_versions(f"name='{self.name}'"), key=lambda v: int(v.version))
 
     def lineage(self) -> list[dict]:
-        """One row per version: rung, task, judge, gate verdict, accuracies, judge health over the rung."""
-        rows = []
-        for v in self.versions():
-            t = v.tags
-            run = self.client.get_run(v.run_id) if v.run_id else None
-            number = lambda key: float(t[key]) if key in t else None  # noqa: E731
-            rows.append({"version": int(v.version), "rung": int(t.get("ladder.rung", 0)), "task": t.get("ladder.task"),
-                         "judged_by": t.get("ladder.judge"), "judge_mode": t.get("ladder.judge_mode"),
-                         "status": t.get("ladder.status"),
-                         "heldout_accuracy": run.data.metrics.get("eval.accuracy") if run else None,
-                         "judge_accuracy": number("ladder.judge_accuracy"), "judge_auc": number("ladder.judge_auc"),
-                         "gate": t.get("ladder.gate"), "gate_rule": t.get("ladder.gate_rule"),
-                         "reason": t.get("ladder.gate_reason"), "decided_by": t.get("ladder.decided_by"),
-                         "student_init": t.get("ladder.student_init"), "job": t.get("ladder.job"),
-                         "start_accuracy": self._start_accuracy(v.run_id), **self._rung_means(v.run_id)})
-        return rows
+        from ladder.lineage import lineage_rows
 
-    def _start_accuracy(self, run_id) -> Optional[float]:
-        """Held-out accuracy of the rung's student before its first step."""
-        hist = self.client.get_metric_history(run_id, "eval.accuracy") if run_id else []
-        return next((m.value for m in hist if m.step == 0), None)
-
-    def _rung_means(self, run_id) -> dict:
-        """Per-step judge-health metrics averaged over the rung's training steps (step 0 is evaluation)."""
-        out = {}
-        for name, key in HEALTH.items():
-            hist = [m.value for m in self.client.get_metric_history(run_id, key) if m.step > 0] if run_id else []
-            out[name] = sum(hist) / len(hist) if hist else None
-        return out
+        return lineage_rows(self)
 
     def log_ladder_chart(self, run_id: str, out_dir: str) -> Optional[str]:
-        """Draw the ladder chart from the lineage and attach it to the ladder's parent run."""
-        from ladder.chart import ladder_chart
+        from ladder.lineage import log_chart
 
-        rows = self.lineage()
-        if not rows:
-            return None
-        path = Path(out_dir) / "ladder_chart.png"
-        ladder_chart(rows, path, title=f"ladder {self.name}")
-        self.client.log_artifact(run_id, str(path))
-        return str(path)
+        return log_chart(self, run_id, out_dir)
 
     # judges -----------------------------------------------------------------------------
     def download(self, version: str, dst: str) -> str:
         """The version's HF checkpoint as a local directory (cached under `dst`)."""
-        import mlflow
+        from ladder.mlmodels import fetch_model
 
-        out = Path(dst) / f"{self.name}-v{version}"
-        if (out / "config.json").is_file():
-            return str(out)
-        out.mkdir(parents=True, exist_ok=True)
-        local = mlflow.artifacts.download_artifacts(artifact_uri=self.version(version).source, dst_path=str(out),
-                                                    tracking_uri=self.tracking_uri)
-        return _model_dir(Path(local))
+        self.version(version)
+        return fetch_model(f"models:/{self.name}/{version}", self.tracking_uri, dst)
 
     def resolve_judge_uri(self, uri: str) -> ResolvedJudge:
         """`models:/<name>@<alias>` or `models:/<name>/<version>` -> that version pinned as `models:/<name>/<v>`,
@@ -353,59 +344,3 @@ class Registry:
             raise RegistryError(f"{uri}: model {name!r} has {what}") from None
         return ResolvedJudge("model", f"models:/{name}/{found.version}", f"{name}/v{found.version}")
 
-
-def _model_dir(root: Path) -> str:
-    """The folder holding config.json under a downloaded artifact tree."""
-    if (root / "config.json").is_file():
-        return str(root)
-    for cfg in root.rglob("config.json"):
-        return str(cfg.parent)
-    raise RegistryError(f"{root}: downloaded artifact holds no HF model (no config.json)")
-
-
-def check_model_uri(uri: str, tracking_uri: str) -> None:
-    """Fail in one line unless MLflow has `models:/<name>/<version>`."""
-    from mlflow import MlflowClient
-
-    body = uri.removeprefix("models:/")
-    if body.count("/") != 1:
-        raise RegistryError(f"{uri}: a model location must look like models:/<name>/<version>")
-    try:
-        MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).get_model_version(*body.split("/"))
-    except Exception:
-        raise RegistryError(f"{uri}: no such model version in MLflow at {tracking_uri}") from None
-
-
-def fetch_model(uri: str, tracking_uri: str, cache_dir: str) -> str:
-    """`models:/<name>/<version>` -> a local HF directory on *this* node (downloaded once, then cached).
-
-    Stage actors call it themselves, so models never travel as paths from one node's disk to another's.
-    The download lands in a temporary folder renamed into place: a cached model is always complete.
-    """
-    import shutil
-    import tempfile
-
-    from mlflow import MlflowClient
-
-    name, version = uri.removeprefix("models:/").split("/")
-    out = Path(cache_dir) / f"{name}-v{version}"
-    if (out / "config.json").is_file():
-        return str(out)
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    try:
-        source = client.get_model_version(name, version).source
-    except Exception:
-        raise RegistryError(f"{uri}: no such model version") from None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{name}-v{version}-", dir=out.parent)
-    try:
-        import mlflow
-
-        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=tracking_uri)
-        try:
-            os.replace(_model_dir(Path(local)), out)
-        except OSError:  # another worker on this node finished first
-            pass
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return str(out)

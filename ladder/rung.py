@@ -246,7 +246,7 @@ class Rung:
             (out / name).write_bytes(data)
         return str(out)
 
-    def checkpoint(self, out_dir: str, trainer_state: bool = True) -> str:
+    def checkpoint(self, out_dir: str) -> str:
         """A complete checkpoint folder: `model/` (HF files), `trainer.pt` (optimizer, steps, RNG), `cursor.json`."""
         import json
 
@@ -254,8 +254,7 @@ class Rung:
 
         out = Path(out_dir)
         self.save_student(str(out / "model"))
-        if trainer_state:
-            (out / "trainer.pt").write_bytes(ray.get(self.trainer.trainer_state.remote()))
+        (out / "trainer.pt").write_bytes(ray.get(self.trainer.trainer_state.remote()))
         (out / "cursor.json").write_text(json.dumps({**self.cursor.state(), "step": self.step_no}))
         return str(out)
 

@@ -24,7 +24,8 @@ def preflight(spec):
 
 def check_model(location: str, spec) -> None:
     """A model directory that holds an HF model, or a `models:/<name>/<version>` that MLflow has."""
-    from ladder.registry import check_model_uri, tracking_uri_for
+    from ladder.mlmodels import check_model_uri
+    from ladder.registry import tracking_uri_for
     from stages.engine import check_model_dir
 
     if location.startswith("models:/"):

@@ -25,7 +25,7 @@ class ModelStore:
         """A local HF directory for `location` (a directory, a hub id, or `models:/<name>/<version>`)."""
         if not location.startswith("models:/"):
             return location
-        from ladder.registry import fetch_model
+        from ladder.mlmodels import fetch_model
 
         return fetch_model(location, self.tracking_uri, self.cache_dir)
 

@@ -68,6 +68,12 @@ def test_two_rung_lineage(two_rungs):
     assert chart.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     history = reg.client.get_metric_history(v1.run_id, "reward.mean")
     assert [m.step for m in history] == [1, 2]
+    # rungs are MLflow models: rung 2's run names version 1's model as its input (its judge)
+    from ladder.mlmodels import model_id_of
+
+    assert model_id_of(v1) and model_id_of(v2)
+    assert [m.model_id for m in reg.client.get_run(v2.run_id).inputs.model_inputs] == [model_id_of(v1)]
+    assert "Gate: pass" in v1.description and "Decision: promoted by auto" in v1.description
 
 
 def test_schedule_changes_task_and_judge_mode_per_rung(two_rungs):

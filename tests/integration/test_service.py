@@ -5,54 +5,20 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
+from servers import free_port, stop_group, wait_http  # tests/integration/servers.py
+
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, proc, timeout_s: float = 180.0) -> None:
-    """Until `url` answers (any HTTP status counts: an auth-protected server is up)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"server exited with {proc.returncode}"
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except urllib.error.HTTPError:
-            return
-        except OSError:
-            time.sleep(0.5)
-    pytest.fail(f"{url} did not come up in {timeout_s:.0f} s")
-
-
-def stop_group(proc, grace_s: float = 20.0) -> None:
-    """Stop a server and every process it started (one process group, led by its pid)."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(60)
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +164,7 @@ def test_submit_status_promote_stop_resume(tiny_model, ray_head, mlflow_server, 
 
     decided = json.loads(ladder(env, "promote", name, "1", *track, "--reason", "looks right", "--json").stdout)
     assert decided["status"] == "promoted" and decided["aliases"]["judge"] == "1"
-    p = wait_for(name, mlflow_server, lambda p: p.rung == 2 and p.phase.value == "train" and p.step >= 2)
+    wait_for(name, mlflow_server, lambda p: p.rung == 2 and p.phase.value == "train" and p.step >= 2)
     out = json.loads(ladder(env, "stop", name, *at, *track, "--json").stdout)
     assert out["state"] == "stopped" and out["rung"] == 2
     assert alive(dashboard, env, name) == []  # controller and every stage actor are gone
