@@ -11,11 +11,13 @@ from typing import Optional
 
 import typer
 
+from ladder.retrying import MlflowUnavailable
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="judge-ladder: iterated RL from AI feedback, where each trained student "
                        "becomes the frozen judge of the next.")
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, MlflowUnavailable)
 
 
 def quiet_libraries() -> None:
@@ -28,6 +30,9 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    # MLflow's client retries a request for ~4 minutes by default; the ladder's own retries (mlflow.retry_s)
+    # carry a running ladder through outages, and a command should say "unreachable" in seconds
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     for name in ("alembic", "ray"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -158,6 +163,25 @@ def _guard(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except USER_ERRORS as exc:
         fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    except Exception as exc:
+        if type(exc).__module__.startswith("mlflow."):  # MLflow refused or could not be reached
+            fail(mlflow_problem(exc))
+        raise
+
+
+def mlflow_problem(exc: Exception) -> str:
+    """An MLflow client error in one line that says what to do."""
+    from ladder.retrying import transient
+
+    text = str(exc)
+    if "401" in text or "not authenticated" in text:
+        return ("MLflow refused the request: not authenticated (set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD)")
+    if "403" in text or "PERMISSION_DENIED" in text:
+        return "MLflow refused the request: permission denied for this user"
+    if transient(exc):
+        return f"MLflow unreachable: {text.splitlines()[0][:160]}"
+    return f"MLflow: {text.splitlines()[0][:200]}"
 
 
 @app.command()

@@ -84,7 +84,8 @@ class LadderController:
         """Open the registry; tasks and calibration sets are built per rung (the schedule may change them)."""
         from ladder.registry import Registry
 
-        self.registry = Registry.for_spec(self.spec)
+        self.registry = Registry.for_spec(self.spec, retry_s=self.spec.mlflow.retry_s)
+        self.registry.buffer_writes()  # the step loop goes on through an MLflow outage
         self._tasks: dict[str, object] = {}
         self.task_for(1)  # a dataset problem fails here, before any actor starts
 
@@ -180,6 +181,7 @@ class LadderController:
         with self._lock:
             self.progress = p.to(phase=Phase.DONE) if p.state is State.COMPLETED else p
         try:
+            self.registry.flush_writes()
             self.registry.save_progress(self.progress)
             if self.registry.versions():
                 self.registry.log_ladder_chart(p.parent_run, str(Path(self.spec.workdir) / self.spec.name))
@@ -201,7 +203,7 @@ class LadderController:
         judge = self._current_judge(p.rung)
         student, init_label = self._student_init()
         if p.rung_run is None:
-            run_id = self.registry.start_rung_run(p.parent_run, p.rung, p.job)
+            run_id = self.registry.start_rung_run(p.parent_run, p.rung, p.job, p.rung_uid)
             self.registry.record_judge_input(run_id, judge)
             p = self._save(p.to(rung_run=run_id, judge=judge.label, results={"student_init": init_label}))
         seed = self.spec.seed + 1000 * p.rung + p.attempt
@@ -215,6 +217,8 @@ class LadderController:
 
             def on_step(step: int, metrics: dict) -> None:
                 nonlocal p
+                if self.registry.outbox.retries:  # writes retried through MLflow outages so far
+                    metrics = {**metrics, "faults/mlflow_retries": self.registry.outbox.retries}
                 self.registry.log_metrics(p.rung_run, metrics, step)
                 self.registry.log_judge_examples(p.rung_run, step, rung.last_examples)
                 with self._lock:
@@ -269,6 +273,7 @@ class LadderController:
             uri = self.registry.upload_checkpoint(p.rung_run, str(local), step)
         finally:
             shutil.rmtree(local, ignore_errors=True)
+        self.registry.flush_writes()  # steps up to a checkpoint are never redone: their metrics must be in
         return p.to(step=step, cursor=rung.cursor.state(), checkpoint=uri)
 
     def _log_candidate(self, rung, p: Progress) -> Progress:
@@ -280,6 +285,7 @@ class LadderController:
             model_id = self.registry.log_model(p.rung_run, str(local), self._version_tags(p), rung.step_no)
         finally:
             shutil.rmtree(local, ignore_errors=True)
+        self.registry.flush_writes()
         return p.to(step=rung.step_no, cursor=rung.cursor.state(), checkpoint=f"models:/{model_id}")
 
     def _restore(self, rung, p: Progress) -> Progress:

@@ -39,19 +39,37 @@ def local_artifact_root(tracking_uri: str, workdir: str) -> Optional[str]:
 class Registry:
     """Runs, versions and aliases of one ladder (registered model = ladder name)."""
 
-    def __init__(self, name: str, tracking_uri: str, artifact_root: Optional[str] = None):
+    def __init__(self, name: str, tracking_uri: str, artifact_root: Optional[str] = None, retry_s: float = 0.0):
         from mlflow import MlflowClient
+
+        from ladder.retrying import RetryingClient
 
         self.name = name
         self.tracking_uri = tracking_uri  # never set globally: one process may hold several ladders
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in our output
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self.raw = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self.client = RetryingClient(self.raw, retry_s)  # every call outlives an MLflow outage of `retry_s`
+        #                                                 (0, for commands: MLflow's own retries, then one line)
+        self.retry_s = retry_s
+        self.outbox = None                               # per-step writes go through a background outbox once set
         self.experiment_id = self._experiment(f"ladder/{name}", artifact_root)
 
     @classmethod
-    def for_spec(cls, spec) -> "Registry":
+    def for_spec(cls, spec, retry_s: float = 0.0) -> "Registry":
         uri = tracking_uri_for(spec)
-        return cls(spec.name, uri, local_artifact_root(uri, spec.workdir))
+        return cls(spec.name, uri, local_artifact_root(uri, spec.workdir), retry_s)
+
+    def buffer_writes(self) -> None:
+        """From now on `log_metrics` and `log_judge_examples` return at once; a background thread delivers
+        them in order, retrying through MLflow outages."""
+        from ladder.retrying import Outbox
+
+        if self.outbox is None:
+            self.outbox = Outbox(self.retry_s)
+
+    def flush_writes(self) -> None:
+        if self.outbox is not None:
+            self.outbox.flush()
 
     @classmethod
     def find(cls, name: str, tracking_uri: str) -> Optional["Registry"]:
@@ -88,18 +106,31 @@ class Registry:
             self.client.log_batch(run.info.run_id, params=items[i: i + 100])
         return run.info.run_id
 
-    def start_rung_run(self, parent_run_id: str, rung: int, job: str) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=f"rung-{rung}",
-                                     tags={"mlflow.parentRunId": parent_run_id, "ladder.rung": str(rung),
-                                           "ladder.job": job, "ladder.kind": "rung"})
-        return run.info.run_id
+    def start_rung_run(self, parent_run_id: str, rung: int, job: str, rung_uid: Optional[str] = None) -> str:
+        """The rung's run, created once per `rung_uid` (a create retried through an outage is not doubled)."""
+        from ladder.retrying import with_retry
+
+        uid = rung_uid or f"{job}-{rung}-0"
+
+        def create() -> str:
+            found = self.raw.search_runs([self.experiment_id], f"tags.`ladder.rung_uid` = '{uid}' and "
+                                                               "tags.`ladder.kind` = 'rung'", max_results=1)
+            if found:
+                return found[0].info.run_id
+            return self.raw.create_run(self.experiment_id, run_name=f"rung-{rung}", tags={
+                "mlflow.parentRunId": parent_run_id, "ladder.rung": str(rung), "ladder.job": job,
+                "ladder.kind": "rung", "ladder.rung_uid": uid}).info.run_id
+        return with_retry(create, self.retry_s, "create rung run")
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
+        now = int(time.time() * 1000)  # fixed here: a batch delivered twice is stored once
         batch = [Metric(k.replace("/", "."), float(v), now, step) for k, v in metrics.items()]
-        self.client.log_batch(run_id, metrics=batch)
+        if self.outbox is not None:
+            self.outbox.put("log metrics", lambda: self.raw.log_batch(run_id, metrics=batch))
+        else:
+            self.client.log_batch(run_id, metrics=batch)
 
     def record_judge_probe(self, run_id: str, scores: list[float]) -> None:
         """The judge pool's scores of fixed calibration items: proof of which weights it served."""
@@ -127,8 +158,13 @@ class Registry:
         """A few of the judge's outputs at this step, as a JSON artifact people can read."""
         import json
 
-        if examples:
-            self.client.log_text(run_id, json.dumps(list(examples), indent=1), f"judge_samples/step-{step:04d}.json")
+        if not examples:
+            return
+        text, path = json.dumps(list(examples), indent=1), f"judge_samples/step-{step:04d}.json"
+        if self.outbox is not None:
+            self.outbox.put("log judge samples", lambda: self.raw.log_text(run_id, text, path))
+        else:
+            self.client.log_text(run_id, text, path)
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status)
@@ -210,6 +246,7 @@ class Registry:
         """Register the rung's model as a version, idempotent on `ladder.rung_uid`: the logged model `model_id`
         when the rung logged it already, else `hf_dir` logged now."""
         from ladder.mlmodels import register_logged_model
+        from ladder.retrying import with_retry
 
         existing = self.find_version(tags["ladder.rung_uid"])
         if existing is not None:
@@ -221,14 +258,25 @@ class Registry:
                                                 description=f"judge-ladder {self.name}: one version per rung; "
                                                             "alias judge = the rung that judges the next one.")
         model_id = model_id or self.log_model(run_id, hf_dir, tags, step)
-        mv = register_logged_model(self.client, self.tracking_uri, self.name, model_id, run_id,
-                                   {STATUS_TAG: "candidate", **tags})
+        mv = with_retry(lambda: self.find_version(tags["ladder.rung_uid"]) or register_logged_model(
+            self.raw, self.tracking_uri, self.name, model_id, run_id, {STATUS_TAG: "candidate", **tags}),
+            self.retry_s, "register model version")
+        mv = self._one_version(tags["ladder.rung_uid"], mv)
         rung = tags.get("ladder.rung")
         if rung:
             self.client.set_registered_model_alias(self.name, f"rung-{rung}", mv.version)
         self.client.set_registered_model_alias(self.name, "candidate", mv.version)
         self.describe(str(mv.version))
         return str(mv.version)
+
+    def _one_version(self, rung_uid: str, mv):
+        """The rung's single version: a create that MLflow's HTTP client retried after a lost response may
+        have made two; the later ones are deleted."""
+        found = sorted(self.client.search_model_versions(
+            f"name='{self.name}' and tag.`ladder.rung_uid`='{rung_uid}'"), key=lambda v: int(v.version))
+        for extra in found[1:]:
+            self.client.delete_model_version(self.name, str(extra.version))
+        return found[0] if found else mv
 
     def record_judge_input(self, run_id: str, judge: ResolvedJudge) -> None:
         """Name the rung's judge on its run: a registered judge as the run's model input (an MLflow link),

@@ -255,6 +255,8 @@ class ResourcesSpec(_Strict):
 class MlflowSpec(_Strict):
     tracking_uri: Optional[str] = Field(
         None, description="MLflow tracking URI; default MLFLOW_TRACKING_URI or sqlite under the work directory.")
+    retry_s: float = Field(600.0, gt=0, description="How long MLflow may be unreachable before the ladder fails; "
+                           "calls retry with backoff meanwhile and training goes on (metrics are delivered later).")
 
 
 class LadderSpec(_Strict):

@@ -29,11 +29,28 @@ def spawn(cls, *args, resources=None, name: str | None = None, namespace: str | 
     return ray.remote(cls).options(**options).remote(*args, **kwargs)
 
 
-def kill_all(handles) -> None:
+def kill_all(handles, wait_s: float = 30.0) -> None:
+    """Kill the actors, wait (up to `wait_s`) until Ray reports each dead, then sweep the temp folders that
+    engines on this node left behind."""
+    import time
+
     import ray
+
+    from stages.engine import sweep_engine_tmp
 
     for h in handles:
         try:
             ray.kill(h)
         except Exception:  # already dead
             pass
+    deadline = time.monotonic() + wait_s
+    for h in handles:
+        while time.monotonic() < deadline:  # a killed actor may still answer a call or two
+            try:
+                ray.get(h.__ray_ready__.remote(), timeout=max(0.1, deadline - time.monotonic()))
+            except ray.exceptions.RayActorError:
+                break  # dead, as asked
+            except Exception:  # Ray is slow to answer: the next sweep gets this one's folder
+                break
+            time.sleep(0.2)
+    sweep_engine_tmp()

@@ -4,7 +4,10 @@ Engines run in-process (no engine-core subprocess) so `collective_rpc` can pass 
 """
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 
 ENGINE_ENV = {
@@ -57,10 +60,49 @@ def check_model_dir(path: str) -> None:
         raise ModelNotFound(f"{path}: no .safetensors weights (weights are only read as safetensors, never pickles)")
 
 
+TMP_PREFIX = "ladder-engine-"
+_SYSTEM_TMP = tempfile.gettempdir()
+
+
+def use_private_tmp() -> str:
+    """Point this process's temp folder at a folder of its own, removed when it exits. vLLM writes a
+    `vllm_dist_*` file store per engine into the temp folder and never removes it; an actor killed by Ray
+    cannot clean up either, so every engine start and every rung's end sweeps the folders of dead processes."""
+    path = os.path.join(_SYSTEM_TMP, f"{TMP_PREFIX}{os.getpid()}")
+    if tempfile.tempdir != path:
+        sweep_engine_tmp()
+        os.makedirs(path, exist_ok=True)
+        tempfile.tempdir = path
+        atexit.register(shutil.rmtree, path, True)
+    return path
+
+
+def sweep_engine_tmp() -> list[str]:
+    """Remove the private temp folders of engine processes on this node that are gone; returns them."""
+    swept = []
+    for entry in os.scandir(_SYSTEM_TMP):
+        pid = entry.name.removeprefix(TMP_PREFIX)
+        if entry.name.startswith(TMP_PREFIX) and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            swept.append(entry.path)
+    return swept
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def build_llm(cfg: EngineConfig):
     """A vLLM `LLM` for `cfg`; the environment must be set before vLLM is imported."""
     for key, value in ENGINE_ENV.items():
         os.environ.setdefault(key, value)
+    use_private_tmp()
     model = cfg.store.local(cfg.model)
     check_model_dir(model)
     from vllm import LLM

@@ -37,6 +37,7 @@ def two_rungs(tiny_model, tmp_path_factory):
     work = tmp_path_factory.mktemp("ladder")
     path = work / "spec.yaml"
     path.write_text(yaml.safe_dump(ladder_spec(tiny_model, work / "w")))
+    started = time.time()
     res = subprocess.run([sys.executable, "-m", "ladder.cli", "run", str(path), "--json"], cwd=ROOT,
                          capture_output=True, text=True, timeout=1200, env={**os.environ, "RAY_ADDRESS": ""})
     assert res.returncode == 0, res.stderr[-3000:]
@@ -44,11 +45,22 @@ def two_rungs(tiny_model, tmp_path_factory):
     from ladder.spec import load_spec
 
     spec = load_spec(path)
-    return spec, Registry.for_spec(spec), json.loads(res.stdout.strip().splitlines()[-1])
+    return spec, Registry.for_spec(spec), json.loads(res.stdout.strip().splitlines()[-1]), started
+
+
+def test_engines_leave_no_temp_folders(two_rungs):
+    """Every engine of the ladder (rollout, judge and gate workers, all killed by Ray) wrote its `vllm_dist_*`
+    file into a folder of its own, and the ladder swept those folders when it killed the actors."""
+    from stages.engine import _SYSTEM_TMP, TMP_PREFIX, _alive
+
+    started = two_rungs[3]
+    left = [e.path for e in os.scandir(_SYSTEM_TMP) if e.name.startswith(TMP_PREFIX)
+            and e.stat().st_mtime >= started and not _alive(int(e.name.removeprefix(TMP_PREFIX)))]
+    assert left == []
 
 
 def test_two_rung_lineage(two_rungs):
-    spec, reg, summary = two_rungs
+    spec, reg, summary, _ = two_rungs
     assert summary["status"]["state"] == "completed"
     versions = reg.versions()
     assert [str(v.version) for v in versions] == ["1", "2"]
@@ -77,7 +89,7 @@ def test_two_rung_lineage(two_rungs):
 
 
 def test_schedule_changes_task_and_judge_mode_per_rung(two_rungs):
-    spec, reg, _ = two_rungs
+    spec, reg, _, _ = two_rungs
     v1, v2 = reg.versions()
     assert v1.tags["ladder.task"] == "arithmetic terms=3 max_operand=9" and v1.tags["ladder.judge_mode"] == "verdict"
     assert v2.tags["ladder.task"] == "arithmetic terms=4 max_operand=9" and v2.tags["ladder.judge_mode"] == "pairwise"
@@ -102,7 +114,7 @@ def test_rung_two_judge_served_version_one(two_rungs, tiny_model, tmp_path):
     from stages.judge import JudgeConfig
     from stages.scoring import pair_win
 
-    spec, reg, _ = two_rungs
+    spec, reg, _, _ = two_rungs
     v1, v2 = reg.versions()
     probe_rung2 = json.loads(reg.client.get_run(v2.run_id).data.tags["ladder.judge_probe"])
     probe_rung1 = json.loads(reg.client.get_run(v1.run_id).data.tags["ladder.judge_probe"])
