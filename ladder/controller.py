@@ -248,8 +248,9 @@ class LadderController:
             self._actors = []
 
     def _after_stage_death(self, p: Progress, exc: Exception) -> Progress:
-        """A rollout worker, judge worker or the trainer died mid-step: the rung starts again from its last
-        checkpoint on fresh actors (the train phase re-enters), within `stage_restarts`; beyond, it fails."""
+        """The trainer died (rollout and judge workers are replaced in place, within the step): the rung starts
+        again from its last checkpoint on fresh actors (the train phase re-enters), within `stage_restarts`;
+        beyond, it fails."""
         from ladder.rung import RungFailed
 
         restarts = p.results.get("stage_restarts", 0) + 1

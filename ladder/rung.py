@@ -122,7 +122,7 @@ def build_judge_pool(spec, judge: ResolvedJudge, answer_pattern: str, seed: int,
     start = lambda: spawn(JudgeWorker, engine, cfg, resources=spec.resources.judge,  # noqa: E731
                           name=actor_name(name_prefix, "judge"), namespace="ladder")
     return JudgePool([start() for _ in range(spec.judge_pool.workers)], spec.judge_pool.batch_size,
-                     respawn=start, cfg=cfg)
+                     respawn=start, cfg=cfg, max_replacements=spec.worker_replacements)
 
 
 class Rung:
@@ -139,9 +139,12 @@ class Rung:
         res = spec.resources
         self.trainer = spawn(Trainer, student_path, TrainConfig.from_spec(spec.train), seed, model_store(spec),
                              resources=res.trainer, name=actor_name(name_prefix, "trainer"), namespace="ladder")
-        self.rollout = [spawn(RolloutWorker, engine_config(spec, student_path, seed + i), resources=res.rollout,
-                              name=actor_name(name_prefix, f"rollout{i}"), namespace="ladder")
-                        for i in range(spec.rollout.workers)]
+        self._start_rollout = lambda i: spawn(  # noqa: E731
+            RolloutWorker, engine_config(spec, student_path, seed + i), resources=res.rollout,
+            name=actor_name(name_prefix, f"rollout{i}"), namespace="ladder")
+        self.rollout = [self._start_rollout(i) for i in range(spec.rollout.workers)]
+        self.rollout_replaced = 0
+        self._weights = None  # the last weights pushed to the rollout workers (a replacement loads them)
         self.pool = build_judge_pool(spec, judge, task.answer_pattern, seed, name_prefix)
         self.step_no = 0
         self.weights_version = 0
@@ -170,10 +173,18 @@ class Rung:
         ro = self.spec.rollout
         idx = list(range(len(batch.prompts)))
         parts = [p for p in split(idx, len(self.rollout)) if p]
-        refs = [w.generate.remote([batch.prompts[i] for i in part], n, ro.max_tokens, temperature, ro.top_p)
-                for w, part in zip(self.rollout, parts)]
+        call = lambda k: self.rollout[k].generate.remote(  # noqa: E731
+            [batch.prompts[i] for i in parts[k]], n, ro.max_tokens, temperature, ro.top_p)
+        refs = [call(k) for k in range(len(parts))]
+        results = []
+        for k, ref in enumerate(refs):
+            try:
+                results.append(ray.get(ref))
+            except ray.exceptions.RayActorError:  # the worker died: a re-synced replacement redoes its part
+                self._replace_rollout(k)
+                results.append(ray.get(call(k)))
         prompts, refs_out, samples, group = [], [], [], []
-        for part, result in zip(parts, ray.get(refs)):
+        for part, result in zip(parts, results):
             for i, group_samples in zip(part, result):
                 for s in group_samples:
                     prompts.append(batch.prompts[i])
@@ -181,6 +192,22 @@ class Rung:
                     samples.append(s)
                     group.append(i)
         return RolloutBatch(tuple(prompts), tuple(refs_out), tuple(samples), tuple(group))
+
+    def _replace_rollout(self, k: int) -> None:
+        """A new rollout worker in place of dead worker `k`, serving the current weights before it is used."""
+        import ray
+
+        from stages.actors import kill_all
+
+        if self.rollout_replaced >= self.spec.worker_replacements:
+            raise RungFailed(f"rollout workers died {self.rollout_replaced + 1} times in this rung "
+                             f"(worker_replacements is {self.spec.worker_replacements}): a worker that keeps dying "
+                             "is not replaced again")
+        kill_all([self.rollout[k]], wait_s=5.0)
+        self.rollout[k] = self._start_rollout(k)
+        self.rollout_replaced += 1
+        if self._weights is not None:
+            ray.get(self.rollout[k].load_weights.remote(self._weights))
 
     def step(self) -> dict[str, float]:
         """One GRPO step; returns its metrics (reward, KL, loss, tokens/s, per-stage seconds)."""
@@ -210,6 +237,7 @@ class Rung:
             "time/sync_s": t4 - t3, "time/step_s": t4 - t0,
             "train/skipped": float(bool(stats.skipped)), "judge/invalid_scores": float(judged.invalid_scores),
             "judge/dropped": float(len(judged.scores) - sum(judged.trainable)),
+            "faults/rollout_replaced": float(self.rollout_replaced), "faults/judge_replaced": float(self.pool.replaced),
             **judge_health(judged.scores, judged.parse_failures),
             **length_health(rollout, judged),
         }
@@ -219,8 +247,13 @@ class Rung:
         import ray
 
         ref = ray.get(self.trainer.export_weights.remote())
-        ray.get([w.load_weights.remote(ref) for w in self.rollout])
-        self.weights_version = ref.version
+        self.weights_version, self._weights = ref.version, ref
+        loads = [w.load_weights.remote(ref) for w in self.rollout]
+        for k, load in enumerate(loads):
+            try:
+                ray.get(load)
+            except ray.exceptions.RayActorError:  # died: its replacement loads `ref` before it serves
+                self._replace_rollout(k)
         return ref.version
 
     def evaluate(self, n: Optional[int] = None) -> dict[str, float]:

@@ -271,8 +271,12 @@ class LadderSpec(_Strict):
         3, ge=0, description="Times Ray restarts a ladder controller whose process died; it re-enters the saved "
                              "phase (a rung goes on from its last checkpoint).")
     stage_restarts: int = Field(
-        3, ge=0, description="Times a rung starts again from its last checkpoint on fresh actors after a rollout "
-                             "worker, judge worker or the trainer died; one more death fails the rung.")
+        3, ge=0, description="Times a rung starts again from its last checkpoint on fresh actors after its trainer "
+                             "died (or a worker died where it cannot be replaced in place); one more fails the rung.")
+    worker_replacements: int = Field(
+        5, ge=0, description="Times per rung a dead rollout or judge worker is replaced in place (a rollout worker "
+                             "re-synced to the current weights first) and its batch retried; one more death of "
+                             "that role fails the rung.")
     student: StudentSpec = Field(description="The model being trained.")
     judge: JudgeSpec = Field(description="The frozen judge and how it scores.")
     task: TaskSpec = Field(description="Prompts and ground truth.")

@@ -160,7 +160,8 @@ class JudgePool:
     """Scores rollouts in batches spread over judge workers (or with a verifier function)."""
 
     def __init__(self, workers: list, batch_size: int, verifier: Optional[Callable] = None,
-                 respawn: Optional[Callable[[], object]] = None, cfg: Optional[JudgeConfig] = None):
+                 respawn: Optional[Callable[[], object]] = None, cfg: Optional[JudgeConfig] = None,
+                 max_replacements: Optional[int] = None):
         if not workers and verifier is None:
             raise JudgeError("a judge pool needs judge workers or a verifier")
         self.workers = list(workers)
@@ -169,6 +170,7 @@ class JudgePool:
         self.respawn = respawn
         self.cfg = cfg or JudgeConfig()
         self.replaced = 0
+        self.max_replacements = max_replacements  # None: no limit
 
     def score(self, batch: RolloutBatch) -> JudgedBatch:
         """Rewards for a rollout batch; unreadable or out-of-range scores get the fallback or are dropped."""
@@ -220,5 +222,8 @@ class JudgePool:
     def _replace(self, index: int) -> None:
         if self.respawn is None:
             raise JudgeError("a judge worker died and the pool cannot start a new one")
+        if self.max_replacements is not None and self.replaced >= self.max_replacements:
+            raise JudgeError(f"judge workers died {self.replaced + 1} times in this rung (worker_replacements is "
+                             f"{self.max_replacements}): a worker that keeps dying is not replaced again")
         self.workers[index] = self.respawn()
         self.replaced += 1

@@ -121,3 +121,47 @@ def test_train_rung_reports_a_missing_model_in_one_line(tmp_path):
     assert res.returncode == 2
     assert "no-such-model: no such model directory" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def _sigkill(ray, actor, wait_dead) -> None:
+    """SIGKILL the actor's process (its pid asked of the actor itself), then wait until Ray reports it dead."""
+    import signal
+
+    pid = ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
+    os.kill(pid, signal.SIGKILL)
+    wait_dead(actor)
+
+
+def test_a_dead_rollout_worker_is_replaced_and_resynced(ray_local, tiny_model, wait_dead):
+    """A rollout worker killed between steps is replaced within the next step: the new engine loads the
+    trainer's current weights before it serves, the step counts once, and the replacement is in the metrics.
+    Past `worker_replacements` the rung fails with its reason instead of replacing again."""
+    from ladder.rung import ResolvedJudge, Rung, RungFailed
+    from ladder.spec import parse_spec
+    from ladder.tasks import build_task
+
+    spec = parse_spec(spec_dict(tiny_model, {"kind": "verifier", "function": "ladder.tasks.arithmetic:exact"},
+                                worker_replacements=1,
+                                train={"lr": 1e-3, "kl_coef": 0.0, "steps": 3, "prompts_per_step": 4}))
+    rung = Rung(spec, build_task(spec.task, spec.seed), tiny_model,
+                ResolvedJudge("verifier", "ladder.tasks.arithmetic:exact", "verifier"), spec.seed)
+    try:
+        rung.ready()
+        rung.step()
+        assert rung.weights_version == 1
+        first = rung.rollout[0]
+        _sigkill(ray_local, first, wait_dead)
+        metrics = rung.step()
+        assert rung.rollout[0] is not first and rung.step_no == 2
+        assert metrics["faults/rollout_replaced"] == 1.0 and metrics["rollout/tokens"] > 0
+        print(f"\nlogprob mismatch after the replacement: {metrics['train/logprob_mismatch']:.2e}")
+        # it sampled with the trainer's weights (version 1, loaded before it served; the fresh engine held the
+        # base model): vLLM's logprobs of its samples equal the trainer's
+        assert metrics["train/logprob_mismatch"] < 1e-3
+        assert ray_local.get(rung.rollout[0].weights_version.remote()) == rung.weights_version == 2
+        _sigkill(ray_local, rung.rollout[0], wait_dead)
+        with pytest.raises(RungFailed, match=r"rollout workers died 2 times in this rung \(worker_replacements is 1\)"):
+            rung.step()
+        assert rung.step_no == 2  # the failed step is not counted
+    finally:
+        rung.shutdown()

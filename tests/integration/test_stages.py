@@ -105,7 +105,7 @@ def test_verdict_scores_equal_transformers(ray_local, tiny_model, judge_worker):
 
 def test_judge_pool_spreads_batches_and_replaces_dead_workers(ray_local, engine_cfg, judge_worker, wait_dead):
     from stages.actors import spawn
-    from stages.judge import JudgeConfig, JudgePool, JudgeWorker
+    from stages.judge import JudgeConfig, JudgeError, JudgePool, JudgeWorker
 
     ray = ray_local
     victim = spawn(JudgeWorker, engine_cfg, JudgeConfig())
@@ -119,6 +119,10 @@ def test_judge_pool_spreads_batches_and_replaces_dead_workers(ray_local, engine_
     direct, _ = ray.get(judge_worker.score.remote(prompts, responses))
     assert pool.replaced == 1
     assert scores == pytest.approx(direct, abs=1e-6)
+    # a worker that keeps dying: past its budget the pool says so instead of starting another
+    spent = JudgePool([judge_worker, victim], batch_size=3, respawn=lambda: judge_worker, max_replacements=0)
+    with pytest.raises(JudgeError, match=r"judge workers died 1 times in this rung \(worker_replacements is 0\)"):
+        spent.score_pairs(prompts, responses)
 
 
 def test_score_mode_counts_unparsable_outputs_and_uses_the_fallback(ray_local, engine_cfg):
