@@ -15,11 +15,28 @@ from ladder.rung import Rung, train_steps
 
 
 def preflight(spec):
-    """Fail in one line, before Ray starts, on a missing student or judge model; returns the judge."""
+    """Fail in one line, before Ray starts, on a missing student or judge model or a work directory that
+    cannot be written; returns the judge."""
+    check_workdir(spec.workdir)
     judge = resolve_judge(spec)
     for model in [spec.student.base] + ([judge.location] if judge.kind == "model" else []):
         check_model(model, spec)
     return judge
+
+
+class WorkdirError(ValueError):
+    """A work directory the ladder cannot write (one line)."""
+
+
+def check_workdir(workdir: str) -> None:
+    import tempfile
+
+    try:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise WorkdirError(f"workdir {workdir}: not writable ({exc.strerror or exc})") from None
 
 
 def check_model(location: str, spec) -> None:

@@ -45,6 +45,9 @@ class EngineConfig:
     store: ModelStore = ModelStore()
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
 class ModelNotFound(ValueError):
     """A model path that does not hold an HF-format model."""
 
@@ -58,6 +61,8 @@ def check_model_dir(path: str) -> None:
         raise ModelNotFound(f"{path}: not an HF model directory (no config.json)")
     if os.path.isdir(path) and not any(f.endswith(".safetensors") for f in os.listdir(path)):
         raise ModelNotFound(f"{path}: no .safetensors weights (weights are only read as safetensors, never pickles)")
+    if os.path.isdir(path) and not any(os.path.isfile(os.path.join(path, f)) for f in TOKENIZER_FILES):
+        raise ModelNotFound(f"{path}: no tokenizer ({' or '.join(TOKENIZER_FILES)})")
 
 
 TMP_PREFIX = "ladder-engine-"

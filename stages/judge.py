@@ -188,9 +188,18 @@ class JudgePool:
 
         if self.verifier is not None:
             refs = references or [None] * len(prompts)
-            return Scored(tuple(_number(self.verifier(p, r, ref)) for p, r, ref in zip(prompts, responses, refs)), 0, 0)
+            return Scored(tuple(self._verify(p, r, ref) for p, r, ref in zip(prompts, responses, refs)), 0, 0)
         groups = groups if groups is not None else list(range(len(prompts)))
         return JUDGE_SCORERS[self.cfg.mode](self, self.cfg, Pairs(tuple(prompts), tuple(responses), tuple(groups)))
+
+    def _verify(self, prompt: str, response: str, reference) -> float:
+        try:
+            return _number(self.verifier(prompt, response, reference))
+        except Exception as exc:  # the user's function failed: say which, on what, in one line
+            name = f"{getattr(self.verifier, '__module__', '?')}:{getattr(self.verifier, '__qualname__', '?')}"
+            why = str(exc).splitlines()[0][:160] if str(exc) else ""
+            raise JudgeError(f"verifier {name} raised {type(exc).__name__}: {why} (prompt {prompt[:40]!r}, "
+                             f"response {response[:40]!r})") from None
 
     def score_pairs(self, prompts: list[str], responses: list[str]) -> tuple[list[float], int]:
         """Each pair scored on its own (no groups): scores and parse failures."""

@@ -115,3 +115,51 @@ def test_model_directories_must_hold_safetensors_weights(tmp_path):
         check_model_dir(str(pickled))
     with pytest.raises(ModelNotFound, match="no such model directory"):
         check_model_dir(str(tmp_path / "missing"))
+
+
+def test_a_model_directory_without_a_tokenizer_is_refused_in_one_line(tmp_path):
+    import shutil
+
+    import pytest
+
+    from ladder.models.tiny import build_tiny_model
+    from stages.engine import ModelNotFound, check_model_dir
+
+    model = build_tiny_model(tmp_path / "m", "nano")
+    bare = tmp_path / "no-tokenizer"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(model / name, bare / name)
+    with pytest.raises(ModelNotFound, match=r"no-tokenizer: no tokenizer \(tokenizer.json or") as err:
+        check_model_dir(str(bare))
+    assert "\n" not in str(err.value)
+
+
+def test_a_verifier_that_raises_is_named_in_one_line():
+    import pytest
+
+    from stages.judge import JudgeError, JudgePool
+
+    def broken(prompt, response, reference):
+        if response.endswith("9"):
+            raise KeyError("unexpected")
+        return 1.0
+
+    pool = JudgePool([], batch_size=4, verifier=broken)
+    assert pool.score_items(["1+1="], ["1+1=2#2"], references=["2"]).scores == (1.0,)
+    with pytest.raises(JudgeError, match=r"verifier .*broken raised KeyError: 'unexpected' \(prompt '4\+5=', "
+                                         r"response '4\+5=9'\)") as err:
+        pool.score_items(["1+1=", "4+5="], ["1+1=2", "4+5=9"], references=["2", "9"])
+    assert "\n" not in str(err.value)
+
+
+def test_a_work_directory_that_cannot_be_written_is_refused_in_one_line(tmp_path):
+    import pytest
+
+    from ladder.rung_driver import WorkdirError, check_workdir
+
+    check_workdir(str(tmp_path / "fresh" / "work"))  # created
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(WorkdirError, match=r"workdir .*a-file/work: not writable \(Not a directory\)"):
+        check_workdir(str(blocker / "work"))
