@@ -100,7 +100,8 @@ def engine_config(spec, model: str, seed: int):
 
     ro = spec.rollout
     return EngineConfig(model, seed=seed, kv_cache_gib=ro.kv_cache_gib, dtype=ro.dtype,
-                        gpu_memory_utilization=ro.gpu_memory_utilization, store=model_store(spec))
+                        gpu_memory_utilization=ro.gpu_memory_utilization, store=model_store(spec),
+                        trust_remote_code=spec.trust_remote_code)
 
 
 def actor_name(prefix: Optional[str], role: str) -> Optional[str]:
@@ -137,7 +138,7 @@ class Rung:
         self.spec, self.task, self.judge = spec, task, judge
         self.cursor = PromptCursor(len(task.train), seed)
         res = spec.resources
-        self.trainer = spawn(Trainer, student_path, TrainConfig.from_spec(spec.train), seed, model_store(spec),
+        self.trainer = spawn(Trainer, student_path, TrainConfig.from_spec(spec.train, spec.trust_remote_code), seed, model_store(spec),
                              resources=res.trainer, name=actor_name(name_prefix, "trainer"), namespace="ladder")
         self._start_rollout = lambda i: spawn(  # noqa: E731
             RolloutWorker, engine_config(spec, student_path, seed + i), resources=res.rollout,

@@ -273,6 +273,9 @@ class LadderSpec(_Strict):
     stage_restarts: int = Field(
         3, ge=0, description="Times a rung starts again from its last checkpoint on fresh actors after its trainer "
                              "died (or a worker died where it cannot be replaced in place); one more fails the rung.")
+    trust_remote_code: bool = Field(
+        False, description="Let models run their own Python code (HF `trust_remote_code`) in engines and the "
+                           "trainer. Off: only architectures transformers and vLLM ship are loaded.")
     worker_replacements: int = Field(
         5, ge=0, description="Times per rung a dead rollout or judge worker is replaced in place (a rollout worker "
                              "re-synced to the current weights first) and its batch retried; one more death of "

@@ -42,6 +42,7 @@ class EngineConfig:
     dtype: str = "auto"           # auto: float32 on CPU (trainer and engine logprobs agree), bfloat16 on GPU
     full_logprobs: bool = False   # judges need the whole next-token distribution
     gpu_memory_utilization: float = 0.5   # on GPU: the share of the device the engine may take
+    trust_remote_code: bool = False       # the model's own Python code runs only when the spec says so
     store: ModelStore = ModelStore()
 
 
@@ -117,7 +118,7 @@ def build_llm(cfg: EngineConfig):
     dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if on_gpu() else "float32")
     return LLM(
         model=model, dtype=dtype, seed=cfg.seed, max_model_len=cfg.max_model_len, enforce_eager=True,
-        load_format="safetensors", trust_remote_code=False,
+        load_format="safetensors", trust_remote_code=cfg.trust_remote_code,
         max_logprobs=-1 if cfg.full_logprobs else 20, enable_prefix_caching=False, **memory,
     )
 

@@ -19,10 +19,12 @@ class TrainConfig:
     epochs_per_step: int = 1
     max_grad_norm: float = 1.0
     weight_decay: float = 0.0
+    trust_remote_code: bool = False  # the model's own Python code runs only when the spec says so
 
     @classmethod
-    def from_spec(cls, train_spec) -> "TrainConfig":
-        return cls(**{k: getattr(train_spec, k) for k in cls.__dataclass_fields__})
+    def from_spec(cls, train_spec, trust_remote_code: bool = False) -> "TrainConfig":
+        fields = [k for k in cls.__dataclass_fields__ if k != "trust_remote_code"]
+        return cls(**{k: getattr(train_spec, k) for k in fields}, trust_remote_code=trust_remote_code)
 
 
 def group_advantages(scores, groups, keep=None, eps: float = 1e-4):
@@ -79,8 +81,9 @@ class Trainer:
         torch.manual_seed(seed)
         self.cfg = cfg
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the GPU Ray gave this actor
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        load = dict(dtype=torch.float32, use_safetensors=True, trust_remote_code=False)  # never unpickle weights
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
+        load = dict(dtype=torch.float32, use_safetensors=True,  # never unpickle weights
+                    trust_remote_code=cfg.trust_remote_code)
         self.model = AutoModelForCausalLM.from_pretrained(model_path, **load).to(self.device)
         self.ref = AutoModelForCausalLM.from_pretrained(model_path, **load).to(self.device).eval()
         self.ref.requires_grad_(False)

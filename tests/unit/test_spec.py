@@ -138,3 +138,15 @@ def test_help_and_validate_do_not_import_heavy_libraries(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
+
+
+def test_trust_remote_code_is_off_unless_the_spec_says_so():
+    """Engines and the trainer run a model's own Python code only when the spec turns it on."""
+    from ladder.rung import engine_config
+    from stages.train import TrainConfig
+
+    for value in (False, True):
+        spec = parse_spec({**VALID, "trust_remote_code": True}) if value else parse_spec(VALID)
+        assert spec.trust_remote_code is value
+        assert engine_config(spec, "models/base", 0).trust_remote_code is value
+        assert TrainConfig.from_spec(spec.train, spec.trust_remote_code).trust_remote_code is value
