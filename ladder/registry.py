@@ -322,11 +322,12 @@ class Registry:
             return None
 
     def promote(self, version: str, by: str = "auto", reason: str = "") -> None:
-        """Move `judge` and `champion` to `version`; record who/when/why on the version."""
+        """Move `judge` and `champion` to `version`; record who/when/why on the version. The aliases move first:
+        a waiting controller acts on the status tag, and must then find the new judge."""
         self.version(version)
-        self._decide(version, "promoted", by, reason)
         self.client.set_registered_model_alias(self.name, "judge", str(version))
         self.client.set_registered_model_alias(self.name, "champion", str(version))
+        self._decide(version, "promoted", by, reason)
 
     def reject(self, version: str, by: str = "auto", reason: str = "") -> None:
         self.version(version)
