@@ -151,6 +151,7 @@ class Rung:
         self.weights_version = 0
         self.last_examples: tuple = ()
         self.last_skip = ""
+        self.work_s: dict[str, float] = {}  # the last step's seconds of work inside the stage actors
 
     def actors(self) -> list:
         return [self.trainer, *self.rollout, *self.pool.workers]
@@ -174,16 +175,19 @@ class Rung:
         ro = self.spec.rollout
         idx = list(range(len(batch.prompts)))
         parts = [p for p in split(idx, len(self.rollout)) if p]
-        call = lambda k: self.rollout[k].generate.remote(  # noqa: E731
-            [batch.prompts[i] for i in parts[k]], n, ro.max_tokens, temperature, ro.top_p)
+        call = lambda k: self.rollout[k].timed.remote(  # noqa: E731
+            "generate", [batch.prompts[i] for i in parts[k]], n, ro.max_tokens, temperature, ro.top_p)
         refs = [call(k) for k in range(len(parts))]
-        results = []
+        results, seconds = [], [0.0]
         for k, ref in enumerate(refs):
             try:
-                results.append(ray.get(ref))
+                result, busy = ray.get(ref)
             except ray.exceptions.RayActorError:  # the worker died: a re-synced replacement redoes its part
                 self._replace_rollout(k)
-                results.append(ray.get(call(k)))
+                result, busy = ray.get(call(k))
+            results.append(result)
+            seconds.append(busy)
+        self.work_s["rollout"] = max(seconds)  # the workers run side by side
         prompts, refs_out, samples, group = [], [], [], []
         for part, result in zip(parts, results):
             for i, group_samples in zip(part, result):
@@ -215,15 +219,20 @@ class Rung:
         import ray
 
         t0 = time.perf_counter()
+        self.work_s = {"sync": 0.0}
         rollout = self.generate(self.next_prompts(), self.spec.rollout.group_size, self.spec.rollout.temperature)
         t1 = time.perf_counter()
+        judge_before = self.pool.work_s
         judged = self.pool.score(rollout)
+        self.work_s["judge"] = self.pool.work_s - judge_before
         t2 = time.perf_counter()
         stats = ray.get(self.trainer.step.remote(judged))
+        self.work_s["train"] = stats.seconds
         t3 = time.perf_counter()
         if not stats.skipped:  # no update: the rollout workers already hold these weights
             self.sync()
         t4 = time.perf_counter()
+        overhead = max(0.0, (t4 - t0) - sum(self.work_s.values()))
         self.step_no += 1
         self.last_examples = judged.examples
         self.last_skip = stats.skipped
@@ -236,6 +245,8 @@ class Rung:
             "judge/samples_per_s": len(judged.scores) / max(t2 - t1, 1e-9),
             "time/rollout_s": t1 - t0, "time/judge_s": t2 - t1, "time/train_s": t3 - t2,
             "time/sync_s": t4 - t3, "time/step_s": t4 - t0,
+            "time/sync_frac": (t4 - t3) / max(t4 - t0, 1e-9), "time/overhead_s": overhead,
+            "time/overhead_frac": overhead / max(t4 - t0, 1e-9),
             "train/skipped": float(bool(stats.skipped)), "judge/invalid_scores": float(judged.invalid_scores),
             "judge/dropped": float(len(judged.scores) - sum(judged.trainable)),
             "faults/rollout_replaced": float(self.rollout_replaced), "faults/judge_replaced": float(self.pool.replaced),
@@ -249,12 +260,14 @@ class Rung:
 
         ref = ray.get(self.trainer.export_weights.remote())
         self.weights_version, self._weights = ref.version, ref
-        loads = [w.load_weights.remote(ref) for w in self.rollout]
+        loads = [w.timed.remote("load_weights", ref) for w in self.rollout]
+        seconds = [0.0]
         for k, load in enumerate(loads):
             try:
-                ray.get(load)
+                seconds.append(ray.get(load)[1])
             except ray.exceptions.RayActorError:  # died: its replacement loads `ref` before it serves
                 self._replace_rollout(k)
+        self.work_s["sync"] = ref.meta.get("seconds", 0.0) + max(seconds)
         return ref.version
 
     def evaluate(self, n: Optional[int] = None) -> dict[str, float]:

@@ -191,6 +191,10 @@ class TrainSpec(_Strict):
     epochs_per_step: int = Field(1, ge=1, le=16, description="Optimizer passes over each step's batch.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    micro_batch_tokens: int = Field(
+        4096, ge=0, description="Padded tokens per forward pass: samples are sorted by length and grouped into micro-"
+                                "batches of at most this many (gradients accumulate; the loss is that of the whole "
+                                "batch). 0: the whole batch in one pass.")
     max_skipped_steps: int = Field(
         5, ge=1, description="Steps in a row without an update (non-finite loss or gradients, or no sample left to "
                              "train on) after which the rung fails, with the reason in MLflow.")

@@ -2,8 +2,19 @@
 from __future__ import annotations
 
 import os
+import time
 
 from stages.engine import ENGINE_ENV
+
+
+class Timed:
+    """For stage actors: `timed(method, *args)` runs a method and returns (its result, the seconds it took in
+    this process), so the controller can tell stage work from its own overhead (dispatch, transfer)."""
+
+    def timed(self, method: str, *args):
+        t0 = time.perf_counter()
+        out = getattr(self, method)(*args)
+        return out, time.perf_counter() - t0
 
 
 def spawn(cls, *args, resources=None, name: str | None = None, namespace: str | None = None,

@@ -40,7 +40,6 @@ class EngineConfig:
     kv_cache_gib: float = 0.5
     max_model_len: int = 512
     dtype: str = "auto"           # auto: float32 on CPU (trainer and engine logprobs agree), bfloat16 on GPU
-    full_logprobs: bool = False   # judges need the whole next-token distribution
     gpu_memory_utilization: float = 0.5   # on GPU: the share of the device the engine may take
     trust_remote_code: bool = False       # the model's own Python code runs only when the spec says so
     store: ModelStore = ModelStore()
@@ -119,7 +118,7 @@ def build_llm(cfg: EngineConfig):
     return LLM(
         model=model, dtype=dtype, seed=cfg.seed, max_model_len=cfg.max_model_len, enforce_eager=True,
         load_format="safetensors", trust_remote_code=cfg.trust_remote_code,
-        max_logprobs=-1 if cfg.full_logprobs else 20, enable_prefix_caching=False, **memory,
+        max_logprobs=20, enable_prefix_caching=False, **memory,
     )
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from ladder.batches import JudgedBatch, RolloutBatch
+from stages.actors import Timed
 from stages.engine import EngineConfig, build_llm
 
 
@@ -67,16 +68,24 @@ def _single_token(tokenizer, text: str, field: str) -> int:
 
 
 def verdict_scores(llm, texts: list[str], yes_id: int, no_id: int) -> list[float]:
-    """P(yes) / (P(yes) + P(no)) of the next token after each text."""
+    """P(yes) / (P(yes) + P(no)) of the next token after each text. The engine returns the logprobs of those
+    two tokens only (`logprob_token_ids`), so the cost does not grow with the vocabulary."""
+    outs = llm.generate(texts, verdict_params(yes_id, no_id), use_tqdm=False)
+    return [verdict(out.outputs[0].logprobs[0][yes_id].logprob, out.outputs[0].logprobs[0][no_id].logprob)
+            for out in outs]
+
+
+def verdict_params(yes_id: int, no_id: int):
     from vllm import SamplingParams
 
-    outs = llm.generate(texts, SamplingParams(max_tokens=1, logprobs=-1, temperature=1.0), use_tqdm=False)
-    scores = []
-    for out in outs:
-        dist = out.outputs[0].logprobs[0]
-        p_yes, p_no = math.exp(dist[yes_id].logprob), math.exp(dist[no_id].logprob)
-        scores.append(p_yes / (p_yes + p_no) if p_yes + p_no > 0 else 0.5)
-    return scores
+    return SamplingParams(max_tokens=1, temperature=1.0, logprob_token_ids=[yes_id, no_id])
+
+
+def verdict(yes_logprob: float, no_logprob: float) -> float:
+    """P(yes) / (P(yes) + P(no)) from the two logprobs, computed stably (0.5 when both are -inf)."""
+    if math.isinf(yes_logprob) and math.isinf(no_logprob):
+        return 0.5
+    return 1.0 / (1.0 + math.exp(max(-700.0, min(700.0, no_logprob - yes_logprob))))
 
 
 def parse_score(text: str, pattern: str, score_max: float) -> Optional[float]:
@@ -91,12 +100,12 @@ def parse_score(text: str, pattern: str, score_max: float) -> Optional[float]:
     return min(1.0, max(0.0, value / score_max))
 
 
-class JudgeWorker:
+class JudgeWorker(Timed):
     """One vLLM engine with the frozen judge."""
 
     def __init__(self, engine: EngineConfig, judge: JudgeConfig):
         self.judge = judge
-        self.llm = build_llm(EngineConfig(**{**engine.__dict__, "full_logprobs": True}))
+        self.llm = build_llm(engine)
         tok = self.llm.get_tokenizer()
         if judge.mode in ("verdict", "pairwise"):
             self.yes_id = _single_token(tok, judge.yes_token, "yes_token")
@@ -171,6 +180,7 @@ class JudgePool:
         self.cfg = cfg or JudgeConfig()
         self.replaced = 0
         self.max_replacements = max_replacements  # None: no limit
+        self.work_s = 0.0  # seconds the workers (or the verifier) spent scoring, summed over calls
 
     def score(self, batch: RolloutBatch) -> JudgedBatch:
         """Rewards for a rollout batch; unreadable or out-of-range scores get the fallback or are dropped."""
@@ -187,8 +197,13 @@ class JudgePool:
         from stages.scoring import JUDGE_SCORERS, Pairs, Scored
 
         if self.verifier is not None:
+            import time
+
+            t0 = time.perf_counter()
             refs = references or [None] * len(prompts)
-            return Scored(tuple(self._verify(p, r, ref) for p, r, ref in zip(prompts, responses, refs)), 0, 0)
+            scores = tuple(self._verify(p, r, ref) for p, r, ref in zip(prompts, responses, refs))
+            self.work_s += time.perf_counter() - t0
+            return Scored(scores, 0, 0)
         groups = groups if groups is not None else list(range(len(prompts)))
         return JUDGE_SCORERS[self.cfg.mode](self, self.cfg, Pairs(tuple(prompts), tuple(responses), tuple(groups)))
 
@@ -215,17 +230,20 @@ class JudgePool:
         pending = {}
         for k, (a, b) in enumerate(chunks):
             worker = self.workers[k % len(self.workers)]
-            pending[k] = (worker, getattr(worker, method).remote(items[a:b], *args))
+            pending[k] = (worker, worker.timed.remote(method, items[a:b], *args))
         results: dict[int, list] = {}
+        busy = [0.0] * len(self.workers)
         for k, (worker, ref) in pending.items():
+            index = k % len(self.workers)
             try:
-                results[k] = ray.get(ref)
+                results[k], seconds = ray.get(ref)
             except ray.exceptions.RayActorError:
-                index = k % len(self.workers)
                 if self.workers[index] is worker:  # not yet replaced by an earlier failed chunk
                     self._replace(index)
                 a, b = chunks[k]
-                results[k] = ray.get(getattr(self.workers[index], method).remote(items[a:b], *args))
+                results[k], seconds = ray.get(self.workers[index].timed.remote(method, items[a:b], *args))
+            busy[index] += seconds
+        self.work_s += max(busy, default=0.0)  # the workers run side by side
         return [x for k in range(len(chunks)) for x in results[k]]
 
     def _replace(self, index: int) -> None:

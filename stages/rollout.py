@@ -5,10 +5,11 @@ Weights arrive as `WeightsRef` (a safetensors blob in the Ray object store) and 
 from __future__ import annotations
 
 from ladder.batches import Sample, WeightsRef
+from stages.actors import Timed
 from stages.engine import EngineConfig, build_llm, load_state_dict_into
 
 
-class RolloutWorker:
+class RolloutWorker(Timed):
     def __init__(self, cfg: EngineConfig):
         self.cfg = cfg
         self.llm = build_llm(cfg)

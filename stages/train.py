@@ -19,6 +19,7 @@ class TrainConfig:
     epochs_per_step: int = 1
     max_grad_norm: float = 1.0
     weight_decay: float = 0.0
+    micro_batch_tokens: int = 4096      # padded tokens per forward pass (0: the whole batch at once)
     trust_remote_code: bool = False  # the model's own Python code runs only when the spec says so
 
     @classmethod
@@ -44,29 +45,50 @@ def group_advantages(scores, groups, keep=None, eps: float = 1e-4):
 
 
 def pack(samples, pad_id: int):
-    """Right-padded `input_ids [B, T]`, `completion_mask [B, T-1]` (over next-token targets), old logprobs."""
+    """Prompts left-padded and completions right-padded, so every completion starts at the same column
+    (`[B, P + C]`): `ids`, `attn`, `positions` (0 at each sample's first token, as in vLLM), and over the
+    `C` completion columns `mask` and vLLM's sampling logprobs `vllm_lp` (`[B, C]`)."""
     import torch
 
-    seqs = [list(s.prompt_ids) + list(s.completion_ids) for s in samples]
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(seqs), width), dtype=torch.long)
-    mask = torch.zeros((len(seqs), width - 1), dtype=torch.float32)
-    vllm_lp = torch.zeros((len(seqs), width - 1), dtype=torch.float32)
-    for i, (s, seq) in enumerate(zip(samples, seqs)):
-        ids[i, : len(seq)] = torch.tensor(seq)
-        attn[i, : len(seq)] = 1
+    P = max(len(s.prompt_ids) for s in samples)
+    C = max(len(s.completion_ids) for s in samples)
+    ids = torch.full((len(samples), P + C), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(samples), P + C), dtype=torch.long)
+    mask = torch.zeros((len(samples), C), dtype=torch.float32)
+    vllm_lp = torch.zeros((len(samples), C), dtype=torch.float32)
+    for i, s in enumerate(samples):
         p, c = len(s.prompt_ids), len(s.completion_ids)
-        mask[i, p - 1: p - 1 + c] = 1
+        ids[i, P - p: P + c] = torch.tensor(list(s.prompt_ids) + list(s.completion_ids))
+        attn[i, P - p: P + c] = 1
+        mask[i, :c] = 1
         if s.logprobs:
-            vllm_lp[i, p - 1: p - 1 + c] = torch.tensor(s.logprobs)
-    return ids, attn, mask, vllm_lp
+            vllm_lp[i, :c] = torch.tensor(s.logprobs)
+    positions = (attn.cumsum(-1) - 1).clamp(min=0)
+    return ids, attn, positions, mask, vllm_lp
 
 
-def token_logprobs(model, ids, attn):
-    """log p(ids[:, t+1] | ids[:, :t+1]) for every position; [B, T-1]."""
-    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
-    return logits.log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+def completion_logprobs(model, ids, attn, positions, width: int):
+    """log p(token | everything before it) for the last `width` tokens of each row; `[B, width]`. Logits are
+    made for those columns only (`logits_to_keep`), and no `[B, T, V]` log-softmax is built."""
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=positions,
+                   logits_to_keep=width + 1).logits[:, :-1].float()
+    targets = ids[:, -width:]
+    return logits.gather(-1, targets[:, :, None]).squeeze(-1) - logits.logsumexp(-1)
+
+
+def micro_batches(lengths: list[int], budget: int) -> list[list[int]]:
+    """Sample indices sorted by length (longest first) and grouped so that each group, padded to its
+    longest, holds at most `budget` tokens (at least one sample per group; `budget` 0: one group)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    if budget <= 0:
+        return [order] if order else []
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and lengths[groups[-1][0]] * (len(groups[-1]) + 1) <= budget:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
 
 
 class Trainer:
@@ -95,36 +117,71 @@ class Trainer:
         import torch
 
         t0 = time.perf_counter()
-        batch = judged.rollout
-        keep = judged.trainable
-        adv = group_advantages(judged.scores, batch.group, keep)
-        ids, attn, mask, vllm_lp = (t.to(self.device) for t in pack(batch.samples, self.tokenizer.pad_token_id))
-        mask = mask * torch.tensor(keep, dtype=mask.dtype, device=self.device)[:, None]  # dropped samples: no loss
-        adv = adv.to(self.device)
-        r = torch.tensor(judged.scores, dtype=torch.float32)
-        if not any(keep):
+        if not any(judged.trainable):
             return self._skip(judged, "no sample left to train on (every judge output unreadable)", t0)
-        with torch.no_grad():
-            ref_lp = token_logprobs(self.ref, ids, attn)
-            old_lp = token_logprobs(self.model, ids, attn)
-        n_tok = mask.sum().clamp(min=1)
-        mismatch = ((old_lp - vllm_lp).abs() * mask).sum() / n_tok
         self.model.train()
-        for _ in range(self.cfg.epochs_per_step):
-            loss, kl, clip_frac = self._loss(ids, attn, mask, adv, old_lp, ref_lp, n_tok)
+        cache: dict = {}
+        for epoch in range(self.cfg.epochs_per_step):
             self.opt.zero_grad(set_to_none=True)
-            loss.backward()
+            totals = self.accumulate(judged, cache)
+            loss = totals["loss"]
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
             if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
                 self.opt.zero_grad(set_to_none=True)
                 self.model.eval()
                 return self._skip(judged, f"non-finite {'loss' if not torch.isfinite(loss) else 'gradients'}", t0)
+            if epoch == 0:
+                mismatch = totals["mismatch"].item()  # of the policy that sampled, before any update
             self.opt.step()
         self.model.eval()
         self.steps += 1
-        return TrainStats(self.steps, loss.item(), kl.item(), clip_frac.item(), float(grad_norm),
-                          r.mean().item(), r.std(unbiased=False).item(), mismatch.item(),
+        r = torch.tensor(judged.scores, dtype=torch.float32)
+        return TrainStats(self.steps, loss.item(), totals["kl"].item(), totals["clip_frac"].item(), float(grad_norm),
+                          r.mean().item(), r.std(unbiased=False).item(), mismatch,
                           time.perf_counter() - t0)
+
+    def accumulate(self, judged: JudgedBatch, cache: dict) -> dict:
+        """One pass over the step's batch in length-sorted micro-batches, gradients accumulated: afterwards
+        the parameters' `.grad` is the gradient of the whole batch's loss. Returns the loss, KL, clip share and
+        (in the first pass) the trainer-vs-vLLM logprob mismatch, all per completion token.
+
+        With one epoch per step the "old" policy is the current one: its logprobs are the detached ones of the
+        forward that is differentiated (ratio 1, same gradient), not a second forward. The reference forward
+        runs only when there is a KL term, once per step: `cache` keeps it (and the old logprobs) between the
+        step's epochs; pass the same empty dict to each epoch of one step."""
+        import torch
+
+        batch, keep = judged.rollout, judged.trainable
+        adv = group_advantages(judged.scores, batch.group, keep)
+        rows = [i for i, k in enumerate(keep) if k]  # dropped samples take no part in the loss
+        samples = batch.samples
+        groups = [[rows[j] for j in g] for g in micro_batches(
+            [len(samples[i].prompt_ids) + len(samples[i].completion_ids) for i in rows], self.cfg.micro_batch_tokens)]
+        n_tok = float(sum(len(samples[i].completion_ids) for i in rows)) or 1.0
+        first_pass = not cache
+        totals = {k: torch.zeros((), device=self.device) for k in ("loss", "kl", "clip_frac", "mismatch")}
+        for g in groups:
+            ids, attn, pos, mask, vllm_lp = (t.to(self.device) for t in pack([samples[i] for i in g],
+                                                                              self.tokenizer.pad_token_id))
+            width = mask.shape[1]
+            key = tuple(g)
+            if key not in cache:
+                with torch.no_grad():
+                    ref = (completion_logprobs(self.ref, ids, attn, pos, width) if self.cfg.kl_coef > 0 else None)
+                    old = (completion_logprobs(self.model, ids, attn, pos, width)
+                           if self.cfg.epochs_per_step > 1 else None)
+                cache[key] = (ref, old)
+            ref_lp, old_lp = cache[key]
+            lp = completion_logprobs(self.model, ids, attn, pos, width)
+            old_lp = lp.detach() if old_lp is None else old_lp
+            loss, kl, clipped = self._loss(lp, old_lp, ref_lp, adv[g].to(self.device), mask)
+            (loss / n_tok).backward()
+            totals["loss"] += loss.detach() / n_tok
+            totals["kl"] += kl / n_tok
+            totals["clip_frac"] += clipped / n_tok
+            if first_pass:
+                totals["mismatch"] += ((old_lp - vllm_lp).abs() * mask).sum() / n_tok
+        return totals
 
     def _skip(self, judged: JudgedBatch, reason: str, t0: float) -> TrainStats:
         """No update this step (the weights and the optimizer are untouched); the reason is reported."""
@@ -134,28 +191,32 @@ class Trainer:
         return TrainStats(self.steps, 0.0, 0.0, 0.0, 0.0, r.mean().item(), r.std(unbiased=False).item(), 0.0,
                           time.perf_counter() - t0, skipped=reason)
 
-    def _loss(self, ids, attn, mask, adv, old_lp, ref_lp, n_tok):
+    def _loss(self, lp, old_lp, ref_lp, adv, mask):
+        """Sums over the micro-batch's completion tokens: the clipped-ratio loss with the k3 KL penalty, the KL
+        (0 without a reference), and the number of clipped tokens."""
         import torch
 
-        lp = token_logprobs(self.model, ids, attn)
         ratio = torch.exp(lp - old_lp)
         a = adv[:, None]
         eps = self.cfg.clip_eps
         surrogate = torch.minimum(ratio * a, ratio.clamp(1 - eps, 1 + eps) * a)
-        log_r = ref_lp - lp
-        kl = torch.exp(log_r) - log_r - 1  # k3 estimator of KL(policy || reference), per token
-        per_token = -(surrogate - self.cfg.kl_coef * kl)
-        loss = (per_token * mask).sum() / n_tok
-        clipped = ((ratio - 1).abs() > eps).float()
-        return loss, (kl.detach() * mask).sum() / n_tok, (clipped * mask).sum() / n_tok
+        per_token = -surrogate
+        kl = torch.zeros((), device=lp.device)
+        if ref_lp is not None:
+            log_r = ref_lp - lp
+            k3 = torch.exp(log_r) - log_r - 1  # k3 estimator of KL(policy || reference), per token
+            per_token = per_token + self.cfg.kl_coef * k3
+            kl = (k3.detach() * mask).sum()
+        clipped = (((ratio - 1).abs() > eps).float() * mask).sum()
+        return (per_token * mask).sum(), kl, clipped
 
     def sequence_logprobs(self, samples) -> list[float]:
         """Sum of the student's logprobs over each sample's completion (for tests and diagnostics)."""
         import torch
 
-        ids, attn, mask, _ = (t.to(self.device) for t in pack(samples, self.tokenizer.pad_token_id))
+        ids, attn, pos, mask, _ = (t.to(self.device) for t in pack(samples, self.tokenizer.pad_token_id))
         with torch.no_grad():
-            return ((token_logprobs(self.model, ids, attn) * mask).sum(-1)).tolist()
+            return (completion_logprobs(self.model, ids, attn, pos, mask.shape[1]) * mask).sum(-1).tolist()
 
     def state_blob(self) -> bytes:
         from safetensors.torch import save
@@ -167,9 +228,11 @@ class Trainer:
         """The current weights as a safetensors blob in the Ray object store."""
         import ray
 
+        t0 = time.perf_counter()
         blob = self.state_blob()
         self.version += 1
-        return WeightsRef(self.version, ray.put(blob), len(blob), {"step": self.steps})
+        ref = ray.put(blob)
+        return WeightsRef(self.version, ref, len(blob), {"step": self.steps, "seconds": time.perf_counter() - t0})
 
     def parameter_checksum(self) -> float:
         return float(sum(p.detach().double().abs().sum() for p in self.model.parameters()))

@@ -58,15 +58,16 @@ def build_char_tokenizer():
 
 
 def build_tiny_model(out_dir: str | Path, size: str | TinySize = "micro", seed: int = 0,
-                     max_positions: int = 512) -> Path:
-    """Write a randomly initialised Qwen2 model + char tokenizer to `out_dir`; returns the path."""
+                     max_positions: int = 512, vocab_size: int = 0) -> Path:
+    """Write a randomly initialised Qwen2 model + char tokenizer to `out_dir`; returns the path.
+    `vocab_size` above the tokenizer's pads the vocabulary (as real checkpoints do) to test its cost."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     dims = SIZES[size] if isinstance(size, str) else size
     tokenizer = build_char_tokenizer()
     config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=dims.hidden, intermediate_size=dims.intermediate,
+        vocab_size=max(len(tokenizer), vocab_size), hidden_size=dims.hidden, intermediate_size=dims.intermediate,
         num_hidden_layers=dims.layers, num_attention_heads=dims.hidden // HEAD_DIM,
         num_key_value_heads=dims.hidden // HEAD_DIM, head_dim=HEAD_DIM,
         max_position_embeddings=max_positions, tie_word_embeddings=True,

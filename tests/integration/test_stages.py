@@ -64,7 +64,7 @@ def test_weight_sync_is_exact(ray_local, tiny_model, rollout_worker, engine_cfg,
 
 def test_sampling_logprobs_match_the_trainer_after_sync(ray_local, tiny_model, rollout_worker):
     """vLLM's logprobs of sampled tokens equal the trainer's recomputation (same weights, fp32)."""
-    from stages.train import TrainConfig, Trainer, pack, token_logprobs
+    from stages.train import TrainConfig, Trainer, completion_logprobs, pack
 
     ray = ray_local
     trainer = Trainer(tiny_model, TrainConfig(), seed=0)
@@ -72,9 +72,10 @@ def test_sampling_logprobs_match_the_trainer_after_sync(ray_local, tiny_model, r
     samples = [s for g in ray.get(rollout_worker.generate.remote(PROMPTS, 2, 16, 1.0)) for s in g]
     import torch
 
-    ids, attn, mask, vllm_lp = pack(samples, trainer.tokenizer.pad_token_id)
+    ids, attn, pos, mask, vllm_lp = pack(samples, trainer.tokenizer.pad_token_id)
+    assert len({len(s.prompt_ids) for s in samples}) > 1, "prompts of different lengths test the left padding"
     with torch.no_grad():
-        lp = token_logprobs(trainer.model, ids, attn)
+        lp = completion_logprobs(trainer.model, ids, attn, pos, mask.shape[1])
     assert ((lp - vllm_lp).abs() * mask).max().item() < 1e-3
 
 
@@ -103,6 +104,42 @@ def test_verdict_scores_equal_transformers(ray_local, tiny_model, judge_worker):
     assert failures == 0
     assert scores == pytest.approx(expected, abs=1e-3)
     assert len({round(s, 4) for s in scores}) > 1, "distinct inputs should get distinct verdicts"
+
+
+def _engine_logprob_entries(worker, texts):
+    """Run on the judge worker: how many logprobs the engine hands back for each verdict."""
+    from stages.judge import verdict_params
+
+    outs = worker.llm.generate(texts, verdict_params(worker.yes_id, worker.no_id), use_tqdm=False)
+    return [len(o.outputs[0].logprobs[0]) for o in outs]
+
+
+def test_a_verdict_reads_two_logprobs_whatever_the_vocabulary(ray_local, tmp_path):
+    """A judge with a real checkpoint's vocabulary (151,936 tokens) gets two logprobs per verdict from the engine
+    (plus the sampled token's), not the whole distribution, and its scores still equal transformers'."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ladder.bootstrap import verdicts
+    from ladder.models.tiny import build_tiny_model
+    from stages.actors import kill_all, spawn
+    from stages.engine import EngineConfig
+    from stages.judge import JudgeConfig, JudgeWorker
+
+    model = str(build_tiny_model(tmp_path / "wide", "nano", seed=3, vocab_size=151_936))
+    texts = [JudgeConfig().render(p, r) for p in PROMPTS for r in ("#5", "3+4=7\n7-2=5#5")]
+    worker = spawn(JudgeWorker, EngineConfig(model, kv_cache_gib=0.25), JudgeConfig())
+    try:
+        scores = ray_local.get(worker.verdicts.remote(texts))
+        entries = ray_local.get(worker.__ray_call__.remote(_engine_logprob_entries, texts))
+    finally:
+        kill_all([worker])
+    tok = AutoTokenizer.from_pretrained(model)
+    hf = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
+    assert hf.config.vocab_size == 151_936
+    assert max(entries) <= 3, f"the engine returned {max(entries)} logprobs for one verdict"
+    assert scores == pytest.approx(verdicts(hf, tok, texts, "yes", "no"), abs=1e-3)
+    assert len({round(s, 5) for s in scores}) > 1
 
 
 def test_judge_pool_spreads_batches_and_replaces_dead_workers(ray_local, engine_cfg, judge_worker, wait_dead):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ladder.batches import JudgedBatch, RolloutBatch, Sample
-from stages.train import TrainConfig, Trainer, group_advantages, pack
+from stages.train import TrainConfig, Trainer, group_advantages, micro_batches, pack
 
 
 def test_group_advantages_are_normalised_within_groups():
@@ -13,13 +13,24 @@ def test_group_advantages_are_normalised_within_groups():
     assert torch.equal(adv[4:], torch.zeros(2))  # a group with equal rewards teaches nothing
 
 
-def test_pack_masks_only_completion_targets():
+def test_pack_aligns_completions_and_masks_only_their_tokens():
     s = Sample((5, 6, 7), (8, 9), "xy", (-0.1, -0.2))
-    ids, attn, mask, lp = pack([s, Sample((5,), (8,), "x", (-0.3,))], pad_id=0)
-    assert ids.shape == (2, 5)
-    assert mask[0].tolist() == [0, 0, 1, 1]
-    assert mask[1].tolist() == [1, 0, 0, 0]
-    assert lp[0, 2:].tolist() == pytest.approx([-0.1, -0.2])
+    ids, attn, pos, mask, lp = pack([s, Sample((5,), (8,), "x", (-0.3,))], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7, 8, 9], [0, 0, 5, 8, 0]]  # prompts left-padded, completions right-padded
+    assert attn.tolist() == [[1, 1, 1, 1, 1], [0, 0, 1, 1, 0]]
+    assert pos[1, 2:4].tolist() == [0, 1]  # positions count from each sample's first token
+    assert mask.tolist() == [[1, 1], [1, 0]]
+    assert lp[0].tolist() == pytest.approx([-0.1, -0.2])
+
+
+def test_micro_batches_sort_by_length_and_keep_the_token_budget():
+    lengths = [5, 30, 7, 29, 6, 31]
+    groups = micro_batches(lengths, budget=64)
+    assert sorted(i for g in groups for i in g) == list(range(6))
+    assert all(max(lengths[i] for i in g) * len(g) <= 64 for g in groups)
+    assert groups[0] == [5, 1]  # the longest together
+    assert micro_batches(lengths, 0) == [[5, 1, 3, 2, 4, 0]]
+    assert micro_batches([100], 10) == [[0]]  # a sample longer than the budget still trains
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +114,65 @@ def test_non_finite_loss_skips_the_update_and_keeps_the_optimizer_clean(tiny):
     with torch.no_grad():
         trainer.model.model.norm.weight[0] = 1.0
     assert not trainer.step(judged).skipped and trainer.steps == 1  # healthy numbers: it trains again
+
+
+def _straightforward_loss(model, ref, samples, adv, keep, pad_id, cfg):
+    """The GRPO loss as written first: one right-padded batch, full-vocabulary log-softmax, three forwards
+    (reference, old policy, policy), mean over the kept samples' completion tokens."""
+    seqs = [list(s.prompt_ids) + list(s.completion_ids) for s in samples]
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), pad_id)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    mask = torch.zeros((len(seqs), width - 1))
+    for i, (s, seq) in enumerate(zip(samples, seqs)):
+        ids[i, : len(seq)], attn[i, : len(seq)] = torch.tensor(seq), 1
+        p = len(s.prompt_ids)
+        mask[i, p - 1: p - 1 + len(s.completion_ids)] = float(keep[i])
+
+    def logprobs(m):
+        logits = m(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+        return logits.log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+
+    with torch.no_grad():
+        ref_lp, old_lp = logprobs(ref), logprobs(model)
+    lp = logprobs(model)
+    ratio = torch.exp(lp - old_lp)
+    a = adv[:, None]
+    surrogate = torch.minimum(ratio * a, ratio.clamp(1 - cfg.clip_eps, 1 + cfg.clip_eps) * a)
+    log_r = ref_lp - lp
+    kl = torch.exp(log_r) - log_r - 1
+    return ((-(surrogate - cfg.kl_coef * kl)) * mask).sum() / mask.sum()
+
+
+@pytest.mark.parametrize("budget", [0, 40])
+def test_optimised_loss_and_gradients_equal_the_straightforward_computation(tiny, budget):
+    """Micro-batches sorted by length, left-padded prompts, logits for completion columns only, no second
+    forward for the old policy: the same loss and the same gradients as the plain computation."""
+    cfg = TrainConfig(lr=1e-3, kl_coef=0.1, micro_batch_tokens=budget)
+    trainer = Trainer(tiny, cfg, seed=0)
+    with torch.no_grad():  # policy and reference apart, so the KL term and its gradient are not zero
+        for p in trainer.model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    prompts = ["1+1=", "Q:12+30\nA:", "2*3=", "Q:7-5\nA:", "9+9=", "Q:1\nA:"]
+    completions = ["2#2", "12+30=42#42", "7#7", "7-5=2 so #2", "18#18", "#1"]
+    judged = _batch(trainer, prompts, completions, [1.0, 0.2, 0.0, 0.7, 0.4, 0.9], [0, 0, 0, 1, 1, 1])
+    keep = (True, True, True, True, False, True)
+    judged = JudgedBatch(judged.rollout, judged.scores, keep=keep)
+    if budget:
+        lengths = [len(s.prompt_ids) + len(s.completion_ids) for s, k in zip(judged.rollout.samples, keep) if k]
+        assert len(micro_batches(lengths, budget)) > 2, "the batch should be split (else the test proves less)"
+
+    trainer.model.zero_grad(set_to_none=True)
+    totals = trainer.accumulate(judged, {})
+    fast = {n: p.grad.clone() for n, p in trainer.model.named_parameters()}
+    trainer.model.zero_grad(set_to_none=True)
+    adv = group_advantages(judged.scores, judged.rollout.group, keep)
+    plain = _straightforward_loss(trainer.model, trainer.ref, judged.rollout.samples, adv, keep,
+                                  trainer.tokenizer.pad_token_id, cfg)
+    plain.backward()
+    assert totals["loss"].item() == pytest.approx(plain.item(), rel=1e-4, abs=1e-6)
+    assert abs(plain.item()) > 1e-3 and totals["kl"].item() > 1e-5
+    for name, p in trainer.model.named_parameters():
+        scale = p.grad.abs().max().item()
+        assert (fast[name] - p.grad).abs().max().item() <= 1e-4 * max(scale, 1e-3), name
+    assert sum(g.abs().sum().item() for g in fast.values()) > 0
