@@ -14,6 +14,7 @@ from typing import Optional
 
 from ladder.progress import Phase, Progress, State
 from ladder.rung import saturated  # noqa: F401  (re-exported: the rung owns the step loop)
+from ladder.stageset import StageSet
 
 
 class LadderController:
@@ -34,6 +35,7 @@ class LadderController:
         self._running = threading.Lock()
         self._ran = False
         self._actors: list = []
+        self._stages = StageSet()  # stage actors kept from rung to rung (models loaded in place)
         if _restarted_by_ray():  # whoever called `run` may be gone with the old process: go on by ourselves
             threading.Thread(target=self.run, daemon=True).start()
 
@@ -209,10 +211,16 @@ class LadderController:
         seed = self.spec.seed + 1000 * p.rung + p.attempt
         with self._lock:
             self.live_step, self.latest = p.step, {}
-        rung = Rung(rspec, task, student, judge, seed, name_prefix=f"{self.spec.name}.{self.job}")
+        t0 = time.perf_counter()
+        rung = Rung(rspec, task, student, judge, seed, name_prefix=f"{self.spec.name}.{self.job}",
+                    stages=self._stages)
         self._actors = rung.actors()
+        handed_over = False
         try:
             rung.ready()
+            self.registry.log_metrics(p.rung_run, {  # the rung-to-rung switch: engines started or taken over
+                "time/rung_start_s": time.perf_counter() - t0, "rung/actors_reused": float(rung.stages.reused),
+                "rung/actors_started": float(rung.stages.started)}, p.step)
             p = self._restore(rung, p) if p.checkpoint else self._start_rung(rung, p, calibration)
 
             def on_step(step: int, metrics: dict) -> None:
@@ -236,6 +244,7 @@ class LadderController:
             self.registry.log_metrics(p.rung_run, final, rung.step_no)
             current = measure(rung.pool, calibration)
             p = self._log_candidate(rung, p)
+            self._stages, handed_over = rung.handover(), True  # the gate and the next rung take them over
             return p.to(phase=Phase.REGISTER, results={
                 **p.results, "final_accuracy": final.get("eval/accuracy"),
                 "current_judge": [current.accuracy, current.auc, current.identical_share]})
@@ -244,8 +253,9 @@ class LadderController:
                 return p.to(state=State.STOPPED)
             return self._after_stage_death(p, exc)
         finally:
-            rung.shutdown()
-            self._actors = []
+            if not handed_over:
+                rung.shutdown()
+            self._actors = self._stages.actors()
 
     def _after_stage_death(self, p: Progress, exc: Exception) -> Progress:
         """The trainer died (rollout and judge workers are replaced in place, within the step): the rung starts
@@ -347,6 +357,8 @@ class LadderController:
     def _await(self, p: Progress, poll_s: float = 1.0) -> Progress:
         """Wait until a person promotes or rejects the candidate (written to MLflow), or a stop."""
         p = self._save(p.to(state=State.AWAITING_PROMOTION))
+        self._stages.release()  # a person may take hours: no engines held meanwhile
+        self._actors = []
         while not self._stop.is_set():
             status = self.registry.status_of(p.candidate)
             if status in ("promoted", "rejected"):
@@ -405,18 +417,19 @@ class LadderController:
         from ladder.gate import decide_gate, measure
         from ladder.judges import ResolvedJudge
         from ladder.rung import build_judge_pool
-        from stages.actors import kill_all
 
         nxt = self.spec.for_rung(min(k + 1, self.spec.rungs))
         task, calibration = self.task_for(min(k + 1, self.spec.rungs))
-        pool = build_judge_pool(nxt, ResolvedJudge("model", candidate, "candidate"), task.answer_pattern,
-                                self.spec.seed, name_prefix=f"{self.spec.name}.{self.job}")
-        self._actors = list(pool.workers)
-        try:
+        try:  # on the kept judge workers, the candidate loaded in place, when they can take it
+            pool = build_judge_pool(nxt, ResolvedJudge("model", candidate, "candidate"), task.answer_pattern,
+                                    self.spec.seed, f"{self.spec.name}.{self.job}", self._stages)
             candidate_quality = measure(pool, calibration)
+            self._stages.set("judges", pool.workers)
+        except BaseException:
+            self._stages.release()
+            raise
         finally:
-            kill_all(pool.workers)
-            self._actors = []
+            self._actors = self._stages.actors()
         return decide_gate(candidate_quality, current, self.spec.promotion, current_is_verifier, student_accuracy,
                            baseline)
 

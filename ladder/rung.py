@@ -111,26 +111,37 @@ def actor_name(prefix: Optional[str], role: str) -> Optional[str]:
     return f"{prefix}.{role}.{uuid.uuid4().hex[:6]}" if prefix else None
 
 
-def build_judge_pool(spec, judge: ResolvedJudge, answer_pattern: str, seed: int, name_prefix: Optional[str] = None):
-    """A `JudgePool` for `judge` in `spec.judge`'s mode: a verifier, or judge workers (one engine each)."""
+def build_judge_pool(spec, judge: ResolvedJudge, answer_pattern: str, seed: int, name_prefix: Optional[str] = None,
+                     stages=None):
+    """A `JudgePool` for `judge` in `spec.judge`'s mode: a verifier, or judge workers (one engine each), taken
+    over from `stages` (a `StageSet`) with the judge loaded in place when they can be."""
+    from ladder.stageset import StageSet, settings_key
     from stages.actors import spawn
     from stages.judge import JudgeConfig, JudgePool, JudgeWorker, load_verifier
 
+    stages = stages if stages is not None else StageSet()
     if judge.kind == "verifier":
+        stages.drop("judges")
         return JudgePool([], spec.judge_pool.batch_size, verifier=load_verifier(judge.location))
     cfg = JudgeConfig.from_spec(spec.judge, answer_pattern)
     engine = engine_config(spec, judge.location, seed)
-    start = lambda: spawn(JudgeWorker, engine, cfg, resources=spec.resources.judge,  # noqa: E731
-                          name=actor_name(name_prefix, "judge"), namespace="ladder")
-    return JudgePool([start() for _ in range(spec.judge_pool.workers)], spec.judge_pool.batch_size,
-                     respawn=start, cfg=cfg, max_replacements=spec.worker_replacements)
+    start = lambda i=0: spawn(JudgeWorker, engine, cfg, resources=spec.resources.judge,  # noqa: E731
+                              name=actor_name(name_prefix, "judge"), namespace="ladder")
+    workers = stages.take("judges", settings_key(engine, spec.resources.judge), spec.judge_pool.workers,
+                          lambda w: w.load_model.remote(judge.location, cfg), start)
+    return JudgePool(workers, spec.judge_pool.batch_size, respawn=start, cfg=cfg,
+                     max_replacements=spec.worker_replacements)
 
 
 class Rung:
-    """The stage actors of one rung and the step loop that drives them."""
+    """The stage actors of one rung and the step loop that drives them.
+
+    `stages` (a `StageSet`) holds the previous rung's actors: they are taken over, with this rung's student and
+    judge loaded in place, where their settings allow; `handover()` gives them to the next rung."""
 
     def __init__(self, spec, task: Task, student_path: str, judge: ResolvedJudge, seed: int,
-                 name_prefix: Optional[str] = None):
+                 name_prefix: Optional[str] = None, stages=None):
+        from ladder.stageset import StageSet, settings_key
         from stages.actors import spawn
         from stages.rollout import RolloutWorker
         from stages.train import TrainConfig, Trainer
@@ -138,20 +149,36 @@ class Rung:
         self.spec, self.task, self.judge = spec, task, judge
         self.cursor = PromptCursor(len(task.train), seed)
         res = spec.resources
-        self.trainer = spawn(Trainer, student_path, TrainConfig.from_spec(spec.train, spec.trust_remote_code), seed, model_store(spec),
-                             resources=res.trainer, name=actor_name(name_prefix, "trainer"), namespace="ladder")
+        self.stages = stages if stages is not None else StageSet()
+        self.stages.reused = self.stages.started = 0
+        train_cfg = TrainConfig.from_spec(spec.train, spec.trust_remote_code)
+        start_trainer = lambda i=0: spawn(  # noqa: E731
+            Trainer, student_path, train_cfg, seed, model_store(spec), resources=res.trainer,
+            name=actor_name(name_prefix, "trainer"), namespace="ladder")
+        self.trainer = self.stages.take("trainer", settings_key(res.trainer, spec.trust_remote_code), 1,
+                                        lambda t: t.reset.remote(student_path, train_cfg, seed), start_trainer)[0]
         self._start_rollout = lambda i: spawn(  # noqa: E731
             RolloutWorker, engine_config(spec, student_path, seed + i), resources=res.rollout,
             name=actor_name(name_prefix, f"rollout{i}"), namespace="ladder")
-        self.rollout = [self._start_rollout(i) for i in range(spec.rollout.workers)]
+        self.rollout = list(self.stages.take(
+            "rollout", settings_key(engine_config(spec, student_path, seed), res.rollout), spec.rollout.workers,
+            lambda w: w.load_model.remote(student_path), self._start_rollout))
         self.rollout_replaced = 0
         self._weights = None  # the last weights pushed to the rollout workers (a replacement loads them)
-        self.pool = build_judge_pool(spec, judge, task.answer_pattern, seed, name_prefix)
+        self.pool = build_judge_pool(spec, judge, task.answer_pattern, seed, name_prefix, self.stages)
         self.step_no = 0
         self.weights_version = 0
         self.last_examples: tuple = ()
         self.last_skip = ""
         self.work_s: dict[str, float] = {}  # the last step's seconds of work inside the stage actors
+
+    def handover(self):
+        """This rung's actors (dead ones replaced) for the next rung to take over; the rung is not used after."""
+        self.stages.set("trainer", [self.trainer])
+        self.stages.set("rollout", self.rollout)
+        if self.pool.workers:
+            self.stages.set("judges", self.pool.workers)
+        return self.stages
 
     def actors(self) -> list:
         return [self.trainer, *self.rollout, *self.pool.workers]
@@ -325,6 +352,7 @@ class Rung:
         from stages.actors import kill_all
 
         kill_all(self.actors())
+        self.stages.release()
 
 
 def saturated(approvals: list[float], sat) -> bool:

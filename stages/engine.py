@@ -5,6 +5,7 @@ Engines run in-process (no engine-core subprocess) so `collective_rpc` can pass 
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import tempfile
@@ -127,6 +128,54 @@ def on_gpu() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+class EngineMismatch(ValueError):
+    """A model that a running engine cannot take in place (another architecture or tokenizer)."""
+
+
+CONFIG_KEYS_IGNORED = ("_name_or_path", "transformers_version", "torch_dtype", "dtype")
+
+
+def architecture_difference(current_dir: str, new_dir: str) -> str:
+    """Why the model in `new_dir` cannot replace the one in `current_dir` in a running engine ("" if it can):
+    the configs must agree on everything but names and versions, and the tokenizers must be the same."""
+
+    def config(d: str) -> dict:
+        data = json.loads(open(os.path.join(d, "config.json")).read())
+        return {k: v for k, v in data.items() if k not in CONFIG_KEYS_IGNORED}
+
+    a, b = config(current_dir), config(new_dir)
+    if a != b:
+        keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        return f"config differs in {', '.join(keys[:4])}"
+    for name in TOKENIZER_FILES:
+        fa, fb = os.path.join(current_dir, name), os.path.join(new_dir, name)
+        if os.path.isfile(fa) != os.path.isfile(fb) or (os.path.isfile(fa) and
+                                                         open(fa, "rb").read() != open(fb, "rb").read()):
+            return f"tokenizer differs ({name})"
+    return ""
+
+
+def load_model_into(llm, current_dir: str, location: str, store: ModelStore) -> str:
+    """Put the model at `location` into a running engine that serves the one in `current_dir`, in place (no new
+    engine); returns the new model's local directory. EngineMismatch when its architecture is another."""
+    from safetensors.torch import load_file
+
+    new_dir = store.local(location)
+    check_model_dir(new_dir)
+    why = architecture_difference(current_dir, new_dir)
+    if why:
+        raise EngineMismatch(f"{location}: cannot replace the engine's model in place: {why}")
+    state = {}
+    for name in sorted(os.listdir(new_dir)):
+        if name.endswith(".safetensors"):
+            state.update(load_file(os.path.join(new_dir, name)))
+    tied = json.loads(open(os.path.join(new_dir, "config.json")).read()).get("tie_word_embeddings")
+    if tied and "lm_head.weight" not in state and "model.embed_tokens.weight" in state:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]  # saved once; a reload sets both
+    load_state_dict_into(llm, state)
+    return new_dir
 
 
 def load_state_dict_into(llm, state: dict) -> None:

@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 from ladder.batches import JudgedBatch, RolloutBatch
 from stages.actors import Timed
-from stages.engine import EngineConfig, build_llm
+from stages.engine import EngineConfig, build_llm, load_model_into
 
 
 class JudgeError(ValueError):
@@ -104,12 +104,23 @@ class JudgeWorker(Timed):
     """One vLLM engine with the frozen judge."""
 
     def __init__(self, engine: EngineConfig, judge: JudgeConfig):
-        self.judge = judge
+        self.engine = engine
         self.llm = build_llm(engine)
+        self.model_dir = engine.store.local(engine.model)
+        self.configure(judge)
+
+    def configure(self, judge: JudgeConfig) -> None:
+        self.judge = judge
         tok = self.llm.get_tokenizer()
         if judge.mode in ("verdict", "pairwise"):
             self.yes_id = _single_token(tok, judge.yes_token, "yes_token")
             self.no_id = _single_token(tok, judge.no_token, "no_token")
+
+    def load_model(self, location: str, judge: JudgeConfig) -> str:
+        """Judge with another model of the same architecture (a new rung's judge), in this engine, in place."""
+        self.model_dir = load_model_into(self.llm, self.model_dir, location, self.engine.store)
+        self.configure(judge)
+        return self.model_dir
 
     def verdicts(self, texts: list[str]) -> list[float]:
         """P(yes) / (P(yes) + P(no)) of the next token after each text."""

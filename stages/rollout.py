@@ -6,14 +6,21 @@ from __future__ import annotations
 
 from ladder.batches import Sample, WeightsRef
 from stages.actors import Timed
-from stages.engine import EngineConfig, build_llm, load_state_dict_into
+from stages.engine import EngineConfig, build_llm, load_model_into, load_state_dict_into
 
 
 class RolloutWorker(Timed):
     def __init__(self, cfg: EngineConfig):
         self.cfg = cfg
         self.llm = build_llm(cfg)
+        self.model_dir = cfg.store.local(cfg.model)
         self.version = 0
+
+    def load_model(self, location: str) -> str:
+        """Serve another model of the same architecture (a new rung's student) in this engine, in place."""
+        self.model_dir = load_model_into(self.llm, self.model_dir, location, self.cfg.store)
+        self.version = 0
+        return self.model_dir
 
     def generate(self, prompts: list[str], n: int, max_tokens: int, temperature: float = 1.0,
                  top_p: float = 1.0) -> list[list[Sample]]:

@@ -98,6 +98,7 @@ class Trainer:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        self.store = store
         if store is not None:
             model_path = store.local(model_path)
         torch.manual_seed(seed)
@@ -112,6 +113,14 @@ class Trainer:
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.steps = 0
         self.version = 0
+
+    def reset(self, model_path: str, cfg: TrainConfig, seed: int = 0) -> int:
+        """Start over on another student (a new rung) in this process: new weights, reference and optimizer."""
+        self.__init__(model_path, cfg, seed, self.store)
+        return self.parameter_count()
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
 
     def step(self, judged: JudgedBatch) -> TrainStats:
         import torch

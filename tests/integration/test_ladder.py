@@ -86,6 +86,12 @@ def test_two_rung_lineage(two_rungs):
     assert model_id_of(v1) and model_id_of(v2)
     assert [m.model_id for m in reg.client.get_run(v2.run_id).inputs.model_inputs] == [model_id_of(v1)]
     assert "Gate: pass" in v1.description and "Decision: promoted by auto" in v1.description
+    # engines persist across rungs: rung 1 started its trainer, rollout and judge workers; the gate loaded the
+    # candidate into that judge worker and rung 2 took all three over, its models loaded in place
+    started = {v.version: reg.client.get_metric_history(v.run_id, "rung.actors_started") for v in versions}
+    reused = {v.version: reg.client.get_metric_history(v.run_id, "rung.actors_reused") for v in versions}
+    assert [m.value for m in started["1"]] == [3.0] and [m.value for m in reused["1"]] == [0.0]
+    assert [m.value for m in started["2"]] == [0.0] and [m.value for m in reused["2"]] == [3.0]
 
 
 def test_schedule_changes_task_and_judge_mode_per_rung(two_rungs):

@@ -69,7 +69,8 @@ def test_sampling_logprobs_match_the_trainer_after_sync(ray_local, tiny_model, r
     ray = ray_local
     trainer = Trainer(tiny_model, TrainConfig(), seed=0)
     ray.get(rollout_worker.load_weights.remote(_blob_ref(ray, trainer)))
-    samples = [s for g in ray.get(rollout_worker.generate.remote(PROMPTS, 2, 16, 1.0)) for s in g]
+    prompts = PROMPTS + ["Q:8-3\nA:"]  # of another length: the left padding is tested too
+    samples = [s for g in ray.get(rollout_worker.generate.remote(prompts, 2, 16, 1.0)) for s in g]
     import torch
 
     ids, attn, pos, mask, vllm_lp = pack(samples, trainer.tokenizer.pad_token_id)
@@ -106,14 +107,6 @@ def test_verdict_scores_equal_transformers(ray_local, tiny_model, judge_worker):
     assert len({round(s, 4) for s in scores}) > 1, "distinct inputs should get distinct verdicts"
 
 
-def _engine_logprob_entries(worker, texts):
-    """Run on the judge worker: how many logprobs the engine hands back for each verdict."""
-    from stages.judge import verdict_params
-
-    outs = worker.llm.generate(texts, verdict_params(worker.yes_id, worker.no_id), use_tqdm=False)
-    return [len(o.outputs[0].logprobs[0]) for o in outs]
-
-
 def test_a_verdict_reads_two_logprobs_whatever_the_vocabulary(ray_local, tmp_path):
     """A judge with a real checkpoint's vocabulary (151,936 tokens) gets two logprobs per verdict from the engine
     (plus the sampled token's), not the whole distribution, and its scores still equal transformers'."""
@@ -126,12 +119,18 @@ def test_a_verdict_reads_two_logprobs_whatever_the_vocabulary(ray_local, tmp_pat
     from stages.engine import EngineConfig
     from stages.judge import JudgeConfig, JudgeWorker
 
+    def engine_logprob_entries(worker, texts):  # runs in the judge worker (a local function: sent by value)
+        from stages.judge import verdict_params
+
+        outs = worker.llm.generate(texts, verdict_params(worker.yes_id, worker.no_id), use_tqdm=False)
+        return [len(o.outputs[0].logprobs[0]) for o in outs]
+
     model = str(build_tiny_model(tmp_path / "wide", "nano", seed=3, vocab_size=151_936))
     texts = [JudgeConfig().render(p, r) for p in PROMPTS for r in ("#5", "3+4=7\n7-2=5#5")]
     worker = spawn(JudgeWorker, EngineConfig(model, kv_cache_gib=0.25), JudgeConfig())
     try:
         scores = ray_local.get(worker.verdicts.remote(texts))
-        entries = ray_local.get(worker.__ray_call__.remote(_engine_logprob_entries, texts))
+        entries = ray_local.get(worker.__ray_call__.remote(engine_logprob_entries, texts))
     finally:
         kill_all([worker])
     tok = AutoTokenizer.from_pretrained(model)
@@ -140,6 +139,60 @@ def test_a_verdict_reads_two_logprobs_whatever_the_vocabulary(ray_local, tmp_pat
     assert max(entries) <= 3, f"the engine returned {max(entries)} logprobs for one verdict"
     assert scores == pytest.approx(verdicts(hf, tok, texts, "yes", "no"), abs=1e-3)
     assert len({round(s, 5) for s in scores}) > 1
+
+
+def test_engines_take_a_new_rungs_models_in_place(ray_local, tiny_model, engine_cfg, judge_worker, wait_dead,
+                                                  tmp_path):
+    """What a ladder does between rungs: a kept rollout worker serves another student of the same architecture
+    after `load_model` (greedy output equals transformers on it), a kept judge worker judges with another model
+    (scores equal transformers'), and a model of another architecture is refused and gets a new worker."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ladder.bootstrap import verdicts
+    from ladder.models.tiny import build_tiny_model
+    from ladder.stageset import StageSet
+    from stages.actors import spawn
+    from stages.engine import architecture_difference
+    from stages.judge import JudgeConfig
+    from stages.rollout import RolloutWorker
+
+    ray = ray_local
+    other = str(build_tiny_model(tmp_path / "other", "micro", seed=5))
+    narrow = str(build_tiny_model(tmp_path / "nano", "nano", seed=5))
+    assert architecture_difference(tiny_model, other) == ""
+    assert architecture_difference(tiny_model, narrow).startswith("config differs")
+    stages = StageSet()
+    start = lambda i: spawn(RolloutWorker, engine_cfg)  # noqa: E731
+    first = stages.take("rollout", "key", 1, None, start)[0]
+    before = greedy_ids(ray, first, PROMPTS)
+    kept = stages.take("rollout", "key", 1, lambda w: w.load_model.remote(other), start)[0]
+    assert kept is first and (stages.started, stages.reused) == (1, 1)
+    served = greedy_ids(ray, kept, PROMPTS)
+    assert served == hf_greedy(other, PROMPTS, 24) and served != before
+    start_narrow = lambda i: spawn(RolloutWorker, engine_cfg.__class__(**{**engine_cfg.__dict__, "model": narrow}))  # noqa: E731
+    replaced = stages.take("rollout", "key", 1, lambda w: w.load_model.remote(narrow), start_narrow)[0]
+    assert replaced is not kept and stages.started == 2
+    wait_dead(kept)
+    assert greedy_ids(ray, replaced, PROMPTS) == hf_greedy(narrow, PROMPTS, 24)
+    stages.release()
+    wait_dead(replaced)
+
+    cfg = JudgeConfig()
+    texts = [cfg.render(p, r) for p in PROMPTS for r in ("#5", "#9")]
+
+    def hf_verdicts(model_dir):
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        return verdicts(model, AutoTokenizer.from_pretrained(model_dir), texts, "yes", "no")
+
+    try:
+        ray.get(judge_worker.load_model.remote(other, cfg))
+        judged = ray.get(judge_worker.verdicts.remote(texts))
+    finally:  # the worker is shared by the module's tests: back to its model
+        ray.get(judge_worker.load_model.remote(tiny_model, cfg))
+    assert judged == pytest.approx(hf_verdicts(other), abs=1e-3)
+    assert ray.get(judge_worker.verdicts.remote(texts)) == pytest.approx(hf_verdicts(tiny_model), abs=1e-3)
+    assert judged != pytest.approx(hf_verdicts(tiny_model), abs=1e-3)
 
 
 def test_judge_pool_spreads_batches_and_replaces_dead_workers(ray_local, engine_cfg, judge_worker, wait_dead):

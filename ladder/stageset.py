@@ -1,0 +1,78 @@
+"""The stage actors a ladder keeps from one rung to the next.
+
+A new rung loads its student into the running rollout engines and trainer, and its judge into the running judge
+engines, in place, instead of starting new ones (an engine start is ~20 s on a CPU, minutes for a large model on
+a GPU). An actor is taken over only when it was started with the same settings (engine options, resources, count)
+and the new model has its architecture and tokenizer; otherwise that role gets new actors.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+
+@dataclass
+class StageSet:
+    """Actors by role ("trainer", "rollout", "judges"), each list with the settings key it was started with."""
+    actors_by_role: dict[str, list] = field(default_factory=dict)
+    keys: dict[str, str] = field(default_factory=dict)
+    reused: int = 0          # actors the current rung took over from the previous one
+    started: int = 0         # actors the current rung had to start
+
+    def actors(self) -> list:
+        return [a for role in self.actors_by_role.values() for a in role]
+
+    def take(self, role: str, key: str, n: int, load: Callable, start: Callable[[int], object]) -> list:
+        """`n` actors of `role` serving the new model: the kept ones when their settings key is `key`, each
+        loaded in place with `load(actor)` (a remote call); else (or when a load refuses) `start(i)` for each."""
+        import ray
+
+        from stages.actors import kill_all
+        from stages.engine import EngineMismatch
+
+        old = self.actors_by_role.get(role, [])
+        if old and self.keys.get(role) == key and len(old) == n:
+            try:
+                ray.get([load(a) for a in old])
+                self.reused += n
+                return old
+            except (EngineMismatch, ray.exceptions.RayActorError):
+                pass  # another architecture, or an actor died meanwhile: new actors below
+        kill_all(old)
+        new = [start(i) for i in range(n)]
+        self.actors_by_role[role], self.keys[role] = new, key
+        self.started += n
+        return new
+
+    def drop(self, role: str) -> None:
+        """Stop the actors of a role the next rung does not use."""
+        from stages.actors import kill_all
+
+        kill_all(self.actors_by_role.pop(role, []))
+        self.keys.pop(role, None)
+
+    def set(self, role: str, actors: list) -> None:
+        """Record the role's current actors (after replacements of dead ones)."""
+        self.actors_by_role[role] = list(actors)
+
+    def release(self) -> None:
+        from stages.actors import kill_all
+
+        kill_all(self.actors())
+        self.actors_by_role.clear()
+        self.keys.clear()
+
+
+def settings_key(*parts) -> str:
+    """A comparable key of what an actor was started with (its model left out)."""
+    import json
+    from dataclasses import asdict, is_dataclass
+
+    def plain(x):
+        if is_dataclass(x):
+            return {k: plain(v) for k, v in asdict(x).items() if k not in ("model", "seed")}
+        if hasattr(x, "model_dump"):
+            return x.model_dump()
+        return x
+
+    return json.dumps([plain(p) for p in parts], sort_keys=True, default=str)
