@@ -47,8 +47,10 @@ def kill_all(handles, wait_s: float = 30.0) -> None:
 
     import ray
 
-    from stages.engine import sweep_engine_tmp
+    from stages.engine import _alive, sweep_engine_tmp
 
+    handles = list(handles)
+    pids = local_pids(handles)
     for h in handles:
         try:
             ray.kill(h)
@@ -64,4 +66,20 @@ def kill_all(handles, wait_s: float = 30.0) -> None:
             except Exception:  # Ray is slow to answer: the next sweep gets this one's folder
                 break
             time.sleep(0.2)
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)  # Ray calls an actor dead before its process has exited
     sweep_engine_tmp()
+
+
+def local_pids(handles) -> list[int]:
+    """Process ids of the actors that run on this node, from Ray's actor table (empty where it cannot say)."""
+    import ray
+
+    try:
+        from ray._private.state import actors as actor_table
+
+        node = ray.get_runtime_context().get_node_id()
+        infos = [actor_table(actor_id=h._actor_id.hex()) for h in handles]
+        return [i["Pid"] for i in infos if i and i.get("Pid") and i["Address"]["NodeID"] == node]
+    except Exception:  # an internal table of Ray's: without it, later sweeps get the folders
+        return []

@@ -4,11 +4,15 @@
 """
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ladder.batches import JudgedBatch, TrainStats, WeightsRef
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "merges.txt",
+                   "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "chat_template.json")
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,7 @@ class Trainer:
         self.store = store
         if store is not None:
             model_path = store.local(model_path)
+        self.model_dir = model_path
         torch.manual_seed(seed)
         self.cfg = cfg
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the GPU Ray gave this actor
@@ -251,7 +256,12 @@ class Trainer:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(out, safe_serialization=True)
-        self.tokenizer.save_pretrained(out)
+        source = Path(self.model_dir)
+        copied = [f for f in TOKENIZER_FILES if (source / f).is_file()]
+        for name in copied:  # the student's own files, byte for byte: re-saving would rewrite the tokenizer
+            shutil.copyfile(source / name, out / name)
+        if not copied:  # a hub id: no local files to copy
+            self.tokenizer.save_pretrained(out)
         return str(out)
 
     def model_files(self) -> dict[str, bytes]:

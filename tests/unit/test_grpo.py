@@ -1,5 +1,7 @@
 """GRPO math and the trainer's update, in torch only (no Ray, no vLLM)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -176,3 +178,14 @@ def test_optimised_loss_and_gradients_equal_the_straightforward_computation(tiny
         scale = p.grad.abs().max().item()
         assert (fast[name] - p.grad).abs().max().item() <= 1e-4 * max(scale, 1e-3), name
     assert sum(g.abs().sum().item() for g in fast.values()) > 0
+
+
+def test_a_saved_student_keeps_its_base_tokenizer_byte_for_byte(tiny, tmp_path):
+    """A trained student can be loaded in place into an engine serving its base (next rung): same config and the
+    same tokenizer files (transformers' own re-save would rewrite tokenizer.json)."""
+    from stages.engine import architecture_difference
+
+    trainer = Trainer(tiny, TrainConfig(), seed=0)
+    saved = trainer.save(str(tmp_path / "student"))
+    assert architecture_difference(tiny, saved) == ""
+    assert (tmp_path / "student" / "tokenizer.json").read_bytes() == (Path(tiny) / "tokenizer.json").read_bytes()
