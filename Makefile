@@ -31,6 +31,8 @@ bench: setup
 	$(PY) bench/weight_sync.py
 	$(LADDER) bootstrap --out $(WORK)/models/tiny-base
 	$(PY) bench/verifier_rung.py
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) bench/grpo_vs_trl.py
 
 clean:
 	rm -rf $(WORK) .pytest_cache

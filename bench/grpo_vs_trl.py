@@ -66,6 +66,7 @@ def run_ladder(model: str, workdir: str, steps: int, overrides: list[str]) -> di
         rows = []
         for step in range(1, steps + 1):
             m = rung.step()
+            m.setdefault("time/overhead_s", 0.0)  # (older versions, run as a baseline with PYTHONPATH, lack it)
             rows.append({k: m[k] for k in ("time/step_s", "time/rollout_s", "time/judge_s", "time/train_s",
                                           "time/sync_s", "time/overhead_s", "rollout/response_tokens",
                                           "train/logprob_mismatch", "reward/mean")})
