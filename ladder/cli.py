@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from ladder.retrying import MlflowUnavailable
+from ladder.retrying import MlflowUnavailable, mlflow_problem
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="judge-ladder: iterated RL from AI feedback, where each trained student "
@@ -167,21 +167,6 @@ def _guard(fn, *args, **kwargs):
         if type(exc).__module__.startswith("mlflow."):  # MLflow refused or could not be reached
             fail(mlflow_problem(exc))
         raise
-
-
-def mlflow_problem(exc: Exception) -> str:
-    """An MLflow client error in one line that says what to do."""
-    from ladder.retrying import transient
-
-    text = str(exc)
-    if "401" in text or "not authenticated" in text:
-        return ("MLflow refused the request: not authenticated (set MLFLOW_TRACKING_USERNAME and "
-                "MLFLOW_TRACKING_PASSWORD)")
-    if "403" in text or "PERMISSION_DENIED" in text:
-        return "MLflow refused the request: permission denied for this user"
-    if transient(exc):
-        return f"MLflow unreachable: {text.splitlines()[0][:160]}"
-    return f"MLflow: {text.splitlines()[0][:200]}"
 
 
 @app.command()

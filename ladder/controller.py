@@ -5,7 +5,6 @@ ladder is stopped, done or failed; MLflow holds the progress, lineage and decisi
 """
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 import uuid
@@ -85,9 +84,11 @@ class LadderController:
     def prepare(self) -> None:
         """Open the registry; tasks and calibration sets are built per rung (the schedule may change them)."""
         from ladder.registry import Registry
+        from ladder.rung_store import RungStore
 
         self.registry = Registry.for_spec(self.spec, retry_s=self.spec.mlflow.retry_s)
         self.registry.buffer_writes()  # the step loop goes on through an MLflow outage
+        self.store = RungStore(self.registry, Path(self.spec.workdir) / self.spec.name / self.job)
         self._tasks: dict[str, object] = {}
         self.task_for(1)  # a dataset problem fails here, before any actor starts
 
@@ -232,18 +233,18 @@ class LadderController:
                 with self._lock:
                     self.live_step, self.latest = step, metrics
                 if step % self.spec.checkpoint_every == 0 and step != rspec.train.steps:
-                    p = self._save(self._checkpoint(rung, p, step))
+                    p = self._save(self.store.checkpoint(rung, p, step))
 
             ended = train_steps(rung, p.step + 1, rspec.train.steps, self._stop.is_set, on_step)
             if ended == "stopped":
                 done = rung.step_no
-                return (self._checkpoint(rung, p, done) if done > p.step else p).to(state=State.STOPPED)
+                return (self.store.checkpoint(rung, p, done) if done > p.step else p).to(state=State.STOPPED)
             if ended == "saturation":
                 self.registry.record_ended_by(p.rung_run, "saturation")
             final = rung.evaluate()
             self.registry.log_metrics(p.rung_run, final, rung.step_no)
             current = measure(rung.pool, calibration)
-            p = self._log_candidate(rung, p)
+            p = self.store.log_candidate(rung, p, self._version_tags(p))
             self._stages, handed_over = rung.handover(), True  # the gate and the next rung take them over
             return p.to(phase=Phase.REGISTER, results={
                 **p.results, "final_accuracy": final.get("eval/accuracy"),
@@ -276,46 +277,12 @@ class LadderController:
         self.registry.log_metrics(p.rung_run, start, 0)
         return self._save(p.to(results={**p.results, "start_accuracy": start.get("eval/accuracy")}))
 
-    def _checkpoint(self, rung, p: Progress, step: int) -> Progress:
-        """Write a complete checkpoint, log it to the rung run, and only then point the progress at it."""
-        local = Path(self.spec.workdir) / self.spec.name / self.job / f"rung-{p.rung}" / f"ckpt-{step:05d}"
-        try:
-            rung.checkpoint(str(local))
-            uri = self.registry.upload_checkpoint(p.rung_run, str(local), step)
-        finally:
-            shutil.rmtree(local, ignore_errors=True)
-        self.registry.flush_writes()  # steps up to a checkpoint are never redone: their metrics must be in
-        return p.to(step=step, cursor=rung.cursor.state(), checkpoint=uri)
-
-    def _log_candidate(self, rung, p: Progress) -> Progress:
-        """The rung's final student logged as an MLflow model, output of the rung run: the candidate that
-        `_register` registers (the weights are stored once; nothing trains from them)."""
-        local = Path(self.spec.workdir) / self.spec.name / self.job / f"rung-{p.rung}" / "candidate"
-        try:
-            rung.save_student(str(local))
-            model_id = self.registry.log_model(p.rung_run, str(local), self._version_tags(p), rung.step_no)
-        finally:
-            shutil.rmtree(local, ignore_errors=True)
-        self.registry.flush_writes()
-        return p.to(step=rung.step_no, cursor=rung.cursor.state(), checkpoint=f"models:/{model_id}")
-
     def _restore(self, rung, p: Progress) -> Progress:
-        local = self._checkpoint_dir(p)
-        restored = rung.restore(local)
+        restored = rung.restore(self.store.local_checkpoint(p))
         assert restored == p.step, f"checkpoint holds step {restored}, progress says {p.step}"
         with self._lock:
             self.live_step = p.step
         return p
-
-    def _checkpoint_dir(self, p: Progress) -> str:
-        """The progress' checkpoint as a local folder (downloaded once per job and step)."""
-        dst = Path(self.spec.workdir) / self.spec.name / self.job / f"rung-{p.rung}" / f"restore-{p.step:05d}"
-        if not (dst / "cursor.json").is_file():
-            self.registry.download_checkpoint(p.checkpoint, str(dst.parent / f".{dst.name}"))
-            shutil.rmtree(dst, ignore_errors=True)
-            (dst.parent / f".{dst.name}" / Path(p.checkpoint).name).rename(dst)
-            shutil.rmtree(dst.parent / f".{dst.name}", ignore_errors=True)
-        return str(dst)
 
     def _version_tags(self, p: Progress) -> dict[str, str]:
         rspec = self.spec.for_rung(p.rung)
@@ -329,7 +296,7 @@ class LadderController:
             version = self.registry.register(p.rung_run, None, self._version_tags(p),
                                              model_id=p.checkpoint.removeprefix("models:/"))
         else:
-            version = self.registry.register(p.rung_run, str(Path(self._checkpoint_dir(p)) / "model"),
+            version = self.registry.register(p.rung_run, str(Path(self.store.local_checkpoint(p)) / "model"),
                                              self._version_tags(p), step=p.step)
         return p.to(phase=Phase.GATE, candidate=version)
 

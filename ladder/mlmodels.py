@@ -37,7 +37,7 @@ def log_hf_model(client, experiment_id: str, run_id: str, hf_dir: str, name: str
     Idempotent on `ladder.rung_uid`: a ready model already logged for this rung is returned, so a controller
     that died after logging does not store the weights twice. Returns the model id.
     """
-    from mlflow.entities import LoggedModelOutput
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 
     found = find_logged_model(client, experiment_id, tags["ladder.rung_uid"])
     if found is not None:
@@ -50,9 +50,9 @@ def log_hf_model(client, experiment_id: str, run_id: str, hf_dir: str, name: str
         try:
             client.log_model_artifacts(model.model_id, str(local))
         except BaseException:
-            client.finalize_logged_model(model.model_id, "FAILED")
+            client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
             raise
-        client.finalize_logged_model(model.model_id, "READY")
+        client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
     client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step)])
     return model.model_id
 
@@ -69,8 +69,10 @@ def _save_flavor(hf_dir: str, out: Path, card: str) -> None:
 
 
 def find_logged_model(client, experiment_id: str, rung_uid: str) -> Optional[str]:
+    from mlflow.entities import LoggedModelStatus
+
     found = client.search_logged_models([experiment_id], filter_string=f"tags.`ladder.rung_uid` = '{rung_uid}'")
-    ready = [m for m in found if str(m.status) in ("READY", "LoggedModelStatus.READY")]
+    ready = [m for m in found if m.status == LoggedModelStatus.READY]
     return ready[0].model_id if ready else None
 
 

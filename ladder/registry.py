@@ -127,10 +127,7 @@ class Registry:
 
         now = int(time.time() * 1000)  # fixed here: a batch delivered twice is stored once
         batch = [Metric(k.replace("/", "."), float(v), now, step) for k, v in metrics.items()]
-        if self.outbox is not None:
-            self.outbox.put("log metrics", lambda: self.raw.log_batch(run_id, metrics=batch))
-        else:
-            self.client.log_batch(run_id, metrics=batch)
+        self._write("log metrics", lambda client: client.log_batch(run_id, metrics=batch))
 
     def record_judge_probe(self, run_id: str, scores: list[float]) -> None:
         """The judge pool's scores of fixed calibration items: proof of which weights it served."""
@@ -161,10 +158,15 @@ class Registry:
         if not examples:
             return
         text, path = json.dumps(list(examples), indent=1), f"judge_samples/step-{step:04d}.json"
+        self._write("log judge samples", lambda client: client.log_text(run_id, text, path))
+
+    def _write(self, what: str, call) -> None:
+        """A per-step write: through the outbox when one is set (delivered in the background, retried there),
+        else now, with retries."""
         if self.outbox is not None:
-            self.outbox.put("log judge samples", lambda: self.raw.log_text(run_id, text, path))
+            self.outbox.put(what, lambda: call(self.raw))
         else:
-            self.client.log_text(run_id, text, path)
+            call(self.client)
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status)

@@ -95,3 +95,16 @@ class Outbox:
                 self._error = exc
             finally:
                 self._queue.task_done()
+
+
+def mlflow_problem(exc: Exception) -> str:
+    """An MLflow client error in one line that says what to do."""
+    text = str(exc)
+    if "401" in text or "not authenticated" in text:
+        return ("MLflow refused the request: not authenticated (set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD)")
+    if "403" in text or "PERMISSION_DENIED" in text:
+        return "MLflow refused the request: permission denied for this user"
+    if transient(exc):
+        return f"MLflow unreachable: {text.splitlines()[0][:160]}"
+    return f"MLflow: {text.splitlines()[0][:200]}"

@@ -165,3 +165,44 @@ def test_a_dead_rollout_worker_is_replaced_and_resynced(ray_local, tiny_model, w
         assert rung.step_no == 2  # the failed step is not counted
     finally:
         rung.shutdown()
+
+
+def test_a_disk_that_fills_while_checkpointing_leaves_nothing_half_written(ray_local, tiny_model, tmp_path):
+    """A checkpoint that cannot be written whole fails in one line naming it; its folder is gone, nothing of it
+    is in MLflow, and the last complete checkpoint still restores. The file size limit of this process (the one
+    that writes checkpoints) stands in for a full disk: writes fail with EFBIG where they would with ENOSPC."""
+    import resource
+
+    from ladder.progress import Progress
+    from ladder.registry import Registry
+    from ladder.rung import ResolvedJudge, Rung
+    from ladder.rung_store import CheckpointError, RungStore
+    from ladder.spec import parse_spec
+    from ladder.tasks import build_task
+
+    verifier = "ladder.tasks.arithmetic:exact"
+    spec = parse_spec(spec_dict(tiny_model, {"kind": "verifier", "function": verifier}, workdir=str(tmp_path / "w"),
+                                train={"lr": 1e-3, "kl_coef": 0.0, "steps": 2, "prompts_per_step": 2}))
+    reg = Registry("disk-full", f"sqlite:///{tmp_path / 'm.db'}", (tmp_path / "art").as_uri())
+    run = reg.client.create_run(reg.experiment_id).info.run_id
+    store = RungStore(reg, tmp_path / "w" / "job")
+    rung = Rung(spec, build_task(spec.task, spec.seed), tiny_model, ResolvedJudge("verifier", verifier, "v"), 0)
+    try:
+        rung.ready()
+        rung.step()
+        first = store.checkpoint(rung, Progress(spec.name, "job", rung_run=run), 1)
+        rung.step()
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))  # no file above 1 MiB from here: the disk is full
+        try:
+            with pytest.raises(CheckpointError) as failed:
+                store.checkpoint(rung, first, 2)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        assert rung.restore(store.local_checkpoint(first)) == 1  # the complete one still serves
+    finally:
+        rung.shutdown()
+    message = str(failed.value)
+    assert "\n" not in message and message.startswith("rung 1 checkpoint at step 2 not written (File too large")
+    assert not (tmp_path / "w" / "job" / "rung-1" / "ckpt-00002").exists()
+    assert [a.path for a in reg.client.list_artifacts(run, "checkpoints")] == ["checkpoints/step-00001"]

@@ -1,0 +1,65 @@
+"""Where a rung's state goes between its trainer and MLflow: checkpoints (written whole, logged to the rung run,
+only then pointed at by the progress), the final student as an MLflow model, and checkpoints fetched back."""
+from __future__ import annotations
+
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+from ladder.progress import Progress
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint or candidate that could not be written whole (a full disk): one line; nothing points at it."""
+
+
+@contextmanager
+def written(what: str, local: Path):
+    """Write `local` and log it; a failed write (full disk, file size limit) ends in one CheckpointError naming
+    what and why, and the local folder is removed either way."""
+    try:
+        yield
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        raise CheckpointError(f"{what} not written ({exc.strerror or exc}{where}); the last complete "
+                              "checkpoint stands") from None
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+
+
+class RungStore:
+    """Checkpoints and candidates of one job's rungs; local folders live under `<workdir>/<ladder>/<job>/`."""
+
+    def __init__(self, registry, root: Path):
+        self.registry = registry
+        self.root = root
+
+    def checkpoint(self, rung, p: Progress, step: int) -> Progress:
+        """Write a complete checkpoint, log it to the rung run, and only then point the progress at it."""
+        local = self.root / f"rung-{p.rung}" / f"ckpt-{step:05d}"
+        with written(f"rung {p.rung} checkpoint at step {step}", local):
+            rung.checkpoint(str(local))
+            uri = self.registry.upload_checkpoint(p.rung_run, str(local), step)
+        self.registry.flush_writes()  # steps up to a checkpoint are never redone: their metrics must be in
+        return p.to(step=step, cursor=rung.cursor.state(), checkpoint=uri)
+
+    def log_candidate(self, rung, p: Progress, tags: dict[str, str]) -> Progress:
+        """The rung's final student logged as an MLflow model, output of the rung run: the candidate that is
+        registered next (the weights are stored once; nothing trains from them)."""
+        local = self.root / f"rung-{p.rung}" / "candidate"
+        with written(f"rung {p.rung} trained student", local):
+            rung.save_student(str(local))
+            model_id = self.registry.log_model(p.rung_run, str(local), tags, rung.step_no)
+        self.registry.flush_writes()
+        return p.to(step=rung.step_no, cursor=rung.cursor.state(), checkpoint=f"models:/{model_id}")
+
+    def local_checkpoint(self, p: Progress) -> str:
+        """The progress' checkpoint as a local folder (downloaded once per job and step)."""
+        dst = self.root / f"rung-{p.rung}" / f"restore-{p.step:05d}"
+        if not (dst / "cursor.json").is_file():
+            staging = dst.parent / f".{dst.name}"
+            self.registry.download_checkpoint(p.checkpoint, str(staging))
+            shutil.rmtree(dst, ignore_errors=True)
+            (staging / Path(p.checkpoint).name).rename(dst)
+            shutil.rmtree(staging, ignore_errors=True)
+        return str(dst)
