@@ -132,10 +132,33 @@ def _sigkill(ray, actor, wait_dead) -> None:
     wait_dead(actor)
 
 
+def _cpu_ticks(pid: int) -> int:
+    """User + system CPU time of a process, in clock ticks (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def _sigkill_when_busy(pid: int, actor, wait_dead, ticks: int = 10) -> None:
+    """SIGKILL the actor's process `pid` in the middle of its work: once its CPU time has grown by `ticks` since
+    the call (it is serving a request the caller made meanwhile); then wait until Ray reports it dead."""
+    import signal
+    import time
+
+    start, deadline = _cpu_ticks(pid), time.monotonic() + 300
+    while _cpu_ticks(pid) < start + ticks:
+        assert time.monotonic() < deadline, "the worker never got busy"
+        time.sleep(0.02)
+    os.kill(pid, signal.SIGKILL)
+    wait_dead(actor)
+
+
 def test_a_dead_rollout_worker_is_replaced_and_resynced(ray_local, tiny_model, wait_dead):
-    """A rollout worker killed between steps is replaced within the next step: the new engine loads the
-    trainer's current weights before it serves, the step counts once, and the replacement is in the metrics.
-    Past `worker_replacements` the rung fails with its reason instead of replacing again."""
+    """A rollout worker killed in the middle of a step (while it generates) is replaced within the step: the
+    new engine loads the trainer's current weights before it serves, its part of the batch is redone, the step
+    counts once, and the replacement is in the metrics. Past `worker_replacements` the rung fails with its
+    reason instead of replacing again."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from ladder.rung import ResolvedJudge, Rung, RungFailed
     from ladder.spec import parse_spec
     from ladder.tasks import build_task
@@ -150,8 +173,11 @@ def test_a_dead_rollout_worker_is_replaced_and_resynced(ray_local, tiny_model, w
         rung.step()
         assert rung.weights_version == 1
         first = rung.rollout[0]
-        _sigkill(ray_local, first, wait_dead)
-        metrics = rung.step()
+        pid = ray_local.get(first.__ray_call__.remote(lambda self: os.getpid()))  # asked while it is idle
+        with ThreadPoolExecutor(1) as pool:
+            step = pool.submit(rung.step)
+            _sigkill_when_busy(pid, first, wait_dead)
+            metrics = step.result(timeout=600)
         assert rung.rollout[0] is not first and rung.step_no == 2
         assert metrics["faults/rollout_replaced"] == 1.0 and metrics["rollout/tokens"] > 0
         print(f"\nlogprob mismatch after the replacement: {metrics['train/logprob_mismatch']:.2e}")
