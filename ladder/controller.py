@@ -249,10 +249,12 @@ class LadderController:
             return p.to(phase=Phase.REGISTER, results={
                 **p.results, "final_accuracy": final.get("eval/accuracy"),
                 "current_judge": [current.accuracy, current.auc, current.identical_share]})
-        except ray.exceptions.RayActorError as exc:
-            if self._now.is_set():  # `stop --now` killed the stage actors: back to the last checkpoint
+        except Exception as exc:
+            if self._now.is_set():  # `stop --now` killed the stage actors: whatever broke, back to the checkpoint
                 return p.to(state=State.STOPPED)
-            return self._after_stage_death(p, exc)
+            if isinstance(exc, (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)):
+                return self._after_stage_death(p, exc)  # an actor died (or the trainer that owned the weights)
+            raise
         finally:
             if not handed_over:
                 rung.shutdown()
