@@ -349,10 +349,7 @@ class Rung:
         return self.step_no
 
     def shutdown(self) -> None:
-        from stages.actors import kill_all
-
-        kill_all(self.actors())
-        self.stages.release()
+        self.handover().release()  # every actor of the rung, replacements included, killed once
 
 
 def saturated(approvals: list[float], sat) -> bool:
