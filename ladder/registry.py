@@ -220,8 +220,24 @@ class Registry:
     def upload_checkpoint(self, run_id: str, local_dir: str, step: int) -> str:
         """Log a complete checkpoint folder to the rung run; returns its artifact URI (used only once logged)."""
         path = f"checkpoints/step-{step:05d}"
-        self.client.log_artifacts(run_id, local_dir, artifact_path=path)
+        try:
+            self.client.log_artifacts(run_id, local_dir, artifact_path=path)
+        except BaseException:
+            self.delete_artifacts(run_id, path)  # nothing points at a partial upload; nothing of it stays either
+            raise
         return f"runs:/{run_id}/{path}"
+
+    def delete_artifacts(self, run_id: str, path: str) -> bool:
+        """Remove `path` (a file or folder) from the run's artifacts; best effort: False when the store cannot
+        be reached (the next upload of the same checkpoint writes over what is left)."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        try:
+            repo = get_artifact_repository(self.raw.get_run(run_id).info.artifact_uri, tracking_uri=self.tracking_uri)
+            repo.delete_artifacts(path)
+            return True
+        except Exception:  # cleanup must never hide the failure that called it
+            return False
 
     def download_checkpoint(self, uri: str, dst: str) -> str:
         import mlflow

@@ -24,3 +24,21 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+import pytest  # noqa: E402  (after the engine environment above)
+
+FAULTS: list[tuple[str, str]] = []
+
+
+@pytest.fixture
+def fault_figures():
+    """`fault_figures(fault, figures)`: one line of the table of injected faults `make test` prints at its end
+    (what was injected and when, what the ladder did, its recovery time and the steps redone, from this run)."""
+    return lambda fault, figures: FAULTS.append((fault, figures))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FAULTS:
+        terminalreporter.section("faults injected in this run")
+        for fault, figures in FAULTS:
+            terminalreporter.line(f"{fault}: {figures}")

@@ -87,3 +87,32 @@ def wait_until_dead(actor, timeout_s: float = 120.0) -> None:
         except ray.exceptions.GetTimeoutError:
             break
     pytest.fail(f"actor still alive {timeout_s:.0f} s after it was killed")
+
+
+@pytest.fixture(scope="session")
+def kill_when_busy():
+    """`kill_when_busy(pid, actor)`: SIGKILL the actor's process in the middle of a call (see `sigkill_when_busy`)."""
+    return sigkill_when_busy
+
+
+def cpu_ticks(pid: int) -> int:
+    """User + system CPU time of a process, in clock ticks (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def sigkill_when_busy(pid: int, actor, ticks: int = 10) -> float:
+    """SIGKILL the actor's process `pid` (asked of the actor while it was idle) in the middle of its work: once its
+    CPU time has grown by `ticks` since this call, it is serving the request the caller made meanwhile. Waits until
+    Ray reports it dead; returns `time.monotonic()` at the kill."""
+    import signal
+    import time
+
+    start, deadline = cpu_ticks(pid), time.monotonic() + 300
+    while cpu_ticks(pid) < start + ticks:
+        assert time.monotonic() < deadline, "the worker never got busy"
+        time.sleep(0.02)
+    os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    wait_until_dead(actor)
+    return killed

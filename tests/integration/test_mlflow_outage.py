@@ -29,7 +29,7 @@ def start_mlflow(port: int, store: Path):
     return proc
 
 
-def test_a_ladder_rides_out_an_mlflow_outage(tiny_model, tmp_path):
+def test_a_ladder_rides_out_an_mlflow_outage(tiny_model, tmp_path, fault_figures):
     port, store = free_port(), tmp_path / "store"
     store.mkdir()
     uri = f"http://127.0.0.1:{port}"
@@ -75,7 +75,8 @@ def test_a_ladder_rides_out_an_mlflow_outage(tiny_model, tmp_path):
         assert during, "no step ran while MLflow was down: training waited for it"
         retries = reg.client.get_metric_history(run_id, "faults.mlflow_retries")
         assert retries and max(m.value for m in retries) >= 1
-        print(f"\nMLflow down {OUTAGE_S:.0f} s mid-rung: steps {during} ran meanwhile; "
-              f"{int(max(m.value for m in retries))} metric deliveries retried; steps logged once each: 1..{steps}")
+        fault_figures(f"MLflow server stopped for {OUTAGE_S:.0f} s mid-rung, then started on the same port and store",
+                      f"steps {during} ran meanwhile; {int(max(m.value for m in retries))} metric deliveries "
+                      f"retried; steps logged once each: 1..{steps}; one version; steps redone: 0")
     finally:
         stop_group(server)

@@ -4,6 +4,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -132,27 +133,8 @@ def _sigkill(ray, actor, wait_dead) -> None:
     wait_dead(actor)
 
 
-def _cpu_ticks(pid: int) -> int:
-    """User + system CPU time of a process, in clock ticks (from /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return int(fields[11]) + int(fields[12])
-
-
-def _sigkill_when_busy(pid: int, actor, wait_dead, ticks: int = 10) -> None:
-    """SIGKILL the actor's process `pid` in the middle of its work: once its CPU time has grown by `ticks` since
-    the call (it is serving a request the caller made meanwhile); then wait until Ray reports it dead."""
-    import signal
-    import time
-
-    start, deadline = _cpu_ticks(pid), time.monotonic() + 300
-    while _cpu_ticks(pid) < start + ticks:
-        assert time.monotonic() < deadline, "the worker never got busy"
-        time.sleep(0.02)
-    os.kill(pid, signal.SIGKILL)
-    wait_dead(actor)
-
-
-def test_a_dead_rollout_worker_is_replaced_and_resynced(ray_local, tiny_model, wait_dead):
+def test_a_dead_rollout_worker_is_replaced_and_resynced(ray_local, tiny_model, wait_dead, kill_when_busy,
+                                                        fault_figures):
     """A rollout worker killed in the middle of a step (while it generates) is replaced within the step: the
     new engine loads the trainer's current weights before it serves, its part of the batch is redone, the step
     counts once, and the replacement is in the metrics. Past `worker_replacements` the rung fails with its
@@ -176,11 +158,14 @@ def test_a_dead_rollout_worker_is_replaced_and_resynced(ray_local, tiny_model, w
         pid = ray_local.get(first.__ray_call__.remote(lambda self: os.getpid()))  # asked while it is idle
         with ThreadPoolExecutor(1) as pool:
             step = pool.submit(rung.step)
-            _sigkill_when_busy(pid, first, wait_dead)
+            killed = kill_when_busy(pid, first)
             metrics = step.result(timeout=600)
+            recovery = time.monotonic() - killed
         assert rung.rollout[0] is not first and rung.step_no == 2
         assert metrics["faults/rollout_replaced"] == 1.0 and metrics["rollout/tokens"] > 0
-        print(f"\nlogprob mismatch after the replacement: {metrics['train/logprob_mismatch']:.2e}")
+        fault_figures("rollout worker SIGKILL mid-generate", f"replaced and re-synced to weights v1 within the step, "
+                      f"its part redone; step done {recovery:.1f} s after the kill; steps redone: 0; logprob "
+                      f"mismatch after the replacement {metrics['train/logprob_mismatch']:.1e}")
         # it sampled with the trainer's weights (version 1, loaded before it served; the fresh engine held the
         # base model): vLLM's logprobs of its samples equal the trainer's
         assert metrics["train/logprob_mismatch"] < 1e-3
@@ -193,9 +178,10 @@ def test_a_dead_rollout_worker_is_replaced_and_resynced(ray_local, tiny_model, w
         rung.shutdown()
 
 
-def test_a_disk_that_fills_while_checkpointing_leaves_nothing_half_written(ray_local, tiny_model, tmp_path):
+def test_a_disk_that_fills_while_checkpointing_leaves_nothing_half_written(ray_local, tiny_model, tmp_path,
+                                                                          fault_figures):
     """A checkpoint that cannot be written whole fails in one line naming it; its folder is gone, nothing of it
-    is in MLflow, and the last complete checkpoint still restores. The file size limit of this process (the one
+    is in MLflow (an upload cut off halfway is deleted again), and the last complete checkpoint still restores. The file size limit of this process (the one
     that writes checkpoints) stands in for a full disk: writes fail with EFBIG where they would with ENOSPC."""
     import resource
 
@@ -226,9 +212,20 @@ def test_a_disk_that_fills_while_checkpointing_leaves_nothing_half_written(ray_l
         finally:
             resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         assert rung.restore(store.local_checkpoint(first)) == 1  # the complete one still serves
+        # written whole while the disk had room, then the disk fills in the middle of the upload (the artifact
+        # store is a folder here): the files already copied are deleted again
+        local = rung.checkpoint(str(tmp_path / "ckpt-2"))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, hard))
+        try:
+            with pytest.raises(OSError, match="File too large"):
+                reg.upload_checkpoint(run, local, 2)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     finally:
         rung.shutdown()
     message = str(failed.value)
     assert "\n" not in message and message.startswith("rung 1 checkpoint at step 2 not written (File too large")
     assert not (tmp_path / "w" / "job" / "rung-1" / "ckpt-00002").exists()
     assert [a.path for a in reg.client.list_artifacts(run, "checkpoints")] == ["checkpoints/step-00001"]
+    fault_figures("disk full while checkpointing (write, then upload)", f"one line: {message.split(' (')[0]}; "
+                  "no folder or artifact of it left; the step-1 checkpoint restores")

@@ -296,7 +296,7 @@ def actor_pid(dashboard, env, name_pattern, timeout_s=120.0) -> int:
     pytest.fail(f"no live actor named like {name_pattern}")
 
 
-def test_killed_driver_and_killed_controller(tiny_model, ray_head, mlflow_server, tmp_path):
+def test_killed_driver_and_killed_controller(tiny_model, ray_head, mlflow_server, tmp_path, fault_figures):
     """SIGKILL the driver of a `ladder run`: the ladder goes on. Then SIGKILL its controller mid-rung: Ray
     restarts it, it re-enters the saved phase from the last checkpoint, and the ladder finishes with one
     version per rung and no step redone beyond one checkpoint interval."""
@@ -308,10 +308,12 @@ def test_killed_driver_and_killed_controller(tiny_model, ray_head, mlflow_server
     driver = subprocess.Popen([sys.executable, "-m", "ladder.cli", "run", str(spec), "--address", gcs], cwd=ROOT,
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for(name, mlflow_server, lambda p: p.rung == 1 and p.step >= 2)
+        at_driver_kill = wait_for(name, mlflow_server, lambda p: p.rung == 1 and p.step >= 2).step
         driver.kill()
         assert driver.wait(60) == -signal.SIGKILL
+        driver_killed = time.monotonic()
         before = wait_for(name, mlflow_server, lambda p: p.rung == 1 and p.step >= 4)  # it went on without it
+        driver_gap = time.monotonic() - driver_killed
         status = json.loads(ladder(env, "status", name, "--address", dashboard, "--tracking-uri", mlflow_server,
                                    "--json").stdout)
         assert status["live"] is True and status["state"] == "running"
@@ -323,10 +325,14 @@ def test_killed_driver_and_killed_controller(tiny_model, ray_head, mlflow_server
         recovery = time.monotonic() - killed_at
         assert actor_pid(dashboard, env, name) != pid  # Ray started a new controller process
 
-        wait_for(name, mlflow_server, lambda p: p.rung == 2 and p.step >= 2)
+        at_trainer_kill = wait_for(name, mlflow_server, lambda p: p.rung == 2 and p.step >= 2).step
         trainer = actor_pid(dashboard, env, rf"{name}\.{back.job}\.trainer\..*")
         os.kill(trainer, signal.SIGKILL)  # the rung starts again from its checkpoint on fresh actors
-        done = wait_for(name, mlflow_server, lambda p: p.state.value == "completed")
+        trainer_killed = time.monotonic()
+        wait_for(name, mlflow_server, lambda p: p.rung > 2 or p.state.value == "completed"
+                 or (p.rung == 2 and p.step > at_trainer_kill + 1))
+        trainer_recovery = time.monotonic() - trainer_killed
+        wait_for(name, mlflow_server, lambda p: p.state.value == "completed")
     finally:
         if driver.poll() is None:
             driver.kill()
@@ -341,6 +347,12 @@ def test_killed_driver_and_killed_controller(tiny_model, ray_head, mlflow_server
     reg = Registry.find(name, mlflow_server)
     rung2 = reg.client.get_run(versions[1].run_id)
     assert rung2.data.metrics["faults.stage_restarts"] == 1.0  # the trainer's death is on record
-    print(f"controller killed at rung 1 step >= {killed_step}: back at checkpoint step {back.step} after "
-          f"{recovery:.0f} s; rung-1 steps logged twice: {len(steps) - 10}; trainer killed in rung 2: "
-          f"rung-2 steps logged twice: {len(steps2) - 10}; job {done.job}")
+    fault_figures("driver of `ladder run` SIGKILL at rung 1 step >= " + str(at_driver_kill),
+                  f"the ladder went on: step 4 reached {driver_gap:.0f} s after the kill; steps redone: 0")
+    fault_figures(f"controller actor SIGKILL at rung 1 step >= {killed_step}",
+                  f"Ray restarted it; it re-entered the rung from its checkpoint and was 2 steps past the kill "
+                  f"{recovery:.0f} s later; steps logged twice: {len(steps) - 10}; one version per rung")
+    fault_figures(f"trainer SIGKILL at rung 2 step >= {at_trainer_kill}",
+                  f"the rung restarted from its checkpoint on new actors and was 2 steps past the kill "
+                  f"{trainer_recovery:.0f} s later; steps logged twice: {len(steps2) - 10}; "
+                  "faults.stage_restarts = 1")

