@@ -33,7 +33,7 @@ def quiet_libraries() -> None:
     # MLflow's client retries a request for ~4 minutes by default; the ladder's own retries (mlflow.retry_s)
     # carry a running ladder through outages, and a command should say "unreachable" in seconds
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    for name in ("alembic", "ray"):
+    for name in ("alembic", "mlflow", "ray"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
@@ -130,6 +130,7 @@ def train_rung(spec: Path = typer.Argument(..., help="Ladder spec YAML file."),
                as_json: bool = typer.Option(False, "--json", help="One JSON object per step on stdout."),
                verbose: bool = typer.Option(False, help="Show Ray and vLLM logs.")):
     """Run one rung (rollout -> judge -> train -> sync) against the spec's initial judge."""
+    quiet_libraries()
     loaded = _load(spec)
     from ladder.rung_driver import run_single_rung
 

@@ -113,15 +113,20 @@ def test_model_judge_rung_runs_to_completion(tiny_model, tmp_path):
     assert (out / "model.safetensors").read_bytes() != (Path(tiny_model) / "model.safetensors").read_bytes()
 
 
-def test_train_rung_reports_a_missing_model_in_one_line(tmp_path):
-    spec = spec_dict(str(tmp_path / "no-such-model"), {"kind": "verifier", "function": "ladder.tasks.arithmetic:verify"})
+@pytest.mark.parametrize("student, message", [
+    ("{tmp}/no-such-model", "{tmp}/no-such-model: no such model directory"),
+    ("models:/nope/3", "models:/nope/3: no such model version in MLflow at sqlite:///{tmp}/m.db"),
+])
+def test_train_rung_reports_a_missing_model_in_one_line(tmp_path, student, message):
+    spec = spec_dict(student.format(tmp=tmp_path), {"kind": "verifier", "function": "ladder.tasks.arithmetic:verify"},
+                     workdir=str(tmp_path / "w"), mlflow={"tracking_uri": f"sqlite:///{tmp_path / 'm.db'}"})
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     res = subprocess.run([sys.executable, "-m", "ladder.cli", "train-rung", str(path)], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2
-    assert "no-such-model: no such model directory" in res.stderr
-    assert "Traceback" not in res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and message.format(tmp=tmp_path) in lines[0], res.stderr
 
 
 def _sigkill(ray, actor, wait_dead) -> None:
