@@ -222,21 +222,28 @@ class Registry:
         path = f"checkpoints/step-{step:05d}"
         try:
             self.client.log_artifacts(run_id, local_dir, artifact_path=path)
-        except BaseException:
-            self.delete_artifacts(run_id, path)  # nothing points at a partial upload; nothing of it stays either
+        except Exception as exc:
+            from ladder.retrying import MlflowUnavailable, transient
+
+            if not (isinstance(exc, MlflowUnavailable) or transient(exc)):  # the store answers: clean it now
+                self.delete_artifacts(run_id, path)  # nothing points at a partial upload; nothing of it stays
             raise
         return f"runs:/{run_id}/{path}"
 
     def delete_artifacts(self, run_id: str, path: str) -> bool:
-        """Remove `path` (a file or folder) from the run's artifacts; best effort: False when the store cannot
-        be reached (the next upload of the same checkpoint writes over what is left)."""
+        """Remove `path` (a file or folder) from the run's artifacts. Best effort: False, with a warning naming
+        the path, when that fails (nothing points at it; the next upload of that step writes over it)."""
+        import logging
+
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
         try:
             repo = get_artifact_repository(self.raw.get_run(run_id).info.artifact_uri, tracking_uri=self.tracking_uri)
             repo.delete_artifacts(path)
             return True
-        except Exception:  # cleanup must never hide the failure that called it
+        except Exception as exc:  # cleanup must never hide the failure that called it
+            logging.getLogger(__name__).warning("run %s: could not delete the partial artifacts %s (%s)", run_id,
+                                                path, str(exc).splitlines()[0][:200] if str(exc) else type(exc))
             return False
 
     def download_checkpoint(self, uri: str, dst: str) -> str:

@@ -76,7 +76,7 @@ def test_a_ladder_rides_out_an_mlflow_outage(tiny_model, tmp_path, fault_figures
         retries = reg.client.get_metric_history(run_id, "faults.mlflow_retries")
         assert retries and max(m.value for m in retries) >= 1
         fault_figures(f"MLflow server stopped for {OUTAGE_S:.0f} s mid-rung, then started on the same port and store",
-                      f"steps {during} ran meanwhile; {int(max(m.value for m in retries))} metric deliveries "
-                      f"retried; steps logged once each: 1..{steps}; one version; steps redone: 0")
+                      f"steps {during} ran meanwhile; {int(max(m.value for m in retries))} delivery retries; "
+                      f"steps logged once each: 1..{steps}; one version; steps redone: 0")
     finally:
         stop_group(server)

@@ -168,9 +168,6 @@ def test_a_dead_rollout_worker_is_replaced_and_resynced(ray_local, tiny_model, w
             recovery = time.monotonic() - killed
         assert rung.rollout[0] is not first and rung.step_no == 2
         assert metrics["faults/rollout_replaced"] == 1.0 and metrics["rollout/tokens"] > 0
-        fault_figures("rollout worker SIGKILL mid-generate", f"replaced and re-synced to weights v1 within the step, "
-                      f"its part redone; step done {recovery:.1f} s after the kill; steps redone: 0; logprob "
-                      f"mismatch after the replacement {metrics['train/logprob_mismatch']:.1e}")
         # it sampled with the trainer's weights (version 1, loaded before it served; the fresh engine held the
         # base model): vLLM's logprobs of its samples equal the trainer's
         assert metrics["train/logprob_mismatch"] < 1e-3
@@ -179,6 +176,9 @@ def test_a_dead_rollout_worker_is_replaced_and_resynced(ray_local, tiny_model, w
         with pytest.raises(RungFailed, match=r"rollout workers died 2 times in this rung \(worker_replacements is 1\)"):
             rung.step()
         assert rung.step_no == 2  # the failed step is not counted
+        fault_figures("rollout worker SIGKILL mid-generate", f"replaced and re-synced to weights v1 within the step, "
+                      f"its part redone; step done {recovery:.1f} s after the kill and counted once; logprob "
+                      f"mismatch after the replacement {metrics['train/logprob_mismatch']:.1e}")
     finally:
         rung.shutdown()
 
@@ -186,8 +186,9 @@ def test_a_dead_rollout_worker_is_replaced_and_resynced(ray_local, tiny_model, w
 def test_a_disk_that_fills_while_checkpointing_leaves_nothing_half_written(ray_local, tiny_model, tmp_path,
                                                                           fault_figures):
     """A checkpoint that cannot be written whole fails in one line naming it; its folder is gone, nothing of it
-    is in MLflow (an upload cut off halfway is deleted again), and the last complete checkpoint still restores. The file size limit of this process (the one
-    that writes checkpoints) stands in for a full disk: writes fail with EFBIG where they would with ENOSPC."""
+    is in MLflow (an upload cut off halfway is deleted again), and the last complete checkpoint still restores.
+    The file size limit of this process (the one that writes checkpoints) stands in for a full disk: writes fail
+    with EFBIG where they would with ENOSPC."""
     import resource
 
     from ladder.progress import Progress
