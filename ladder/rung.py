@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from ladder.batches import PromptBatch, RolloutBatch
+from ladder.batches import JudgedBatch, PromptBatch, RolloutBatch
 from ladder.judges import ResolvedJudge
 from ladder.tasks.base import Task
 
@@ -133,6 +133,18 @@ def build_judge_pool(spec, judge: ResolvedJudge, answer_pattern: str, seed: int,
                      max_replacements=spec.worker_replacements)
 
 
+@dataclass
+class Collected:
+    """A judged batch and what it took: wall seconds of rollout and judging, seconds of work inside the stage
+    actors, the prompt cursor before it was drawn, and the version of the weights that sampled it."""
+    judged: JudgedBatch
+    rollout_s: float
+    judge_s: float
+    work_s: dict
+    cursor: dict
+    version: int
+
+
 class Rung:
     """The stage actors of one rung and the step loop that drives them.
 
@@ -171,6 +183,7 @@ class Rung:
         self.last_examples: tuple = ()
         self.last_skip = ""
         self.work_s: dict[str, float] = {}  # the last step's seconds of work inside the stage actors
+        self._next: Optional[Collected] = None  # (train.overlap) the next step's batch, collected during this one
 
     def handover(self):
         """This rung's actors (dead ones replaced) for the next rung to take over; the rung is not used after."""
@@ -241,36 +254,60 @@ class Rung:
         if self._weights is not None:
             ray.get(self.rollout[k].load_weights.remote(self._weights))
 
-    def step(self) -> dict[str, float]:
-        """One GRPO step; returns its metrics (reward, KL, loss, tokens/s, per-stage seconds)."""
-        import ray
-
+    def collect(self) -> Collected:
+        """The next prompts, rolled out and judged, with what that took."""
+        cursor, version = self.cursor.state(), self.weights_version
         t0 = time.perf_counter()
-        self.work_s = {"sync": 0.0}
         rollout = self.generate(self.next_prompts(), self.spec.rollout.group_size, self.spec.rollout.temperature)
         t1 = time.perf_counter()
         judge_before = self.pool.work_s
         judged = self.pool.score(rollout)
-        self.work_s["judge"] = self.pool.work_s - judge_before
-        t2 = time.perf_counter()
-        stats = ray.get(self.trainer.step.remote(judged))
-        self.work_s["train"] = stats.seconds
+        return Collected(judged, t1 - t0, time.perf_counter() - t1,
+                         {"rollout": self.work_s["rollout"], "judge": self.pool.work_s - judge_before}, cursor, version)
+
+    def cursor_state(self) -> dict:
+        """The prompt cursor of the batches trained so far (a batch collected ahead is drawn again on resume)."""
+        return self._next.cursor if self._next is not None else self.cursor.state()
+
+    def step(self, prefetch: bool = True) -> dict[str, float]:
+        """One GRPO step; returns its metrics (reward, KL, loss, tokens/s, per-stage seconds). With
+        `train.overlap` (and `prefetch`) the next step's batch is rolled out and judged while this one trains, by
+        the weights before this update: one step off-policy."""
+        import ray
+
+        t0 = time.perf_counter()
+        batch = self._next or self.collect()
+        collected_now = self._next is None
+        self._next = None
+        t1 = time.perf_counter()
+        trained_from = self.weights_version  # the weights this update starts from
+        training = self.trainer.step.remote(batch.judged)
+        ahead = 0.0
+        if self.spec.train.overlap and prefetch:
+            self._next = self.collect()  # the rollout workers still serve the weights before this update
+            ahead = sum(self._next.work_s.values())
+        stats = ray.get(training)
         t3 = time.perf_counter()
+        self.work_s["sync"] = 0.0
         if not stats.skipped:  # no update: the rollout workers already hold these weights
             self.sync()
         t4 = time.perf_counter()
-        overhead = max(0.0, (t4 - t0) - sum(self.work_s.values()))
+        self.work_s = {**batch.work_s, "train": stats.seconds, "sync": self.work_s["sync"]}
+        busy = (sum(batch.work_s.values()) if collected_now else 0.0) + max(stats.seconds, ahead) + self.work_s["sync"]
+        overhead = max(0.0, (t4 - t0) - busy)
         self.step_no += 1
-        self.last_examples = judged.examples
+        self.last_examples = batch.judged.examples
         self.last_skip = stats.skipped
+        rollout, judged = batch.judged.rollout, batch.judged
         tokens = rollout.n_tokens
         return {
             "reward/mean": stats.reward_mean, "reward/std": stats.reward_std, "train/kl": stats.kl,
             "train/loss": stats.loss, "train/grad_norm": stats.grad_norm, "train/clip_frac": stats.clip_frac,
             "train/logprob_mismatch": stats.logprob_mismatch,
-            "rollout/tokens": float(tokens), "rollout/tokens_per_s": tokens / max(t1 - t0, 1e-9),
-            "judge/samples_per_s": len(judged.scores) / max(t2 - t1, 1e-9),
-            "time/rollout_s": t1 - t0, "time/judge_s": t2 - t1, "time/train_s": t3 - t2,
+            "train/staleness": float(trained_from - batch.version),  # updates between sampling and training
+            "rollout/tokens": float(tokens), "rollout/tokens_per_s": tokens / max(batch.rollout_s, 1e-9),
+            "judge/samples_per_s": len(judged.scores) / max(batch.judge_s, 1e-9),
+            "time/rollout_s": batch.rollout_s, "time/judge_s": batch.judge_s, "time/train_s": t3 - t1,
             "time/sync_s": t4 - t3, "time/step_s": t4 - t0,
             "time/sync_frac": (t4 - t3) / max(t4 - t0, 1e-9), "time/overhead_s": overhead,
             "time/overhead_frac": overhead / max(t4 - t0, 1e-9),
@@ -329,7 +366,7 @@ class Rung:
         out = Path(out_dir)
         self.save_student(str(out / "model"))
         (out / "trainer.pt").write_bytes(ray.get(self.trainer.trainer_state.remote()))
-        (out / "cursor.json").write_text(json.dumps({**self.cursor.state(), "step": self.step_no}))
+        (out / "cursor.json").write_text(json.dumps({**self.cursor_state(), "step": self.step_no}))
         return str(out)
 
     def restore(self, ckpt_dir: str) -> int:
@@ -345,6 +382,7 @@ class Rung:
         ray.get(self.trainer.restore.remote(weights, (root / "trainer.pt").read_bytes()))
         self.cursor = PromptCursor.restore(self.cursor.size, self.cursor.seed, cursor)
         self.step_no = cursor["step"]
+        self._next = None  # sampled by weights that are gone: its prompts are drawn again
         self.sync()
         return self.step_no
 
@@ -374,7 +412,7 @@ def train_steps(rung: Rung, first: int, last: int, should_stop: Callable[[], boo
     for step in range(first, last + 1):
         if should_stop():
             return "stopped"
-        metrics = rung.step()
+        metrics = rung.step(prefetch=step != last)
         skipped = skipped + 1 if rung.last_skip else 0
         if skipped >= spec.train.max_skipped_steps:
             on_step(step, metrics)

@@ -41,7 +41,7 @@ class RungStore:
             rung.checkpoint(str(local))
             uri = self.registry.upload_checkpoint(p.rung_run, str(local), step)
         self.registry.flush_writes()  # steps up to a checkpoint are never redone: their metrics must be in
-        return p.to(step=step, cursor=rung.cursor.state(), checkpoint=uri)
+        return p.to(step=step, cursor=rung.cursor_state(), checkpoint=uri)
 
     def log_candidate(self, rung, p: Progress, tags: dict[str, str]) -> Progress:
         """The rung's final student logged as an MLflow model, output of the rung run: the candidate that is
@@ -51,7 +51,7 @@ class RungStore:
             rung.save_student(str(local))
             model_id = self.registry.log_model(p.rung_run, str(local), tags, rung.step_no)
         self.registry.flush_writes()
-        return p.to(step=rung.step_no, cursor=rung.cursor.state(), checkpoint=f"models:/{model_id}")
+        return p.to(step=rung.step_no, cursor=rung.cursor_state(), checkpoint=f"models:/{model_id}")
 
     def local_checkpoint(self, p: Progress) -> str:
         """The progress' checkpoint as a local folder (downloaded once per job and step)."""

@@ -195,6 +195,10 @@ class TrainSpec(_Strict):
         4096, ge=0, description="Padded tokens per forward pass: samples are sorted by length and grouped into micro-"
                                 "batches of at most this many (gradients accumulate; the loss is that of the whole "
                                 "batch). 0: the whole batch in one pass.")
+    overlap: bool = Field(
+        False, description="Generate and judge step n+1's batch while step n trains: one step off-policy, the ratio "
+                           "taken against the sampling engine's logprobs. It pays where rollout, judge and trainer "
+                           "have devices of their own; on one CPU they share its cores.")
     max_skipped_steps: int = Field(
         5, ge=1, description="Steps in a row without an update (non-finite loss or gradients, or no sample left to "
                              "train on) after which the rung fails, with the reason in MLflow.")

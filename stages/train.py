@@ -24,6 +24,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     weight_decay: float = 0.0
     micro_batch_tokens: int = 4096      # padded tokens per forward pass (0: the whole batch at once)
+    overlap: bool = False               # batches sampled one update ago: the ratio is taken against vLLM's logprobs
     trust_remote_code: bool = False  # the model's own Python code runs only when the spec says so
 
     @classmethod
@@ -133,6 +134,8 @@ class Trainer:
         t0 = time.perf_counter()
         if not any(judged.trainable):
             return self._skip(judged, "no sample left to train on (every judge output unreadable)", t0)
+        if self.cfg.overlap and any(len(s.logprobs) != len(s.completion_ids) for s in judged.rollout.samples):
+            raise ValueError("train.overlap needs the sampling logprobs of every completion token")
         self.model.train()
         cache: dict = {}
         for epoch in range(self.cfg.epochs_per_step):
@@ -160,7 +163,9 @@ class Trainer:
         (in the first pass) the trainer-vs-vLLM logprob mismatch, all per completion token.
 
         With one epoch per step the "old" policy is the current one: its logprobs are the detached ones of the
-        forward that is differentiated (ratio 1, same gradient), not a second forward. The reference forward
+        forward that is differentiated (ratio 1, same gradient), not a second forward. With `overlap` the batch was
+        sampled by the weights before the last update, and the old policy is that one: vLLM's sampling logprobs
+        (as verl's one-step off-policy recipe and TRL's async GRPO take them). The reference forward
         runs only when there is a KL term, once per step: `cache` keeps it (and the old logprobs) between the
         step's epochs; pass the same empty dict to each epoch of one step."""
         import torch
@@ -183,18 +188,18 @@ class Trainer:
                 with torch.no_grad():
                     ref = (completion_logprobs(self.ref, ids, attn, pos, width) if self.cfg.kl_coef > 0 else None)
                     old = (completion_logprobs(self.model, ids, attn, pos, width)
-                           if self.cfg.epochs_per_step > 1 else None)
+                           if self.cfg.epochs_per_step > 1 and not self.cfg.overlap else None)
                 cache[key] = (ref, old)
             ref_lp, old_lp = cache[key]
             lp = completion_logprobs(self.model, ids, attn, pos, width)
-            old_lp = lp.detach() if old_lp is None else old_lp
+            old_lp = vllm_lp if self.cfg.overlap else lp.detach() if old_lp is None else old_lp
             loss, kl, clipped = self._loss(lp, old_lp, ref_lp, adv[g].to(self.device), mask)
             (loss / n_tok).backward()
             totals["loss"] += loss.detach() / n_tok
             totals["kl"] += kl / n_tok
             totals["clip_frac"] += clipped / n_tok
-            if first_pass:
-                totals["mismatch"] += ((old_lp - vllm_lp).abs() * mask).sum() / n_tok
+            if first_pass:  # the policy before this step's update against the sampling engine's numbers
+                totals["mismatch"] += ((lp.detach() - vllm_lp).abs() * mask).sum() / n_tok
         return totals
 
     def _skip(self, judged: JudgedBatch, reason: str, t0: float) -> TrainStats:

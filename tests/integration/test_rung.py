@@ -183,6 +183,36 @@ def test_a_dead_rollout_worker_is_replaced_and_resynced(ray_local, tiny_model, w
         rung.shutdown()
 
 
+def test_overlap_trains_one_step_off_policy_and_resumes_exactly(ray_local, tiny_model, tmp_path):
+    """`train.overlap`: step n+1's batch is sampled and judged while step n trains, by the weights before that
+    update (staleness 1 from the second step on; the first batch is on-policy); after each step the rollout
+    workers serve the trainer's weights; a checkpoint taken while a batch waits saves the cursor before it, so a
+    resumed rung draws the same prompts again."""
+    from ladder.rung import PromptCursor, ResolvedJudge, Rung
+    from ladder.spec import parse_spec
+    from ladder.tasks import build_task
+
+    verifier = "ladder.tasks.arithmetic:exact"
+    spec = parse_spec(spec_dict(tiny_model, {"kind": "verifier", "function": verifier},
+                                train={"lr": 1e-3, "kl_coef": 0.0, "steps": 3, "prompts_per_step": 4, "overlap": True}))
+    rung = Rung(spec, build_task(spec.task, spec.seed), tiny_model, ResolvedJudge("verifier", verifier, "v"), spec.seed)
+    try:
+        rung.ready()
+        first, second = rung.step(), rung.step()
+        assert first["train/staleness"] == 0.0 and second["train/staleness"] == 1.0
+        # sampled by the weights one update back: vLLM's logprobs part from the trainer's by that update
+        assert first["train/logprob_mismatch"] < 1e-3 < second["train/logprob_mismatch"]
+        assert ray_local.get(rung.rollout[0].weights_version.remote()) == rung.weights_version == 2
+        waiting = rung._next.judged.rollout.prompts
+        cursor = PromptCursor(len(rung.task.train), spec.seed)
+        cursor.next(4), cursor.next(4)
+        assert rung.cursor_state() == cursor.state() != rung.cursor.state()
+        assert rung.restore(rung.checkpoint(str(tmp_path / "ckpt"))) == 2
+        assert rung.collect().judged.rollout.prompts == waiting  # drawn again, by the restored weights
+    finally:
+        rung.shutdown()
+
+
 def test_a_disk_that_fills_while_checkpointing_leaves_nothing_half_written(ray_local, tiny_model, tmp_path,
                                                                           fault_figures):
     """A checkpoint that cannot be written whole fails in one line naming it; its folder is gone, nothing of it

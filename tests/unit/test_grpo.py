@@ -118,9 +118,10 @@ def test_non_finite_loss_skips_the_update_and_keeps_the_optimizer_clean(tiny):
     assert not trainer.step(judged).skipped and trainer.steps == 1  # healthy numbers: it trains again
 
 
-def _straightforward_loss(model, ref, samples, adv, keep, pad_id, cfg):
+def _straightforward_loss(model, ref, samples, adv, keep, pad_id, cfg, behaviour=False):
     """The GRPO loss as written first: one right-padded batch, full-vocabulary log-softmax, three forwards
-    (reference, old policy, policy), mean over the kept samples' completion tokens."""
+    (reference, old policy, policy), mean over the kept samples' completion tokens. `behaviour`: the old policy
+    is the one that sampled, its logprobs those the samples carry."""
     seqs = [list(s.prompt_ids) + list(s.completion_ids) for s in samples]
     width = max(map(len, seqs))
     ids = torch.full((len(seqs), width), pad_id)
@@ -137,6 +138,10 @@ def _straightforward_loss(model, ref, samples, adv, keep, pad_id, cfg):
 
     with torch.no_grad():
         ref_lp, old_lp = logprobs(ref), logprobs(model)
+    if behaviour:
+        for i, s in enumerate(samples):
+            p = len(s.prompt_ids)
+            old_lp[i, p - 1: p - 1 + len(s.completion_ids)] = torch.tensor(s.logprobs)
     lp = logprobs(model)
     ratio = torch.exp(lp - old_lp)
     a = adv[:, None]
@@ -178,6 +183,50 @@ def test_optimised_loss_and_gradients_equal_the_straightforward_computation(tiny
         scale = p.grad.abs().max().item()
         assert (fast[name] - p.grad).abs().max().item() <= 1e-4 * max(scale, 1e-3), name
     assert sum(g.abs().sum().item() for g in fast.values()) > 0
+
+
+@pytest.mark.parametrize("budget", [0, 40])
+def test_overlap_takes_the_ratio_against_the_sampling_logprobs(tiny, budget):
+    """`train.overlap`: a batch sampled one update ago, so the old policy is the one that sampled, and its
+    logprobs are those vLLM returned with the samples (here the model's own, moved by up to +-0.5 so that some
+    ratios leave the clip range): the same loss and gradients as the plain computation with those as old."""
+    from stages.train import completion_logprobs
+
+    cfg = TrainConfig(lr=1e-3, kl_coef=0.1, micro_batch_tokens=budget, overlap=True)
+    trainer = Trainer(tiny, cfg, seed=0)
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    prompts = ["1+1=", "Q:12+30\nA:", "2*3=", "Q:7-5\nA:", "9+9=", "Q:1\nA:"]
+    completions = ["2#2", "12+30=42#42", "7#7", "7-5=2 so #2", "18#18", "#1"]
+    plain_batch = _batch(trainer, prompts, completions, [1.0, 0.2, 0.0, 0.7, 0.4, 0.9], [0, 0, 0, 1, 1, 1])
+    rb = plain_batch.rollout
+    ids, attn, pos, mask, _ = pack(rb.samples, trainer.tokenizer.pad_token_id)
+    with torch.no_grad():
+        own = completion_logprobs(trainer.model, ids, attn, pos, mask.shape[1])
+    shift = torch.Generator().manual_seed(0)
+    samples = tuple(Sample(s.prompt_ids, s.completion_ids, s.completion_text, tuple(
+        (own[i, :len(s.completion_ids)] + torch.rand(len(s.completion_ids), generator=shift) - 0.5).tolist()))
+        for i, s in enumerate(rb.samples))
+    keep = (True, True, True, True, False, True)
+    judged = JudgedBatch(RolloutBatch(rb.prompts, rb.references, samples, rb.group), plain_batch.scores, keep=keep)
+
+    trainer.model.zero_grad(set_to_none=True)
+    totals = trainer.accumulate(judged, {})
+    fast = {n: p.grad.clone() for n, p in trainer.model.named_parameters()}
+    trainer.model.zero_grad(set_to_none=True)
+    adv = group_advantages(judged.scores, rb.group, keep)
+    plain = _straightforward_loss(trainer.model, trainer.ref, samples, adv, keep, trainer.tokenizer.pad_token_id,
+                                  cfg, behaviour=True)
+    plain.backward()
+    assert totals["loss"].item() == pytest.approx(plain.item(), rel=1e-4, abs=1e-6)
+    assert totals["clip_frac"].item() > 0.1  # ratios away from 1: the old policy is not the current one
+    assert totals["mismatch"].item() > 0.1  # reported against the sampling logprobs
+    for name, p in trainer.model.named_parameters():
+        scale = p.grad.abs().max().item()
+        assert (fast[name] - p.grad).abs().max().item() <= 1e-4 * max(scale, 1e-3), name
+    with pytest.raises(ValueError, match="overlap needs the sampling logprobs"):
+        trainer.step(plain_batch)  # samples without logprobs cannot be trained one step off-policy
 
 
 def test_a_saved_student_keeps_its_base_tokenizer_byte_for_byte(tiny, tmp_path):
