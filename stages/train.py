@@ -8,6 +8,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ladder.batches import JudgedBatch, TrainStats, WeightsRef
 
@@ -49,51 +50,91 @@ def group_advantages(scores, groups, keep=None, eps: float = 1e-4):
     return adv
 
 
-def pack(samples, pad_id: int):
-    """Prompts left-padded and completions right-padded, so every completion starts at the same column
-    (`[B, P + C]`): `ids`, `attn`, `positions` (0 at each sample's first token, as in vLLM), and over the
-    `C` completion columns `mask` and vLLM's sampling logprobs `vllm_lp` (`[B, C]`)."""
+@dataclass(frozen=True)
+class Packed:
+    """Samples laid end to end in rows of `width` tokens, no padding between them (first-fit, longest first).
+    Positions restart at 0 with each sample, so attention stays within it (transformers builds the
+    block-causal mask from the positions). Per completion token, flattened over the samples in the given order
+    (`[N]`): where its logits are (`rows`, `cols`: the column before it), the token (`targets`), its sample's
+    index (`sample`) and vLLM's sampling logprob (`vllm_lp`)."""
+    ids: Any            # [R, width]
+    positions: Any      # [R, width]
+    rows: Any           # [N]
+    cols: Any           # [N]
+    targets: Any        # [N]
+    sample: Any         # [N]
+    vllm_lp: Any        # [N]
+
+    def to(self, device) -> "Packed":
+        return Packed(*(t.to(device) for t in (self.ids, self.positions, self.rows, self.cols, self.targets,
+                                               self.sample, self.vllm_lp)))
+
+
+def fill_rows(lengths: list[int], width: int) -> list[list[int]]:
+    """Indices into `lengths` in rows that each hold at most `width` tokens (first-fit, longest first;
+    a sample longer than `width` gets a row of its own)."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        r = next((r for r, left in enumerate(room) if left >= lengths[i]), None)
+        if r is None:
+            rows.append([])
+            room.append(width)
+            r = len(rows) - 1
+        rows[r].append(i)
+        room[r] -= lengths[i]
+    return rows
+
+
+def pack(samples, pad_id: int, width: int = 0) -> Packed:
+    """`samples` packed into rows of `width` tokens (0: the longest sample's length); see `Packed`."""
     import torch
 
-    P = max(len(s.prompt_ids) for s in samples)
-    C = max(len(s.completion_ids) for s in samples)
-    ids = torch.full((len(samples), P + C), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(samples), P + C), dtype=torch.long)
-    mask = torch.zeros((len(samples), C), dtype=torch.float32)
-    vllm_lp = torch.zeros((len(samples), C), dtype=torch.float32)
+    lengths = [len(s.prompt_ids) + len(s.completion_ids) for s in samples]
+    width = max(width, max(lengths))
+    layout = fill_rows(lengths, width)
+    ids = torch.full((len(layout), width), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(layout), width), dtype=torch.long)
+    where: dict[int, tuple[int, int]] = {}
+    for r, row in enumerate(layout):
+        start = 0
+        for i in row:
+            s = samples[i]
+            ids[r, start:start + lengths[i]] = torch.tensor(list(s.prompt_ids) + list(s.completion_ids))
+            positions[r, start:start + lengths[i]] = torch.arange(lengths[i])
+            where[i] = (r, start + len(s.prompt_ids))
+            start += lengths[i]
+        positions[r, start:] = torch.arange(width - start)  # the padding after the last sample: a segment of its own
+    rows, cols, sample, vllm_lp = [], [], [], []
     for i, s in enumerate(samples):
-        p, c = len(s.prompt_ids), len(s.completion_ids)
-        ids[i, P - p: P + c] = torch.tensor(list(s.prompt_ids) + list(s.completion_ids))
-        attn[i, P - p: P + c] = 1
-        mask[i, :c] = 1
-        if s.logprobs:
-            vllm_lp[i, :c] = torch.tensor(s.logprobs)
-    positions = (attn.cumsum(-1) - 1).clamp(min=0)
-    return ids, attn, positions, mask, vllm_lp
+        r, first = where[i]
+        c = len(s.completion_ids)
+        rows += [r] * c
+        cols += range(first - 1, first - 1 + c)
+        sample += [i] * c
+        vllm_lp += list(s.logprobs) if len(s.logprobs) == c else [0.0] * c
+    rows_t, cols_t = torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)
+    return Packed(ids, positions, rows_t, cols_t, ids[rows_t, cols_t + 1], torch.tensor(sample, dtype=torch.long),
+                  torch.tensor(vllm_lp, dtype=torch.float32))
 
 
-def completion_logprobs(model, ids, attn, positions, width: int):
-    """log p(token | everything before it) for the last `width` tokens of each row; `[B, width]`. Logits are
-    made for those columns only (`logits_to_keep`), and no `[B, T, V]` log-softmax is built."""
-    logits = model(input_ids=ids, attention_mask=attn, position_ids=positions,
-                   logits_to_keep=width + 1).logits[:, :-1].float()
-    targets = ids[:, -width:]
-    return logits.gather(-1, targets[:, :, None]).squeeze(-1) - logits.logsumexp(-1)
+def completion_logprobs(model, packed: Packed):
+    """log p(token | the sample's tokens before it) of every completion token; `[N]`. No `[.., V]`
+    log-softmax is built: the logits of the completion tokens, gathered, minus their logsumexp."""
+    logits = model(input_ids=packed.ids, position_ids=packed.positions, use_cache=False).logits
+    picked = logits[packed.rows, packed.cols].float()
+    return picked.gather(-1, packed.targets[:, None]).squeeze(-1) - picked.logsumexp(-1)
 
 
 def micro_batches(lengths: list[int], budget: int) -> list[list[int]]:
-    """Sample indices sorted by length (longest first) and grouped so that each group, padded to its
-    longest, holds at most `budget` tokens (at least one sample per group; `budget` 0: one group)."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    if budget <= 0:
-        return [order] if order else []
-    groups: list[list[int]] = []
-    for i in order:
-        if groups and lengths[groups[-1][0]] * (len(groups[-1]) + 1) <= budget:
-            groups[-1].append(i)
-        else:
-            groups.append([i])
-    return groups
+    """Sample indices in groups whose packed rows (of the longest sample's length) hold at most `budget`
+    tokens together (at least one row per group; `budget` 0: one group)."""
+    if not lengths:
+        return []
+    width = max(lengths)
+    rows = fill_rows(lengths, width)
+    per = len(rows) if budget <= 0 else max(1, budget // width)
+    return [[i for row in rows[k:k + per] for i in row] for k in range(0, len(rows), per)]
 
 
 class Trainer:
@@ -158,48 +199,47 @@ class Trainer:
                           time.perf_counter() - t0)
 
     def accumulate(self, judged: JudgedBatch, cache: dict) -> dict:
-        """One pass over the step's batch in length-sorted micro-batches, gradients accumulated: afterwards
-        the parameters' `.grad` is the gradient of the whole batch's loss. Returns the loss, KL, clip share and
+        """One pass over the step's batch in packed micro-batches, gradients accumulated: afterwards the
+        parameters' `.grad` is the gradient of the whole batch's loss. Returns the loss, KL, clip share and
         (in the first pass) the trainer-vs-vLLM logprob mismatch, all per completion token.
 
-        With one epoch per step the "old" policy is the current one: its logprobs are the detached ones of the
-        forward that is differentiated (ratio 1, same gradient), not a second forward. With `overlap` the batch was
-        sampled by the weights before the last update, and the old policy is that one: vLLM's sampling logprobs
-        (as verl's one-step off-policy recipe and TRL's async GRPO take them). The reference forward
-        runs only when there is a KL term, once per step: `cache` keeps it (and the old logprobs) between the
-        step's epochs; pass the same empty dict to each epoch of one step."""
+        Samples are packed end to end (`pack`), so no padding is computed between them. With one epoch per step
+        the "old" policy is the current one: its logprobs are the detached ones of the forward that is
+        differentiated (ratio 1, same gradient), not a second forward. With `overlap` the batch was sampled by
+        the weights before the last update, and the old policy is that one: vLLM's sampling logprobs (as verl's
+        one-step off-policy recipe and TRL's async GRPO take them). The reference forward runs only when there
+        is a KL term, once per step: `cache` keeps it (and the old logprobs) between the step's epochs; pass the
+        same empty dict to each epoch of one step."""
         import torch
 
         batch, keep = judged.rollout, judged.trainable
         adv = group_advantages(judged.scores, batch.group, keep)
         rows = [i for i, k in enumerate(keep) if k]  # dropped samples take no part in the loss
         samples = batch.samples
-        groups = [[rows[j] for j in g] for g in micro_batches(
-            [len(samples[i].prompt_ids) + len(samples[i].completion_ids) for i in rows], self.cfg.micro_batch_tokens)]
+        lengths = [len(samples[i].prompt_ids) + len(samples[i].completion_ids) for i in rows]
+        width = max(lengths)
+        groups = [[rows[j] for j in g] for g in micro_batches(lengths, self.cfg.micro_batch_tokens)]
         n_tok = float(sum(len(samples[i].completion_ids) for i in rows)) or 1.0
         first_pass = not cache
         totals = {k: torch.zeros((), device=self.device) for k in ("loss", "kl", "clip_frac", "mismatch")}
-        for g in groups:
-            ids, attn, pos, mask, vllm_lp = (t.to(self.device) for t in pack([samples[i] for i in g],
-                                                                              self.tokenizer.pad_token_id))
-            width = mask.shape[1]
-            key = tuple(g)
+        for key, g in enumerate(groups):
+            packed = pack([samples[i] for i in g], self.tokenizer.pad_token_id, width).to(self.device)
             if key not in cache:
                 with torch.no_grad():
-                    ref = (completion_logprobs(self.ref, ids, attn, pos, width) if self.cfg.kl_coef > 0 else None)
-                    old = (completion_logprobs(self.model, ids, attn, pos, width)
+                    ref = completion_logprobs(self.ref, packed) if self.cfg.kl_coef > 0 else None
+                    old = (completion_logprobs(self.model, packed)
                            if self.cfg.epochs_per_step > 1 and not self.cfg.overlap else None)
                 cache[key] = (ref, old)
             ref_lp, old_lp = cache[key]
-            lp = completion_logprobs(self.model, ids, attn, pos, width)
-            old_lp = vllm_lp if self.cfg.overlap else lp.detach() if old_lp is None else old_lp
-            loss, kl, clipped = self._loss(lp, old_lp, ref_lp, adv[g].to(self.device), mask)
+            lp = completion_logprobs(self.model, packed)
+            old_lp = packed.vllm_lp if self.cfg.overlap else lp.detach() if old_lp is None else old_lp
+            loss, kl, clipped = self._loss(lp, old_lp, ref_lp, adv[g].to(self.device)[packed.sample])
             (loss / n_tok).backward()
             totals["loss"] += loss.detach() / n_tok
             totals["kl"] += kl / n_tok
             totals["clip_frac"] += clipped / n_tok
             if first_pass:  # the policy before this step's update against the sampling engine's numbers
-                totals["mismatch"] += ((lp.detach() - vllm_lp).abs() * mask).sum() / n_tok
+                totals["mismatch"] += (lp.detach() - packed.vllm_lp).abs().sum() / n_tok
         return totals
 
     def _skip(self, judged: JudgedBatch, reason: str, t0: float) -> TrainStats:
@@ -210,32 +250,32 @@ class Trainer:
         return TrainStats(self.steps, 0.0, 0.0, 0.0, 0.0, r.mean().item(), r.std(unbiased=False).item(), 0.0,
                           time.perf_counter() - t0, skipped=reason)
 
-    def _loss(self, lp, old_lp, ref_lp, adv, mask):
-        """Sums over the micro-batch's completion tokens: the clipped-ratio loss with the k3 KL penalty, the KL
-        (0 without a reference), and the number of clipped tokens."""
+    def _loss(self, lp, old_lp, ref_lp, adv):
+        """Sums over the completion tokens (all `[N]`; `adv` is each token's sample's advantage): the
+        clipped-ratio loss with the k3 KL penalty, the KL (0 without a reference), and the number of clipped
+        tokens."""
         import torch
 
         ratio = torch.exp(lp - old_lp)
-        a = adv[:, None]
         eps = self.cfg.clip_eps
-        surrogate = torch.minimum(ratio * a, ratio.clamp(1 - eps, 1 + eps) * a)
-        per_token = -surrogate
+        per_token = -torch.minimum(ratio * adv, ratio.clamp(1 - eps, 1 + eps) * adv)
         kl = torch.zeros((), device=lp.device)
         if ref_lp is not None:
             log_r = ref_lp - lp
             k3 = torch.exp(log_r) - log_r - 1  # k3 estimator of KL(policy || reference), per token
             per_token = per_token + self.cfg.kl_coef * k3
-            kl = (k3.detach() * mask).sum()
-        clipped = (((ratio - 1).abs() > eps).float() * mask).sum()
-        return (per_token * mask).sum(), kl, clipped
+            kl = k3.detach().sum()
+        clipped = ((ratio - 1).abs() > eps).float().sum()
+        return per_token.sum(), kl, clipped
 
     def sequence_logprobs(self, samples) -> list[float]:
         """Sum of the student's logprobs over each sample's completion (for tests and diagnostics)."""
         import torch
 
-        ids, attn, pos, mask, _ = (t.to(self.device) for t in pack(samples, self.tokenizer.pad_token_id))
+        packed = pack(samples, self.tokenizer.pad_token_id).to(self.device)
         with torch.no_grad():
-            return (completion_logprobs(self.model, ids, attn, pos, mask.shape[1]) * mask).sum(-1).tolist()
+            lp = completion_logprobs(self.model, packed)
+        return torch.zeros(len(samples), device=self.device).index_add_(0, packed.sample, lp).tolist()
 
     def state_blob(self) -> bytes:
         from safetensors.torch import save

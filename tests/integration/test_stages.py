@@ -68,15 +68,16 @@ def test_sampling_logprobs_match_the_trainer_after_sync(ray_local, tiny_model, r
     ray = ray_local
     trainer = Trainer(tiny_model, TrainConfig(), seed=0)
     ray.get(rollout_worker.load_weights.remote(_blob_ref(ray, trainer)))
-    prompts = PROMPTS + ["Q:8-3\nA:"]  # of another length: the left padding is tested too
+    prompts = PROMPTS + ["Q:8-3\nA:"]  # of another length
     samples = [s for g in ray.get(rollout_worker.generate.remote(prompts, 2, 16, 1.0)) for s in g]
     import torch
 
-    ids, attn, pos, mask, vllm_lp = pack(samples, trainer.tokenizer.pad_token_id)
-    assert len({len(s.prompt_ids) for s in samples}) > 1, "prompts of different lengths test the left padding"
+    packed = pack(samples, trainer.tokenizer.pad_token_id, width=64)
+    assert len({len(s.prompt_ids) for s in samples}) > 1, "prompts of different lengths"
+    assert packed.ids.shape[0] < len(samples), "samples should share rows (else packing is not tested)"
     with torch.no_grad():
-        lp = completion_logprobs(trainer.model, ids, attn, pos, mask.shape[1])
-    assert ((lp - vllm_lp).abs() * mask).max().item() < 1e-3
+        lp = completion_logprobs(trainer.model, packed)
+    assert (lp - packed.vllm_lp).abs().max().item() < 1e-3
 
 
 def _blob_ref(ray, trainer):

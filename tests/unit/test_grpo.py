@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ladder.batches import JudgedBatch, RolloutBatch, Sample
-from stages.train import TrainConfig, Trainer, group_advantages, micro_batches, pack
+from stages.train import TrainConfig, Trainer, fill_rows, group_advantages, micro_batches, pack
 
 
 def test_group_advantages_are_normalised_within_groups():
@@ -15,22 +15,29 @@ def test_group_advantages_are_normalised_within_groups():
     assert torch.equal(adv[4:], torch.zeros(2))  # a group with equal rewards teaches nothing
 
 
-def test_pack_aligns_completions_and_masks_only_their_tokens():
-    s = Sample((5, 6, 7), (8, 9), "xy", (-0.1, -0.2))
-    ids, attn, pos, mask, lp = pack([s, Sample((5,), (8,), "x", (-0.3,))], pad_id=0)
-    assert ids.tolist() == [[5, 6, 7, 8, 9], [0, 0, 5, 8, 0]]  # prompts left-padded, completions right-padded
-    assert attn.tolist() == [[1, 1, 1, 1, 1], [0, 0, 1, 1, 0]]
-    assert pos[1, 2:4].tolist() == [0, 1]  # positions count from each sample's first token
-    assert mask.tolist() == [[1, 1], [1, 0]]
-    assert lp[0].tolist() == pytest.approx([-0.1, -0.2])
+def test_pack_lays_samples_end_to_end_and_restarts_positions():
+    long = Sample((5, 6, 7), (8, 9), "xy", (-0.1, -0.2))
+    short = Sample((5,), (8,), "x", (-0.3,))
+    mid = Sample((4, 4), (3,), "z", (-0.4,))
+    packed = pack([long, short, mid], pad_id=0)
+    assert packed.ids.tolist() == [[5, 6, 7, 8, 9], [4, 4, 3, 5, 8]]  # rows of the longest sample, no padding
+    assert packed.positions.tolist() == [[0, 1, 2, 3, 4], [0, 1, 2, 0, 1]]  # each sample counts from 0
+    assert packed.targets.tolist() == [8, 9, 8, 3]  # the completion tokens, sample by sample
+    assert packed.sample.tolist() == [0, 0, 1, 2]
+    assert packed.ids[packed.rows, packed.cols].tolist() == [7, 8, 5, 4]  # each one's logits: the token before
+    assert packed.vllm_lp.tolist() == pytest.approx([-0.1, -0.2, -0.3, -0.4])
+    wide = pack([long, short, mid], pad_id=0, width=12)
+    assert wide.ids.tolist() == [[5, 6, 7, 8, 9, 4, 4, 3, 5, 8, 0, 0]]
+    assert wide.positions[0, 10:].tolist() == [0, 1]  # the padding is a segment of its own
 
 
-def test_micro_batches_sort_by_length_and_keep_the_token_budget():
+def test_micro_batches_fill_rows_and_keep_the_token_budget():
     lengths = [5, 30, 7, 29, 6, 31]
+    rows = fill_rows(lengths, 31)
+    assert rows == [[5], [1], [3], [2, 4, 0]]  # longest first; the short ones share a row
     groups = micro_batches(lengths, budget=64)
+    assert groups == [[5, 1], [3, 2, 4, 0]]  # two rows of 31 tokens each
     assert sorted(i for g in groups for i in g) == list(range(6))
-    assert all(max(lengths[i] for i in g) * len(g) <= 64 for g in groups)
-    assert groups[0] == [5, 1]  # the longest together
     assert micro_batches(lengths, 0) == [[5, 1, 3, 2, 4, 0]]
     assert micro_batches([100], 10) == [[0]]  # a sample longer than the budget still trains
 
@@ -165,9 +172,10 @@ def test_optimised_loss_and_gradients_equal_the_straightforward_computation(tiny
     judged = _batch(trainer, prompts, completions, [1.0, 0.2, 0.0, 0.7, 0.4, 0.9], [0, 0, 0, 1, 1, 1])
     keep = (True, True, True, True, False, True)
     judged = JudgedBatch(judged.rollout, judged.scores, keep=keep)
+    lengths = [len(s.prompt_ids) + len(s.completion_ids) for s, k in zip(judged.rollout.samples, keep) if k]
     if budget:
-        lengths = [len(s.prompt_ids) + len(s.completion_ids) for s, k in zip(judged.rollout.samples, keep) if k]
         assert len(micro_batches(lengths, budget)) > 2, "the batch should be split (else the test proves less)"
+    assert any(len(row) > 1 for row in fill_rows(lengths, max(lengths))), "some samples should share a row"
 
     trainer.model.zero_grad(set_to_none=True)
     totals = trainer.accumulate(judged, {})
@@ -201,12 +209,12 @@ def test_overlap_takes_the_ratio_against_the_sampling_logprobs(tiny, budget):
     completions = ["2#2", "12+30=42#42", "7#7", "7-5=2 so #2", "18#18", "#1"]
     plain_batch = _batch(trainer, prompts, completions, [1.0, 0.2, 0.0, 0.7, 0.4, 0.9], [0, 0, 0, 1, 1, 1])
     rb = plain_batch.rollout
-    ids, attn, pos, mask, _ = pack(rb.samples, trainer.tokenizer.pad_token_id)
+    packed = pack(rb.samples, trainer.tokenizer.pad_token_id)
     with torch.no_grad():
-        own = completion_logprobs(trainer.model, ids, attn, pos, mask.shape[1])
+        own = completion_logprobs(trainer.model, packed)
     shift = torch.Generator().manual_seed(0)
     samples = tuple(Sample(s.prompt_ids, s.completion_ids, s.completion_text, tuple(
-        (own[i, :len(s.completion_ids)] + torch.rand(len(s.completion_ids), generator=shift) - 0.5).tolist()))
+        (own[packed.sample == i] + torch.rand(len(s.completion_ids), generator=shift) - 0.5).tolist()))
         for i, s in enumerate(rb.samples))
     keep = (True, True, True, True, False, True)
     judged = JudgedBatch(RolloutBatch(rb.prompts, rb.references, samples, rb.group), plain_batch.scores, keep=keep)
