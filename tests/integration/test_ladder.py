@@ -63,7 +63,7 @@ def test_engines_leave_no_temp_folders(two_rungs):
     assert [e.name for e in os.scandir(tmp) if e.name.startswith(TMP_PREFIX)] == []
 
 
-def test_two_rung_lineage(two_rungs):
+def test_two_rung_lineage(two_rungs, tmp_path):
     spec, reg, summary, _ = two_rungs
     assert summary["status"]["state"] == "completed"
     versions = reg.versions()
@@ -80,7 +80,7 @@ def test_two_rung_lineage(two_rungs):
     assert len(parents) == 1 and None not in parents
     parent = reg.client.get_run(parents.pop())
     assert parent.data.params["train.steps"] == "2"
-    chart = Path(reg.client.download_artifacts(parent.info.run_id, "ladder_chart.png"))
+    chart = Path(reg.client.download_artifacts(parent.info.run_id, "ladder_chart.png", str(tmp_path)))
     assert chart.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     history = reg.client.get_metric_history(v1.run_id, "reward.mean")
     assert [m.step for m in history] == [1, 2]
@@ -98,7 +98,7 @@ def test_two_rung_lineage(two_rungs):
     assert [m.value for m in started["2"]] == [0.0] and [m.value for m in reused["2"]] == [3.0]
 
 
-def test_schedule_changes_task_and_judge_mode_per_rung(two_rungs):
+def test_schedule_changes_task_and_judge_mode_per_rung(two_rungs, tmp_path):
     spec, reg, _, _ = two_rungs
     v1, v2 = reg.versions()
     assert v1.tags["ladder.task"] == "arithmetic terms=3 max_operand=9" and v1.tags["ladder.judge_mode"] == "verdict"
@@ -106,7 +106,8 @@ def test_schedule_changes_task_and_judge_mode_per_rung(two_rungs):
     probe = json.loads(reg.client.get_run(v2.run_id).data.tags["ladder.judge_probe"])
     assert all(0.0 <= p <= 1.0 for p in probe)
     # each rung trained on its own task: rung 2's logged prompts have four operands
-    samples = json.loads(Path(reg.client.download_artifacts(v2.run_id, "judge_samples/step-0001.json")).read_text())
+    logged = reg.client.download_artifacts(v2.run_id, "judge_samples/step-0001.json", str(tmp_path))
+    samples = json.loads(Path(logged).read_text())
     assert samples and all(s["judge_input"].split("\n")[0].count("+") + s["judge_input"].split("\n")[0].count("-") == 3
                            for s in samples)
     health = reg.client.get_metric_history(v2.run_id, "judge.tokens_per_sample")
