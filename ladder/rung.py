@@ -99,7 +99,7 @@ def engine_config(spec, model: str, seed: int):
     from stages.engine import EngineConfig
 
     ro = spec.rollout
-    return EngineConfig(model, seed=seed, kv_cache_gib=ro.kv_cache_gib, dtype=ro.dtype,
+    return EngineConfig(model, seed=seed, kv_cache_gib=ro.kv_cache_gib, dtype=ro.dtype, compiled=ro.compiled,
                         gpu_memory_utilization=ro.gpu_memory_utilization, store=model_store(spec),
                         trust_remote_code=spec.trust_remote_code)
 

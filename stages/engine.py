@@ -41,6 +41,7 @@ class EngineConfig:
     kv_cache_gib: float = 0.5
     max_model_len: int = 512
     dtype: str = "auto"           # auto: float32 on CPU (trainer and engine logprobs agree), bfloat16 on GPU
+    compiled: bool = False        # vLLM's compiled model (faster steps, a slower start) instead of eager mode
     gpu_memory_utilization: float = 0.5   # on GPU: the share of the device the engine may take
     trust_remote_code: bool = False       # the model's own Python code runs only when the spec says so
     store: ModelStore = ModelStore()
@@ -123,7 +124,7 @@ def build_llm(cfg: EngineConfig):
         dict(kv_cache_memory_bytes=int(cfg.kv_cache_gib * 2**30))
     dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if on_gpu() else "float32")
     return LLM(
-        model=model, dtype=dtype, seed=cfg.seed, max_model_len=cfg.max_model_len, enforce_eager=True,
+        model=model, dtype=dtype, seed=cfg.seed, max_model_len=cfg.max_model_len, enforce_eager=not cfg.compiled,
         load_format="safetensors", trust_remote_code=cfg.trust_remote_code,
         max_logprobs=20, enable_prefix_caching=False, **memory,
     )

@@ -80,6 +80,44 @@ def test_sampling_logprobs_match_the_trainer_after_sync(ray_local, tiny_model, r
     assert (lp - packed.vllm_lp).abs().max().item() < 1e-3
 
 
+def test_a_compiled_engine_serves_the_synced_weights(ray_local, tiny_model, tmp_path):
+    """`rollout.compiled`: the engine runs vLLM's compiled model, and a weight sync still reaches it (a graph
+    that froze the weights would keep sampling from the old ones)."""
+    import torch
+
+    from ladder.rung import engine_config
+    from ladder.spec import parse_spec
+    from stages.actors import spawn
+    from stages.rollout import RolloutWorker
+    from stages.train import TrainConfig, Trainer, completion_logprobs, pack
+
+    spec = parse_spec({"name": "compiled", "workdir": str(tmp_path), "student": {"base": tiny_model},
+                       "judge": {"initial": {"kind": "model", "path": tiny_model}},
+                       "task": {"source": {"kind": "builtin", "name": "arithmetic"}},
+                       "rollout": {"compiled": True, "kv_cache_gib": 0.25}}, str(tmp_path / "spec.yaml"))
+    cfg = engine_config(spec, tiny_model, 0)
+    assert cfg.compiled
+    worker = spawn(RolloutWorker, cfg)
+    trainer = Trainer(tiny_model, TrainConfig(), seed=0)
+    try:
+        assert ray_local.get(worker.__ray_call__.remote(lambda w: not w.llm.llm_engine.vllm_config.model_config.enforce_eager))
+        with torch.no_grad():
+            for p in trainer.model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+
+        def gap():
+            samples = [s for g in ray_local.get(worker.generate.remote(PROMPTS, 2, 16, 1.0)) for s in g]
+            packed = pack(samples, trainer.tokenizer.pad_token_id)
+            with torch.no_grad():
+                return (completion_logprobs(trainer.model, packed) - packed.vllm_lp).abs().max().item()
+
+        assert gap() > 0.1, "the trainer's weights should differ from the engine's before the sync"
+        ray_local.get(worker.load_weights.remote(_blob_ref(ray_local, trainer)))
+        assert gap() < 1e-3
+    finally:
+        ray_local.kill(worker)
+
+
 def _blob_ref(ray, trainer):
     from ladder.batches import WeightsRef
 
