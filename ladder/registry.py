@@ -230,9 +230,9 @@ class Registry:
             raise
         return f"runs:/{run_id}/{path}"
 
-    def delete_artifacts(self, run_id: str, path: str) -> bool:
-        """Remove `path` (a file or folder) from the run's artifacts. Best effort: False, with a warning naming
-        the path, when that fails (nothing points at it; the next upload of that step writes over it)."""
+    def delete_artifacts(self, run_id: str, path: str) -> None:
+        """Remove `path` (a file or folder) from the run's artifacts. Best effort: a warning naming the path
+        when that fails (nothing points at it; the next upload of that step writes over it)."""
         import logging
 
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
@@ -240,11 +240,9 @@ class Registry:
         try:
             repo = get_artifact_repository(self.raw.get_run(run_id).info.artifact_uri, tracking_uri=self.tracking_uri)
             repo.delete_artifacts(path)
-            return True
         except Exception as exc:  # cleanup must never hide the failure that called it
             logging.getLogger(__name__).warning("run %s: could not delete the partial artifacts %s (%s)", run_id,
                                                 path, str(exc).splitlines()[0][:200] if str(exc) else type(exc))
-            return False
 
     def download_checkpoint(self, uri: str, dst: str) -> str:
         import mlflow
