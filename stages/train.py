@@ -24,7 +24,7 @@ class TrainConfig:
     epochs_per_step: int = 1
     max_grad_norm: float = 1.0
     weight_decay: float = 0.0
-    micro_batch_tokens: int = 4096      # padded tokens per forward pass (0: the whole batch at once)
+    micro_batch_tokens: int = 4096      # tokens (packed rows) per forward pass (0: the whole batch at once)
     overlap: bool = False               # batches sampled one update ago: the ratio is taken against vLLM's logprobs
     trust_remote_code: bool = False  # the model's own Python code runs only when the spec says so
 

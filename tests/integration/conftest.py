@@ -42,24 +42,24 @@ def engine_cfg(tiny_model):
 
 @pytest.fixture(scope="session")
 def rollout_worker(ray_local, engine_cfg):
-    from stages.actors import spawn
+    from stages.actors import kill_all, spawn
     from stages.rollout import RolloutWorker
 
     worker = spawn(RolloutWorker, engine_cfg)
     ray_local.get(worker.__ray_ready__.remote())
     yield worker
-    ray_local.kill(worker)
+    kill_all([worker])  # awaited, and its temp folder swept
 
 
 @pytest.fixture(scope="session")
 def judge_worker(ray_local, engine_cfg):
-    from stages.actors import spawn
+    from stages.actors import kill_all, spawn
     from stages.judge import JudgeConfig, JudgeWorker
 
     worker = spawn(JudgeWorker, engine_cfg, JudgeConfig())
     ray_local.get(worker.__ray_ready__.remote())
     yield worker
-    ray_local.kill(worker)
+    kill_all([worker])
 
 
 @pytest.fixture(scope="session")

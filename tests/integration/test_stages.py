@@ -32,7 +32,7 @@ def greedy_ids(ray, worker, prompts, max_tokens=24):
 
 
 def test_weight_sync_is_exact(ray_local, tiny_model, rollout_worker, engine_cfg, tmp_path):
-    from stages.actors import spawn
+    from stages.actors import kill_all, spawn
     from stages.rollout import RolloutWorker
     from stages.train import TrainConfig, Trainer
 
@@ -54,8 +54,7 @@ def test_weight_sync_is_exact(ray_local, tiny_model, rollout_worker, engine_cfg,
     try:
         fresh_ids = greedy_ids(ray, fresh, PROMPTS)
     finally:
-        ray.kill(fresh)
-        ray.kill(trainer)
+        kill_all([fresh, trainer])
     assert synced == fresh_ids
     assert synced == hf_greedy(saved, PROMPTS, 24)
     assert synced != before, "the update should have changed greedy outputs (else the test proves nothing)"
@@ -87,7 +86,7 @@ def test_a_compiled_engine_serves_the_synced_weights(ray_local, tiny_model, tmp_
 
     from ladder.rung import engine_config
     from ladder.spec import parse_spec
-    from stages.actors import spawn
+    from stages.actors import kill_all, spawn
     from stages.rollout import RolloutWorker
     from stages.train import TrainConfig, Trainer, completion_logprobs, pack
 
@@ -115,7 +114,7 @@ def test_a_compiled_engine_serves_the_synced_weights(ray_local, tiny_model, tmp_
         ray_local.get(worker.load_weights.remote(_blob_ref(ray_local, trainer)))
         assert gap() < 1e-3
     finally:
-        ray_local.kill(worker)
+        kill_all([worker])
 
 
 def _blob_ref(ray, trainer):
@@ -268,7 +267,7 @@ def test_a_judge_worker_killed_mid_call_is_replaced_and_its_chunk_retried(ray_lo
 
 def test_score_mode_counts_unparsable_outputs_and_uses_the_fallback(ray_local, engine_cfg):
     """The tiny judge writes no numbers: every output is a parse failure scored with the fallback."""
-    from stages.actors import spawn
+    from stages.actors import kill_all, spawn
     from stages.judge import JudgeConfig, JudgeWorker
 
     from dataclasses import replace
@@ -284,7 +283,7 @@ def test_score_mode_counts_unparsable_outputs_and_uses_the_fallback(ray_local, e
         scores, failures = ray_local.get(worker.score.remote(PROMPTS, ["1+1=2#2"] * len(PROMPTS)))
         dropped = JudgePool([worker], 8, cfg=replace(cfg, unreadable="drop")).score(batch)
     finally:
-        ray_local.kill(worker)
+        kill_all([worker])
     assert failures == len(PROMPTS)
     assert scores == [0.25] * len(PROMPTS)
     # with `unreadable: drop` the same outputs are counted and left out of training: the step would be skipped
