@@ -141,6 +141,14 @@ def steady(result: dict, warmup: int) -> dict:
             "split": {k.split("/")[1][:-2]: v / mean["time/step_s"] for k, v in mean.items() if k != "time/step_s"}}
 
 
+def write_report(report: dict, path: str) -> None:
+    """The benchmark's JSON result at `path` (its folder made if need be)."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)
@@ -175,10 +183,7 @@ def main() -> None:
     if "ladder" in report and "trl" in report:
         report["ratio"] = report["ladder"]["steady"]["samples_per_s"] / report["trl"]["steady"]["samples_per_s"]
         print(f" ratio: judge-ladder {report['ratio']:.2f}x TRL (samples/s)")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ Usage: python bench/overlap.py [--steps 6] [--warmup 1]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -28,7 +27,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "overlap.json"))
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    from grpo_vs_trl import GROUP, KL, MAX_TOKENS, PROMPTS, run_ladder, steady
+    from grpo_vs_trl import GROUP, KL, MAX_TOKENS, PROMPTS, run_ladder, steady, write_report
 
     from ladder.models.tiny import build_tiny_model, count_parameters
 
@@ -48,10 +47,7 @@ def main() -> None:
         print(f"{name:>10}: {s['samples_per_s']:.2f} samples/s, step {s['mean']['time/step_s']:.2f}s")
     report["ratio"] = report["overlap"]["steady"]["samples_per_s"] / report["sequential"]["steady"]["samples_per_s"]
     print(f"     ratio: overlap {report['ratio']:.2f}x sequential (samples/s)")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":

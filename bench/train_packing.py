@@ -12,16 +12,17 @@ Usage: python bench/train_packing.py [--steps 6] [--warmup 1]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PROMPTS, GROUP, MAX_TOKENS, KL = 8, 4, 128, 0.04
+sys.path.insert(0, str(ROOT / "bench"))
+from grpo_vs_trl import GROUP, KL, MAX_TOKENS, PROMPTS, write_report  # noqa: E402  (the setup both share)
 
 
 def batches(tokenizer, steps: int, seed: int = 0):
@@ -85,10 +86,7 @@ def main() -> None:
               "max_loss_difference": max(abs(a["loss"] - b["loss"]) for a, b in zip(rows["packed"], rows["padded"]))}
     print(f"train step: packed {mean['packed']:.2f}s, padded {mean['padded']:.2f}s: "
           f"packing {report['speedup']:.2f}x (losses equal within {report['max_loss_difference']:.1e})")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
+    write_report(report, args.out)
 
 
 if __name__ == "__main__":
