@@ -99,7 +99,8 @@ def test_a_compiled_engine_serves_the_synced_weights(ray_local, tiny_model, tmp_
     worker = spawn(RolloutWorker, cfg)
     trainer = Trainer(tiny_model, TrainConfig(), seed=0)
     try:
-        assert ray_local.get(worker.__ray_call__.remote(lambda w: not w.llm.llm_engine.vllm_config.model_config.enforce_eager))
+        eager = ray_local.get(worker.__ray_call__.remote(lambda w: w.llm.llm_engine.vllm_config.model_config.enforce_eager))
+        assert not eager
         with torch.no_grad():
             for p in trainer.model.parameters():
                 p.add_(0.05 * torch.randn_like(p))
