@@ -145,6 +145,26 @@ def test_verdict_scores_equal_transformers(ray_local, tiny_model, judge_worker):
     assert len({round(s, 4) for s in scores}) > 1, "distinct inputs should get distinct verdicts"
 
 
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="a glibc malloc setting")
+def test_a_warm_engine_maps_no_fresh_memory_for_a_call(ray_local, judge_worker):
+    """Stage actors run with glibc's malloc keeping freed memory (`stages.actors.KEEP_FREED_MEMORY`): once warm,
+    a judge call reuses the memory of the last one. Without it each call maps its activations afresh and faults
+    in every page again (~15k page faults a call here)."""
+    texts = [f"Q:{i % 7}+{i % 5}-3\nA:{'12+' * 30}\nok?" for i in range(64)]
+
+    def page_faults(worker):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+    ray_local.get(judge_worker.verdicts.remote(texts))
+    before = ray_local.get(judge_worker.__ray_call__.remote(page_faults))
+    for _ in range(3):
+        ray_local.get(judge_worker.verdicts.remote(texts))
+    per_call = (ray_local.get(judge_worker.__ray_call__.remote(page_faults)) - before) / 3
+    assert per_call < 3000, f"{per_call:.0f} page faults a call: freed memory went back to the OS"
+
+
 def test_a_verdict_reads_two_logprobs_whatever_the_vocabulary(ray_local, tmp_path):
     """A judge with a real checkpoint's vocabulary (151,936 tokens) gets two logprobs per verdict from the engine
     (plus the sampled token's), not the whole distribution, and its scores still equal transformers'."""
