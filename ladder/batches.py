@@ -70,8 +70,8 @@ class TrainStats:
 
 @dataclass(frozen=True)
 class WeightsRef:
-    """A version of the student's weights: a Ray object ref of a safetensors blob."""
+    """A version of the student's weights in the Ray object store."""
     version: int
-    blob: Any                                     # ray.ObjectRef[bytes]
+    blob: Any                                     # ray.ObjectRef[dict[str, numpy.ndarray]] (HF parameter names)
     n_bytes: int = 0
     meta: dict = field(default_factory=dict)

@@ -1,6 +1,6 @@
 """Rollout worker: one vLLM engine holding the student's current weights; samples completions.
 
-Weights arrive as `WeightsRef` (a safetensors blob in the Ray object store) and replace the engine's in place.
+Weights arrive as `WeightsRef` (numpy arrays in the Ray object store) and replace the engine's in place.
 """
 from __future__ import annotations
 
@@ -34,11 +34,15 @@ class RolloutWorker(Timed):
 
     def load_weights(self, ref: WeightsRef) -> int:
         """Load a new weights version in place; returns the version now served."""
-        import ray
-        from safetensors.torch import load
+        import warnings
 
-        blob = ray.get(ref.blob) if isinstance(ref.blob, ray.ObjectRef) else ref.blob
-        load_state_dict_into(self.llm, load(blob))
+        import ray
+        import torch
+
+        arrays = ray.get(ref.blob) if isinstance(ref.blob, ray.ObjectRef) else ref.blob
+        with warnings.catch_warnings():  # read-only views of the object store: the engine copies them in
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            load_state_dict_into(self.llm, {k: torch.from_numpy(v) for k, v in arrays.items()})
         self.version = ref.version
         return self.version
 

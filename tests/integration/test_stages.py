@@ -121,7 +121,7 @@ def test_a_compiled_engine_serves_the_synced_weights(ray_local, tiny_model, tmp_
 def _blob_ref(ray, trainer):
     from ladder.batches import WeightsRef
 
-    return WeightsRef(99, ray.put(trainer.state_blob()))
+    return WeightsRef(99, ray.put(trainer.state_arrays()))
 
 
 def test_verdict_scores_equal_transformers(ray_local, tiny_model, judge_worker):
