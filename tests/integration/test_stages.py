@@ -60,6 +60,23 @@ def test_weight_sync_is_exact(ray_local, tiny_model, rollout_worker, engine_cfg,
     assert synced != before, "the update should have changed greedy outputs (else the test proves nothing)"
 
 
+def test_sample_texts_equal_the_engines_own_detokenization(ray_local, rollout_worker):
+    """The worker samples without vLLM's step-by-step detokenizer and decodes each completion once at the end:
+    the texts (the judge reads them) must equal what vLLM itself writes, prompt by prompt (greedy, so both
+    calls produce the same tokens)."""
+
+    def engine_texts(worker, prompts):
+        from vllm import SamplingParams
+
+        outs = worker.llm.generate(prompts, SamplingParams(max_tokens=40, temperature=0.0), use_tqdm=False)
+        return [out.outputs[0].text for out in outs]
+
+    prompts = PROMPTS + ["Q:" + "9+" * 20 + "1\nA:"]
+    texts = [g[0].completion_text for g in ray_local.get(rollout_worker.generate.remote(prompts, 1, 40, 0.0))]
+    assert texts == ray_local.get(rollout_worker.__ray_call__.remote(engine_texts, prompts))
+    assert len(set(texts)) > 1, "the prompts should get different texts (else their order is untested)"
+
+
 def test_sampling_logprobs_match_the_trainer_after_sync(ray_local, tiny_model, rollout_worker):
     """vLLM's logprobs of sampled tokens equal the trainer's recomputation (same weights, fp32)."""
     from stages.train import TrainConfig, Trainer, completion_logprobs, pack
