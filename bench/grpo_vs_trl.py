@@ -3,9 +3,10 @@
 The same untrained `bench`-size model (~19M parameters) is student and judge; 8 prompts x 4 samples, at most
 128 new tokens, temperature 1, verdict reward P(yes) / (P(yes) + P(no)), KL weight 0.04, one update per batch.
 judge-ladder runs a `Rung` (a vLLM rollout worker, a vLLM judge worker and the trainer, as Ray actors);
-TRL runs `GRPOTrainer` in this process (transformers generate; the reward computed with transformers on the
-judge model). Steady state: the first `--warmup` steps of each are left out. Prints samples/s of both, their
-ratio and the per-stage split, and writes bench/results/grpo_vs_trl.json.
+TRL runs `GRPOTrainer` in a process of its own (transformers generate; the reward computed with transformers on
+the judge model). The two take turns a step each, so a drift of the machine's speed falls on both alike.
+Steady state: the first `--warmup` steps of each are left out. Prints samples/s of both, their ratio (also step
+by step) and the per-stage split, and writes bench/results/grpo_vs_trl.json.
 
 TRL is not a dependency of the project: `pip install -e '.[bench]'`.
 Usage: python bench/grpo_vs_trl.py [--steps 6] [--warmup 1] [--only ladder|trl] [--set train.micro_batch_tokens=0]
@@ -48,38 +49,55 @@ def ladder_spec(model: str, workdir: str, steps: int, overrides: list[str]):
     return parse_spec(data, str(Path(workdir) / "spec.yaml"))
 
 
-def run_ladder(model: str, workdir: str, steps: int, overrides: list[str]) -> dict:
-    import ray
+class LadderSteps:
+    """A judge-ladder rung on the bench setup (Ray, a rollout and a judge worker, the trainer), started at
+    construction and run one step at a time."""
 
-    from ladder.judges import resolve_judge
-    from ladder.rung import Rung
-    from ladder.runtime import start_ray
-    from ladder.tasks import build_task
+    def __init__(self, model: str, workdir: str, steps: int, overrides: list[str]):
+        from ladder.judges import resolve_judge
+        from ladder.rung import Rung
+        from ladder.runtime import start_ray
+        from ladder.tasks import build_task
 
-    spec = ladder_spec(model, workdir, steps, overrides)
-    start_ray(spec)
-    rung = Rung(spec, build_task(spec.task, spec.seed), spec.student.base, resolve_judge(spec), spec.seed)
-    try:
+        spec = ladder_spec(model, workdir, steps, overrides)
+        start_ray(spec)
+        self.rung = Rung(spec, build_task(spec.task, spec.seed), spec.student.base, resolve_judge(spec), spec.seed)
         t0 = time.perf_counter()
-        rung.ready()
-        start_s = time.perf_counter() - t0
-        rows = []
-        for step in range(1, steps + 1):
-            m = rung.step()
-            m.setdefault("time/overhead_s", 0.0)  # (older versions, run as a baseline with PYTHONPATH, lack it)
-            rows.append({k: m[k] for k in ("time/step_s", "time/rollout_s", "time/judge_s", "time/train_s",
-                                          "time/sync_s", "time/overhead_s", "rollout/response_tokens",
-                                          "train/logprob_mismatch", "reward/mean")})
-            print(f"  ladder step {step}: {m['time/step_s']:.2f}s (rollout {m['time/rollout_s']:.2f} judge "
-                  f"{m['time/judge_s']:.2f} train {m['time/train_s']:.2f} sync {m['time/sync_s']:.2f} overhead "
-                  f"{m['time/overhead_s']:.2f}) {m['rollout/response_tokens']:.0f} tokens/sample", flush=True)
-    finally:
-        rung.shutdown()
+        self.rung.ready()
+        self.start_s = time.perf_counter() - t0
+        self.done = 0
+
+    def step(self) -> dict:
+        m = self.rung.step()
+        self.done += 1
+        m.setdefault("time/overhead_s", 0.0)  # (older versions, run as a baseline with PYTHONPATH, lack it)
+        row = {k: m[k] for k in ("time/step_s", "time/rollout_s", "time/judge_s", "time/train_s", "time/sync_s",
+                                 "time/overhead_s", "rollout/response_tokens", "train/logprob_mismatch",
+                                 "reward/mean")}
+        print(f"  ladder step {self.done}: {m['time/step_s']:.2f}s (rollout {m['time/rollout_s']:.2f} judge "
+              f"{m['time/judge_s']:.2f} train {m['time/train_s']:.2f} sync {m['time/sync_s']:.2f} overhead "
+              f"{m['time/overhead_s']:.2f}) {m['rollout/response_tokens']:.0f} tokens/sample", flush=True)
+        return row
+
+    def close(self) -> None:
+        import ray
+
+        self.rung.shutdown()
         ray.shutdown()
-    return {"engine_start_s": start_s, "steps": rows}
 
 
-def run_trl(model: str, workdir: str, steps: int) -> dict:
+def run_ladder(model: str, workdir: str, steps: int, overrides: list[str]) -> dict:
+    ladder = LadderSteps(model, workdir, steps, overrides)
+    try:
+        rows = [ladder.step() for _ in range(steps)]
+    finally:
+        ladder.close()
+    return {"engine_start_s": ladder.start_s, "steps": rows}
+
+
+def run_trl(model: str, workdir: str, steps: int, turns=None) -> dict:
+    """TRL's GRPOTrainer on the bench setup. With `turns` (a pipe to the bench), each step first says it is
+    waiting, starts when told, and sends its times back when done, so the two sides take turns step by step."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -113,6 +131,9 @@ def run_trl(model: str, workdir: str, steps: int) -> dict:
 
     class StepTimes(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
+            if turns is not None:
+                turns.send("waiting")
+                turns.recv()
             self.t0 = time.perf_counter()
             times.update(rollout=0.0, judge=0.0)
 
@@ -122,6 +143,8 @@ def run_trl(model: str, workdir: str, steps: int) -> dict:
                          "time/train_s": total - times["rollout"] - times["judge"]})
             print(f"  trl step {state.global_step}: {total:.2f}s (rollout {times['rollout']:.2f} judge "
                   f"{times['judge']:.2f} train {total - times['rollout'] - times['judge']:.2f})", flush=True)
+            if turns is not None:
+                turns.send(rows[-1])
 
     cfg = GRPOConfig(output_dir=str(Path(workdir) / "trl"), per_device_train_batch_size=PROMPTS * GROUP,
                      num_generations=GROUP, max_completion_length=MAX_TOKENS, temperature=1.0, beta=KL,
@@ -131,6 +154,36 @@ def run_trl(model: str, workdir: str, steps: int) -> dict:
                     train_dataset=Dataset.from_dict({"prompt": [r.prompt for r in task.train]}))
     trainer.train()
     return {"steps": rows}
+
+
+def _trl_in_turns(turns, model: str, workdir: str, steps: int) -> None:
+    run_trl(model, workdir, steps, turns)
+
+
+def run_in_turns(model: str, workdir: str, steps: int, overrides: list[str]) -> dict:
+    """Both sides at once, taking turns a step each: TRL in a process of its own waits while the ladder steps
+    and the ladder (its actors idle) while TRL steps. The machine's speed drifts by 10-20% over minutes here,
+    which a run of one side after the other reads as a difference between them."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    turns, theirs = ctx.Pipe()
+    trl = ctx.Process(target=_trl_in_turns, args=(theirs, model, workdir, steps), daemon=True)
+    trl.start()
+    ladder = LadderSteps(model, workdir, steps, overrides)
+    rows: dict[str, list] = {"ladder": [], "trl": []}
+    try:
+        for _ in range(steps):
+            turns.recv()  # TRL is waiting at the start of its next step
+            rows["ladder"].append(ladder.step())
+            turns.send("go")
+            rows["trl"].append(turns.recv())
+    finally:
+        ladder.close()
+        trl.join(timeout=60)
+        if trl.is_alive():
+            trl.terminate()
+    return {"ladder": {"engine_start_s": ladder.start_s, "steps": rows["ladder"]}, "trl": {"steps": rows["trl"]}}
 
 
 def steady(result: dict, warmup: int) -> dict:
@@ -167,14 +220,16 @@ def main() -> None:
                             "group": GROUP, "max_new_tokens": MAX_TOKENS, "kl": KL, "lr": LR, "steps": args.steps,
                             "warmup_left_out": args.warmup, "ladder_overrides": args.set,
                             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}}
-        if args.only != "trl":
-            print("judge-ladder:", flush=True)
+        if args.only is None:
+            print("judge-ladder and TRL GRPOTrainer, a step each in turn:", flush=True)
+            report.update(run_in_turns(model, tmp, args.steps, args.set))
+        elif args.only == "ladder":
             report["ladder"] = run_ladder(model, tmp, args.steps, args.set)
-            report["ladder"]["steady"] = steady(report["ladder"], args.warmup)
-        if args.only != "ladder":
-            print("TRL GRPOTrainer:", flush=True)
+        else:
             report["trl"] = run_trl(model, tmp, args.steps)
-            report["trl"]["steady"] = steady(report["trl"], args.warmup)
+        for side in ("ladder", "trl"):
+            if side in report:
+                report[side]["steady"] = steady(report[side], args.warmup)
     for side in ("ladder", "trl"):
         if side in report:
             s = report[side]["steady"]
@@ -182,7 +237,11 @@ def main() -> None:
             print(f"{side:>6}: {s['samples_per_s']:.2f} samples/s, step {s['mean']['time/step_s']:.2f}s  [{split}]")
     if "ladder" in report and "trl" in report:
         report["ratio"] = report["ladder"]["steady"]["samples_per_s"] / report["trl"]["steady"]["samples_per_s"]
-        print(f" ratio: judge-ladder {report['ratio']:.2f}x TRL (samples/s)")
+        pairs = [theirs["time/step_s"] / ours["time/step_s"] for ours, theirs in
+                 zip(report["ladder"]["steps"][args.warmup:], report["trl"]["steps"][args.warmup:])]
+        report["step_ratios"] = pairs  # each step against the TRL step run right after it
+        print(f" ratio: judge-ladder {report['ratio']:.2f}x TRL (samples/s); step by step "
+              f"{min(pairs):.2f}-{max(pairs):.2f}x, median {statistics.median(pairs):.2f}x")
     write_report(report, args.out)
 
 
