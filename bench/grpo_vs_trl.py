@@ -5,11 +5,14 @@ The same untrained `bench`-size model (~19M parameters) is student and judge; 8 
 judge-ladder runs a `Rung` (a vLLM rollout worker, a vLLM judge worker and the trainer, as Ray actors);
 TRL runs `GRPOTrainer` in a process of its own (transformers generate; the reward computed with transformers on
 the judge model). The two take turns a step each, so a drift of the machine's speed falls on both alike.
-Steady state: the first `--warmup` steps of each are left out. Prints samples/s of both, their ratio (also step
-by step) and the per-stage split, and writes bench/results/grpo_vs_trl.json.
+The ladder's engines run compiled (`rollout.compiled`, the setting for throughput: a step is faster, an
+engine's start ~45 s slower, once per ladder); `--set rollout.compiled=false` runs them eager, the spec's
+default. Steady state: the first `--warmup` steps of each are left out (engine starts and TRL's load too).
+Prints samples/s of both, their ratio (also step by step) and the per-stage split, and writes
+bench/results/grpo_vs_trl.json.
 
 TRL is not a dependency of the project: `pip install -e '.[bench]'`.
-Usage: python bench/grpo_vs_trl.py [--steps 6] [--warmup 1] [--only ladder|trl] [--set train.micro_batch_tokens=0]
+Usage: python bench/grpo_vs_trl.py [--steps 6] [--warmup 1] [--only ladder|trl] [--set rollout.compiled=false]
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ def ladder_spec(model: str, workdir: str, steps: int, overrides: list[str]):
         "judge": {"initial": {"kind": "model", "path": model}, "mode": "verdict"},
         "task": {"source": {"kind": "builtin", "name": "arithmetic", "terms": 4, "max_operand": 5}, "eval_size": 8},
         "rollout": {"workers": 1, "group_size": GROUP, "max_tokens": MAX_TOKENS, "temperature": 1.0,
-                    "kv_cache_gib": 0.25},
+                    "kv_cache_gib": 0.25, "compiled": True},
         "judge_pool": {"workers": 1, "batch_size": PROMPTS * GROUP},
         "train": {"lr": LR, "kl_coef": KL, "steps": steps, "prompts_per_step": PROMPTS},
     }
@@ -219,6 +222,7 @@ def main() -> None:
         report = {"setup": {"model": "bench (untrained)", "parameters": count_parameters(model), "prompts": PROMPTS,
                             "group": GROUP, "max_new_tokens": MAX_TOKENS, "kl": KL, "lr": LR, "steps": args.steps,
                             "warmup_left_out": args.warmup, "ladder_overrides": args.set,
+                            "ladder_engines_compiled": ladder_spec(model, tmp, 1, args.set).rollout.compiled,
                             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}}
         if args.only is None:
             print("judge-ladder and TRL GRPOTrainer, a step each in turn:", flush=True)

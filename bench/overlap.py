@@ -1,7 +1,7 @@
 """Benchmark: a GRPO step with `train.overlap` against the same step without it, side by side on this machine.
 
-The setup of `bench/grpo_vs_trl.py` (the untrained `bench` model as student and judge, 8 prompts x 4 samples, at
-most 128 new tokens, KL 0.04). With overlap the next step's rollout and judging run while this step trains (one
+The setup of `bench/grpo_vs_trl.py` with eager engines (the untrained `bench` model as student and judge,
+8 prompts x 4 samples, at most 128 new tokens, KL 0.04). With overlap the next step's rollout and judging run while this step trains (one
 step off-policy). Steady state: the first `--warmup` steps of each run are left out. Prints samples/s of both
 and their ratio, and writes bench/results/overlap.json.
 
@@ -40,7 +40,8 @@ def main() -> None:
                            "cores": os.cpu_count()}
         for name, overlap in (("sequential", "false"), ("overlap", "true")):
             print(f"{name}:", flush=True)
-            report[name] = run_ladder(model, str(Path(tmp) / name), args.steps, [f"train.overlap={overlap}"])
+            report[name] = run_ladder(model, str(Path(tmp) / name), args.steps,
+                                      [f"train.overlap={overlap}", "rollout.compiled=false"])
             report[name]["steady"] = steady(report[name], args.warmup)
     for name in ("sequential", "overlap"):
         s = report[name]["steady"]
