@@ -1,9 +1,9 @@
 """Benchmark: a GRPO step with `train.overlap` against the same step without it, side by side on this machine.
 
 The setup of `bench/grpo_vs_trl.py` with eager engines (the untrained `bench` model as student and judge,
-8 prompts x 4 samples, at most 128 new tokens, KL 0.04). With overlap the next step's rollout and judging run while this step trains (one
-step off-policy). Steady state: the first `--warmup` steps of each run are left out. Prints samples/s of both
-and their ratio, and writes bench/results/overlap.json.
+8 prompts x 4 samples, at most 128 new tokens, KL 0.04). With overlap the next step's rollout and judging run
+while this step trains (one step off-policy). Steady state: the first `--warmup` steps of each run are left
+out. Prints samples/s of both and their ratio, and writes bench/results/overlap.json.
 
 Usage: python bench/overlap.py [--steps 6] [--warmup 1]
 """
