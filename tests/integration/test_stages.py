@@ -166,7 +166,7 @@ def test_verdict_scores_equal_transformers(ray_local, tiny_model, judge_worker):
 def test_a_warm_engine_maps_no_fresh_memory_for_a_call(ray_local, judge_worker):
     """Stage actors run with glibc's malloc keeping freed memory (`stages.actors.KEEP_FREED_MEMORY`): once warm,
     a judge call reuses the memory of the last one. Without it each call maps its activations afresh and faults
-    in every page again (~15k page faults a call here)."""
+    in every page again (~29k page faults a call here)."""
     texts = [f"Q:{i % 7}+{i % 5}-3\nA:{'12+' * 30}\nok?" for i in range(64)]
 
     def page_faults(worker):
