@@ -159,10 +159,6 @@ def run_trl(model: str, workdir: str, steps: int, turns=None) -> dict:
     return {"steps": rows}
 
 
-def _trl_in_turns(turns, model: str, workdir: str, steps: int) -> None:
-    run_trl(model, workdir, steps, turns)
-
-
 def run_in_turns(model: str, workdir: str, steps: int, overrides: list[str]) -> dict:
     """Both sides at once, taking turns a step each: TRL in a process of its own waits while the ladder steps
     and the ladder (its actors idle) while TRL steps. The machine's speed drifts by 10-20% over minutes here,
@@ -171,7 +167,7 @@ def run_in_turns(model: str, workdir: str, steps: int, overrides: list[str]) -> 
 
     ctx = multiprocessing.get_context("spawn")
     turns, theirs = ctx.Pipe()
-    trl = ctx.Process(target=_trl_in_turns, args=(theirs, model, workdir, steps), daemon=True)
+    trl = ctx.Process(target=run_trl, args=(model, workdir, steps, theirs), daemon=True)
     trl.start()
     ladder = LadderSteps(model, workdir, steps, overrides)
     rows: dict[str, list] = {"ladder": [], "trl": []}
