@@ -83,7 +83,7 @@ def test_sampling_logprobs_match_the_trainer_after_sync(ray_local, tiny_model, r
 
     ray = ray_local
     trainer = Trainer(tiny_model, TrainConfig(), seed=0)
-    ray.get(rollout_worker.load_weights.remote(_blob_ref(ray, trainer)))
+    ray.get(rollout_worker.load_weights.remote(_weights_ref(ray, trainer)))
     prompts = PROMPTS + ["Q:8-3\nA:"]  # of another length
     samples = [s for g in ray.get(rollout_worker.generate.remote(prompts, 2, 16, 1.0)) for s in g]
     import torch
@@ -129,13 +129,13 @@ def test_a_compiled_engine_serves_the_synced_weights(ray_local, tiny_model, tmp_
                 return (completion_logprobs(trainer.model, packed) - packed.vllm_lp).abs().max().item()
 
         assert gap() > 0.1, "the trainer's weights should differ from the engine's before the sync"
-        ray_local.get(worker.load_weights.remote(_blob_ref(ray_local, trainer)))
+        ray_local.get(worker.load_weights.remote(_weights_ref(ray_local, trainer)))
         assert gap() < 1e-3
     finally:
         kill_all([worker])
 
 
-def _blob_ref(ray, trainer):
+def _weights_ref(ray, trainer):
     from ladder.batches import WeightsRef
 
     return WeightsRef(99, ray.put(trainer.state_arrays()))
