@@ -41,10 +41,27 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ChatSpec(_Strict):
+    """How a model's prompts are rendered: through its chat template (a user turn, the model answers in the
+    assistant turn) or as plain text."""
+    template: str = Field(
+        "auto", description="auto: the tokenizer's own chat template when it has one, plain text otherwise; "
+                            "none: plain text; anything else: a Jinja chat template (as in tokenizer_config.json).")
+    system: Optional[str] = Field(None, description="A system prompt put before the user turn (chat templates only).")
+
+    @field_validator("template")
+    @classmethod
+    def _jinja(cls, v: str) -> str:
+        if v not in ("auto", "none") and "{{" not in v and "{%" not in v:
+            raise ValueError("must be auto, none or a Jinja chat template (with {{ ... }} or {% ... %})")
+        return v
+
+
 class StudentSpec(_Strict):
     base: str = Field(description="HF-format directory (or hub id) of the student's base model.")
     init: Literal["base", "previous"] = Field(
         "base", description="Where each rung's student starts: the base model, or the last promoted rung.")
+    chat: ChatSpec = Field(default_factory=ChatSpec, description="How the student's prompts are rendered.")
 
 
 class ModelJudge(_Strict):
@@ -76,14 +93,25 @@ class VerifierJudge(_Strict):
         return v
 
 
-JudgeSource = Annotated[Union[ModelJudge, RegistryJudge, VerifierJudge], Field(discriminator="kind")]
+class TaskJudge(_Strict):
+    kind: Literal["task"] = Field(
+        description="The judge is the task's own answer checker (reference answers, compared numerically; a "
+                    "reasoning-gym task's scorer): no verifier module to write.")
+
+
+JudgeSource = Annotated[Union[ModelJudge, RegistryJudge, VerifierJudge, TaskJudge], Field(discriminator="kind")]
 
 DEFAULT_JUDGE_TEMPLATE = "{prompt}{response}\nok?"
 JudgeMode = Literal["verdict", "score", "solve", "pairwise"]
 
 
 class JudgeSpec(_Strict):
-    initial: JudgeSource = Field(description="The rung-1 judge: a model directory, a registry URI or a verifier.")
+    initial: JudgeSource = Field(
+        description="The rung-1 judge: a model directory, a registry URI, a verifier function or the task's checker.")
+    chat: ChatSpec = Field(
+        default_factory=ChatSpec, description="How the judge's prompts (every mode) are rendered: with a chat "
+                                              "template the judge prompt is a user turn and the verdict, score or "
+                                              "answer is read from the assistant turn.")
     mode: JudgeMode = Field(
         "verdict", description="verdict: P(yes)/(P(yes)+P(no)) of the next token; score: parse a number the judge "
                                "writes; solve: the judge solves the prompt itself and the response earns its "
@@ -136,6 +164,18 @@ class JudgeSpec(_Strict):
         return _one_group_regex(v, "the score")
 
 
+ANSWER_PRESETS_HELP = ("A preset: hash (`#42`), gsm8k (`#### 42`), boxed (`\\boxed{42}`, the last one), last_number "
+                       "(the last number written), answer_tag (`<answer>42</answer>`); or a regex whose first group "
+                       "is the answer. Answers are compared as numbers when both are (`42.0` = `42`, `1,000` = "
+                       "`1000`), else as text.")
+
+
+def _answer_pattern(v: str) -> str:
+    from stages.answers import PRESETS
+
+    return v if v in PRESETS else _one_group_regex(v, "the answer")
+
+
 class BuiltinTask(_Strict):
     kind: Literal["builtin"] = Field(description="A task shipped with judge-ladder.")
     name: Literal["arithmetic"] = Field("arithmetic", description="Name of the built-in task.")
@@ -144,19 +184,45 @@ class BuiltinTask(_Strict):
     train_size: int = Field(2000, ge=1, description="Number of training prompts generated.")
 
 
-class JsonlTask(_Strict):
-    kind: Literal["jsonl"] = Field(description="Prompts from a JSONL file of {\"prompt\", \"answer\"?} lines.")
-    path: str = Field(description="Path of the JSONL file.")
-    answer_pattern: str = Field(
-        r"#(-?\d+)", description="Regex whose first group is a response's final answer (compared with \"answer\").")
+class FileTask(_Strict):
+    """Rows of a user's dataset file (HF `datasets` exports read as they are)."""
+    path: str = Field(description="Path of the dataset file (relative paths: from where the ladder runs).")
+    prompt_field: str = Field("prompt", description="Field holding each row's prompt (question).")
+    answer_field: str = Field("answer", description="Field holding the reference answer (rows may lack it).")
+    solution_field: str = Field("solution", description="Field holding a worked correct response (optional).")
+    answer_pattern: str = Field("hash", description="How a response's final answer is read. " + ANSWER_PRESETS_HELP)
 
     @field_validator("answer_pattern")
     @classmethod
     def _regex(cls, v: str) -> str:
-        return _one_group_regex(v, "the answer")
+        return _answer_pattern(v)
 
 
-TaskSource = Annotated[Union[BuiltinTask, JsonlTask], Field(discriminator="kind")]
+class JsonlTask(FileTask):
+    kind: Literal["jsonl"] = Field(description="Prompts from a JSONL file, one JSON object per line.")
+
+
+class ParquetTask(FileTask):
+    kind: Literal["parquet"] = Field(description="Prompts from a Parquet file, one row per prompt.")
+
+
+class ReasoningGymTask(_Strict):
+    kind: Literal["reasoning_gym"] = Field(
+        description="A procedural task of reasoning-gym (pip install reasoning-gym): its generator and its scorer.")
+    name: str = Field(description="The reasoning-gym dataset name, e.g. chain_sum, basic_arithmetic, leg_counting.")
+    config: dict = Field(default_factory=dict,
+                         description="The dataset's settings (its difficulty), e.g. {min_terms: 2, max_terms: 3}.")
+    train_size: int = Field(2000, ge=1, description="Number of training prompts generated.")
+    answer_pattern: str = Field("answer_tag", description="How a response's final answer is read, before the "
+                                                          "dataset's scorer sees it. " + ANSWER_PRESETS_HELP)
+
+    @field_validator("answer_pattern")
+    @classmethod
+    def _regex(cls, v: str) -> str:
+        return _answer_pattern(v)
+
+
+TaskSource = Annotated[Union[BuiltinTask, JsonlTask, ParquetTask, ReasoningGymTask], Field(discriminator="kind")]
 
 
 class TaskSpec(_Strict):
@@ -172,6 +238,10 @@ class RolloutSpec(_Strict):
         0.5, gt=0, le=1, description="Share of its GPU an engine may take (GPU engines; two roles may share one).")
     group_size: int = Field(4, ge=2, le=256, description="Samples per prompt (the GRPO group).")
     max_tokens: int = Field(32, ge=1, le=32768, description="Most tokens generated per sample.")
+    max_model_len: Optional[int] = Field(
+        None, ge=16, description="Context length of the engines (prompt + generated tokens). Default: the longest "
+                                 "rendered prompt (student's or judge's) plus what is generated after it, within the "
+                                 "model's own limit; a prompt that cannot fit is refused in one line.")
     temperature: float = Field(1.0, gt=0, le=5, description="Sampling temperature.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     kv_cache_gib: float = Field(0.5, gt=0, description="KV cache per engine in GiB (CPU engines).")
@@ -203,6 +273,12 @@ class TrainSpec(_Strict):
         False, description="Generate and judge step n+1's batch while step n trains: one step off-policy, the ratio "
                            "taken against the sampling engine's logprobs. It pays where rollout, judge and trainer "
                            "have devices of their own; on one CPU they share its cores.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="The trainer's weights and compute: auto is bfloat16 on a GPU that supports it, float32 "
+                            "on CPU (where bf16 is slow and the engines' float32 logprobs then agree).")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass instead of keeping them: less memory for "
+                           "long sequences and large models, about a third more compute.")
     max_skipped_steps: int = Field(
         5, ge=1, description="Steps in a row without an update (non-finite loss or gradients, or no sample left to "
                              "train on) after which the rung fails, with the reason in MLflow.")
@@ -347,7 +423,10 @@ class LadderSpec(_Strict):
         src = self.task.source
         if src.kind == "builtin":
             return f"{src.name} terms={src.terms} max_operand={src.max_operand}"
-        return f"jsonl {Path(src.path).name}"
+        if src.kind == "reasoning_gym":
+            settings = " ".join(f"{k}={v}" for k, v in sorted(src.config.items()))
+            return f"reasoning_gym {src.name}" + (f" {settings}" if settings else "")
+        return f"{src.kind} {Path(src.path).name}"
 
     def sha256(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
