@@ -30,7 +30,7 @@ class Scored:
 
 def score_verdict(pool, cfg, pairs: Pairs) -> Scored:
     """P(yes) / (P(yes) + P(no)) after the rendered judge prompt: one next-token read per pair."""
-    texts = [cfg.render(p, r) for p, r in zip(pairs.prompts, pairs.responses)]
+    texts = [pool.chat(cfg.render(p, r)) for p, r in zip(pairs.prompts, pairs.responses)]
     scores = pool.map("verdicts", texts)
     examples = tuple({"judge_input": t, "score": round(s, 4)} for t, s in list(zip(texts, scores))[:4])
     return Scored(tuple(scores), 0, len(texts), examples)
@@ -40,11 +40,12 @@ def score_written(pool, cfg, pairs: Pairs) -> Scored:
     """The judge writes a score (greedy); `score_pattern` reads it, `fallback_score` when unreadable."""
     from stages.judge import parse_score
 
-    texts = [cfg.render(p, r) for p, r in zip(pairs.prompts, pairs.responses)]
+    texts = [pool.chat(cfg.render(p, r)) for p, r in zip(pairs.prompts, pairs.responses)]
     outs = [o[0] for o in pool.map("write", texts, 1, cfg.score_max_tokens, 0.0)]
     values = [parse_score(text, cfg.score_pattern, cfg.score_max) for text, _ in outs]
     scores = tuple(cfg.fallback_score if v is None else v for v in values)
-    examples = tuple({"judge_output": text, "score": s} for (text, _), s in list(zip(outs, scores))[:4])
+    examples = tuple({"judge_input": t, "judge_output": text, "score": s}
+                     for t, (text, _), s in list(zip(texts, outs, scores))[:4])
     return Scored(scores, sum(v is None for v in values), sum(n for _, n in outs), examples,
                   tuple(v is None for v in values))
 
@@ -53,7 +54,8 @@ def score_solve(pool, cfg, pairs: Pairs) -> Scored:
     """The judge solves each distinct prompt `solve_samples` times; a response earns the share of the
     judge's answers it agrees with (`share`) or 1 for agreeing with the judge's majority (`majority`)."""
     prompts = list(dict.fromkeys(pairs.prompts))
-    solved = pool.map("write", [cfg.render_solve(p) for p in prompts], cfg.solve_samples,
+    inputs = [pool.chat(cfg.render_solve(p)) for p in prompts]
+    solved = pool.map("write", inputs, cfg.solve_samples,
                       cfg.solve_max_tokens, cfg.solve_temperature)
     answers = {p: [extract(cfg.answer_pattern, text) for text, _ in outs] for p, outs in zip(prompts, solved)}
     scores, unread = [], []
@@ -62,7 +64,8 @@ def score_solve(pool, cfg, pairs: Pairs) -> Scored:
         unread.append(not judged)
         scores.append(agreement(extract(cfg.answer_pattern, r), judged, cfg.solve_reward) if judged
                       else cfg.fallback_score)
-    examples = tuple({"prompt": p, "judge_wrote": [t for t, _ in outs]} for p, outs in list(zip(prompts, solved))[:4])
+    examples = tuple({"prompt": p, "judge_input": text, "judge_wrote": [t for t, _ in outs]}
+                     for p, text, outs in list(zip(prompts, inputs, solved))[:4])
     tokens = sum(n for outs in solved for _, n in outs)
     return Scored(tuple(scores), sum(unread), tokens, examples, tuple(unread))
 
@@ -80,7 +83,8 @@ def score_pairwise(pool, cfg, pairs: Pairs) -> Scored:
     """Every two responses of a group are compared in both orders (cancelling position bias);
     a response's reward is its mean win probability against the rest of its group."""
     comparisons = [(i, j) for members in _members(pairs.groups).values() for i in members for j in members if i != j]
-    texts = [cfg.render_pair(pairs.prompts[i], pairs.responses[i], pairs.responses[j]) for i, j in comparisons]
+    texts = [pool.chat(cfg.render_pair(pairs.prompts[i], pairs.responses[i], pairs.responses[j]))
+             for i, j in comparisons]
     first_wins = dict(zip(comparisons, pool.map("verdicts", texts))) if texts else {}
     wins: dict[int, list[float]] = {i: [] for i in range(len(pairs.prompts))}
     for i, j in comparisons:
