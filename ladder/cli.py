@@ -54,8 +54,15 @@ def _load(spec_path: Path):
 @app.command()
 def validate(spec: Path = typer.Argument(..., help="Ladder spec YAML file."),
              as_json: bool = typer.Option(False, "--json", help="Print the validated spec as JSON.")):
-    """Check a spec (fields, bounds, cross-field rules) without starting anything."""
+    """Check a spec (fields, bounds, cross-field rules) and its datasets (rows, fields, reference answers where
+    the gate or the task judge needs them) without starting anything."""
     loaded = _load(spec)
+    from ladder.calibration import check_tasks
+
+    try:
+        check_tasks(loaded, gate=True)
+    except ValueError as exc:
+        fail(str(exc).splitlines()[0])
     if as_json:
         typer.echo(json.dumps(loaded.model_dump(mode="json"), indent=2))
     else:

@@ -83,25 +83,15 @@ class LadderController:
     # the transition function --------------------------------------------------------------
     def prepare(self) -> None:
         """Open the registry; tasks and calibration sets are built per rung (the schedule may change them)."""
+        from ladder.calibration import TaskSets
         from ladder.registry import Registry
         from ladder.rung_store import RungStore
 
         self.registry = Registry.for_spec(self.spec, retry_s=self.spec.mlflow.retry_s)
         self.registry.buffer_writes()  # the step loop goes on through an MLflow outage
         self.store = RungStore(self.registry, Path(self.spec.workdir) / self.spec.name / self.job)
-        self._tasks: dict[str, object] = {}
-        self.task_for(1)  # a dataset problem fails here, before any actor starts
-
-    def task_for(self, k: int):
-        """Rung k's task and judge calibration set (built once per distinct task)."""
-        from ladder.tasks import build_task
-
-        rspec = self.spec.for_rung(k)
-        key = rspec.task.model_dump_json()
-        if key not in self._tasks:
-            task = build_task(rspec.task, self.spec.seed)
-            self._tasks[key] = (task, task.calibration(self.spec.eval.calibration_size, self.spec.seed + 7))
-        return self._tasks[key]
+        self.tasks = TaskSets(self.spec, self.store.root)
+        self.tasks.task(1)  # a dataset problem fails here, before any actor starts
 
     HANDLERS = {Phase.TRAIN: "_train", Phase.REGISTER: "_register", Phase.GATE: "_gate", Phase.AWAIT: "_await"}
 
@@ -202,7 +192,7 @@ class LadderController:
         from ladder.rung import Rung, train_steps
 
         rspec = self.spec.for_rung(p.rung)
-        task, calibration = self.task_for(p.rung)
+        task = self.tasks.task(p.rung)
         judge = self._current_judge(p.rung)
         student, init_label = self._student_init()
         if p.rung_run is None:
@@ -222,6 +212,7 @@ class LadderController:
             self.registry.log_metrics(p.rung_run, {  # the rung-to-rung switch: engines started or taken over
                 "time/rung_start_s": time.perf_counter() - t0, "rung/actors_reused": float(rung.stages.reused),
                 "rung/actors_started": float(rung.stages.started)}, p.step)
+            calibration = self.tasks.calibration(p.rung, rung)  # sampled by the student where the task needs it
             p = self._restore(rung, p) if p.checkpoint else self._start_rung(rung, p, calibration)
 
             def on_step(step: int, metrics: dict) -> None:
@@ -230,6 +221,7 @@ class LadderController:
                     metrics = {**metrics, "faults/mlflow_retries": self.registry.outbox.retries}
                 self.registry.log_metrics(p.rung_run, metrics, step)
                 self.registry.log_judge_examples(p.rung_run, step, rung.last_examples)
+                self.registry.log_judge_examples(p.rung_run, step, rung.last_samples, "student_samples")
                 with self._lock:
                     self.live_step, self.latest = step, metrics
                 if step % self.spec.checkpoint_every == 0 and step != rspec.train.steps:
@@ -244,6 +236,7 @@ class LadderController:
             final = rung.evaluate()
             self.registry.log_metrics(p.rung_run, final, rung.step_no)
             current = measure(rung.pool, calibration)
+            self.tasks.calibration(min(p.rung + 1, self.spec.rungs), rung)  # the gate's, for the next rung's task
             p = self.store.log_candidate(rung, p, self._version_tags(p))
             self._stages, handed_over = rung.handover(), True  # the gate and the next rung take them over
             return p.to(phase=Phase.REGISTER, results={
@@ -388,9 +381,10 @@ class LadderController:
         from ladder.rung import build_judge_pool
 
         nxt = self.spec.for_rung(min(k + 1, self.spec.rungs))
-        task, calibration = self.task_for(min(k + 1, self.spec.rungs))
+        task = self.tasks.task(min(k + 1, self.spec.rungs))
+        calibration = self.tasks.calibration(min(k + 1, self.spec.rungs))
         try:  # on the kept judge workers, the candidate loaded in place, when they can take it
-            pool = build_judge_pool(nxt, ResolvedJudge("model", candidate, "candidate"), task.answer_pattern,
+            pool = build_judge_pool(nxt, ResolvedJudge("model", candidate, "candidate"), task,
                                     self.spec.seed, f"{self.spec.name}.{self.job}", self._stages)
             candidate_quality = measure(pool, calibration)
             self._stages.set("judges", pool.workers)

@@ -8,6 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+TASK_CHECKER = "task"  # the location of `judge.initial: {kind: task}`: the rung's task checks the answers
+
+
 @dataclass(frozen=True)
 class ResolvedJudge:
     """A judge ready to start: a model location (directory or models:/ URI), or a verifier import path."""
@@ -28,6 +31,8 @@ def resolve_judge(spec, rung: int = 1) -> ResolvedJudge:
     src = spec.judge.initial
     if src.kind == "model":
         return ResolvedJudge("model", src.path, src.path)
+    if src.kind == "task":  # the rung's own task checks the answers (built with the task, per rung)
+        return ResolvedJudge("verifier", TASK_CHECKER, "verifier:task")
     if src.kind == "verifier":
         from stages.judge import load_verifier
 

@@ -151,13 +151,14 @@ class Registry:
                 "ladder.spec_sha256": spec_sha256, "ladder.job": progress.job, "ladder.rung_uid": progress.rung_uid,
                 "ladder.task": task, "ladder.judge_mode": judge_mode}
 
-    def log_judge_examples(self, run_id: str, step: int, examples) -> None:
-        """A few of the judge's outputs at this step, as a JSON artifact people can read."""
+    def log_judge_examples(self, run_id: str, step: int, examples, folder: str = "judge_samples") -> None:
+        """A few of the judge's outputs at this step (or, in `student_samples`, the student's), as a JSON artifact
+        people can read."""
         import json
 
         if not examples:
             return
-        text, path = json.dumps(list(examples), indent=1), f"judge_samples/step-{step:04d}.json"
+        text, path = json.dumps(list(examples), indent=1), f"{folder}/step-{step:04d}.json"
         self._write("log judge samples", lambda client: client.log_text(run_id, text, path))
 
     def _write(self, what: str, call) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ladder.batches import JudgedBatch, PromptBatch, RolloutBatch
-from ladder.judges import ResolvedJudge
+from ladder.judges import TASK_CHECKER, ResolvedJudge
 from ladder.tasks.base import Task
 
 
@@ -95,13 +95,31 @@ def model_store(spec):
     return ModelStore(tracking_uri_for(spec), str(Path(spec.workdir).resolve() / spec.name / "model-cache"))
 
 
-def engine_config(spec, model: str, seed: int):
+def engine_config(spec, model: str, seed: int, max_model_len: int = 512):
     from stages.engine import EngineConfig
 
     ro = spec.rollout
-    return EngineConfig(model, seed=seed, kv_cache_gib=ro.kv_cache_gib, dtype=ro.dtype, compiled=ro.compiled,
-                        gpu_memory_utilization=ro.gpu_memory_utilization, store=model_store(spec),
-                        trust_remote_code=spec.trust_remote_code)
+    return EngineConfig(model, seed=seed, kv_cache_gib=ro.kv_cache_gib, max_model_len=max_model_len, dtype=ro.dtype,
+                        compiled=ro.compiled, gpu_memory_utilization=ro.gpu_memory_utilization,
+                        store=model_store(spec), trust_remote_code=spec.trust_remote_code)
+
+
+def student_prompts(spec, task, location: str):
+    """The student's chat renderer and its engines' context length (the rendered prompts measured)."""
+    from ladder.prompts import load_tokenizer, model_limit, renderer, student_context
+
+    store = model_store(spec)
+    chat = renderer(load_tokenizer(location, store, spec.trust_remote_code), spec.student.chat, "student.chat")
+    return chat, student_context(spec, task, chat, model_limit(location, store))
+
+
+def judge_prompts(spec, cfg, task, location: str):
+    """The judge's chat renderer and its engines' context length, in `cfg`'s mode."""
+    from ladder.prompts import judge_context, load_tokenizer, model_limit, renderer
+
+    store = model_store(spec)
+    chat = renderer(load_tokenizer(location, store, spec.trust_remote_code), spec.judge.chat, "judge.chat")
+    return chat, judge_context(spec, cfg, task, chat, model_limit(location, store))
 
 
 def actor_name(prefix: Optional[str], role: str) -> Optional[str]:
@@ -111,26 +129,39 @@ def actor_name(prefix: Optional[str], role: str) -> Optional[str]:
     return f"{prefix}.{role}.{uuid.uuid4().hex[:6]}" if prefix else None
 
 
-def build_judge_pool(spec, judge: ResolvedJudge, answer_pattern: str, seed: int, name_prefix: Optional[str] = None,
+def build_judge_pool(spec, judge: ResolvedJudge, task: Task, seed: int, name_prefix: Optional[str] = None,
                      stages=None):
-    """A `JudgePool` for `judge` in `spec.judge`'s mode: a verifier, or judge workers (one engine each), taken
-    over from `stages` (a `StageSet`) with the judge loaded in place when they can be."""
+    """A `JudgePool` for `judge` in `spec.judge`'s mode: a verifier (a function, or the task's own checker), or
+    judge workers (one engine each), taken over from `stages` (a `StageSet`) with the judge loaded in place when
+    they can be."""
     from ladder.stageset import StageSet, settings_key
     from stages.actors import spawn
-    from stages.judge import JudgeConfig, JudgePool, JudgeWorker, load_verifier
+    from stages.judge import JudgeConfig, JudgePool, JudgeWorker
 
     stages = stages if stages is not None else StageSet()
     if judge.kind == "verifier":
         stages.drop("judges")
-        return JudgePool([], spec.judge_pool.batch_size, verifier=load_verifier(judge.location))
-    cfg = JudgeConfig.from_spec(spec.judge, answer_pattern)
-    engine = engine_config(spec, judge.location, seed)
+        return JudgePool([], spec.judge_pool.batch_size, verifier=verifier_of(judge, task))
+    cfg = JudgeConfig.from_spec(spec.judge, task.answer_pattern)
+    chat, context = judge_prompts(spec, cfg, task, judge.location)
+    engine = engine_config(spec, judge.location, seed, context)
     start = lambda i=0: spawn(JudgeWorker, engine, cfg, resources=spec.resources.judge,  # noqa: E731
                               name=actor_name(name_prefix, "judge"), namespace="ladder")
     workers = stages.take("judges", settings_key(engine, spec.resources.judge), spec.judge_pool.workers,
                           lambda w: w.load_model.remote(judge.location, cfg), start)
     return JudgePool(workers, spec.judge_pool.batch_size, respawn=start, cfg=cfg,
-                     max_replacements=spec.worker_replacements)
+                     max_replacements=spec.worker_replacements, chat=chat.user)
+
+
+def verifier_of(judge: ResolvedJudge, task: Task):
+    """The function a verifier judge scores with: an imported `module:function`, or the task's own checker."""
+    from stages.judge import JudgeError, load_verifier
+
+    if judge.location != TASK_CHECKER:
+        return load_verifier(judge.location)
+    if task.verifier is None:
+        raise JudgeError(f"judge.initial: kind task needs reference answers, and task {task.name}'s rows have none")
+    return task.verifier
 
 
 @dataclass
@@ -163,6 +194,9 @@ class Rung:
         res = spec.resources
         self.stages = stages if stages is not None else StageSet()
         self.stages.reused = self.stages.started = 0
+        # prompts that cannot be rendered or cannot fit are refused here, before any actor starts
+        self.chat, context = student_prompts(spec, task, student_path)
+        self.pool = build_judge_pool(spec, judge, task, seed, name_prefix, self.stages)
         train_cfg = TrainConfig.from_spec(spec.train, spec.trust_remote_code)
         start_trainer = lambda i=0: spawn(  # noqa: E731
             Trainer, student_path, train_cfg, seed, model_store(spec), resources=res.trainer,
@@ -170,17 +204,18 @@ class Rung:
         self.trainer = self.stages.take("trainer", settings_key(res.trainer, spec.trust_remote_code), 1,
                                         lambda t: t.reset.remote(student_path, train_cfg, seed), start_trainer)[0]
         self._start_rollout = lambda i: spawn(  # noqa: E731
-            RolloutWorker, engine_config(spec, student_path, seed + i), resources=res.rollout,
+            RolloutWorker, engine_config(spec, student_path, seed + i, context), resources=res.rollout,
             name=actor_name(name_prefix, f"rollout{i}"), namespace="ladder")
         self.rollout = list(self.stages.take(
-            "rollout", settings_key(engine_config(spec, student_path, seed), res.rollout), spec.rollout.workers,
+            "rollout", settings_key(engine_config(spec, student_path, seed, context), res.rollout),
+            spec.rollout.workers,
             lambda w: w.load_model.remote(student_path), self._start_rollout))
         self.rollout_replaced = 0
         self._weights = None  # the last weights pushed to the rollout workers (a replacement loads them)
-        self.pool = build_judge_pool(spec, judge, task.answer_pattern, seed, name_prefix, self.stages)
         self.step_no = 0
         self.weights_version = 0
-        self.last_examples: tuple = ()
+        self.last_examples: tuple = ()  # a few judge inputs and outputs of the last step
+        self.last_samples: tuple = ()   # a few student inputs (as rendered), responses and rewards of the last step
         self.last_skip = ""
         self.work_s: dict[str, float] = {}  # the last step's seconds of work inside the stage actors
         self._next: Optional[Collected] = None  # (train.overlap) the next step's batch, collected during this one
@@ -215,8 +250,9 @@ class Rung:
         ro = self.spec.rollout
         idx = list(range(len(batch.prompts)))
         parts = [p for p in split(idx, len(self.rollout)) if p]
+        inputs = [self.chat.user(p) for p in batch.prompts]  # as the student sees them (its chat template)
         call = lambda k: self.rollout[k].timed.remote(  # noqa: E731
-            "generate", [batch.prompts[i] for i in parts[k]], n, ro.max_tokens, temperature, ro.top_p)
+            "generate", [inputs[i] for i in parts[k]], n, ro.max_tokens, temperature, ro.top_p)
         refs = [call(k) for k in range(len(parts))]
         results, seconds = [], [0.0]
         for k, ref in enumerate(refs):
@@ -297,6 +333,9 @@ class Rung:
         overhead = max(0.0, (t4 - t0) - busy)
         self.step_no += 1
         self.last_examples = batch.judged.examples
+        self.last_samples = tuple({"student_input": self.chat.user(p), "response": r, "reward": round(s, 4)}
+                                  for p, r, s in list(zip(batch.judged.rollout.prompts, batch.judged.rollout.responses,
+                                                          batch.judged.scores))[:4])
         self.last_skip = stats.skipped
         rollout, judged = batch.judged.rollout, batch.judged
         tokens = rollout.n_tokens

@@ -14,10 +14,14 @@ from ladder.judges import resolve_judge
 from ladder.rung import Rung, train_steps
 
 
-def preflight(spec):
-    """Fail in one line, before Ray starts, on a missing student or judge model or a work directory that
-    cannot be written; returns the judge."""
+def preflight(spec, gate: bool = True):
+    """Fail in one line, before Ray starts, on a missing student or judge model, a work directory that cannot
+    be written, or a dataset that cannot be used (`gate`: a ladder, whose gate needs reference answers);
+    returns the judge."""
+    from ladder.calibration import check_tasks
+
     check_workdir(spec.workdir)
+    check_tasks(spec, gate)
     judge = resolve_judge(spec)
     for model in [spec.student.base] + ([judge.location] if judge.kind == "model" else []):
         check_model(model, spec)
@@ -64,7 +68,7 @@ def run_single_rung(spec, steps: Optional[int] = None, out: Optional[Path] = Non
 
     total = steps or spec.train.steps
     task = build_task(spec.task, spec.seed)
-    judge = preflight(spec)
+    judge = preflight(spec, gate=False)
     start_ray(spec, verbose)
     emit = (lambda obj: print(json.dumps(obj), flush=True)) if as_json else (lambda obj: None)
     say = (lambda s: None) if as_json else (lambda s: print(s, flush=True))

@@ -57,14 +57,20 @@ class JudgeConfig:
 
 
 def _single_token(tokenizer, text: str, field: str) -> int:
-    """The id of `text` as one vocabulary entry (or the one token it encodes to)."""
+    """The id of `text` as one token of this judge's tokenizer: a vocabulary entry (an added token) or the one
+    token it encodes to. Otherwise one line naming the variants (leading space, capitalised) that are one token:
+    the judge's verdict is read from one next token, and a wrong one is never chosen silently."""
     vocab_id = tokenizer.get_vocab().get(text)
     if vocab_id is not None:
         return vocab_id
     ids = tokenizer.encode(text, add_special_tokens=False)
-    if len(ids) != 1:
-        raise JudgeError(f"judge.{field}: {text!r} is {len(ids)} tokens for this judge's tokenizer, need exactly 1")
-    return ids[0]
+    if len(ids) == 1:
+        return ids[0]
+    variants = [v for v in dict.fromkeys((text.strip(), " " + text.strip(), text.strip().capitalize(),
+                                          " " + text.strip().capitalize(), text.strip().upper()))
+                if v != text and len(tokenizer.encode(v, add_special_tokens=False)) == 1]
+    hint = f"; one token: {', '.join(repr(v) for v in variants)}" if variants else ""
+    raise JudgeError(f"judge.{field}: {text!r} is {len(ids)} tokens for this judge's tokenizer, need exactly 1{hint}")
 
 
 def verdict_scores(llm, texts: list[str], yes_id: int, no_id: int) -> list[float]:
@@ -145,11 +151,16 @@ class JudgeWorker(Timed):
         return list(scored.scores), scored.parse_failures
 
 
+def _plain(text: str) -> str:
+    return text
+
+
 class _Local:
     """A pool of one worker, called in its own process (`JudgeWorker.score`)."""
 
     def __init__(self, worker: JudgeWorker):
         self.worker = worker
+        self.chat = _plain
 
     def map(self, method: str, items: list, *args) -> list:
         return getattr(self.worker, method)(items, *args)
@@ -181,7 +192,7 @@ class JudgePool:
 
     def __init__(self, workers: list, batch_size: int, verifier: Optional[Callable] = None,
                  respawn: Optional[Callable[[], object]] = None, cfg: Optional[JudgeConfig] = None,
-                 max_replacements: Optional[int] = None):
+                 max_replacements: Optional[int] = None, chat: Optional[Callable[[str], str]] = None):
         if not workers and verifier is None:
             raise JudgeError("a judge pool needs judge workers or a verifier")
         self.workers = list(workers)
@@ -192,6 +203,7 @@ class JudgePool:
         self.replaced = 0
         self.max_replacements = max_replacements  # None: no limit
         self.work_s = 0.0  # seconds the workers (or the verifier) spent scoring, summed over calls
+        self.chat = chat or _plain  # a judge prompt as the judge model sees it (its chat template's user turn)
 
     def score(self, batch: RolloutBatch) -> JudgedBatch:
         """Rewards for a rollout batch; unreadable or out-of-range scores get the fallback or are dropped."""

@@ -138,10 +138,10 @@ def test_rung_two_judge_served_version_one(two_rungs, tiny_model, tmp_path):
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
         return verdicts(model, tok, texts, "yes", "no")
 
-    items1 = ctl.task_for(1)[1][:8]
+    items1 = ctl.tasks.calibration(1)[:8]
     assert probe_rung1 == pytest.approx(fresh_verdicts(tiny_model, [cfg.render(c.prompt, c.response) for c in items1]),
                                         abs=1e-3)
-    items2 = ctl.task_for(2)[1][:8]  # (correct, corrupted) pairs of one prompt each
+    items2 = ctl.tasks.calibration(2)[:8]  # (correct, corrupted) pairs of one prompt each
     v1_dir = reg.download("1", str(tmp_path / "dl"))
     texts = [cfg.render_pair(a.prompt, x.response, y.response)
              for a, b in zip(items2[::2], items2[1::2]) for x, y in ((a, b), (b, a))]

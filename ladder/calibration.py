@@ -1,0 +1,114 @@
+"""Each rung's task and the judge calibration set of the gate, built once per distinct task of a ladder.
+
+A task with worked solutions (or a corrupter) gives its calibration items at once; a task with reference answers
+only gets them from responses the student samples, labelled by the reference; those are kept in a file of the job.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Optional
+
+from ladder.tasks.base import CalibrationItem, Task
+
+SAMPLES_PER_PROMPT = 4  # responses the student writes per held-out prompt for a sampled calibration set
+
+
+class TaskSets:
+    """Tasks and calibration sets of one ladder job, by rung (the schedule may change the task)."""
+
+    def __init__(self, spec, folder: Path):
+        self.spec = spec
+        self.folder = folder
+        self._tasks: dict[str, Task] = {}
+        self._calibration: dict[str, list[CalibrationItem]] = {}
+
+    def task(self, k: int) -> Task:
+        """Rung k's task (a dataset problem fails here in one line)."""
+        from ladder.tasks import build_task
+
+        key = self._key(k)
+        if key not in self._tasks:
+            self._tasks[key] = build_task(self.spec.for_rung(k).task, self.spec.seed)
+        return self._tasks[key]
+
+    def calibration(self, k: int, rung=None) -> list[CalibrationItem]:
+        """Rung k's calibration items: from the task, from this job's saved file, or sampled by `rung`'s student
+        (a running `Rung` whose rollout workers serve it)."""
+        key = self._key(k)
+        if key in self._calibration:
+            return self._calibration[key]
+        task, size, seed = self.task(k), self.spec.eval.calibration_size, self.spec.seed + 7
+        if not task.needs_sampled_calibration:
+            items = task.calibration(size, seed)
+        else:
+            items = self._load(key)
+            if items is None:
+                if rung is None:
+                    raise RuntimeError(f"rung {k}: the calibration set must be sampled by a running rung first")
+                items = task.calibration_from(sample_responses(rung, task, size), size, seed)
+                self._save(key, items)
+        self._calibration[key] = items
+        return items
+
+    def _key(self, k: int) -> str:
+        return hashlib.sha256(self.spec.for_rung(k).task.model_dump_json().encode()).hexdigest()[:16]
+
+    def _file(self, key: str) -> Path:
+        return self.folder / f"calibration-{key}.json"
+
+    def _load(self, key: str) -> Optional[list[CalibrationItem]]:
+        path = self._file(key)
+        if not path.is_file():
+            return None
+        return [CalibrationItem(**row) for row in json.loads(path.read_text())]
+
+    def _save(self, key: str, items: list[CalibrationItem]) -> None:
+        """Written whole (a temporary file renamed), so a restarted controller reads the same items."""
+        from dataclasses import asdict
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self._file(key).with_suffix(".tmp")
+        tmp.write_text(json.dumps([asdict(c) for c in items]))
+        tmp.rename(self._file(key))
+
+
+def sample_responses(rung, task: Task, size: int) -> list[tuple[str, str]]:
+    """(prompt, response) pairs the rung's student writes for held-out prompts of `task` (sampled at the
+    rollout temperature), enough for `size` calibration items."""
+    from ladder.batches import PromptBatch
+
+    rows = [task.eval[i % len(task.eval)] for i in range(min(len(task.eval), max(1, size // 2)))]
+    batch = PromptBatch(tuple(r.prompt for r in rows), tuple(r.answer for r in rows))
+    rollout = rung.generate(batch, SAMPLES_PER_PROMPT, rung.spec.rollout.temperature)
+    return list(zip(rollout.prompts, rollout.responses))
+
+
+class MissingAnswers(ValueError):
+    """A task without reference answers where something needs them (one line)."""
+
+
+def check_tasks(spec, gate: bool) -> None:
+    """Build every distinct task of the ladder (a bad dataset fails here, in one line) and refuse, before anything
+    starts, a task without reference answers where they are needed: the task judge, and the promotion gate
+    (`gate`: a ladder; `ladder train-rung` has none)."""
+    from ladder.tasks import build_task
+
+    seen = set()
+    for k in range(1, spec.rungs + 1):
+        rspec = spec.for_rung(k)
+        key = rspec.task.model_dump_json()
+        if key in seen:
+            continue
+        seen.add(key)
+        task = build_task(rspec.task, spec.seed)
+        if task.has_answers:
+            continue
+        field = getattr(rspec.task.source, "answer_field", "answer")
+        where = f"task.source ({rspec.task_label()}, rung {k}): rows have no reference answers (field {field!r})"
+        if k == 1 and spec.judge.initial.kind == "task":
+            raise MissingAnswers(f"{where}; judge.initial kind task checks answers against them")
+        if gate:
+            raise MissingAnswers(f"{where}; the promotion gate needs them to measure a judge (ladder train-rung "
+                                 "trains one rung without a gate)")
