@@ -1,4 +1,4 @@
-"""Final answers read from a response (presets or a regex) and compared, as numbers where both are numbers.
+"""Final answers read from a response (presets or a regex), compared as numbers where both are numbers, and replaced.
 
 Pure Python: the scorers, the tasks and the spec's validation share it.
 """
@@ -19,17 +19,36 @@ PRESETS: dict[str, tuple[str, bool]] = {
 }
 
 
+def final_match(pattern: str, response: str) -> Optional[re.Match]:
+    """The match whose first group is `response`'s final answer: a preset's (its last match where the preset
+    says so) or the regex `pattern`'s first match; None when there is none."""
+    regex, last = PRESETS.get(pattern, (pattern, False))
+    if not last:
+        return re.search(regex, response, flags=re.DOTALL)
+    found = None
+    for found in re.finditer(regex, response, flags=re.DOTALL):
+        pass
+    return found
+
+
 def extract_answer(pattern: str, response: str) -> Optional[str]:
     """The final answer `response` gives: a preset's (see PRESETS) or the first group of the regex `pattern`'s
     first match; None when there is none."""
-    regex, last = PRESETS.get(pattern, (pattern, False))
-    if last:
-        found = None
-        for found in re.finditer(regex, response, flags=re.DOTALL):
-            pass
-    else:
-        found = re.search(regex, response, flags=re.DOTALL)
-    return found.group(1).strip() if found else None
+    found = final_match(pattern, response)
+    return found.group(1).strip() if found and found.group(1) is not None else None
+
+
+def replace_answer(pattern: str, response: str, new_answer: str) -> Optional[str]:
+    """`response` with its final answer (the text `extract_answer` reads, surrounding space kept) replaced by
+    `new_answer`; None when it gives no final answer."""
+    found = final_match(pattern, response)
+    if found is None or found.group(1) is None:
+        return None
+    start, end = found.span(1)
+    text = response[start:end]
+    start += len(text) - len(text.lstrip())
+    end -= len(text) - len(text.rstrip())
+    return response[:start] + new_answer + response[max(start, end):]
 
 
 def as_number(text: Optional[str]) -> Optional[float]:
@@ -42,6 +61,17 @@ def as_number(text: Optional[str]) -> Optional[float]:
     return float(cleaned)
 
 
+def normalized(answer: Optional[str]) -> Optional[str]:
+    """A key under which answers that `same_answer` counts as one are equal: `1,000`, `1000.0` -> `1000`; text
+    answers lowercased and stripped. (Numbers are keyed exactly, without `same_answer`'s relative tolerance.)"""
+    if answer is None:
+        return None
+    number = as_number(answer)
+    if number is None:
+        return answer.strip().lower()
+    return str(int(number)) if number.is_integer() else repr(number)
+
+
 def same_answer(answer: Optional[str], reference: Optional[str]) -> bool:
     """Whether two final answers agree: numerically when both are numbers (`42.0` = `42`), else as text
     (case and surrounding space ignored)."""
@@ -51,3 +81,16 @@ def same_answer(answer: Optional[str], reference: Optional[str]) -> bool:
     if a is not None and b is not None:
         return abs(a - b) <= 1e-6 * max(1.0, abs(b))
     return answer.strip().lower() == str(reference).strip().lower()
+
+
+def wrong_number(reference: str, delta: int) -> Optional[str]:
+    """A number `delta` away from the numeric answer `reference`, written the way it is (decimals, thousands
+    commas, a `$`); None when `reference` is not a number."""
+    value = as_number(reference)
+    if value is None:
+        return None
+    text = reference.strip()
+    decimals = len(text.split(".")[1]) if re.search(r"\.\d+$", text) else 0
+    new = value + delta
+    body = f"{abs(new):,.{decimals}f}" if "," in text else f"{abs(new):.{decimals}f}"
+    return ("-" if new < 0 else "") + ("$" if "$" in text else "") + body

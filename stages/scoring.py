@@ -8,7 +8,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from ladder.tasks.base import extract_answer as extract
+from stages.answers import extract_answer as extract
+from stages.answers import normalized, same_answer
 
 
 @dataclass(frozen=True)
@@ -71,12 +72,14 @@ def score_solve(pool, cfg, pairs: Pairs) -> Scored:
 
 
 def agreement(answer: Optional[str], judge_answers: Sequence[str], rule: str) -> float:
-    """Reward of a response whose final answer is `answer`, given the judge's own answers."""
+    """Reward of a response whose final answer is `answer`, given the judge's own answers; answers that are the
+    same number count as one (`1,000` = `1000` = `1000.0`)."""
     if answer is None:
         return 0.0
     if rule == "majority":
-        return float(Counter(judge_answers).most_common(1)[0][0] == answer)
-    return sum(a == answer for a in judge_answers) / len(judge_answers)
+        majority = Counter(map(normalized, judge_answers)).most_common(1)[0][0]  # ties: the first written
+        return float(same_answer(answer, majority))
+    return sum(same_answer(a, answer) for a in judge_answers) / len(judge_answers)
 
 
 def score_pairwise(pool, cfg, pairs: Pairs) -> Scored:
