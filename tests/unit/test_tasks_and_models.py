@@ -5,7 +5,8 @@ import random
 import pytest
 
 from ladder.tasks.arithmetic import build, corrupt, exact, final_answer, make_example, solution_steps, verify
-from ladder.tasks.base import TaskError, load_jsonl
+from ladder.tasks.base import TaskError
+from ladder.tasks.files import load_jsonl
 
 
 def test_worked_solution_is_correct_and_verified():
