@@ -26,12 +26,35 @@ class TrainConfig:
     weight_decay: float = 0.0
     micro_batch_tokens: int = 4096      # tokens (packed rows) per forward pass (0: the whole batch at once)
     overlap: bool = False               # batches sampled one update ago: the ratio is taken against vLLM's logprobs
+    dtype: str = "auto"                 # weights and compute: auto, float32 or bfloat16 (see `resolve_dtype`)
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass (less memory)
     trust_remote_code: bool = False  # the model's own Python code runs only when the spec says so
 
     @classmethod
     def from_spec(cls, train_spec, trust_remote_code: bool = False) -> "TrainConfig":
         fields = [k for k in cls.__dataclass_fields__ if k != "trust_remote_code"]
         return cls(**{k: getattr(train_spec, k) for k in fields}, trust_remote_code=trust_remote_code)
+
+
+def resolve_dtype(name: str):
+    """The torch dtype of `train.dtype`: auto is bfloat16 on a GPU that supports it, float32 otherwise."""
+    import torch
+
+    if name == "auto":
+        name = "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+    if name not in ("float32", "bfloat16"):
+        raise ValueError(f"train.dtype {name!r}: must be auto, float32 or bfloat16")
+    return getattr(torch, name)
+
+
+def pad_id(tokenizer, vocab_size: int) -> int:
+    """The id packed rows are padded with: the pad token, else EOS (Llama 3 has no pad token), else 0; one the
+    model embeds (a tokenizer may add a default pad token past the embeddings). Padding is never a target and no
+    sample attends to it (`pack`), so any embedded id serves; no token is added."""
+    for tok_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if tok_id is not None and 0 <= tok_id < vocab_size:
+            return tok_id
+    return 0
 
 
 def group_advantages(scores, groups, keep=None, eps: float = 1e-4):
@@ -152,9 +175,14 @@ class Trainer:
         self.cfg = cfg
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the GPU Ray gave this actor
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.trust_remote_code)
-        load = dict(dtype=torch.float32, use_safetensors=True,  # never unpickle weights
+        load = dict(dtype=resolve_dtype(cfg.dtype), use_safetensors=True,  # never unpickle weights
                     trust_remote_code=cfg.trust_remote_code)
         self.model = AutoModelForCausalLM.from_pretrained(model_path, **load).to(self.device)
+        if cfg.gradient_checkpointing:
+            # config.use_cache stays as it is (a saved student's config must equal its base's for in-place
+            # loads); every forward here passes use_cache=False
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.pad_id = pad_id(self.tokenizer, self.model.get_input_embeddings().num_embeddings)
         self.ref = AutoModelForCausalLM.from_pretrained(model_path, **load).to(self.device).eval()
         self.ref.requires_grad_(False)
         # fused: one kernel per parameter instead of a dozen passes (on the bench model 12 ms a step against 58)
@@ -225,7 +253,7 @@ class Trainer:
         first_pass = not cache
         totals = {k: torch.zeros((), device=self.device) for k in ("loss", "kl", "clip_frac", "mismatch")}
         for key, g in enumerate(groups):
-            packed = pack([samples[i] for i in g], self.tokenizer.pad_token_id, width).to(self.device)
+            packed = pack([samples[i] for i in g], self.pad_id, width).to(self.device)
             if key not in cache:
                 with torch.no_grad():
                     ref = completion_logprobs(self.ref, packed) if self.cfg.kl_coef > 0 else None
@@ -274,15 +302,18 @@ class Trainer:
         """Sum of the student's logprobs over each sample's completion (for tests and diagnostics)."""
         import torch
 
-        packed = pack(samples, self.tokenizer.pad_token_id).to(self.device)
+        packed = pack(samples, self.pad_id).to(self.device)
         with torch.no_grad():
             lp = completion_logprobs(self.model, packed)
         return torch.zeros(len(samples), device=self.device).index_add_(0, packed.sample, lp).tolist()
 
     def state_arrays(self) -> dict:
-        """The student's weights as numpy arrays, {HF parameter name: array}; on CPU they share the parameters'
-        memory (no copy)."""
-        return {k: v.detach().cpu().contiguous().numpy() for k, v in self.model.state_dict().items()}
+        """The student's weights as float32 numpy arrays, {HF parameter name: array}; a float32 model's on CPU
+        share the parameters' memory (no copy). numpy has no bfloat16: a bfloat16 model's are upcast copies,
+        twice its size in this process and in the object store (the engine casts them to its own dtype)."""
+        import torch
+
+        return {k: v.detach().to("cpu", torch.float32).contiguous().numpy() for k, v in self.model.state_dict().items()}
 
     def export_weights(self) -> WeightsRef:
         """The current weights in the Ray object store, as numpy arrays: `ray.put` copies them in once and a

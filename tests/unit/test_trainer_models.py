@@ -1,0 +1,145 @@
+"""The trainer on the models users bring: bfloat16 weights, gradient checkpointing, no pad token (tiny models
+built from configs, torch only)."""
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from ladder.batches import JudgedBatch, RolloutBatch, Sample
+from stages.train import TrainConfig, Trainer, pack, pad_id, resolve_dtype
+
+PROMPTS = ["1+1=", "Q:12+30\nA:", "2*3=", "Q:7-5\nA:", "9+9=", "Q:1\nA:"]
+COMPLETIONS = ["2#2", "12+30=42#42", "7#7", "7-5=2 so #2", "18#18", "#1"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from ladder.models.tiny import build_tiny_model
+
+    return str(build_tiny_model(tmp_path_factory.mktemp("m") / "tiny", "nano", seed=0))
+
+
+def _without_pad(tiny: str, out: Path, unset: bool) -> str:
+    """The tiny model with a tokenizer whose pad token is null (`unset`, as Llama 3's), or not named at all
+    (then Qwen2's tokenizer adds a default <|endoftext|> past the model's embeddings)."""
+    shutil.copytree(tiny, out)
+    cfg = json.loads((out / "tokenizer_config.json").read_text())
+    if unset:
+        cfg["pad_token"] = None
+    else:
+        del cfg["pad_token"]
+    (out / "tokenizer_config.json").write_text(json.dumps(cfg))
+    return str(out)
+
+
+def _judged(trainer) -> JudgedBatch:
+    tok = trainer.tokenizer
+    ids = lambda text: tuple(tok.encode(text, add_special_tokens=False))  # noqa: E731
+    samples = tuple(Sample(ids(p), ids(c), c, ()) for p, c in zip(PROMPTS, COMPLETIONS))
+    rollout = RolloutBatch(tuple(PROMPTS), (None,) * len(PROMPTS), samples, (0, 0, 0, 1, 1, 1))
+    return JudgedBatch(rollout, (1.0, 0.2, 0.0, 0.7, 0.4, 0.9))
+
+
+def _nudged(path: str, cfg: TrainConfig) -> Trainer:
+    """A trainer whose student is moved off its reference (seeded), so the KL term and its gradient are not 0."""
+    trainer = Trainer(path, cfg, seed=0)
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return trainer
+
+
+def _loss_and_grads(trainer: Trainer, judged: JudgedBatch):
+    """The batch's loss, the gradients and how many times the student's first decoder layer ran."""
+    layer, calls = trainer.model.model.layers[0], []
+    forward = layer.forward  # counted in place: a recompute runs no forward hooks
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return forward(*args, **kwargs)
+
+    layer.forward = counted
+    trainer.model.train()  # as in `step` (checkpointing acts only in training mode)
+    trainer.model.zero_grad(set_to_none=True)
+    loss = trainer.accumulate(judged, {})["loss"].item()
+    del layer.forward
+    return loss, {n: p.grad.clone() for n, p in trainer.model.named_parameters()}, len(calls)
+
+
+def test_dtype_auto_is_bfloat16_only_on_a_gpu_that_supports_it(monkeypatch):
+    assert resolve_dtype("auto") == torch.float32  # this machine: no GPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_dtype("auto") == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_dtype("auto") == torch.bfloat16
+    assert resolve_dtype("float32") == torch.float32
+    with pytest.raises(ValueError, match="train.dtype 'float16'"):
+        resolve_dtype("float16")
+
+
+def test_a_bfloat16_trainer_trains_in_bfloat16_and_exports_float32(tiny, tmp_path):
+    """Student and reference in bfloat16; log-probs and loss in float32; the weights handed to vLLM are float32
+    arrays (numpy has no bfloat16) equal to the student's; the saved student loads in place of its base."""
+    from stages.engine import architecture_difference
+    from stages.train import completion_logprobs
+
+    trainer = Trainer(tiny, TrainConfig(lr=1e-3, kl_coef=0.1, dtype="bfloat16"), seed=0)
+    dtypes = {p.dtype for p in trainer.model.parameters()} | {p.dtype for p in trainer.ref.parameters()}
+    assert dtypes == {torch.bfloat16}
+    judged = _judged(trainer)
+    packed = pack(judged.rollout.samples, trainer.pad_id)
+    with torch.no_grad():
+        assert completion_logprobs(trainer.model, packed).dtype == torch.float32
+    before = trainer.parameter_checksum()
+    stats = [trainer.step(judged) for _ in range(2)]
+    assert all(not s.skipped and torch.isfinite(torch.tensor(s.loss)) for s in stats)
+    assert stats[1].kl > 0 and trainer.parameter_checksum() != before
+    arrays = trainer.state_arrays()
+    for name, value in trainer.model.state_dict().items():
+        assert arrays[name].dtype.name == "float32" and torch.equal(torch.from_numpy(arrays[name]), value.float())
+    assert architecture_difference(tiny, trainer.save(str(tmp_path / "student"))) == ""
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny, tmp_path):
+    """Packed rows (positions restarting in a row, padding at its end), micro-batches and the KL term: the same
+    numbers with activations recomputed, and the decoder layers did run twice. The saved config is the base's
+    (use_cache untouched), so the student still loads in place into the engines."""
+    from stages.engine import architecture_difference
+
+    cfg = TrainConfig(kl_coef=0.1, micro_batch_tokens=40)
+    plain_loss, plain, plain_forwards = _loss_and_grads(_nudged(tiny, cfg), _judged(Trainer(tiny, cfg)))
+    trainer = _nudged(tiny, TrainConfig(kl_coef=0.1, micro_batch_tokens=40, gradient_checkpointing=True))
+    loss, grads, forwards = _loss_and_grads(trainer, _judged(trainer))
+    assert plain_forwards > 1 and forwards == 2 * plain_forwards  # each micro-batch's layers ran again in backward
+    assert loss == pytest.approx(plain_loss, abs=1e-5) and abs(loss) > 1e-3
+    for name, g in grads.items():
+        assert (g - plain[name]).abs().max().item() <= 1e-5, name
+    assert architecture_difference(tiny, trainer.save(str(tmp_path / "student"))) == ""
+
+
+def test_a_tokenizer_without_a_pad_token_trains(tiny, tmp_path):
+    """No pad token (Llama 3): rows are padded with EOS, nothing is added to the vocabulary, and the loss is the
+    one with the model's own pad token (padding is never a target, nor attended to)."""
+    cfg = TrainConfig(lr=1e-3, kl_coef=0.1)
+    trainer = _nudged(_without_pad(tiny, tmp_path / "null-pad", unset=True), cfg)
+    eos, embedded = trainer.tokenizer.eos_token_id, trainer.model.get_input_embeddings().num_embeddings
+    assert trainer.tokenizer.pad_token_id is None and trainer.pad_id == eos
+    judged = _judged(trainer)
+    lengths = [len(s.prompt_ids) + len(s.completion_ids) for s in judged.rollout.samples]
+    assert pack(judged.rollout.samples, trainer.pad_id).ids.numel() > sum(lengths), "the rows should hold padding"
+    with_pad = _nudged(tiny, cfg)
+    assert with_pad.pad_id != trainer.pad_id
+    assert len(trainer.tokenizer) == len(with_pad.tokenizer) and embedded == trainer.model.config.vocab_size
+    assert _loss_and_grads(trainer, judged)[0] == pytest.approx(_loss_and_grads(with_pad, judged)[0], abs=1e-6)
+    before = trainer.parameter_checksum()
+    stats = trainer.step(judged)
+    assert not stats.skipped and torch.isfinite(torch.tensor(stats.loss))
+    assert trainer.parameter_checksum() != before
+    unnamed = Trainer(_without_pad(tiny, tmp_path / "no-pad", unset=False), cfg)
+    assert unnamed.tokenizer.pad_token_id >= embedded and unnamed.pad_id == eos  # not an id past the embeddings
+    assert not unnamed.step(_judged(unnamed)).skipped
+    assert pad_id(SimpleNamespace(pad_token_id=None, eos_token_id=None), embedded) == 0
