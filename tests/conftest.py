@@ -19,6 +19,7 @@ Two rules every test here keeps, because `make test` must pass on any fresh x86 
    second pytest run beside this one deletes its files mid-run).
 """
 import os
+from pathlib import Path
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -28,6 +29,19 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 import pytest  # noqa: E402  (after the engine environment above)
 
 FAULTS: list[tuple[str, str]] = []
+SMOLLM2_CACHE = Path(__file__).resolve().parents[1] / ".ladder" / "test-cache" / "smollm2"  # .ladder is git-ignored
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> str:
+    """SmolLM2-135M-Instruct as a plain HF folder, built once (about 35 s) and kept under the repo's
+    `.ladder/test-cache`, so later runs reuse it. Skips the test without the `smollm2` extra."""
+    from ladder.models.smollm2 import SmolLM2Missing, build_smollm2
+
+    try:
+        return build_smollm2(SMOLLM2_CACHE)
+    except SmolLM2Missing as err:
+        pytest.skip(str(err))
 
 
 @pytest.fixture
