@@ -399,10 +399,12 @@ class Rung:
     def checkpoint(self, out_dir: str) -> str:
         """A complete checkpoint folder: `model/` (HF files), `trainer.pt` (optimizer, steps, RNG), `cursor.json`."""
         import json
+        import shutil
 
         import ray
 
         out = Path(out_dir)
+        shutil.rmtree(out / "model", ignore_errors=True)  # no shard of an earlier save may be restored with these
         self.save_student(str(out / "model"))
         (out / "trainer.pt").write_bytes(ray.get(self.trainer.trainer_state.remote()))
         (out / "cursor.json").write_text(json.dumps({**self.cursor_state(), "step": self.step_no}))
@@ -417,7 +419,7 @@ class Rung:
 
         root = Path(ckpt_dir)
         cursor = json.loads((root / "cursor.json").read_text())
-        weights = (root / "model" / "model.safetensors").read_bytes()
+        weights = {f.name: f.read_bytes() for f in sorted((root / "model").glob("*.safetensors"))}  # shards or one
         ray.get(self.trainer.restore.remote(weights, (root / "trainer.pt").read_bytes()))
         self.cursor = PromptCursor.restore(self.cursor.size, self.cursor.seed, cursor)
         self.step_no = cursor["step"]

@@ -8,7 +8,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from ladder.batches import JudgedBatch, TrainStats, WeightsRef
 
@@ -29,10 +29,11 @@ class TrainConfig:
     dtype: str = "auto"                 # weights and compute: auto, float32 or bfloat16 (see `resolve_dtype`)
     gradient_checkpointing: bool = False  # recompute activations in the backward pass (less memory)
     trust_remote_code: bool = False  # the model's own Python code runs only when the spec says so
+    checkpoint_shard_size: Optional[str] = None  # largest safetensors file `save` writes ("200KB"); None: HF's
 
     @classmethod
     def from_spec(cls, train_spec, trust_remote_code: bool = False) -> "TrainConfig":
-        fields = [k for k in cls.__dataclass_fields__ if k != "trust_remote_code"]
+        fields = [k for k in cls.__dataclass_fields__ if k not in ("trust_remote_code", "checkpoint_shard_size")]
         return cls(**{k: getattr(train_spec, k) for k in fields}, trust_remote_code=trust_remote_code)
 
 
@@ -330,11 +331,14 @@ class Trainer:
     def parameter_checksum(self) -> float:
         return float(sum(p.detach().double().abs().sum() for p in self.model.parameters()))
 
-    def save(self, out_dir: str) -> str:
-        """An HF-format checkpoint (model + tokenizer) that transformers and vLLM load."""
+    def save(self, out_dir: str, max_shard_size: Optional[str] = None) -> str:
+        """An HF-format checkpoint (model + tokenizer) that transformers and vLLM load. Weights above
+        `max_shard_size` (default `cfg.checkpoint_shard_size`, else transformers' own, 50GB) are split into
+        `model-0000k-of-0000n.safetensors` files with a `model.safetensors.index.json`."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(out, safe_serialization=True)
+        shard = max_shard_size or self.cfg.checkpoint_shard_size
+        self.model.save_pretrained(out, safe_serialization=True, **({"max_shard_size": shard} if shard else {}))
         source = Path(self.model_dir)
         copied = [f for f in TOKENIZER_FILES if (source / f).is_file()]
         for name in copied:  # the student's own files, byte for byte: re-saving would rewrite the tokenizer
@@ -363,20 +367,38 @@ class Trainer:
                     "rng": torch.get_rng_state()}, buf)
         return buf.getvalue()
 
-    def restore(self, weights: bytes, state: bytes) -> int:
-        """Load a checkpoint written by `model_files` + `trainer_state`; returns the restored step."""
+    def restore(self, weights: dict[str, bytes], state: bytes) -> int:
+        """Load a checkpoint written by `model_files` + `trainer_state`: `weights` is {file name: bytes} of each
+        of its *.safetensors files (one, or every shard). Returns the restored step."""
         import io
 
         import torch
-        from safetensors.torch import load
 
-        tensors = load(weights)
-        missing = self.model.load_state_dict(tensors, strict=False).missing_keys
-        tied = {k for k in missing if k.endswith("lm_head.weight")} if self.model.config.tie_word_embeddings else set()
-        if set(missing) - tied:
-            raise ValueError(f"checkpoint lacks weights: {sorted(set(missing) - tied)[:3]}")
+        self.load_weight_files(weights)
         saved = torch.load(io.BytesIO(state), map_location=self.device, weights_only=True)
         self.opt.load_state_dict(saved["optimizer"])
         self.steps, self.version = saved["steps"], saved["version"]
         torch.set_rng_state(saved["rng"].cpu())
         return self.steps
+
+    def load_weight_files(self, weights: dict[str, bytes]) -> None:
+        """Load safetensors files into the student, one at a time. ValueError (one line), the student untouched,
+        when their union lacks a weight (a tied lm_head may be absent)."""
+        from safetensors.torch import load
+
+        missing = set(self.model.state_dict()) - set().union(*map(safetensors_names, weights.values()))
+        if self.model.config.tie_word_embeddings:
+            missing = {k for k in missing if not k.endswith("lm_head.weight")}
+        if missing:
+            raise ValueError(f"checkpoint lacks {len(missing)} of the model's weights (e.g. "
+                             f"{', '.join(sorted(missing)[:3])}) in its {len(weights)} safetensors file(s)")
+        for name in sorted(weights):
+            self.model.load_state_dict(load(weights[name]), strict=False)
+
+
+def safetensors_names(data: bytes) -> set[str]:
+    """The tensor names in a safetensors file's header (nothing else is read)."""
+    import json
+
+    size = int.from_bytes(data[:8], "little")
+    return set(json.loads(data[8:8 + size])) - {"__metadata__"}

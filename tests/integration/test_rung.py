@@ -265,3 +265,43 @@ def test_a_disk_that_fills_while_checkpointing_leaves_nothing_half_written(ray_l
     assert [a.path for a in reg.client.list_artifacts(run, "checkpoints")] == ["checkpoints/step-00001"]
     fault_figures("disk full while checkpointing (write, then upload)", f"one line: {message.split(' (')[0]}; "
                   "no folder or artifact of it left; the step-1 checkpoint restores")
+
+
+def test_a_sharded_checkpoint_restores_the_trainer_and_the_rollout_workers(ray_local, tiny_model, tmp_path):
+    """A checkpoint whose student is written in several safetensors shards (as a large model's is; forced small
+    here with `checkpoint_shard_size`) restores from all of them: the trainer's weights are those at the checkpoint
+    and the rollout workers, re-synced, answer held-out prompts greedily as they did then."""
+    from dataclasses import replace
+
+    from ladder.batches import PromptBatch
+    from ladder.rung import ResolvedJudge, Rung
+    from ladder.spec import parse_spec
+    from ladder.tasks import build_task
+    from stages.train import TrainConfig
+
+    verifier = "ladder.tasks.arithmetic:exact"
+    spec = parse_spec(spec_dict(tiny_model, {"kind": "verifier", "function": verifier},
+                                train={"lr": 3e-3, "kl_coef": 0.0, "steps": 2, "prompts_per_step": 4}))
+    rung = Rung(spec, build_task(spec.task, spec.seed), tiny_model, ResolvedJudge("verifier", verifier, "v"), spec.seed)
+    sharded = replace(TrainConfig.from_spec(spec.train, spec.trust_remote_code), checkpoint_shard_size="1MB")
+    rows = rung.task.eval[:16]
+    held_out = PromptBatch(tuple(r.prompt for r in rows), tuple(r.answer for r in rows))
+    greedy = lambda: rung.generate(held_out, 1, 0.0).responses  # noqa: E731
+    checksum = lambda: ray_local.get(rung.trainer.parameter_checksum.remote())  # noqa: E731
+    try:
+        rung.ready()
+        ray_local.get(rung.trainer.reset.remote(tiny_model, sharded, spec.seed))  # the trainer writes small shards
+        rung.step(), rung.step()
+        at_checkpoint, answers = checksum(), greedy()
+        ckpt = Path(rung.checkpoint(str(tmp_path / "ckpt")))
+        assert len(list((ckpt / "model").glob("model-*-of-*.safetensors"))) >= 3
+        assert (ckpt / "model" / "model.safetensors.index.json").is_file()
+        assert not (ckpt / "model" / "model.safetensors").exists()
+        ray_local.get(rung.trainer.reset.remote(tiny_model, sharded, spec.seed))  # the base model again, everywhere
+        rung.sync()
+        assert checksum() != at_checkpoint and greedy() != answers, "the base should answer otherwise"
+        assert rung.restore(str(ckpt)) == 2
+        assert checksum() == at_checkpoint
+        assert greedy() == answers
+    finally:
+        rung.shutdown()

@@ -1,5 +1,5 @@
-"""The trainer on the models users bring: bfloat16 weights, gradient checkpointing, no pad token (tiny models
-built from configs, torch only)."""
+"""The trainer on the models users bring: bfloat16 weights, gradient checkpointing, no pad token, sharded
+checkpoints (tiny models built from configs, torch only)."""
 import json
 import shutil
 from pathlib import Path
@@ -143,3 +143,44 @@ def test_a_tokenizer_without_a_pad_token_trains(tiny, tmp_path):
     assert unnamed.tokenizer.pad_token_id >= embedded and unnamed.pad_id == eos  # not an id past the embeddings
     assert not unnamed.step(_judged(unnamed)).skipped
     assert pad_id(SimpleNamespace(pad_token_id=None, eos_token_id=None), embedded) == 0
+
+
+def _sharded(trainer: Trainer) -> dict[str, bytes]:
+    files = trainer.model_files()
+    assert "model.safetensors.index.json" in files and "model.safetensors" not in files
+    return {name: data for name, data in files.items() if name.endswith(".safetensors")}
+
+
+def test_a_sharded_checkpoint_restores_weights_and_optimizer(tiny):
+    """A student saved in small shards (as big models are) restores into a fresh trainer: every parameter, the
+    optimizer's moments and the step counters."""
+    trainer = Trainer(tiny, TrainConfig(lr=1e-3, kl_coef=0.1, checkpoint_shard_size="200KB"), seed=0)
+    judged = _judged(trainer)
+    for _ in range(2):
+        trainer.step(judged)
+    shards = _sharded(trainer)
+    assert len(shards) >= 3
+    fresh = Trainer(tiny, TrainConfig(lr=1e-3, kl_coef=0.1), seed=1)
+    assert fresh.restore(shards, trainer.trainer_state()) == 2
+    restored = fresh.model.state_dict()
+    assert all(torch.equal(v, restored[k]) for k, v in trainer.model.state_dict().items())
+    saved, loaded = trainer.opt.state_dict()["state"], fresh.opt.state_dict()["state"]
+    assert saved.keys() == loaded.keys() and len(saved) == len(list(trainer.model.parameters()))
+    for i, moments in saved.items():
+        assert all(torch.equal(v, loaded[i][k]) for k, v in moments.items())
+    trainer.step(judged), fresh.step(judged)  # the same next update
+    assert fresh.parameter_checksum() == trainer.parameter_checksum()
+
+
+def test_restore_refuses_a_shard_set_missing_a_shard(tiny):
+    trainer = Trainer(tiny, TrainConfig(checkpoint_shard_size="200KB"), seed=0)
+    shards = _sharded(trainer)
+    lost = sorted(shards)[1]
+    fresh = _nudged(tiny, TrainConfig())
+    before = fresh.parameter_checksum()
+    with pytest.raises(ValueError) as refused:
+        fresh.restore({k: v for k, v in shards.items() if k != lost}, trainer.trainer_state())
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith("checkpoint lacks")
+    assert any(name in message for name in trainer.model.state_dict())  # names a missing weight
+    assert fresh.parameter_checksum() == before  # refused before anything was loaded
