@@ -381,7 +381,7 @@ class Rung:
         judged = self.pool.score(rollout)
         out = {"eval/judge_reward": sum(judged.scores) / len(judged.scores)}
         if self.task.verifier is not None:
-            out["eval/accuracy"] = self.task.accuracy(rollout.responses, batch.references)
+            out["eval/accuracy"] = self.task.accuracy(rollout.responses, batch.references, batch.prompts)
             out["eval/verifier_reward"] = sum(self.task.verifier(p, t, r) for p, t, r in
                                               zip(batch.prompts, rollout.responses, batch.references)) / len(rows)
         return out

@@ -274,8 +274,10 @@ class TrainSpec(_Strict):
                            "taken against the sampling engine's logprobs. It pays where rollout, judge and trainer "
                            "have devices of their own; on one CPU they share its cores.")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="The trainer's weights and compute: auto is bfloat16 on a GPU that supports it, float32 "
-                            "on CPU (where bf16 is slow and the engines' float32 logprobs then agree).")
+        "auto", description="The trainer's compute dtype (mixed precision: the student's weights and updates stay "
+                            "float32, the forward and the frozen reference use this): auto is bfloat16 on a GPU that "
+                            "supports it, float32 on CPU (where bf16 is slow and the engines' float32 logprobs then "
+                            "agree).")
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass instead of keeping them: less memory for "
                            "long sequences and large models, about a third more compute.")
