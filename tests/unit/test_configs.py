@@ -7,7 +7,7 @@ import yaml
 from ladder.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+EXAMPLES = sorted((ROOT / "examples").rglob("*.yaml"))
 KUBERAY = sorted((ROOT / "cluster" / "kuberay").glob("*.yaml"))
 
 

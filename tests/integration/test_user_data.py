@@ -1,0 +1,117 @@
+"""A user's dataset as a whole ladder: a JSONL file with its own field names, reference answers and no worked
+solutions, the task's checker as rung 1's judge, the gate's calibration set sampled by the student."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write_questions(path: Path, n: int, answers: bool = True) -> None:
+    """Arithmetic questions as a user would bring them: `question` / `answer` fields, no solutions."""
+    import random
+
+    from ladder.tasks.arithmetic import make_example
+
+    rng, seen, rows = random.Random(3), set(), []
+    while len(rows) < n:
+        ex = make_example(rng, 3, 9)
+        if ex.prompt not in seen:
+            seen.add(ex.prompt)
+            rows.append({"question": ex.prompt, **({"answer": int(ex.answer)} if answers else {}), "id": len(rows)})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def jsonl_spec(model: str, data: Path, workdir: Path) -> dict:
+    return {
+        "name": "jsonl-ladder", "seed": 0, "rungs": 2, "workdir": str(workdir),
+        "student": {"base": model, "init": "previous"},
+        "judge": {"initial": {"kind": "task"}, "mode": "solve", "solve_samples": 4, "solve_reward": "majority"},
+        "task": {"source": {"kind": "jsonl", "path": str(data), "prompt_field": "question", "answer_pattern": "hash"},
+                 "eval_size": 16},
+        "rollout": {"workers": 1, "group_size": 4, "max_tokens": 32, "kv_cache_gib": 0.25},
+        "train": {"lr": 1e-4, "kl_coef": 0.0, "steps": 2, "prompts_per_step": 4},
+        "eval": {"every": 2, "calibration_size": 16},
+        "promotion": {"policy": "auto", "tolerance": 1.0, "collapse_share": 1.0, "min_auc": 0.0},
+    }
+
+
+def ladder_cli(*args, tmp: str, timeout: int = 1200):
+    return subprocess.run([sys.executable, "-m", "ladder.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "RAY_ADDRESS": "", "TMPDIR": tmp})
+
+
+@pytest.fixture(scope="module")
+def jsonl_ladder(tiny_model, tmp_path_factory):
+    work = tmp_path_factory.mktemp("jsonl")
+    write_questions(work / "questions.jsonl", 200)
+    path = work / "spec.yaml"
+    path.write_text(yaml.safe_dump(jsonl_spec(tiny_model, work / "questions.jsonl", work / "w")))
+    tmp = tempfile.mkdtemp(prefix="lj-", dir="/tmp")
+    checked = ladder_cli("validate", str(path), tmp=tmp)
+    assert checked.returncode == 0, checked.stderr
+    res = ladder_cli("run", str(path), "--json", tmp=tmp)
+    assert res.returncode == 0, res.stderr[-3000:]
+    from ladder.registry import Registry
+    from ladder.spec import load_spec
+
+    spec = load_spec(path)
+    yield spec, Registry.for_spec(spec), json.loads(res.stdout.strip().splitlines()[-1]), work
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_a_jsonl_ladder_without_solutions_runs_through_the_gate(jsonl_ladder):
+    spec, reg, summary, work = jsonl_ladder
+    assert summary["status"]["state"] == "completed"
+    v1, v2 = reg.versions()
+    assert v1.tags["ladder.judge"] == "verifier:task" and v2.tags["ladder.judge"] == f"{spec.name}/v1"
+    assert v1.tags["ladder.task"] == "jsonl questions.jsonl"
+    for v in (v1, v2):  # each rung's candidate was measured as a judge on the calibration set
+        auc = reg.client.get_metric_history(v.run_id, "gate.candidate_auc")
+        assert len(auc) == 1 and 0.0 <= auc[0].value <= 1.0
+    files = list((work / "w" / spec.name).glob("*/calibration-*.json"))
+    assert len(files) == 1, files  # one task for both rungs: sampled once, read again
+    items = json.loads(files[0].read_text())
+    assert len(items) == spec.eval.calibration_size
+    assert sum(i["correct"] for i in items) == len(items) // 2  # balanced
+    questions = {json.loads(line)["question"]: str(json.loads(line)["answer"])
+                 for line in (work / "questions.jsonl").read_text().splitlines()}
+    from stages.answers import extract_answer, same_answer
+
+    for right, wrong in zip(items[::2], items[1::2]):  # pairs of one held-out prompt: labelled by the reference
+        assert right["prompt"] == wrong["prompt"] and right["prompt"] in questions
+        assert same_answer(extract_answer("hash", right["response"]), questions[right["prompt"]])
+        assert not same_answer(extract_answer("hash", wrong["response"]), questions[wrong["prompt"]])
+    # rung 1's rewards came from the task's checker: 1 for a right final answer, else 0
+    logged = reg.client.list_artifacts(v1.run_id, "student_samples")
+    sample = json.loads(Path(reg.client.download_artifacts(v1.run_id, logged[0].path, str(work))).read_text())
+    for s in sample:
+        right = same_answer(extract_answer("hash", s["response"]), questions[s["student_input"]])
+        assert s["reward"] == float(right)
+
+
+def test_a_dataset_without_answers_is_refused_before_anything_starts(tiny_model, tmp_path):
+    write_questions(tmp_path / "q.jsonl", 60, answers=False)
+    spec = jsonl_spec(tiny_model, tmp_path / "q.jsonl", tmp_path / "w")
+    spec["judge"]["initial"] = {"kind": "model", "path": tiny_model}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    tmp = tempfile.mkdtemp(prefix="lj-", dir="/tmp")
+    try:
+        for command in ("validate", "run"):
+            res = ladder_cli(command, str(path), tmp=tmp, timeout=300)
+            assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+            lines = res.stderr.strip().splitlines()
+            assert len(lines) == 1 and "rows have no reference answers (field 'answer')" in lines[0]
+            assert "promotion gate needs them" in lines[0]
+        assert not (tmp_path / "w" / "mlflow.db").exists()  # no MLflow experiment left behind
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
