@@ -231,8 +231,8 @@ class LadderController:
             if ended == "stopped":
                 done = rung.step_no
                 return (self.store.checkpoint(rung, p, done) if done > p.step else p).to(state=State.STOPPED)
-            if ended == "saturation":
-                self.registry.record_ended_by(p.rung_run, "saturation")
+            if ended in ("saturation", "collapse"):  # the collapse guard put the rung's best weights back
+                self.registry.record_ended_by(p.rung_run, rung.ended_why or ended)
             final = rung.evaluate()
             self.registry.log_metrics(p.rung_run, final, rung.step_no)
             current = measure(rung.pool, calibration)

@@ -66,6 +66,17 @@ def length_health(rollout, judged) -> dict[str, float]:
             "judge/tokens_per_sample": judged.judge_tokens / n}
 
 
+def reward_truth(task, rollout, judged) -> dict[str, float]:
+    """Where the task has answers: the share of samples whose judge reward agrees with the reference (above 0.5 for
+    a right answer, at most 0.5 for a wrong one) and the share of right samples. Measured, never trained on."""
+    if not task.has_answers:
+        return {}
+    right = task.correct(rollout.responses, rollout.references, rollout.prompts)
+    agree = [(s > 0.5) == r for s, r in zip(judged.scores, right)]
+    n = max(1, len(right))
+    return {"judge/reward_accuracy": sum(agree) / n, "rollout/accuracy": sum(right) / n}
+
+
 def pearson(xs: list[float], ys: list[float]) -> float:
     """Pearson correlation; 0.0 when either side is constant."""
     n = len(xs)
@@ -214,6 +225,9 @@ class Rung:
         self._weights = None  # the last weights pushed to the rollout workers (a replacement loads them)
         self.step_no = 0
         self.weights_version = 0
+        self.ended_why = ""  # why the step loop ended early (the collapse guard's reason)
+        self.eval_right: dict[str, bool] = {}  # held-out prompt -> right at the last evaluation
+        self._best = None  # (collapse guard) the best weights of the rung so far, in the object store
         self.last_examples: tuple = ()  # a few judge inputs and outputs of the last step
         self.last_samples: tuple = ()   # a few student inputs (as rendered), responses and rewards of the last step
         self.last_skip = ""
@@ -355,6 +369,7 @@ class Rung:
             "faults/rollout_replaced": float(self.rollout_replaced), "faults/judge_replaced": float(self.pool.replaced),
             **judge_health(judged.scores, judged.parse_failures),
             **length_health(rollout, judged),
+            **reward_truth(self.task, rollout, judged),
         }
 
     def sync(self) -> int:
@@ -381,10 +396,31 @@ class Rung:
         judged = self.pool.score(rollout)
         out = {"eval/judge_reward": sum(judged.scores) / len(judged.scores)}
         if self.task.verifier is not None:
-            out["eval/accuracy"] = self.task.accuracy(rollout.responses, batch.references, batch.prompts)
+            right = dict(zip(batch.prompts, self.task.correct(rollout.responses, batch.references, batch.prompts)))
+            out["eval/accuracy"] = sum(right.values()) / len(rows)
+            out.update(flips(self.eval_right, right))
+            self.eval_right = right
             out["eval/verifier_reward"] = sum(self.task.verifier(p, t, r) for p, t, r in
                                               zip(batch.prompts, rollout.responses, batch.references)) / len(rows)
         return out
+
+    def last_accuracy(self) -> Optional[float]:
+        """Held-out accuracy at the last evaluation (None before one)."""
+        return sum(self.eval_right.values()) / len(self.eval_right) if self.eval_right else None
+
+    def keep_best(self) -> None:
+        """Keep the trainer's current weights as the rung's best (the collapse guard puts them back)."""
+        import ray
+
+        self._best = ray.get(self.trainer.snapshot.remote())
+
+    def restore_best(self) -> None:
+        """The kept best weights back in the trainer and every rollout worker."""
+        import ray
+
+        if self._best is not None:
+            ray.get(self.trainer.load_arrays.remote(self._best))
+            self.sync()
 
     def save_student(self, out_dir: str) -> str:
         """The trained student as an HF directory on *this* node (files come through the object store)."""
@@ -431,6 +467,16 @@ class Rung:
         self.handover().release()  # every actor of the rung, replacements included, killed once
 
 
+def flips(before: dict[str, bool], after: dict[str, bool]) -> dict[str, float]:
+    """Held-out prompts that went from right to wrong (and wrong to right) since the last evaluation, as shares of
+    the prompts evaluated both times; nothing before a first evaluation."""
+    common = [p for p in after if p in before]
+    if not common:
+        return {}
+    return {"eval/flip_rate": sum(before[p] and not after[p] for p in common) / len(common),
+            "eval/fix_rate": sum(after[p] and not before[p] for p in common) / len(common)}
+
+
 def saturated(approvals: list[float], sat) -> bool:
     """The judge approves nearly everything: mean approval over the last `window` steps > threshold."""
     if not sat.enabled or len(approvals) < sat.window:
@@ -445,11 +491,18 @@ class RungFailed(RuntimeError):
 def train_steps(rung: Rung, first: int, last: int, should_stop: Callable[[], bool],
                 on_step: Callable[[int, dict], None]) -> str:
     """The one step loop (the controller's and `ladder train-rung`'s): steps `first..last`, held-out
-    evaluation every `eval.every` steps, early end on judge saturation; `train.max_skipped_steps` steps
-    in a row without an update fail the rung. Returns why it ended: "steps", "saturation" or "stopped"."""
+    evaluation every `eval.every` steps, early end on judge saturation or (`guard`) on a collapse, with the best
+    weights put back; `train.max_skipped_steps` steps in a row without an update fail the rung. Returns why it
+    ended: "steps", "saturation", "collapse" (`rung.ended_why` says more) or "stopped"."""
+    from ladder.guard import CollapseGuard
+
     spec = rung.spec
     approvals: list[float] = []
     skipped = 0
+    guard = CollapseGuard(spec.guard.tolerance, spec.guard.window) if spec.guard.enabled else None
+    if guard is not None:
+        guard.after_eval(rung.last_accuracy())
+        rung.keep_best()
     for step in range(first, last + 1):
         if should_stop():
             return "stopped"
@@ -464,4 +517,18 @@ def train_steps(rung: Rung, first: int, last: int, should_stop: Callable[[], boo
         approvals.append(metrics["judge/approval"])
         if saturated(approvals, spec.saturation):
             return "saturation"
+        if guard is not None and collapsed(guard, rung, metrics):
+            return "collapse"
     return "steps"
+
+
+def collapsed(guard, rung: Rung, metrics: dict) -> bool:
+    """The guard's verdict after a step: a new best is kept; on a collapse the best weights are put back."""
+    verdict = guard.after_eval(metrics.get("eval/accuracy"))
+    if verdict == "best":
+        rung.keep_best()
+    if verdict == "collapse" or guard.after_step(metrics):
+        rung.ended_why = guard.reason
+        rung.restore_best()
+        return True
+    return False

@@ -86,7 +86,9 @@ def run_single_rung(spec, steps: Optional[int] = None, out: Optional[Path] = Non
             emit({"step": i, **m})
             say(format_step(i, total, m))
 
-        train_steps(rung, 1, total, lambda: False, on_step)
+        ended = train_steps(rung, 1, total, lambda: False, on_step)
+        if ended != "steps":
+            say(f"rung ended early: {rung.ended_why or ended}")
         after = rung.evaluate()
         say("eval after:  " + ", ".join(f"{k} {v:.3f}" for k, v in after.items()))
         saved = rung.save_student(str(out or Path(spec.workdir) / spec.name / "train-rung" / "student"))

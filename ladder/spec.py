@@ -310,6 +310,18 @@ class SaturationSpec(_Strict):
     threshold: float = Field(0.95, gt=0, le=1, description="Mean judge approval above which the rung ends.")
 
 
+class GuardSpec(_Strict):
+    """Self-judged training can rise and then collapse into consistent wrong answers: where the task has answers,
+    a rung that falls from its best stops early and keeps its best weights as the candidate."""
+    enabled: bool = Field(False, description="Stop a rung early when held-out accuracy or reward accuracy falls "
+                                             "from its best by more than `tolerance`.")
+    tolerance: float = Field(0.1, gt=0, le=1, description="How far held-out accuracy (at an evaluation) or the mean "
+                                                          "reward accuracy over `window` steps may fall below its "
+                                                          "best in the rung.")
+    window: int = Field(5, ge=1, description="Steps over which reward accuracy (judge reward agreeing with the "
+                                             "reference answers; never trained on) is averaged.")
+
+
 class RungSchedule(_Strict):
     """Overrides from rung `rung` on (until the next entry): what the rung trains on and how it is judged."""
     rung: int = Field(ge=1, description="First rung this entry applies to.")
@@ -379,6 +391,7 @@ class LadderSpec(_Strict):
     eval: EvalSpec = Field(default_factory=EvalSpec, description="Evaluation cadence and sizes.")
     promotion: PromotionSpec = Field(default_factory=PromotionSpec, description="The promotion gate.")
     saturation: SaturationSpec = Field(default_factory=SaturationSpec, description="Early rung end.")
+    guard: GuardSpec = Field(default_factory=GuardSpec, description="Early rung end on a collapse, best weights kept.")
     mlflow: MlflowSpec = Field(default_factory=MlflowSpec, description="Tracking and registry.")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Ray resources and placement per role.")
     schedule: list[RungSchedule] = Field(

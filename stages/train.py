@@ -327,6 +327,23 @@ class Trainer:
 
         return {k: v.detach().to("cpu", torch.float32).contiguous().numpy() for k, v in self.model.state_dict().items()}
 
+    def snapshot(self):
+        """A copy of the current weights in the Ray object store (no new version): the collapse guard's best."""
+        import ray
+
+        return ray.put(self.state_arrays())
+
+    def load_arrays(self, arrays: dict) -> None:
+        """Weights ({HF name: numpy array}, as `state_arrays` gives them) back into the student; the optimizer's
+        state is kept."""
+        import warnings
+
+        import torch
+
+        with warnings.catch_warnings():  # read-only views of the object store: load_state_dict copies them in
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            self.model.load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()})
+
     def export_weights(self) -> WeightsRef:
         """The current weights in the Ray object store, as numpy arrays: `ray.put` copies them in once and a
         worker on this node reads them in place (a safetensors blob took two copies more on each side)."""

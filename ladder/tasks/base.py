@@ -84,13 +84,17 @@ class Task:
 
     def accuracy(self, responses: Sequence[str], references: Sequence[Optional[str]],
                  prompts: Optional[Sequence[str]] = None) -> float:
-        """Share of responses whose final answer is the reference (`same_answer`); for a task whose checker knows
-        more than a reference (`checker_accuracy`, e.g. reasoning-gym), with `prompts`: share the checker gives 1."""
-        if self.checker_accuracy and prompts is not None and self.verifier is not None:
-            right = [self.verifier(p, t, r) >= 1.0 for p, t, r in zip(prompts, responses, references)]
-        else:
-            right = [same_answer(self.extract(t), r) for t, r in zip(responses, references)]
+        """Share of responses that are right (`correct`)."""
+        right = self.correct(responses, references, prompts)
         return sum(right) / max(1, len(right))
+
+    def correct(self, responses: Sequence[str], references: Sequence[Optional[str]],
+                prompts: Optional[Sequence[str]] = None) -> list[bool]:
+        """Whether each response's final answer is the reference (`same_answer`); for a task whose checker knows
+        more than a reference (`checker_accuracy`, e.g. reasoning-gym), with `prompts`: whether the checker gives 1."""
+        if self.checker_accuracy and prompts is not None and self.verifier is not None:
+            return [self.verifier(p, t, r) >= 1.0 for p, t, r in zip(prompts, responses, references)]
+        return [same_answer(self.extract(t), r) for t, r in zip(responses, references)]
 
     def calibration(self, size: int, seed: int) -> list[CalibrationItem]:
         """Pairs from held-out examples: items 2m and 2m+1 are a correct worked solution and a wrong one of the
