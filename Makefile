@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: setup
-	$(PY) -m pytest tests -v --timeout=3600
+	$(PY) -m pytest tests -v --timeout=3600 --durations=25
 
 test-unit: setup
 	$(PY) -m pytest tests/unit -q
