@@ -23,6 +23,9 @@ def format_table(rows: list[dict], aliases: dict[str, str]) -> str:
         lines.append(f"{'':>15}health: length {fmt(r['response_tokens'])} tok, length~reward r={fmt(r['length_reward_corr'])}, "
                      f"approval {fmt(r['approval'])}, identical {fmt(r['identical_share'])}, "
                      f"parse failures {fmt(r['parse_failure_rate'])}, judge tok/sample {fmt(r['judge_tokens_per_sample'])}")
+        if r.get("reward_accuracy") is not None:
+            lines.append(f"{'':>15}truth: reward accuracy {fmt(r['reward_accuracy'])}, right samples "
+                         f"{fmt(r['sample_accuracy'])}, held-out flips right->wrong {fmt(r.get('flip_rate'))}")
     return "\n".join(lines)
 
 

@@ -13,7 +13,10 @@ from ladder.mlmodels import model_id_of
 HEALTH = {"reward_mean": "reward.mean", "response_tokens": "rollout.response_tokens",
           "length_reward_corr": "judge.length_reward_corr", "approval": "judge.approval",
           "identical_share": "judge.identical_share", "parse_failure_rate": "judge.parse_failure_rate",
-          "judge_tokens_per_sample": "judge.tokens_per_sample"}
+          "judge_tokens_per_sample": "judge.tokens_per_sample",
+          # where the task has answers: the judge's rewards against the truth, right samples, held-out flips
+          "reward_accuracy": "judge.reward_accuracy", "sample_accuracy": "rollout.accuracy",
+          "flip_rate": "eval.flip_rate"}
 
 
 def lineage_rows(reg) -> list[dict]:
