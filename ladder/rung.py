@@ -128,8 +128,11 @@ def judge_prompts(spec, cfg, task, location: str):
     """The judge's chat renderer and its engines' context length, in `cfg`'s mode."""
     from ladder.prompts import judge_context, load_tokenizer, model_limit, renderer
 
+    from stages.judge import verdict_token_ids
+
     store = model_store(spec)
     chat = renderer(load_tokenizer(location, store, spec.trust_remote_code), spec.judge.chat, "judge.chat")
+    verdict_token_ids(chat.tokenizer, cfg)  # a verdict word that is not one token: one line, before any engine
     return chat, judge_context(spec, cfg, task, chat, model_limit(location, store))
 
 

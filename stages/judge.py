@@ -73,6 +73,14 @@ def _single_token(tokenizer, text: str, field: str) -> int:
     raise JudgeError(f"judge.{field}: {text!r} is {len(ids)} tokens for this judge's tokenizer, need exactly 1{hint}")
 
 
+def verdict_token_ids(tokenizer, judge: JudgeConfig) -> Optional[tuple[int, int]]:
+    """The ids of the yes and no tokens of a mode that reads them (verdict, pairwise); JudgeError naming the
+    field and the one-token variants when a word is not one token."""
+    if judge.mode not in ("verdict", "pairwise"):
+        return None
+    return _single_token(tokenizer, judge.yes_token, "yes_token"), _single_token(tokenizer, judge.no_token, "no_token")
+
+
 def verdict_scores(llm, texts: list[str], yes_id: int, no_id: int) -> list[float]:
     """P(yes) / (P(yes) + P(no)) of the next token after each text. The engine returns the logprobs of those
     two tokens only (`logprob_token_ids`), so the cost does not grow with the vocabulary."""
@@ -117,10 +125,7 @@ class JudgeWorker(Timed):
 
     def configure(self, judge: JudgeConfig) -> None:
         self.judge = judge
-        tok = self.llm.get_tokenizer()
-        if judge.mode in ("verdict", "pairwise"):
-            self.yes_id = _single_token(tok, judge.yes_token, "yes_token")
-            self.no_id = _single_token(tok, judge.no_token, "no_token")
+        self.yes_id, self.no_id = verdict_token_ids(self.llm.get_tokenizer(), judge) or (None, None)
 
     def load_model(self, location: str, judge: JudgeConfig) -> str:
         """Judge with another model of the same architecture (a new rung's judge), in this engine, in place."""

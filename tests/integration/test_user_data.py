@@ -115,3 +115,22 @@ def test_a_dataset_without_answers_is_refused_before_anything_starts(tiny_model,
         assert not (tmp_path / "w" / "mlflow.db").exists()  # no MLflow experiment left behind
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_a_verdict_word_that_is_not_one_token_is_refused_in_one_line(smollm2_dir, tmp_path):
+    """`ladder train-rung` with SmolLM2 judging in verdict mode with no_token "incorrect": two tokens for its
+    tokenizer, while " incorrect" is one. One line naming the field and that variant, before any engine starts."""
+    write_questions(tmp_path / "q.jsonl", 60)
+    spec = jsonl_spec(smollm2_dir, tmp_path / "q.jsonl", tmp_path / "w")
+    spec.update(rungs=1, judge={"initial": {"kind": "model", "path": smollm2_dir}, "mode": "verdict",
+                                "yes_token": "Yes", "no_token": "incorrect"})
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    tmp = tempfile.mkdtemp(prefix="lj-", dir="/tmp")
+    try:
+        res = ladder_cli("train-rung", str(path), tmp=tmp, timeout=300)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1, res.stderr[-2000:]
+    assert lines[0].startswith("error: judge.no_token: 'incorrect' is 2 tokens") and "one token: ' incorrect'" in lines[0]
