@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable, Optional, Sequence
 
 from stages.answers import extract_answer, normalized, replace_answer, same_answer, wrong_number
@@ -56,9 +57,9 @@ class Task:
     answer_pattern: str = DEFAULT_ANSWER_PATTERN  # preset or regex; its first group is a response's final answer
     checker_accuracy: bool = False     # accuracy counts checker scores of 1 (a scorer that knows more than a reference)
 
-    @property
+    @cached_property
     def has_answers(self) -> bool:
-        """Every example has a reference answer."""
+        """Every example has a reference answer (read once: the step loop asks it every step)."""
         return all(ex.answer is not None for ex in (*self.train, *self.eval))
 
     @property
