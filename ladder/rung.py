@@ -115,25 +115,31 @@ def engine_config(spec, model: str, seed: int, max_model_len: int = 512):
                         store=model_store(spec), trust_remote_code=spec.trust_remote_code)
 
 
-def student_prompts(spec, task, location: str):
-    """The student's chat renderer and its engines' context length (the rendered prompts measured)."""
-    from ladder.prompts import load_tokenizer, model_limit, renderer, student_context
+def model_prompts(spec, location: str, chat_spec, field: str):
+    """The chat renderer of the model at `location` (its tokenizer, `chat_spec`) and the model's context limit."""
+    from ladder.prompts import load_tokenizer, model_limit, renderer
 
     store = model_store(spec)
-    chat = renderer(load_tokenizer(location, store, spec.trust_remote_code), spec.student.chat, "student.chat")
-    return chat, student_context(spec, task, chat, model_limit(location, store))
+    chat = renderer(load_tokenizer(location, store, spec.trust_remote_code), chat_spec, field)
+    return chat, model_limit(location, store)
+
+
+def student_prompts(spec, task, location: str):
+    """The student's chat renderer and its engines' context length (the rendered prompts measured)."""
+    from ladder.prompts import student_context
+
+    chat, limit = model_prompts(spec, location, spec.student.chat, "student.chat")
+    return chat, student_context(spec, task, chat, limit)
 
 
 def judge_prompts(spec, cfg, task, location: str):
     """The judge's chat renderer and its engines' context length, in `cfg`'s mode."""
-    from ladder.prompts import judge_context, load_tokenizer, model_limit, renderer
-
+    from ladder.prompts import judge_context
     from stages.judge import verdict_token_ids
 
-    store = model_store(spec)
-    chat = renderer(load_tokenizer(location, store, spec.trust_remote_code), spec.judge.chat, "judge.chat")
+    chat, limit = model_prompts(spec, location, spec.judge.chat, "judge.chat")
     verdict_token_ids(chat.tokenizer, cfg)  # a verdict word that is not one token: one line, before any engine
-    return chat, judge_context(spec, cfg, task, chat, model_limit(location, store))
+    return chat, judge_context(spec, cfg, task, chat, limit)
 
 
 def actor_name(prefix: Optional[str], role: str) -> Optional[str]:
