@@ -139,63 +139,24 @@ def steps_logged(tracking_uri, name, rung):
     return sorted(m.step for r in runs for m in reg.client.get_metric_history(r.info.run_id, "reward.mean"))
 
 
-def test_submit_status_promote_stop_resume(tiny_model, ray_head, mlflow_server, tmp_path):
+def test_submit_jobstop_status_promote_stop_resume(tiny_model, ray_head, mlflow_server, tmp_path):
+    """One ladder through the service's whole life: submitted as a Ray job; `ray job stop` mid-rung stops it
+    gracefully (the controller and every stage actor end); `resume` continues the same job; `status`, `lineage`
+    and `promote` drive the manual gate; `ladder stop` mid-rung 2 and another `resume` finish it."""
     env, dashboard, gcs = ray_head
     name = "svc"
-    spec = service_spec(tiny_model, tmp_path / "w", name, mlflow_server)
+    spec = service_spec(tiny_model, tmp_path / "w", name, mlflow_server, rungs=2)
     at = ["--address", dashboard]
     track = ["--tracking-uri", mlflow_server]
-    sub = json.loads(ladder(env, "submit", str(spec), *at, "--python", sys.executable, "--json").stdout)
+    sub = json.loads(ladder(env, "submit", str(spec), "--address", gcs, "--python", sys.executable,
+                            "--json").stdout)
     assert sub["ladder"] == name and sub["submission"]
 
     again = ladder(env, "submit", str(spec), *at, "--python", sys.executable, check=False)
     assert again.returncode == 2 and "already running" in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1 and "Traceback" not in again.stderr
 
-    wait_for(name, mlflow_server, lambda p: p.state.value == "awaiting_promotion", timeout_s=600)
-    status = json.loads(ladder(env, "status", name, *at, *track, "--json").stdout)
-    assert status["state"] == "awaiting_promotion" and status["pending_decision"] == "1" and status["rung"] == 1
-    assert status["job"] == sub["job"] and status["submission"] == sub["submission"] and status["live"] is True
-    assert "decision pending on v1" in ladder(env, "status", name, *at, *track).stdout
-    live = json.loads(ladder(env, "status", name, "--address", gcs, *track, "--json").stdout)
-    assert live["source"] == "controller" and live["pending_decision"] == "1"  # asked of the controller itself
-    rows = json.loads(ladder(env, "lineage", name, *track, "--json").stdout)
-    assert [(r["version"], r["rung"], r["status"]) for r in rows] == [(1, 1, "candidate")]
-
-    decided = json.loads(ladder(env, "promote", name, "1", *track, "--reason", "looks right", "--json").stdout)
-    assert decided["status"] == "promoted" and decided["aliases"]["judge"] == "1"
-    wait_for(name, mlflow_server, lambda p: p.rung == 2 and p.phase.value == "train" and p.step >= 2)
-    out = json.loads(ladder(env, "stop", name, *at, *track, "--json").stdout)
-    assert out["state"] == "stopped" and out["rung"] == 2
-    assert alive(dashboard, env, name) == []  # controller and every stage actor are gone
-    stopped = progress_of(name, mlflow_server)
-    assert stopped.state.value == "stopped" and stopped.step >= 2 and stopped.checkpoint
-
-    res = json.loads(ladder(env, "resume", name, *at, *track, "--python", sys.executable, "--json").stdout)
-    assert res["job"] == sub["job"] and res["resumed"]
-    for version in ("2", "3"):
-        wait_for(name, mlflow_server, lambda p: p.state.value == "awaiting_promotion" and p.candidate == version)
-        ladder(env, "promote", name, *track)  # the pending version
-    done = wait_for(name, mlflow_server, lambda p: p.state.value == "completed")
-    assert done.job == sub["job"]
-    rows = json.loads(ladder(env, "lineage", name, *track, "--json").stdout)
-    assert [(r["version"], r["rung"], r["status"]) for r in rows] == [(1, 1, "promoted"), (2, 2, "promoted"),
-                                                                      (3, 3, "promoted")]
-    assert {r["job"] for r in rows} == {sub["job"]}
-    assert steps_logged(mlflow_server, name, 2) == list(range(1, 9))  # a graceful stop redoes no step
-    deadline = time.monotonic() + 120  # the controller ends itself once the ladder is over
-    while alive(dashboard, env, name) and time.monotonic() < deadline:
-        time.sleep(1)
-    assert alive(dashboard, env, name) == []
-
-
-def test_ray_job_stop_then_resume(tiny_model, ray_head, mlflow_server, tmp_path):
-    env, dashboard, gcs = ray_head
-    name = "svc-jobstop"
-    spec = service_spec(tiny_model, tmp_path / "w", name, mlflow_server, rungs=2,
-                        promotion={"policy": "auto", "tolerance": 1.0, "min_auc": 0.0, "collapse_share": 1.0})
-    sub = json.loads(ladder(env, "submit", str(spec), "--address", gcs, "--python", sys.executable,
-                            "--json").stdout)
+    # `ray job stop` of the submission: a graceful stop, nothing left running
     wait_for(name, mlflow_server, lambda p: p.rung == 1 and p.step >= 2)
     stop = subprocess.run([str(BIN / "ray"), "job", "stop", "--address", dashboard, sub["submission"]], env=env,
                           capture_output=True, text=True, timeout=300)
@@ -206,16 +167,46 @@ def test_ray_job_stop_then_resume(tiny_model, ray_head, mlflow_server, tmp_path)
         time.sleep(1)
     assert alive(dashboard, env, name) == []
     assert stopped.rung == 1 and stopped.checkpoint
+    res = json.loads(ladder(env, "resume", name, *at, *track, "--python", sys.executable, "--json").stdout)
+    assert res["job"] == sub["job"] and res["resumed"]
 
-    ladder(env, "resume", name, "--address", dashboard, "--tracking-uri", mlflow_server, "--python",
-           sys.executable, "--wait")
-    done = wait_for(name, mlflow_server, lambda p: p.state.value == "completed", timeout_s=60)
-    from ladder.registry import Registry
+    # the manual gate: status, lineage, promote
+    wait_for(name, mlflow_server, lambda p: p.state.value == "awaiting_promotion", timeout_s=600)
+    status = json.loads(ladder(env, "status", name, *at, *track, "--json").stdout)
+    assert status["state"] == "awaiting_promotion" and status["pending_decision"] == "1" and status["rung"] == 1
+    assert status["job"] == sub["job"] and status["submission"] == res["submission"] and status["live"] is True
+    assert "decision pending on v1" in ladder(env, "status", name, *at, *track).stdout
+    live = json.loads(ladder(env, "status", name, "--address", gcs, *track, "--json").stdout)
+    assert live["source"] == "controller" and live["pending_decision"] == "1"  # asked of the controller itself
+    rows = json.loads(ladder(env, "lineage", name, *track, "--json").stdout)
+    assert [(r["version"], r["rung"], r["status"]) for r in rows] == [(1, 1, "candidate")]
+    assert steps_logged(mlflow_server, name, 1) == list(range(1, 9))  # a graceful stop redoes no step
 
-    versions = Registry.find(name, mlflow_server).versions()
-    assert [(v.version, v.tags["ladder.rung"]) for v in versions] == [("1", "1"), ("2", "2")]
+    decided = json.loads(ladder(env, "promote", name, "1", *track, "--reason", "looks right", "--json").stdout)
+    assert decided["status"] == "promoted" and decided["aliases"]["judge"] == "1"
+
+    # `ladder stop` mid-rung 2, then `resume` to the end
+    wait_for(name, mlflow_server, lambda p: p.rung == 2 and p.phase.value == "train" and p.step >= 2)
+    out = json.loads(ladder(env, "stop", name, *at, *track, "--json").stdout)
+    assert out["state"] == "stopped" and out["rung"] == 2
+    assert alive(dashboard, env, name) == []  # controller and every stage actor are gone
+    stopped = progress_of(name, mlflow_server)
+    assert stopped.state.value == "stopped" and stopped.step >= 2 and stopped.checkpoint
+
+    res = json.loads(ladder(env, "resume", name, *at, *track, "--python", sys.executable, "--json").stdout)
+    assert res["job"] == sub["job"] and res["resumed"]
+    wait_for(name, mlflow_server, lambda p: p.state.value == "awaiting_promotion" and p.candidate == "2")
+    ladder(env, "promote", name, *track)  # the pending version
+    done = wait_for(name, mlflow_server, lambda p: p.state.value == "completed")
     assert done.job == sub["job"]
-    assert steps_logged(mlflow_server, name, 1) == list(range(1, 9))
+    rows = json.loads(ladder(env, "lineage", name, *track, "--json").stdout)
+    assert [(r["version"], r["rung"], r["status"]) for r in rows] == [(1, 1, "promoted"), (2, 2, "promoted")]
+    assert {r["job"] for r in rows} == {sub["job"]}
+    assert steps_logged(mlflow_server, name, 2) == list(range(1, 9))  # a graceful stop redoes no step
+    deadline = time.monotonic() + 120  # the controller ends itself once the ladder is over
+    while alive(dashboard, env, name) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert alive(dashboard, env, name) == []
 
 
 def test_cli_errors_are_one_line(tiny_model, ray_head, mlflow_server, tmp_path):
