@@ -14,6 +14,7 @@ from typing import Optional
 from ladder.progress import Phase, Progress, State
 from ladder.rung import saturated  # noqa: F401  (re-exported: the rung owns the step loop)
 from ladder.stageset import StageSet
+from stages.models import MODELS_SCHEME, is_model_uri, model_uri
 
 
 class LadderController:
@@ -287,9 +288,9 @@ class LadderController:
     def _register(self, p: Progress) -> Progress:
         """Register the rung's logged candidate as a model version (idempotent on the rung uid). A candidate
         saved by an older controller as a checkpoint folder is logged as a model first."""
-        if p.checkpoint.startswith("models:/"):
+        if is_model_uri(p.checkpoint):  # the logged model models:/<model_id>
             version = self.registry.register(p.rung_run, None, self._version_tags(p),
-                                             model_id=p.checkpoint.removeprefix("models:/"))
+                                             model_id=p.checkpoint.removeprefix(MODELS_SCHEME))
         else:
             version = self.registry.register(p.rung_run, str(Path(self.store.local_checkpoint(p)) / "model"),
                                              self._version_tags(p), step=p.step)
@@ -301,7 +302,7 @@ class LadderController:
 
         current = JudgeQuality(*p.results["current_judge"])
         baseline = self._baseline_accuracy(p.results.get("start_accuracy"))
-        gate = self.gate(f"models:/{self.spec.name}/{p.candidate}", p.rung, current,
+        gate = self.gate(model_uri(self.spec.name, p.candidate), p.rung, current,
                          (p.judge or "").startswith("verifier:"), p.results.get("final_accuracy"), baseline)
         self.registry.log_metrics(p.rung_run, gate.metrics(), p.step)
         with self._lock:
@@ -354,7 +355,7 @@ class LadderController:
     def _student_init(self) -> tuple[str, str]:
         champion = self.registry.alias("champion")
         if self.spec.student.init == "previous" and champion is not None:
-            return f"models:/{self.spec.name}/{champion}", f"v{champion}"
+            return model_uri(self.spec.name, champion), f"v{champion}"
         return self.spec.student.base, "base"
 
     def _baseline_accuracy(self, start_accuracy: Optional[float]) -> Optional[float]:

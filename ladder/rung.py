@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from ladder.batches import JudgedBatch, PromptBatch, RolloutBatch
 from ladder.judges import TASK_CHECKER, ResolvedJudge
 from ladder.tasks.base import Task
+from stages.batches import JudgedBatch, PromptBatch, RolloutBatch
 
 
 @dataclass
@@ -101,7 +101,7 @@ def split(items: list, parts: int) -> list[list]:
 def model_store(spec):
     """Where stage actors fetch `models:/` locations: the ladder's MLflow, cached under its work directory."""
     from ladder.registry import tracking_uri_for
-    from stages.engine import ModelStore
+    from stages.models import ModelStore
 
     return ModelStore(tracking_uri_for(spec), str(Path(spec.workdir).resolve() / spec.name / "model-cache"))
 

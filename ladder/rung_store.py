@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ladder.progress import Progress
+from stages.models import MODELS_SCHEME
 
 
 class CheckpointError(RuntimeError):
@@ -51,7 +52,7 @@ class RungStore:
             rung.save_student(str(local))
             model_id = self.registry.log_model(p.rung_run, str(local), tags, rung.step_no)
         self.registry.flush_writes()
-        return p.to(step=rung.step_no, cursor=rung.cursor_state(), checkpoint=f"models:/{model_id}")
+        return p.to(step=rung.step_no, cursor=rung.cursor_state(), checkpoint=MODELS_SCHEME + model_id)
 
     def local_checkpoint(self, p: Progress) -> str:
         """The progress' checkpoint as a local folder (downloaded once per job and step)."""

@@ -127,7 +127,7 @@ def request_stop(name: str, where: Where, now: bool = False, timeout_s: float = 
         p = reg.load_progress(p.job)
         actors = alive_actors(where, name)
         if local_job is not None and not p.active:
-            from cluster.submit import pid_alive
+            from cluster.processes import pid_alive
 
             actors = [name] if pid_alive(local_job["pid"]) else []  # its embedded Ray ends with its process
         if not p.active and not actors:

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import importlib
 import math
-import re
 import zlib
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from ladder.batches import JudgedBatch, RolloutBatch
 from stages.actors import Timed
+from stages.batches import JudgedBatch, RolloutBatch
 from stages.engine import EngineConfig, build_llm, load_model_into
+from stages.scoring import JUDGE_SCORERS, Pairs, Scored, checked
 
 
 class JudgeError(ValueError):
@@ -102,18 +102,6 @@ def verdict(yes_logprob: float, no_logprob: float) -> float:
     return 1.0 / (1.0 + math.exp(max(-700.0, min(700.0, no_logprob - yes_logprob))))
 
 
-def parse_score(text: str, pattern: str, score_max: float) -> Optional[float]:
-    """The judge's written score scaled to [0, 1], or None when unparsable."""
-    m = re.search(pattern, text.strip())
-    if not m:
-        return None
-    try:
-        value = float(m.group(1))
-    except ValueError:
-        return None
-    return min(1.0, max(0.0, value / score_max))
-
-
 class JudgeWorker(Timed):
     """One vLLM engine with the frozen judge."""
 
@@ -149,8 +137,6 @@ class JudgeWorker(Timed):
 
     def score(self, prompts: list[str], responses: list[str]) -> tuple[list[float], int]:
         """Scores in [0, 1] for each (prompt, response) in this worker's mode, and the parse failures."""
-        from stages.scoring import JUDGE_SCORERS, Pairs
-
         scored = JUDGE_SCORERS[self.judge.mode](_Local(self), self.judge,
                                                 Pairs(tuple(prompts), tuple(responses), tuple(range(len(prompts)))))
         return list(scored.scores), scored.parse_failures
@@ -212,8 +198,6 @@ class JudgePool:
 
     def score(self, batch: RolloutBatch) -> JudgedBatch:
         """Rewards for a rollout batch; unreadable or out-of-range scores get the fallback or are dropped."""
-        from stages.scoring import checked
-
         raw = self.score_items(list(batch.prompts), batch.responses, list(batch.group), list(batch.references))
         scored, keep, invalid = checked(raw, self.cfg.fallback_score, self.cfg.unreadable == "drop")
         return JudgedBatch(batch, scored.scores, scored.parse_failures, scored.judge_tokens, scored.examples,
@@ -222,8 +206,6 @@ class JudgePool:
     def score_items(self, prompts: list[str], responses: list[str], groups: Optional[list[int]] = None,
                     references: Optional[list] = None):
         """Rewards for (prompt, response) pairs in the judge's mode; `groups` tie samples of one prompt."""
-        from stages.scoring import JUDGE_SCORERS, Pairs, Scored
-
         if self.verifier is not None:
             import time
 

@@ -10,10 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from ladder.batches import JudgedBatch, TrainStats, WeightsRef
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "merges.txt",
-                   "special_tokens_map.json", "added_tokens.json", "chat_template.jinja", "chat_template.json")
+from stages.batches import JudgedBatch, TrainStats, WeightsRef
+from stages.models import TOKENIZER_FILES
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ def test_split_balances_work_over_workers():
 
 
 def test_parse_score_scales_and_rejects_garbage():
-    from stages.judge import parse_score
+    from stages.scoring import parse_score
 
     assert parse_score("the answer looks right. 8", r"(-?\d+(?:\.\d+)?)\s*$", 10) == 0.8
     assert parse_score("great! 15", r"(-?\d+(?:\.\d+)?)\s*$", 10) == 1.0

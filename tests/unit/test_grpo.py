@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ladder.batches import JudgedBatch, RolloutBatch, Sample
+from stages.batches import JudgedBatch, RolloutBatch, Sample
 from stages.train import TrainConfig, Trainer, fill_rows, group_advantages, micro_batches, pack
 
 

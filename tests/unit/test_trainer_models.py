@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ladder.batches import JudgedBatch, RolloutBatch, Sample
+from stages.batches import JudgedBatch, RolloutBatch, Sample
 from stages.train import TrainConfig, Trainer, pack, pad_id, resolve_dtype
 
 PROMPTS = ["1+1=", "Q:12+30\nA:", "2*3=", "Q:7-5\nA:", "9+9=", "Q:1\nA:"]
