@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 
 from ladder.retrying import MlflowUnavailable, mlflow_problem
+from ladder.runtime import first_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="judge-ladder: iterated RL from AI feedback, where each trained student "
@@ -62,7 +63,7 @@ def validate(spec: Path = typer.Argument(..., help="Ladder spec YAML file."),
     try:
         check_tasks(loaded, gate=True)
     except ValueError as exc:
-        fail(str(exc).splitlines()[0])
+        fail(first_line(exc, None))
     if as_json:
         typer.echo(json.dumps(loaded.model_dump(mode="json"), indent=2))
     else:
@@ -146,7 +147,7 @@ def train_rung(spec: Path = typer.Argument(..., help="Ladder spec YAML file."),
     try:
         run_single_rung(loaded, steps=steps, out=out, as_json=as_json, verbose=verbose)
     except USER_ERRORS as exc:
-        fail(str(exc).splitlines()[0])
+        fail(first_line(exc, None))
     except RungFailed as exc:
         fail(f"rung failed: {exc}", code=1)
 
@@ -170,7 +171,7 @@ def _guard(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except USER_ERRORS as exc:
-        fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        fail(first_line(exc, None))
     except Exception as exc:
         if type(exc).__module__.startswith("mlflow."):  # MLflow refused or could not be reached
             fail(mlflow_problem(exc))

@@ -13,6 +13,7 @@ from typing import Optional
 
 from ladder.progress import Phase, Progress, State
 from ladder.rung import saturated  # noqa: F401  (re-exported: the rung owns the step loop)
+from ladder.runtime import first_line
 from ladder.stageset import StageSet
 from stages.models import MODELS_SCHEME, is_model_uri, model_uri
 
@@ -120,7 +121,7 @@ class LadderController:
                 p = self._save(getattr(self, self.HANDLERS[p.phase])(p))
             self._finish(p)
         except Exception as exc:  # the controller records why it failed and stays queryable
-            p = self.progress.to(state=State.FAILED, error=f"{type(exc).__name__}: {exc}".splitlines()[0])
+            p = self.progress.to(state=State.FAILED, error=f"{type(exc).__name__}: {first_line(exc, None)}")
             self._fail_rung_run(p)
             self._finish(p)
         finally:
@@ -263,7 +264,7 @@ class LadderController:
         restarts = p.results.get("stage_restarts", 0) + 1
         if restarts > self.spec.stage_restarts:
             raise RungFailed(f"stage actors died {restarts} times in rung {p.rung} (stage_restarts is "
-                             f"{self.spec.stage_restarts}); last: {str(exc).splitlines()[0][:200]}")
+                             f"{self.spec.stage_restarts}); last: {first_line(exc, 200)}")
         self.registry.log_metrics(p.rung_run, {"faults/stage_restarts": restarts}, p.step)
         return p.to(results={**p.results, "stage_restarts": restarts})
 

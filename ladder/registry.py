@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from ladder.runtime import first_line
 from stages.models import RegistryError, fetch_model, is_model_uri, model_id_of, model_uri, parse_model_uri
 
 if TYPE_CHECKING:
@@ -245,7 +246,7 @@ class Registry:
             repo.delete_artifacts(path)
         except Exception as exc:  # cleanup must never hide the failure that called it
             logging.getLogger(__name__).warning("run %s: could not delete the partial artifacts %s (%s)", run_id,
-                                                path, str(exc).splitlines()[0][:200] if str(exc) else type(exc))
+                                                path, first_line(exc, 200))
 
     def download_checkpoint(self, uri: str, dst: str) -> str:
         import mlflow
