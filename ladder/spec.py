@@ -13,6 +13,8 @@ from typing import Annotated, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from stages.scoring import PAIR_TEMPLATE, SCORE_PATTERN, VERDICT_TEMPLATE
+
 SLUG = r"^[a-z0-9][a-z0-9-]{0,62}$"
 
 
@@ -101,7 +103,6 @@ class TaskJudge(_Strict):
 
 JudgeSource = Annotated[Union[ModelJudge, RegistryJudge, VerifierJudge, TaskJudge], Field(discriminator="kind")]
 
-DEFAULT_JUDGE_TEMPLATE = "{prompt}{response}\nok?"
 JudgeMode = Literal["verdict", "score", "solve", "pairwise"]
 
 
@@ -118,11 +119,11 @@ class JudgeSpec(_Strict):
                                "agreement with the judge's answers; pairwise: the judge compares two responses of a "
                                "group in both orders and a response earns its win rate.")
     prompt_template: str = Field(
-        DEFAULT_JUDGE_TEMPLATE, description="Judge prompt; must contain {prompt} and {response}.")
+        VERDICT_TEMPLATE, description="Judge prompt; must contain {prompt} and {response}.")
     yes_token: str = Field("yes", description="Token whose probability means approval (verdict mode).")
     no_token: str = Field("no", description="Token whose probability means disapproval (verdict mode).")
     score_pattern: str = Field(
-        r"(-?\d+(?:\.\d+)?)\s*$", description="Regex whose first group is the score (score mode).")
+        SCORE_PATTERN, description="Regex whose first group is the score (score mode).")
     score_max: float = Field(10.0, gt=0, description="Scores are divided by this to land in [0, 1] (score mode).")
     score_max_tokens: int = Field(16, ge=1, le=512, description="Tokens the judge may write (score mode).")
     fallback_score: float = Field(0.0, ge=0, le=1, description="Reward given when the judge output cannot be parsed.")
@@ -140,7 +141,7 @@ class JudgeSpec(_Strict):
         "share", description="share: the fraction of the judge's answers the response agrees with; "
                              "majority: 1 when it agrees with the judge's most common answer (solve mode).")
     pair_template: str = Field(
-        "{prompt}1:{first}\n2:{second}\nfirst?", description="Pairwise prompt with {prompt}, {first}, {second}; "
+        PAIR_TEMPLATE, description="Pairwise prompt with {prompt}, {first}, {second}; "
                                                           "yes_token means the first response is better.")
 
     @field_validator("prompt_template")

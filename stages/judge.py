@@ -14,7 +14,8 @@ from typing import Callable, Optional
 from stages.actors import Timed
 from stages.batches import JudgedBatch, RolloutBatch
 from stages.engine import EngineConfig, build_llm, load_model_into
-from stages.scoring import JUDGE_SCORERS, Pairs, Scored, checked
+from stages.answers import DEFAULT_ANSWER_PATTERN
+from stages.scoring import JUDGE_SCORERS, PAIR_TEMPLATE, SCORE_PATTERN, VERDICT_TEMPLATE, Pairs, Scored, checked
 
 
 class JudgeError(ValueError):
@@ -25,10 +26,10 @@ class JudgeError(ValueError):
 class JudgeConfig:
     """What the workers need of `JudgeSpec` (kept separate so workers do not import the spec)."""
     mode: str = "verdict"
-    prompt_template: str = "{prompt}{response}\nok?"
+    prompt_template: str = VERDICT_TEMPLATE
     yes_token: str = "yes"
     no_token: str = "no"
-    score_pattern: str = r"(-?\d+(?:\.\d+)?)\s*$"
+    score_pattern: str = SCORE_PATTERN
     score_max: float = 10.0
     score_max_tokens: int = 16
     fallback_score: float = 0.0
@@ -38,8 +39,8 @@ class JudgeConfig:
     solve_temperature: float = 1.0
     solve_max_tokens: int = 32
     solve_reward: str = "share"
-    pair_template: str = "{prompt}1:{first}\n2:{second}\nfirst?"
-    answer_pattern: str = r"#(-?\d+)"   # the task's, set by the rung
+    pair_template: str = PAIR_TEMPLATE
+    answer_pattern: str = DEFAULT_ANSWER_PATTERN  # the task's, set by the rung
 
     @classmethod
     def from_spec(cls, judge_spec, answer_pattern: Optional[str] = None) -> "JudgeConfig":

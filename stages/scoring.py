@@ -9,8 +9,12 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+from stages.answers import DEFAULT_ANSWER_PATTERN, normalized, same_answer
 from stages.answers import extract_answer as extract
-from stages.answers import normalized, same_answer
+
+VERDICT_TEMPLATE = "{prompt}{response}\nok?"             # verdict and score modes: the judge's prompt
+PAIR_TEMPLATE = "{prompt}1:{first}\n2:{second}\nfirst?"  # pairwise mode: yes means the first is better
+SCORE_PATTERN = r"(-?\d+(?:\.\d+)?)\s*$"                   # score mode: the number the judge writes last
 
 
 @dataclass(frozen=True)
