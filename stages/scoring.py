@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from stages.answers import DEFAULT_ANSWER_PATTERN, normalized, same_answer
+from stages.answers import normalized, same_answer
 from stages.answers import extract_answer as extract
 
 VERDICT_TEMPLATE = "{prompt}{response}\nok?"             # verdict and score modes: the judge's prompt
