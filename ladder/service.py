@@ -98,11 +98,7 @@ def status(name: str, where: Where) -> dict:
     p = saved_progress(reg)
     latest = reg.latest_metrics(p.rung_run)
     live = controller_alive(where, reg, p)
-    out = {"ladder": name, "job": p.job, "state": p.state.value, "phase": p.phase.value, "rung": p.rung,
-           "step": p.step, "checkpoint_step": p.step, "candidate": p.candidate, "error": p.error,
-           "pending_decision": p.candidate if p.state is State.AWAITING_PROMOTION else None,
-           "latest": latest, "live": live, "source": "mlflow",
-           "submission": p.submission}
+    out = {**p.summary(), "ladder": name, "latest": latest, "live": live, "source": "mlflow"}
     if p.active and live is False:
         out["state"] = f"{p.state.value} (controller gone: resume with `ladder resume {name}`)"
     own = live_status(name, where) if live is not False else None

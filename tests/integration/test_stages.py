@@ -101,7 +101,7 @@ def test_a_compiled_engine_serves_the_synced_weights(ray_local, tiny_model, tmp_
     that froze the weights would keep sampling from the old ones)."""
     import torch
 
-    from ladder.rung import engine_config
+    from ladder.rung_stages import engine_config
     from ladder.spec import parse_spec
     from stages.actors import kill_all, spawn
     from stages.rollout import RolloutWorker

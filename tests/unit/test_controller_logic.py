@@ -1,9 +1,10 @@
 """Controller decisions that need no Ray: saturation, gate arithmetic, judge health, prompt cursor."""
 import pytest
 
-from ladder.controller import saturated
 from ladder.gate import auc
-from ladder.rung import PromptCursor, judge_health, split
+from ladder.prompt_cursor import PromptCursor
+from ladder.rung import split
+from ladder.rung_metrics import judge_health, saturated
 from ladder.spec import SaturationSpec
 
 

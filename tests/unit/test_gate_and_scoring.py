@@ -2,7 +2,7 @@
 import pytest
 
 from ladder.gate import JudgeQuality, decide_gate, quality
-from ladder.rung import pearson
+from ladder.rung_metrics import pearson
 from ladder.spec import PromotionSpec, SpecError, parse_spec
 from stages.scoring import agreement, extract, pair_win
 

@@ -3,7 +3,8 @@ the collapse guard's verdicts in the step loop (a stand-in rung records which we
 import pytest
 
 from ladder.guard import CollapseGuard
-from ladder.rung import flips, reward_truth, train_steps
+from ladder.rung import train_steps
+from ladder.rung_metrics import flips, reward_truth
 from ladder.spec import parse_spec
 from ladder.tasks.base import Example, Task
 from stages.batches import JudgedBatch, RolloutBatch, Sample
