@@ -25,7 +25,7 @@ LIVE = ("PENDING", "RUNNING")
 def portable_spec(spec):
     """The spec with local paths made absolute and the MLflow URI pinned, so the job's driver (whose working
     directory is a copy of the project) and the user's later `status` / `stop` see the same ladder."""
-    from ladder.registry import tracking_uri_for
+    from ladder.mlflow_store import tracking_uri_for
 
     def absolute(path: str) -> str:
         return path if path.startswith(("models:/", "/")) or not os.path.exists(path) else str(Path(path).resolve())

@@ -50,7 +50,7 @@ TRACKING_HELP = "MLflow tracking URI; default MLFLOW_TRACKING_URI, else SQLite u
 
 
 def where(address: Optional[str], tracking_uri: Optional[str], workdir: str):
-    from ladder.registry import default_tracking_uri
+    from ladder.mlflow_store import default_tracking_uri
     from ladder.runtime import Address
     from ladder.service import Where
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from ladder.mlflow_store import local_artifact_root, tracking_uri_for
 from ladder.runtime import first_line
 from stages.models import RegistryError, fetch_model, is_model_uri, model_id_of, model_uri, parse_model_uri
 
@@ -19,24 +20,6 @@ if TYPE_CHECKING:
 STATUS_TAG = "ladder.status"
 PROGRESS_TAG = "ladder.progress"
 STOP_TAG = "ladder.stop_request"
-
-def tracking_uri_for(spec) -> str:
-    return default_tracking_uri(spec.workdir, spec.mlflow.tracking_uri)
-
-
-def default_tracking_uri(workdir: str = ".ladder", explicit: Optional[str] = None) -> str:
-    """The spec's (or the command's) URI, else MLFLOW_TRACKING_URI, else SQLite under the work directory."""
-    if explicit:
-        return explicit
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    work = Path(workdir).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{work / 'mlflow.db'}"
-
-
-def local_artifact_root(tracking_uri: str, workdir: str) -> Optional[str]:
-    return (Path(workdir).resolve() / "mlartifacts").as_uri() if tracking_uri.startswith("sqlite:") else None
 
 
 class Registry:

@@ -11,7 +11,7 @@ from ladder.tasks.base import Task
 
 def model_store(spec):
     """Where stage actors fetch `models:/` locations: the ladder's MLflow, cached under its work directory."""
-    from ladder.registry import tracking_uri_for
+    from ladder.mlflow_store import tracking_uri_for
     from stages.models import ModelStore
 
     return ModelStore(tracking_uri_for(spec), str(Path(spec.workdir).resolve() / spec.name / "model-cache"))
