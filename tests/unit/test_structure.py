@@ -1,10 +1,12 @@
-"""The shape of the code: no import circles, and the stages import nothing of the ladder at module level
-(the ladder drives the stages, never the other way round)."""
+"""The shape of the code: no import circles, the stages import nothing of the ladder at module level (the ladder
+drives the stages, never the other way round), and small units (files and functions)."""
 import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("ladder", "stages", "cluster")
+MAX_FILE_LINES = 400
+MAX_FUNCTION_LINES = 60
 
 
 def modules() -> dict[str, Path]:
@@ -90,3 +92,20 @@ def test_stages_import_nothing_of_the_ladder_at_module_level():
 def test_the_graph_sees_function_level_imports():
     everything, top = graph(module_level=False), graph(module_level=True)
     assert "ladder.registry" in everything["ladder.judges"] and "ladder.registry" not in top["ladder.judges"]
+
+
+def test_no_file_is_over_400_lines():
+    long = {str(p.relative_to(ROOT)): n for p in modules().values()
+            if (n := len(p.read_text().splitlines())) > MAX_FILE_LINES}
+    assert long == {}
+
+
+def test_no_function_is_over_60_lines():
+    long = {}
+    for path in modules().values():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long[f"{path.relative_to(ROOT)}:{node.name}"] = lines
+    assert long == {}
