@@ -26,7 +26,7 @@ from grpo_vs_trl import GROUP, KL, MAX_TOKENS, PROMPTS, write_report  # noqa: E4
 
 
 def batches(tokenizer, steps: int, seed: int = 0):
-    from ladder.batches import JudgedBatch, RolloutBatch, Sample
+    from stages.batches import JudgedBatch, RolloutBatch, Sample
     from ladder.tasks.arithmetic import build
 
     rng = random.Random(seed)

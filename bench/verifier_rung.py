@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def held_out(rung, temperature: float) -> dict[str, float]:
     """Accuracy on every held-out prompt (one sample each), and the share of answers that show steps."""
-    from ladder.batches import PromptBatch
+    from stages.batches import PromptBatch
 
     rows = rung.task.eval
     batch = PromptBatch(tuple(r.prompt for r in rows), tuple(r.answer for r in rows))

@@ -14,6 +14,8 @@ import uuid
 from pathlib import Path
 from typing import Optional
 
+from cluster.processes import pid_alive
+
 PROJECT = Path(__file__).resolve().parents[1]
 EXCLUDES = [".venv", ".git", ".ladder", "**/__pycache__", "*.egg-info", "bench/results", "*.db", "mlartifacts",
             ".pytest_cache"]
@@ -23,7 +25,7 @@ LIVE = ("PENDING", "RUNNING")
 def portable_spec(spec):
     """The spec with local paths made absolute and the MLflow URI pinned, so the job's driver (whose working
     directory is a copy of the project) and the user's later `status` / `stop` see the same ladder."""
-    from ladder.registry import tracking_uri_for
+    from ladder.mlflow_store import tracking_uri_for
 
     def absolute(path: str) -> str:
         return path if path.startswith(("models:/", "/")) or not os.path.exists(path) else str(Path(path).resolve())
@@ -122,18 +124,6 @@ def stop_job(address, submission: str) -> None:
 # local background jobs (no cluster address) --------------------------------------------------
 def local_record(spec) -> Path:
     return Path(spec.workdir).resolve() / spec.name / "local-job.json"
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process `pid` runs (a zombie, where nothing reaps orphans, counts as ended)."""
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True  # no /proc: trust the signal
 
 
 def local_running(spec) -> Optional[dict]:

@@ -77,7 +77,7 @@ class TaskSets:
 def sample_responses(rung, task: Task, size: int) -> list[tuple[str, str]]:
     """(prompt, response) pairs the rung's student writes for held-out prompts of `task` (sampled at the
     rollout temperature), enough for `size` calibration items."""
-    from ladder.batches import PromptBatch
+    from stages.batches import PromptBatch
 
     rows = [task.eval[i % len(task.eval)] for i in range(min(len(task.eval), max(1, size // 2)))]
     batch = PromptBatch(tuple(r.prompt for r in rows), tuple(r.answer for r in rows))

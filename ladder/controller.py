@@ -11,9 +11,11 @@ import uuid
 from pathlib import Path
 from typing import Optional
 
-from ladder.progress import Phase, Progress, State
-from ladder.rung import saturated  # noqa: F401  (re-exported: the rung owns the step loop)
+from ladder.actor_lifetime import end_later, restarted_by_ray
+from ladder.progress import Phase, Progress, State, after_decision
+from ladder.runtime import first_line
 from ladder.stageset import StageSet
+from stages.models import MODELS_SCHEME, is_model_uri, model_uri
 
 
 class LadderController:
@@ -35,19 +37,16 @@ class LadderController:
         self._ran = False
         self._actors: list = []
         self._stages = StageSet()  # stage actors kept from rung to rung (models loaded in place)
-        if _restarted_by_ray():  # whoever called `run` may be gone with the old process: go on by ourselves
+        if restarted_by_ray():  # whoever called `run` may be gone with the old process: go on by ourselves
             threading.Thread(target=self.run, daemon=True).start()
 
     # control ------------------------------------------------------------------------------
     def status(self) -> dict:
         with self._lock:
             p = self.progress
-            return {"ladder": self.spec.name, "job": self.job, "state": p.state.value, "phase": p.phase.value,
-                    "rung": p.rung, "step": max(self.live_step, p.step), "steps_per_rung": self.spec.train.steps,
-                    "rungs": self.spec.rungs, "candidate": p.candidate, "checkpoint_step": p.step,
-                    "latest": dict(self.latest), "history": list(self.history), "error": p.error,
-                    "submission": p.submission, "source": "controller",
-                    "pending_decision": p.candidate if p.state is State.AWAITING_PROMOTION else None}
+            return {**p.summary(), "step": max(self.live_step, p.step), "steps_per_rung": self.spec.train.steps,
+                    "rungs": self.spec.rungs, "latest": dict(self.latest), "history": list(self.history),
+                    "source": "controller"}
 
     def stop(self, now: bool = False) -> str:
         """Graceful: finish the step, checkpoint, stop. `now`: abort the step (its stage actors are killed)."""
@@ -89,7 +88,8 @@ class LadderController:
 
         self.registry = Registry.for_spec(self.spec, retry_s=self.spec.mlflow.retry_s)
         self.registry.buffer_writes()  # the step loop goes on through an MLflow outage
-        self.store = RungStore(self.registry, Path(self.spec.workdir) / self.spec.name / self.job)
+        self.store = RungStore(self.registry, Path(self.spec.workdir) / self.spec.name / self.job,
+                               self.spec.checkpoint_every)
         self.tasks = TaskSets(self.spec, self.store.root)
         self.tasks.task(1)  # a dataset problem fails here, before any actor starts
 
@@ -119,28 +119,13 @@ class LadderController:
                 p = self._save(getattr(self, self.HANDLERS[p.phase])(p))
             self._finish(p)
         except Exception as exc:  # the controller records why it failed and stays queryable
-            p = self.progress.to(state=State.FAILED, error=f"{type(exc).__name__}: {exc}".splitlines()[0])
+            p = self.progress.to(state=State.FAILED, error=f"{type(exc).__name__}: {first_line(exc, None)}")
             self._fail_rung_run(p)
             self._finish(p)
         finally:
             self._done.set()
             kill_all(self._actors)
-            self._exit_later()
-
-    def _exit_later(self, after_s: float = 30.0) -> None:
-        """A controller actor ends itself once its ladder is over: a driver that was stopped (`ray job stop`)
-        or killed cannot leave it behind. The linger lets a driver still read the result first."""
-        import ray
-
-        if not ray.is_initialized():
-            return
-        try:
-            me = ray.get_runtime_context().current_actor
-        except Exception:  # run in-process (tests): nothing to end
-            return
-        timer = threading.Timer(after_s, lambda: ray.kill(me))
-        timer.daemon = True
-        timer.start()
+            end_later()
 
     def _begin(self) -> Progress:
         """A new job's progress, or the saved one of this job: on `resume`, and when Ray restarts a controller
@@ -188,11 +173,9 @@ class LadderController:
         """Train the rung from its last checkpoint (or its start) to the end, checkpointing on the way."""
         import ray
 
-        from ladder.gate import measure
         from ladder.rung import Rung, train_steps
 
         rspec = self.spec.for_rung(p.rung)
-        task = self.tasks.task(p.rung)
         judge = self._current_judge(p.rung)
         student, init_label = self._student_init()
         if p.rung_run is None:
@@ -203,45 +186,26 @@ class LadderController:
         with self._lock:
             self.live_step, self.latest = p.step, {}
         t0 = time.perf_counter()
-        rung = Rung(rspec, task, student, judge, seed, name_prefix=f"{self.spec.name}.{self.job}",
+        rung = Rung(rspec, self.tasks.task(p.rung), student, judge, seed, name_prefix=self._prefix,
                     stages=self._stages)
         self._actors = rung.actors()
         handed_over = False
         try:
-            rung.ready()
-            self.registry.log_metrics(p.rung_run, {  # the rung-to-rung switch: engines started or taken over
-                "time/rung_start_s": time.perf_counter() - t0, "rung/actors_reused": float(rung.stages.reused),
-                "rung/actors_started": float(rung.stages.started)}, p.step)
-            calibration = self.tasks.calibration(p.rung, rung)  # sampled by the student where the task needs it
-            p = self._restore(rung, p) if p.checkpoint else self._start_rung(rung, p, calibration)
+            p, calibration = self._enter_rung(rung, p, t0)
 
             def on_step(step: int, metrics: dict) -> None:
                 nonlocal p
-                if self.registry.outbox.retries:  # writes retried through MLflow outages so far
-                    metrics = {**metrics, "faults/mlflow_retries": self.registry.outbox.retries}
-                self.registry.log_metrics(p.rung_run, metrics, step)
-                self.registry.log_judge_examples(p.rung_run, step, rung.last_examples)
-                self.registry.log_judge_examples(p.rung_run, step, rung.last_samples, "student_samples")
-                with self._lock:
-                    self.live_step, self.latest = step, metrics
-                if step % self.spec.checkpoint_every == 0 and step != rspec.train.steps:
+                self._record_step(rung, p, step, metrics)
+                if self.store.due(step, rspec.train.steps):
                     p = self._save(self.store.checkpoint(rung, p, step))
 
             ended = train_steps(rung, p.step + 1, rspec.train.steps, self._stop.is_set, on_step)
             if ended == "stopped":
                 done = rung.step_no
                 return (self.store.checkpoint(rung, p, done) if done > p.step else p).to(state=State.STOPPED)
-            if ended in ("saturation", "collapse"):  # the collapse guard put the rung's best weights back
-                self.registry.record_ended_by(p.rung_run, rung.ended_why or ended)
-            final = rung.evaluate()
-            self.registry.log_metrics(p.rung_run, final, rung.step_no)
-            current = measure(rung.pool, calibration)
-            self.tasks.calibration(min(p.rung + 1, self.spec.rungs), rung)  # the gate's, for the next rung's task
-            p = self.store.log_candidate(rung, p, self._version_tags(p))
+            p = self._leave_rung(rung, p, ended, calibration)
             self._stages, handed_over = rung.handover(), True  # the gate and the next rung take them over
-            return p.to(phase=Phase.REGISTER, results={
-                **p.results, "final_accuracy": final.get("eval/accuracy"),
-                "current_judge": [current.accuracy, current.auc, current.identical_share]})
+            return p
         except Exception as exc:
             if self._now.is_set():  # `stop --now` killed the stage actors: whatever broke, back to the checkpoint
                 return p.to(state=State.STOPPED)
@@ -253,6 +217,41 @@ class LadderController:
                 rung.shutdown()
             self._actors = self._stages.actors()
 
+    def _enter_rung(self, rung, p: Progress, t0: float):
+        """Engines up (started or taken over), the calibration set, and the rung restored from its checkpoint or
+        measured at its start; returns the progress and the calibration items."""
+        rung.ready()
+        self.registry.log_metrics(p.rung_run, {  # the rung-to-rung switch: engines started or taken over
+            "time/rung_start_s": time.perf_counter() - t0, "rung/actors_reused": float(rung.stages.reused),
+            "rung/actors_started": float(rung.stages.started)}, p.step)
+        calibration = self.tasks.calibration(p.rung, rung)  # sampled by the student where the task needs it
+        return (self._restore(rung, p) if p.checkpoint else self._start_rung(rung, p, calibration)), calibration
+
+    def _record_step(self, rung, p: Progress, step: int, metrics: dict) -> None:
+        if self.registry.outbox.retries:  # writes retried through MLflow outages so far
+            metrics = {**metrics, "faults/mlflow_retries": self.registry.outbox.retries}
+        self.registry.log_metrics(p.rung_run, metrics, step)
+        self.registry.log_judge_examples(p.rung_run, step, rung.last_examples)
+        self.registry.log_judge_examples(p.rung_run, step, rung.last_samples, "student_samples")
+        with self._lock:
+            self.live_step, self.latest = step, metrics
+
+    def _leave_rung(self, rung, p: Progress, ended: str, calibration) -> Progress:
+        """The trained rung's final evaluation, its judge measured for the gate, its student logged as the
+        candidate; on to registration."""
+        from ladder.gate import measure
+
+        if ended in ("saturation", "collapse"):  # the collapse guard put the rung's best weights back
+            self.registry.record_ended_by(p.rung_run, rung.ended_why or ended)
+        final = rung.evaluate()
+        self.registry.log_metrics(p.rung_run, final, rung.step_no)
+        current = measure(rung.pool, calibration)
+        self.tasks.calibration(min(p.rung + 1, self.spec.rungs), rung)  # the gate's, for the next rung's task
+        p = self.store.log_candidate(rung, p, self._version_tags(p))
+        return p.to(phase=Phase.REGISTER, results={
+            **p.results, "final_accuracy": final.get("eval/accuracy"),
+            "current_judge": [current.accuracy, current.auc, current.identical_share]})
+
     def _after_stage_death(self, p: Progress, exc: Exception) -> Progress:
         """The trainer died (rollout and judge workers are replaced in place, within the step): the rung starts
         again from its last checkpoint on fresh actors (the train phase re-enters), within `stage_restarts`;
@@ -262,7 +261,7 @@ class LadderController:
         restarts = p.results.get("stage_restarts", 0) + 1
         if restarts > self.spec.stage_restarts:
             raise RungFailed(f"stage actors died {restarts} times in rung {p.rung} (stage_restarts is "
-                             f"{self.spec.stage_restarts}); last: {str(exc).splitlines()[0][:200]}")
+                             f"{self.spec.stage_restarts}); last: {first_line(exc, 200)}")
         self.registry.log_metrics(p.rung_run, {"faults/stage_restarts": restarts}, p.step)
         return p.to(results={**p.results, "stage_restarts": restarts})
 
@@ -287,9 +286,9 @@ class LadderController:
     def _register(self, p: Progress) -> Progress:
         """Register the rung's logged candidate as a model version (idempotent on the rung uid). A candidate
         saved by an older controller as a checkpoint folder is logged as a model first."""
-        if p.checkpoint.startswith("models:/"):
+        if is_model_uri(p.checkpoint):  # the logged model models:/<model_id>
             version = self.registry.register(p.rung_run, None, self._version_tags(p),
-                                             model_id=p.checkpoint.removeprefix("models:/"))
+                                             model_id=p.checkpoint.removeprefix(MODELS_SCHEME))
         else:
             version = self.registry.register(p.rung_run, str(Path(self.store.local_checkpoint(p)) / "model"),
                                              self._version_tags(p), step=p.step)
@@ -301,7 +300,7 @@ class LadderController:
 
         current = JudgeQuality(*p.results["current_judge"])
         baseline = self._baseline_accuracy(p.results.get("start_accuracy"))
-        gate = self.gate(f"models:/{self.spec.name}/{p.candidate}", p.rung, current,
+        gate = self.gate(model_uri(self.spec.name, p.candidate), p.rung, current,
                          (p.judge or "").startswith("verifier:"), p.results.get("final_accuracy"), baseline)
         self.registry.log_metrics(p.rung_run, gate.metrics(), p.step)
         with self._lock:
@@ -335,15 +334,7 @@ class LadderController:
         with self._lock:
             self.history = [h for h in self.history if h["version"] != p.candidate] + [row]
         self.registry.end_run(p.rung_run)
-        history = {"history": list(self.history)}
-        if decision == "promoted":
-            if p.rung >= self.spec.rungs:
-                return p.to(phase=Phase.DONE, state=State.COMPLETED, results={**p.results, **history})
-            return p.next_rung().to(results=history)
-        if self.spec.promotion.on_reject == "retry" and p.attempt < self.spec.promotion.max_retries:
-            return p.retry_rung().to(results=history)
-        return p.to(phase=Phase.DONE, state=State.STOPPED, error=f"rung {p.rung} rejected",
-                    results={**p.results, **history, "ended": "rejected"})
+        return after_decision(p, decision, self.spec.rungs, self.spec.promotion, self.history)
 
     # judges and students -------------------------------------------------------------------
     def _current_judge(self, k: int):
@@ -354,7 +345,7 @@ class LadderController:
     def _student_init(self) -> tuple[str, str]:
         champion = self.registry.alias("champion")
         if self.spec.student.init == "previous" and champion is not None:
-            return f"models:/{self.spec.name}/{champion}", f"v{champion}"
+            return model_uri(self.spec.name, champion), f"v{champion}"
         return self.spec.student.base, "base"
 
     def _baseline_accuracy(self, start_accuracy: Optional[float]) -> Optional[float]:
@@ -376,37 +367,18 @@ class LadderController:
     def gate(self, candidate: str, k: int, current, current_is_verifier: bool,
              student_accuracy: Optional[float] = None, baseline: Optional[float] = None):
         """The candidate measured as a judge on judge workers, in the mode rung k+1 will use."""
-        from ladder.gate import decide_gate, measure
-        from ladder.judges import ResolvedJudge
-        from ladder.rung import build_judge_pool
+        from ladder.gate import candidate_quality, decide_gate
 
-        nxt = self.spec.for_rung(min(k + 1, self.spec.rungs))
-        task = self.tasks.task(min(k + 1, self.spec.rungs))
-        calibration = self.tasks.calibration(min(k + 1, self.spec.rungs))
-        try:  # on the kept judge workers, the candidate loaded in place, when they can take it
-            pool = build_judge_pool(nxt, ResolvedJudge("model", candidate, "candidate"), task,
-                                    self.spec.seed, f"{self.spec.name}.{self.job}", self._stages)
-            candidate_quality = measure(pool, calibration)
-            self._stages.set("judges", pool.workers)
-        except BaseException:
-            self._stages.release()
-            raise
+        try:
+            quality = candidate_quality(self.spec, self.tasks, self._stages, candidate, k, self._prefix)
         finally:
             self._actors = self._stages.actors()
-        return decide_gate(candidate_quality, current, self.spec.promotion, current_is_verifier, student_accuracy,
-                           baseline)
+        return decide_gate(quality, current, self.spec.promotion, current_is_verifier, student_accuracy, baseline)
 
-
-def _restarted_by_ray() -> bool:
-    """Whether this controller actor is a restart of one whose process died."""
-    import ray
-
-    if not ray.is_initialized():  # built in-process, outside Ray (get_runtime_context would start a Ray)
-        return False
-    try:
-        return ray.get_runtime_context().was_current_actor_reconstructed
-    except Exception:  # a driver, not an actor
-        return False
+    @property
+    def _prefix(self) -> str:
+        """What this ladder's stage actors are named after: `<ladder>.<job>`."""
+        return f"{self.spec.name}.{self.job}"
 
 
 def start_controller(spec, job: Optional[str] = None, resume: bool = False, submission: Optional[str] = None):

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from ladder.rung import judge_health
+from ladder.rung_metrics import judge_health
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,26 @@ def score_calibration(pool, items) -> list[float]:
 def measure(pool, items) -> JudgeQuality:
     """A judge pool's quality on calibration items."""
     return quality(score_calibration(pool, items), [c.correct for c in items])
+
+
+def candidate_quality(spec, tasks, stages, candidate: str, k: int, name_prefix: str) -> JudgeQuality:
+    """The candidate (a `models:/` location) measured as a judge in the mode rung k+1 will use, on the judge
+    workers kept in `stages` (a `StageSet`) with the candidate loaded in place when they can take it; they stay
+    in `stages` for the next rung, or are released when the measuring fails."""
+    from ladder.judges import ResolvedJudge
+    from ladder.rung_stages import build_judge_pool
+
+    nxt = min(k + 1, spec.rungs)
+    task, calibration = tasks.task(nxt), tasks.calibration(nxt)
+    try:
+        pool = build_judge_pool(spec.for_rung(nxt), ResolvedJudge("model", candidate, "candidate"), task, spec.seed,
+                                name_prefix, stages)
+        quality = measure(pool, calibration)
+        stages.set("judges", pool.workers)
+    except BaseException:
+        stages.release()
+        raise
+    return quality
 
 
 def decide_gate(candidate: JudgeQuality, current: JudgeQuality, promotion, current_is_verifier: bool,

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from stages.models import RegistryError, model_uri
+
 
 TASK_CHECKER = "task"  # the location of `judge.initial: {kind: task}`: the rung's task checks the answers
 
@@ -21,13 +23,13 @@ class ResolvedJudge:
 
 def resolve_judge(spec, rung: int = 1) -> ResolvedJudge:
     """The frozen judge of rung `rung` of the ladder `spec` (fails in one line when there is none)."""
-    from ladder.registry import Registry, RegistryError
+    from ladder.registry import Registry
 
     if rung > 1:
         reg = Registry.for_spec(spec)
         if reg.alias("judge") is None:
             raise RegistryError(f"models:/{spec.name}@judge: no promoted rung to judge rung {rung}")
-        return reg.resolve_judge_uri(f"models:/{spec.name}@judge")
+        return registered_judge(reg, f"models:/{spec.name}@judge")
     src = spec.judge.initial
     if src.kind == "model":
         return ResolvedJudge("model", src.path, src.path)
@@ -38,4 +40,11 @@ def resolve_judge(spec, rung: int = 1) -> ResolvedJudge:
 
         load_verifier(src.function)  # fail here, in one line, before any actor starts
         return ResolvedJudge("verifier", src.function, f"verifier:{src.function}")
-    return Registry.for_spec(spec).resolve_judge_uri(src.uri)
+    return registered_judge(Registry.for_spec(spec), src.uri)
+
+
+def registered_judge(registry, uri: str) -> ResolvedJudge:
+    """`models:/<name>@<alias>` or `models:/<name>/<version>` -> that version pinned as `models:/<name>/<v>`,
+    which each judge worker fetches itself on its own node."""
+    found = registry.pinned(uri)
+    return ResolvedJudge("model", model_uri(found.name, found.version), f"{found.name}/v{found.version}")

@@ -143,7 +143,7 @@ def _follow(controller, done, as_json: bool, poll_s: float) -> None:
 
 
 def _print_summary(spec, final: dict, rows: list[dict], registry) -> None:
-    from ladder.registry import tracking_uri_for
+    from ladder.mlflow_store import tracking_uri_for
 
     print(format_table(rows, registry.aliases()))
     print(f"\nstate: {final['state']}" + (f" ({final['error']})" if final["error"] else ""))

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from ladder.mlmodels import model_id_of
+from stages.models import model_id_of
 
 HEALTH = {"reward_mean": "reward.mean", "response_tokens": "rollout.response_tokens",
           "length_reward_corr": "judge.length_reward_corr", "approval": "judge.approval",

@@ -1,26 +1,21 @@
-"""Rung models as MLflow models: logged in the transformers flavor, registered from the logged model, and
-fetched back as plain HF directories for vLLM and the trainer (the weights are stored once).
-
-A version registered before this format (a run artifact folder of bare HF files) is still fetched and listed.
+"""Rung models as MLflow models: logged in the transformers flavor and registered from the logged model (the
+weights are stored once); stage actors fetch them back as plain HF directories (`stages.models`).
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import shutil
 import tempfile
 import threading
 from pathlib import Path
 from typing import Optional
 
+from stages.models import RegistryError, parse_model_uri
+
 TASK = "text-generation"
 VERSIONS_TAG = "mlflow.modelVersions"   # what MLflow's own register_model writes on a logged model
 _GLOBAL_URI = threading.Lock()
-
-
-class RegistryError(ValueError):
-    """A registry request that cannot be served (unknown version, bad URI); one line."""
 
 
 def requirements() -> list[str]:
@@ -108,68 +103,14 @@ def global_tracking_uri(uri: str):
                 os.environ["MLFLOW_TRACKING_URI"] = before_env
 
 
-def model_id_of(version) -> Optional[str]:
-    """The logged model behind a version (None for a version of bare files registered before)."""
-    source = version.source or ""
-    return version.model_id or (source.removeprefix("models:/") if source.startswith("models:/m-") else None)
-
-
-def hf_files_uri(client, version) -> str:
-    """Where a version's HF files are: the logged model's `model/` folder, or the old artifact folder."""
-    model_id = model_id_of(version)
-    if model_id is None:
-        return version.source
-    return f"{client.get_logged_model(model_id).artifact_location.rstrip('/')}/model"
-
-
-def fetch_model(uri: str, tracking_uri: str, cache_dir: str) -> str:
-    """`models:/<name>/<version>` -> a local HF directory on *this* node (downloaded once, then cached).
-
-    Stage actors call it themselves, so models never travel as paths from one node's disk to another's.
-    The download lands in a temporary folder renamed into place: a cached model is always complete.
-    """
-    import mlflow
-    from mlflow import MlflowClient
-
-    name, version = uri.removeprefix("models:/").split("/")
-    out = Path(cache_dir) / f"{name}-v{version}"
-    if (out / "config.json").is_file():
-        return str(out)
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    try:
-        source = hf_files_uri(client, client.get_model_version(name, version))
-    except Exception:
-        raise RegistryError(f"{uri}: no such model version") from None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{name}-v{version}-", dir=out.parent)
-    try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=tracking_uri)
-        try:
-            os.replace(model_dir(Path(local)), out)
-        except OSError:  # another worker on this node finished first
-            pass
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return str(out)
-
-
-def model_dir(root: Path) -> str:
-    """The folder holding config.json under a downloaded artifact tree."""
-    if (root / "config.json").is_file():
-        return str(root)
-    for cfg in sorted(root.rglob("config.json")):
-        return str(cfg.parent)
-    raise RegistryError(f"{root}: downloaded artifact holds no HF model (no config.json)")
-
-
 def check_model_uri(uri: str, tracking_uri: str) -> None:
     """Fail in one line unless MLflow has `models:/<name>/<version>`."""
     from mlflow import MlflowClient
 
-    body = uri.removeprefix("models:/")
-    if body.count("/") != 1:
+    ref = parse_model_uri(uri)
+    if ref.version is None:
         raise RegistryError(f"{uri}: a model location must look like models:/<name>/<version>")
     try:
-        MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).get_model_version(*body.split("/"))
+        MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).get_model_version(ref.name, ref.version)
     except Exception:
         raise RegistryError(f"{uri}: no such model version in MLflow at {tracking_uri}") from None

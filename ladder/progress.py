@@ -81,6 +81,13 @@ class Progress:
         return self.to(phase=Phase.TRAIN, attempt=self.attempt + 1, step=0, cursor={}, checkpoint=None,
                        candidate=None, judge=None, rung_run=None, results={})
 
+    def summary(self) -> dict:
+        """What `ladder status` shows of this progress (a live controller adds its own step and metrics)."""
+        return {"ladder": self.ladder, "job": self.job, "state": self.state.value, "phase": self.phase.value,
+                "rung": self.rung, "step": self.step, "checkpoint_step": self.step, "candidate": self.candidate,
+                "error": self.error, "submission": self.submission,
+                "pending_decision": self.candidate if self.state is State.AWAITING_PROMOTION else None}
+
     @property
     def rung_uid(self) -> str:
         """The idempotency key of this rung attempt's model version."""
@@ -89,3 +96,19 @@ class Progress:
     @property
     def active(self) -> bool:
         return self.state in ACTIVE
+
+
+def after_decision(p: Progress, decision: str, rungs: int, promotion, history: list) -> Progress:
+    """Where the ladder goes once rung `p.rung`'s candidate is `decision` ("promoted" or "rejected"), by the gate
+    or by hand: the next rung, the end of a completed ladder after the last (`rungs`), a retry of a rejected rung
+    (`promotion.on_reject` retry, within `promotion.max_retries`), or a stop. `history` is the decisions so far,
+    this one included; it travels with the progress."""
+    recorded = {"history": list(history)}
+    if decision == "promoted":
+        if p.rung >= rungs:
+            return p.to(phase=Phase.DONE, state=State.COMPLETED, results={**p.results, **recorded})
+        return p.next_rung().to(results=recorded)
+    if promotion.on_reject == "retry" and p.attempt < promotion.max_retries:
+        return p.retry_rung().to(results=recorded)
+    return p.to(phase=Phase.DONE, state=State.STOPPED, error=f"rung {p.rung} rejected",
+                results={**p.results, **recorded, "ended": "rejected"})

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from ladder.runtime import first_line
+
 
 class PromptError(ValueError):
     """A prompt or chat setting a model cannot take (one line naming the field)."""
@@ -30,7 +32,7 @@ class ChatRenderer:
                                                           add_generation_prompt=True)
         except Exception as exc:  # a Jinja error in a template from the spec, or a role it refuses
             raise PromptError(f"{self.field}.template: cannot render a prompt ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+                              f"{first_line(exc, None)})") from None
         return self._without_double_bos(rendered)
 
     def _without_double_bos(self, rendered: str) -> str:

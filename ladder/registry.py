@@ -8,32 +8,18 @@ import getpass
 import os
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-from ladder.judges import ResolvedJudge
-from ladder.mlmodels import RegistryError, model_id_of
+from ladder.mlflow_store import local_artifact_root, tracking_uri_for
+from ladder.runtime import first_line
+from stages.models import RegistryError, fetch_model, is_model_uri, model_id_of, model_uri, parse_model_uri
+
+if TYPE_CHECKING:
+    from ladder.judges import ResolvedJudge
 
 STATUS_TAG = "ladder.status"
 PROGRESS_TAG = "ladder.progress"
 STOP_TAG = "ladder.stop_request"
-
-def tracking_uri_for(spec) -> str:
-    return default_tracking_uri(spec.workdir, spec.mlflow.tracking_uri)
-
-
-def default_tracking_uri(workdir: str = ".ladder", explicit: Optional[str] = None) -> str:
-    """The spec's (or the command's) URI, else MLFLOW_TRACKING_URI, else SQLite under the work directory."""
-    if explicit:
-        return explicit
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    work = Path(workdir).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{work / 'mlflow.db'}"
-
-
-def local_artifact_root(tracking_uri: str, workdir: str) -> Optional[str]:
-    return (Path(workdir).resolve() / "mlartifacts").as_uri() if tracking_uri.startswith("sqlite:") else None
 
 
 class Registry:
@@ -243,7 +229,7 @@ class Registry:
             repo.delete_artifacts(path)
         except Exception as exc:  # cleanup must never hide the failure that called it
             logging.getLogger(__name__).warning("run %s: could not delete the partial artifacts %s (%s)", run_id,
-                                                path, str(exc).splitlines()[0][:200] if str(exc) else type(exc))
+                                                path, first_line(exc, 200))
 
     def download_checkpoint(self, uri: str, dst: str) -> str:
         import mlflow
@@ -302,17 +288,17 @@ class Registry:
             self.client.delete_model_version(self.name, str(extra.version))
         return found[0] if found else mv
 
-    def record_judge_input(self, run_id: str, judge: ResolvedJudge) -> None:
+    def record_judge_input(self, run_id: str, judge: "ResolvedJudge") -> None:
         """Name the rung's judge on its run: a registered judge as the run's model input (an MLflow link),
         a verifier or a model directory by kind and label."""
         from mlflow.entities import LoggedModelInput
 
-        kind = "verifier" if judge.kind == "verifier" else "registered model" if judge.location.startswith(
-            "models:/") else "model directory"
+        kind = "verifier" if judge.kind == "verifier" else "registered model" if is_model_uri(judge.location) \
+            else "model directory"
         self.client.set_tag(run_id, "ladder.judge_kind", kind)
         if kind == "registered model":
-            name, version = judge.location.removeprefix("models:/").split("/")
-            model_id = model_id_of(self.client.get_model_version(name, version))
+            ref = parse_model_uri(judge.location)
+            model_id = model_id_of(self.client.get_model_version(ref.name, ref.version))
             if model_id:
                 self.client.log_inputs(run_id, models=[LoggedModelInput(model_id)])
 
@@ -398,22 +384,15 @@ class Registry:
     # judges -----------------------------------------------------------------------------
     def download(self, version: str, dst: str) -> str:
         """The version's HF checkpoint as a local directory (cached under `dst`)."""
-        from ladder.mlmodels import fetch_model
-
         self.version(version)
-        return fetch_model(f"models:/{self.name}/{version}", self.tracking_uri, dst)
+        return fetch_model(model_uri(self.name, version), self.tracking_uri, dst)
 
-    def resolve_judge_uri(self, uri: str) -> ResolvedJudge:
-        """`models:/<name>@<alias>` or `models:/<name>/<version>` -> that version pinned as `models:/<name>/<v>`,
-        which each judge worker fetches itself on its own node."""
-        body = uri.removeprefix("models:/")
-        name, alias, version = (body.split("@")[0], body.split("@")[1], None) if "@" in body else \
-            (body.split("/")[0], None, body.split("/")[1])
+    def pinned(self, uri: str):
+        """The version `models:/<name>@<alias>` or `models:/<name>/<version>` names (RegistryError when none)."""
+        ref = parse_model_uri(uri)
         try:
-            found = self.client.get_model_version_by_alias(name, alias) if alias else \
-                self.client.get_model_version(name, version)
+            return self.client.get_model_version_by_alias(ref.name, ref.alias) if ref.alias else \
+                self.client.get_model_version(ref.name, ref.version)
         except Exception:
-            what = f"no alias {alias!r}" if alias else f"no version {version}"
-            raise RegistryError(f"{uri}: model {name!r} has {what}") from None
-        return ResolvedJudge("model", f"models:/{name}/{found.version}", f"{name}/v{found.version}")
-
+            what = f"no alias {ref.alias!r}" if ref.alias else f"no version {ref.version}"
+            raise RegistryError(f"{uri}: model {ref.name!r} has {what}") from None

@@ -12,6 +12,8 @@ import threading
 import time
 from typing import Callable, Optional
 
+from ladder.runtime import first_line
+
 TRANSIENT = ("Max retries exceeded", "Connection refused", "ConnectionError", "ConnectTimeout", "ReadTimeout",
              "Remote end closed", "Connection aborted", "Connection reset", "TEMPORARILY_UNAVAILABLE",
              "status code 502", "status code 503", "status code 504", "database is locked")
@@ -38,7 +40,7 @@ def with_retry(fn: Callable, budget_s: float, what: str = "MLflow call", on_retr
                 raise
             if time.monotonic() + delay > deadline:
                 waited = f" for {budget_s:.0f} s" if budget_s >= 1 else ""
-                raise MlflowUnavailable(f"MLflow unreachable{waited} ({what}): {str(exc).splitlines()[0][:200]}") \
+                raise MlflowUnavailable(f"MLflow unreachable{waited} ({what}): {first_line(exc, 200)}") \
                     from None
             if on_retry is not None:
                 on_retry()
@@ -106,5 +108,5 @@ def mlflow_problem(exc: Exception) -> str:
     if "403" in text or "PERMISSION_DENIED" in text:
         return "MLflow refused the request: permission denied for this user"
     if transient(exc):
-        return f"MLflow unreachable: {text.splitlines()[0][:160]}"
-    return f"MLflow: {text.splitlines()[0][:200]}"
+        return f"MLflow unreachable: {first_line(exc, 160)}"
+    return f"MLflow: {first_line(exc, 200)}"

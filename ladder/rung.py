@@ -4,88 +4,17 @@
 """
 from __future__ import annotations
 
-import random
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from ladder.batches import JudgedBatch, PromptBatch, RolloutBatch
-from ladder.judges import TASK_CHECKER, ResolvedJudge
+from ladder.judges import ResolvedJudge
+from ladder.prompt_cursor import PromptCursor
+from ladder.rung_metrics import flips, judge_health, length_health, reward_truth, saturated
+from ladder.rung_stages import actor_name, build_judge_pool, engine_config, model_store, student_prompts
 from ladder.tasks.base import Task
-
-
-@dataclass
-class PromptCursor:
-    """Deterministic, resumable walk over the training prompts (reshuffled each epoch)."""
-    size: int
-    seed: int
-    epoch: int = 0
-    index: int = 0
-    _order: list = field(default_factory=list, repr=False)
-
-    def next(self, n: int) -> list[int]:
-        out = []
-        while len(out) < n:
-            if not self._order or self.index >= self.size:
-                if self._order:
-                    self.epoch, self.index = self.epoch + 1, 0
-                self._order = list(range(self.size))
-                random.Random(self.seed * 1000 + self.epoch).shuffle(self._order)
-            out.append(self._order[self.index])
-            self.index += 1
-        return out
-
-    def state(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index}
-
-    @classmethod
-    def restore(cls, size: int, seed: int, state: dict) -> "PromptCursor":
-        cur = cls(size, seed, state["epoch"], state["index"])
-        cur._order = list(range(size))
-        random.Random(seed * 1000 + cur.epoch).shuffle(cur._order)
-        return cur
-
-
-def judge_health(scores, parse_failures: int) -> dict[str, float]:
-    """Parse-failure rate, share of samples given the single most common score, mean approval."""
-    n = max(1, len(scores))
-    common = Counter(round(s, 3) for s in scores).most_common(1)
-    return {"judge/parse_failure_rate": parse_failures / n,
-            "judge/identical_share": (common[0][1] / n) if common else 0.0,
-            "judge/approval": sum(scores) / n}
-
-
-def length_health(rollout, judged) -> dict[str, float]:
-    """Mean response length, its correlation with reward (length hacking), judge tokens per sample."""
-    lengths = [float(len(s.completion_ids)) for s in rollout.samples]
-    n = max(1, len(lengths))
-    return {"rollout/response_tokens": sum(lengths) / n,
-            "judge/length_reward_corr": pearson(lengths, list(judged.scores)),
-            "judge/tokens_per_sample": judged.judge_tokens / n}
-
-
-def reward_truth(task, rollout, judged) -> dict[str, float]:
-    """Where the task has answers: the share of samples whose judge reward agrees with the reference (above 0.5 for
-    a right answer, at most 0.5 for a wrong one) and the share of right samples. Measured, never trained on."""
-    if not task.has_answers:
-        return {}
-    right = task.correct(rollout.responses, rollout.references, rollout.prompts)
-    agree = [(s > 0.5) == r for s, r in zip(judged.scores, right)]
-    n = max(1, len(right))
-    return {"judge/reward_accuracy": sum(agree) / n, "rollout/accuracy": sum(right) / n}
-
-
-def pearson(xs: list[float], ys: list[float]) -> float:
-    """Pearson correlation; 0.0 when either side is constant."""
-    n = len(xs)
-    if n < 2:
-        return 0.0
-    mx, my = sum(xs) / n, sum(ys) / n
-    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
-    sxx, syy = sum((x - mx) ** 2 for x in xs), sum((y - my) ** 2 for y in ys)
-    return sxy / (sxx * syy) ** 0.5 if sxx > 0 and syy > 0 else 0.0
+from stages.batches import JudgedBatch, PromptBatch, RolloutBatch
 
 
 def split(items: list, parts: int) -> list[list]:
@@ -96,92 +25,6 @@ def split(items: list, parts: int) -> list[list]:
         out.append(items[start:end])
         start = end
     return out
-
-
-def model_store(spec):
-    """Where stage actors fetch `models:/` locations: the ladder's MLflow, cached under its work directory."""
-    from ladder.registry import tracking_uri_for
-    from stages.engine import ModelStore
-
-    return ModelStore(tracking_uri_for(spec), str(Path(spec.workdir).resolve() / spec.name / "model-cache"))
-
-
-def engine_config(spec, model: str, seed: int, max_model_len: int = 512):
-    from stages.engine import EngineConfig
-
-    ro = spec.rollout
-    return EngineConfig(model, seed=seed, kv_cache_gib=ro.kv_cache_gib, max_model_len=max_model_len, dtype=ro.dtype,
-                        compiled=ro.compiled, gpu_memory_utilization=ro.gpu_memory_utilization,
-                        store=model_store(spec), trust_remote_code=spec.trust_remote_code)
-
-
-def model_prompts(spec, location: str, chat_spec, field: str):
-    """The chat renderer of the model at `location` (its tokenizer, `chat_spec`) and the model's context limit."""
-    from ladder.prompts import load_tokenizer, model_limit, renderer
-
-    store = model_store(spec)
-    chat = renderer(load_tokenizer(location, store, spec.trust_remote_code), chat_spec, field)
-    return chat, model_limit(location, store)
-
-
-def student_prompts(spec, task, location: str):
-    """The student's chat renderer and its engines' context length (the rendered prompts measured)."""
-    from ladder.prompts import student_context
-
-    chat, limit = model_prompts(spec, location, spec.student.chat, "student.chat")
-    return chat, student_context(spec, task, chat, limit)
-
-
-def judge_prompts(spec, cfg, task, location: str):
-    """The judge's chat renderer and its engines' context length, in `cfg`'s mode."""
-    from ladder.prompts import judge_context
-    from stages.judge import verdict_token_ids
-
-    chat, limit = model_prompts(spec, location, spec.judge.chat, "judge.chat")
-    verdict_token_ids(chat.tokenizer, cfg)  # a verdict word that is not one token: one line, before any engine
-    return chat, judge_context(spec, cfg, task, chat, limit)
-
-
-def actor_name(prefix: Optional[str], role: str) -> Optional[str]:
-    """`<ladder>.<job>.<role>.<random>`: stage actors carry their ladder's name (never reused)."""
-    import uuid
-
-    return f"{prefix}.{role}.{uuid.uuid4().hex[:6]}" if prefix else None
-
-
-def build_judge_pool(spec, judge: ResolvedJudge, task: Task, seed: int, name_prefix: Optional[str] = None,
-                     stages=None):
-    """A `JudgePool` for `judge` in `spec.judge`'s mode: a verifier (a function, or the task's own checker), or
-    judge workers (one engine each), taken over from `stages` (a `StageSet`) with the judge loaded in place when
-    they can be."""
-    from ladder.stageset import StageSet, settings_key
-    from stages.actors import spawn
-    from stages.judge import JudgeConfig, JudgePool, JudgeWorker
-
-    stages = stages if stages is not None else StageSet()
-    if judge.kind == "verifier":
-        stages.drop("judges")
-        return JudgePool([], spec.judge_pool.batch_size, verifier=verifier_of(judge, task))
-    cfg = JudgeConfig.from_spec(spec.judge, task.answer_pattern)
-    chat, context = judge_prompts(spec, cfg, task, judge.location)
-    engine = engine_config(spec, judge.location, seed, context)
-    start = lambda i=0: spawn(JudgeWorker, engine, cfg, resources=spec.resources.judge,  # noqa: E731
-                              name=actor_name(name_prefix, "judge"), namespace="ladder")
-    workers = stages.take("judges", settings_key(engine, spec.resources.judge), spec.judge_pool.workers,
-                          lambda w: w.load_model.remote(judge.location, cfg), start)
-    return JudgePool(workers, spec.judge_pool.batch_size, respawn=start, cfg=cfg,
-                     max_replacements=spec.worker_replacements, chat=chat.user)
-
-
-def verifier_of(judge: ResolvedJudge, task: Task):
-    """The function a verifier judge scores with: an imported `module:function`, or the task's own checker."""
-    from stages.judge import JudgeError, load_verifier
-
-    if judge.location != TASK_CHECKER:
-        return load_verifier(judge.location)
-    if task.verifier is None:
-        raise JudgeError(f"judge.initial: kind task needs reference answers, and task {task.name}'s rows have none")
-    return task.verifier
 
 
 @dataclass
@@ -474,23 +317,6 @@ class Rung:
 
     def shutdown(self) -> None:
         self.handover().release()  # every actor of the rung, replacements included, killed once
-
-
-def flips(before: dict[str, bool], after: dict[str, bool]) -> dict[str, float]:
-    """Held-out prompts that went from right to wrong (and wrong to right) since the last evaluation, as shares of
-    the prompts evaluated both times; nothing before a first evaluation."""
-    common = [p for p in after if p in before]
-    if not common:
-        return {}
-    return {"eval/flip_rate": sum(before[p] and not after[p] for p in common) / len(common),
-            "eval/fix_rate": sum(after[p] and not before[p] for p in common) / len(common)}
-
-
-def saturated(approvals: list[float], sat) -> bool:
-    """The judge approves nearly everything: mean approval over the last `window` steps > threshold."""
-    if not sat.enabled or len(approvals) < sat.window:
-        return False
-    return sum(approvals[-sat.window:]) / sat.window > sat.threshold
 
 
 class RungFailed(RuntimeError):

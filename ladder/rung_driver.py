@@ -46,10 +46,10 @@ def check_workdir(workdir: str) -> None:
 def check_model(location: str, spec) -> None:
     """A model directory that holds an HF model, or a `models:/<name>/<version>` that MLflow has."""
     from ladder.mlmodels import check_model_uri
-    from ladder.registry import tracking_uri_for
-    from stages.engine import check_model_dir
+    from ladder.mlflow_store import tracking_uri_for
+    from stages.models import check_model_dir, is_model_uri
 
-    if location.startswith("models:/"):
+    if is_model_uri(location):
         return check_model_uri(location, tracking_uri_for(spec))
     return check_model_dir(location)
 

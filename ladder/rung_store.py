@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ladder.progress import Progress
+from stages.models import MODELS_SCHEME
 
 
 class CheckpointError(RuntimeError):
@@ -28,11 +29,18 @@ def written(what: str, local: Path):
 
 
 class RungStore:
-    """Checkpoints and candidates of one job's rungs; local folders live under `<workdir>/<ladder>/<job>/`."""
+    """Checkpoints (when, and where) and candidates of one job's rungs; local folders live under
+    `<workdir>/<ladder>/<job>/`."""
 
-    def __init__(self, registry, root: Path):
+    def __init__(self, registry, root: Path, every: int = 10):
         self.registry = registry
         self.root = root
+        self.every = every  # steps between checkpoints (the spec's checkpoint_every)
+
+    def due(self, step: int, last: int) -> bool:
+        """Whether a checkpoint follows `step`: every `every` steps, but not after the rung's `last` (its
+        candidate is saved then)."""
+        return step % self.every == 0 and step != last
 
     def checkpoint(self, rung, p: Progress, step: int) -> Progress:
         """Write a complete checkpoint, log it to the rung run, and only then point the progress at it."""
@@ -51,7 +59,7 @@ class RungStore:
             rung.save_student(str(local))
             model_id = self.registry.log_model(p.rung_run, str(local), tags, rung.step_no)
         self.registry.flush_writes()
-        return p.to(step=rung.step_no, cursor=rung.cursor_state(), checkpoint=f"models:/{model_id}")
+        return p.to(step=rung.step_no, cursor=rung.cursor_state(), checkpoint=MODELS_SCHEME + model_id)
 
     def local_checkpoint(self, p: Progress) -> str:
         """The progress' checkpoint as a local folder (downloaded once per job and step)."""

@@ -50,9 +50,10 @@ class Address:
         return self.raw
 
 
-def first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException, limit: Optional[int] = 300) -> str:
+    """An exception's message in one line (at most `limit` characters; None: all of it), else its type's name."""
     text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
+    return text.splitlines()[0][:limit]
 
 
 def explain(exc: BaseException, where: str) -> ClusterError:

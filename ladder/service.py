@@ -98,11 +98,7 @@ def status(name: str, where: Where) -> dict:
     p = saved_progress(reg)
     latest = reg.latest_metrics(p.rung_run)
     live = controller_alive(where, reg, p)
-    out = {"ladder": name, "job": p.job, "state": p.state.value, "phase": p.phase.value, "rung": p.rung,
-           "step": p.step, "checkpoint_step": p.step, "candidate": p.candidate, "error": p.error,
-           "pending_decision": p.candidate if p.state is State.AWAITING_PROMOTION else None,
-           "latest": latest, "live": live, "source": "mlflow",
-           "submission": p.submission}
+    out = {**p.summary(), "ladder": name, "latest": latest, "live": live, "source": "mlflow"}
     if p.active and live is False:
         out["state"] = f"{p.state.value} (controller gone: resume with `ladder resume {name}`)"
     own = live_status(name, where) if live is not False else None
@@ -127,7 +123,7 @@ def request_stop(name: str, where: Where, now: bool = False, timeout_s: float = 
         p = reg.load_progress(p.job)
         actors = alive_actors(where, name)
         if local_job is not None and not p.active:
-            from cluster.submit import pid_alive
+            from cluster.processes import pid_alive
 
             actors = [name] if pid_alive(local_job["pid"]) else []  # its embedded Ray ends with its process
         if not p.active and not actors:

@@ -1,17 +1,21 @@
 """The ladder job spec: pydantic v2 models loaded from YAML and validated before anything starts.
 
-Owns the schema (`ladder schema`), loading (`load_spec`) and the one-line error format for bad specs.
+Owns the schema (`ladder schema`), loading (`load_spec`) and the one-line error format for bad specs; the judge's
+and the task's sections are in spec_judge.py and spec_task.py.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
-from typing import Annotated, Literal, Optional, Union
+from typing import Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, model_validator
+
+from ladder.spec_fields import Strict
+from ladder.spec_judge import ChatSpec, JudgeMode, JudgeSpec
+from ladder.spec_task import TaskSource, TaskSpec
 
 SLUG = r"^[a-z0-9][a-z0-9-]{0,62}$"
 
@@ -20,217 +24,14 @@ class SpecError(ValueError):
     """A spec that cannot be used; the message is one line naming the field."""
 
 
-def _has_placeholders(v: str, *keys: str) -> str:
-    for key in keys:
-        if key not in v:
-            raise ValueError(f"must contain {key}")
-    return v
-
-
-def _one_group_regex(v: str, what: str) -> str:
-    try:
-        groups = re.compile(v).groups
-    except re.error as exc:
-        raise ValueError(f"is not a valid regex: {exc}") from None
-    if groups < 1:
-        raise ValueError(f"needs one capture group for {what}")
-    return v
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ChatSpec(_Strict):
-    """How a model's prompts are rendered: through its chat template (a user turn, the model answers in the
-    assistant turn) or as plain text."""
-    template: str = Field(
-        "auto", description="auto: the tokenizer's own chat template when it has one, plain text otherwise; "
-                            "none: plain text; anything else: a Jinja chat template (as in tokenizer_config.json).")
-    system: Optional[str] = Field(None, description="A system prompt put before the user turn (chat templates only).")
-
-    @field_validator("template")
-    @classmethod
-    def _jinja(cls, v: str) -> str:
-        if v not in ("auto", "none") and "{{" not in v and "{%" not in v:
-            raise ValueError("must be auto, none or a Jinja chat template (with {{ ... }} or {% ... %})")
-        return v
-
-
-class StudentSpec(_Strict):
+class StudentSpec(Strict):
     base: str = Field(description="HF-format directory (or hub id) of the student's base model.")
     init: Literal["base", "previous"] = Field(
         "base", description="Where each rung's student starts: the base model, or the last promoted rung.")
     chat: ChatSpec = Field(default_factory=ChatSpec, description="How the student's prompts are rendered.")
 
 
-class ModelJudge(_Strict):
-    kind: Literal["model"] = Field(description="The judge is an HF-format model directory.")
-    path: str = Field(description="HF-format directory of the judge model.")
-
-
-class RegistryJudge(_Strict):
-    kind: Literal["registry"] = Field(description="The judge is a model version in the MLflow registry.")
-    uri: str = Field(description="An MLflow model URI such as models:/name@judge or models:/name/3.")
-
-    @field_validator("uri")
-    @classmethod
-    def _models_uri(cls, v: str) -> str:
-        if not re.match(r"^models:/[^/@]+(@[\w-]+|/\d+)$", v):
-            raise ValueError("must look like models:/<name>@<alias> or models:/<name>/<version>")
-        return v
-
-
-class VerifierJudge(_Strict):
-    kind: Literal["verifier"] = Field(description="The judge is a Python function (prompt, response, reference) -> score.")
-    function: str = Field(description="Import path module:function of the verifier.")
-
-    @field_validator("function")
-    @classmethod
-    def _import_path(cls, v: str) -> str:
-        if not re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", v):
-            raise ValueError("must be an import path like package.module:function")
-        return v
-
-
-class TaskJudge(_Strict):
-    kind: Literal["task"] = Field(
-        description="The judge is the task's own answer checker (reference answers, compared numerically; a "
-                    "reasoning-gym task's scorer): no verifier module to write.")
-
-
-JudgeSource = Annotated[Union[ModelJudge, RegistryJudge, VerifierJudge, TaskJudge], Field(discriminator="kind")]
-
-DEFAULT_JUDGE_TEMPLATE = "{prompt}{response}\nok?"
-JudgeMode = Literal["verdict", "score", "solve", "pairwise"]
-
-
-class JudgeSpec(_Strict):
-    initial: JudgeSource = Field(
-        description="The rung-1 judge: a model directory, a registry URI, a verifier function or the task's checker.")
-    chat: ChatSpec = Field(
-        default_factory=ChatSpec, description="How the judge's prompts (every mode) are rendered: with a chat "
-                                              "template the judge prompt is a user turn and the verdict, score or "
-                                              "answer is read from the assistant turn.")
-    mode: JudgeMode = Field(
-        "verdict", description="verdict: P(yes)/(P(yes)+P(no)) of the next token; score: parse a number the judge "
-                               "writes; solve: the judge solves the prompt itself and the response earns its "
-                               "agreement with the judge's answers; pairwise: the judge compares two responses of a "
-                               "group in both orders and a response earns its win rate.")
-    prompt_template: str = Field(
-        DEFAULT_JUDGE_TEMPLATE, description="Judge prompt; must contain {prompt} and {response}.")
-    yes_token: str = Field("yes", description="Token whose probability means approval (verdict mode).")
-    no_token: str = Field("no", description="Token whose probability means disapproval (verdict mode).")
-    score_pattern: str = Field(
-        r"(-?\d+(?:\.\d+)?)\s*$", description="Regex whose first group is the score (score mode).")
-    score_max: float = Field(10.0, gt=0, description="Scores are divided by this to land in [0, 1] (score mode).")
-    score_max_tokens: int = Field(16, ge=1, le=512, description="Tokens the judge may write (score mode).")
-    fallback_score: float = Field(0.0, ge=0, le=1, description="Reward given when the judge output cannot be parsed.")
-    unreadable: Literal["fallback", "drop"] = Field(
-        "fallback", description="A judge output that cannot be read, or a score that is NaN or outside [0, 1]: "
-                                "fallback gives it fallback_score; drop leaves the sample out of training. Either "
-                                "way it is counted (judge/parse_failure_rate), and a step with nothing left is "
-                                "skipped.")
-    solve_template: str = Field("{prompt}", description="What the judge is given to solve (solve mode); contains {prompt}.")
-    solve_samples: int = Field(4, ge=1, le=64, description="Answers the judge writes per prompt (solve mode).")
-    solve_temperature: float = Field(
-        1.0, ge=0, le=5, description="Sampling temperature of the judge's own answers (solve mode; 0 = greedy).")
-    solve_max_tokens: int = Field(32, ge=1, le=32768, description="Tokens per judge answer (solve mode).")
-    solve_reward: Literal["share", "majority"] = Field(
-        "share", description="share: the fraction of the judge's answers the response agrees with; "
-                             "majority: 1 when it agrees with the judge's most common answer (solve mode).")
-    pair_template: str = Field(
-        "{prompt}1:{first}\n2:{second}\nfirst?", description="Pairwise prompt with {prompt}, {first}, {second}; "
-                                                          "yes_token means the first response is better.")
-
-    @field_validator("prompt_template")
-    @classmethod
-    def _placeholders(cls, v: str) -> str:
-        return _has_placeholders(v, "{prompt}", "{response}")
-
-    @field_validator("solve_template")
-    @classmethod
-    def _solve_placeholders(cls, v: str) -> str:
-        return _has_placeholders(v, "{prompt}")
-
-    @field_validator("pair_template")
-    @classmethod
-    def _pair_placeholders(cls, v: str) -> str:
-        return _has_placeholders(v, "{prompt}", "{first}", "{second}")
-
-    @field_validator("score_pattern")
-    @classmethod
-    def _regex(cls, v: str) -> str:
-        return _one_group_regex(v, "the score")
-
-
-ANSWER_PRESETS_HELP = ("A preset: hash (`#42`), gsm8k (`#### 42`), boxed (`\\boxed{42}`, the last one), last_number "
-                       "(the last number written), answer_tag (`<answer>42</answer>`); or a regex whose first group "
-                       "is the answer. Answers are compared as numbers when both are (`42.0` = `42`, `1,000` = "
-                       "`1000`), else as text.")
-
-
-def _answer_pattern(v: str) -> str:
-    from stages.answers import PRESETS
-
-    return v if v in PRESETS else _one_group_regex(v, "the answer")
-
-
-class BuiltinTask(_Strict):
-    kind: Literal["builtin"] = Field(description="A task shipped with judge-ladder.")
-    name: Literal["arithmetic"] = Field("arithmetic", description="Name of the built-in task.")
-    terms: int = Field(3, ge=2, le=6, description="Operands per arithmetic problem.")
-    max_operand: int = Field(9, ge=1, le=99, description="Largest operand.")
-    train_size: int = Field(2000, ge=1, description="Number of training prompts generated.")
-
-
-class FileTask(_Strict):
-    """Rows of a user's dataset file (HF `datasets` exports read as they are)."""
-    path: str = Field(description="Path of the dataset file (relative paths: from where the ladder runs).")
-    prompt_field: str = Field("prompt", description="Field holding each row's prompt (question).")
-    answer_field: str = Field("answer", description="Field holding the reference answer (rows may lack it).")
-    solution_field: str = Field("solution", description="Field holding a worked correct response (optional).")
-    answer_pattern: str = Field("hash", description="How a response's final answer is read. " + ANSWER_PRESETS_HELP)
-
-    @field_validator("answer_pattern")
-    @classmethod
-    def _regex(cls, v: str) -> str:
-        return _answer_pattern(v)
-
-
-class JsonlTask(FileTask):
-    kind: Literal["jsonl"] = Field(description="Prompts from a JSONL file, one JSON object per line.")
-
-
-class ParquetTask(FileTask):
-    kind: Literal["parquet"] = Field(description="Prompts from a Parquet file, one row per prompt.")
-
-
-class ReasoningGymTask(_Strict):
-    kind: Literal["reasoning_gym"] = Field(
-        description="A procedural task of reasoning-gym (pip install reasoning-gym): its generator and its scorer.")
-    name: str = Field(description="The reasoning-gym dataset name, e.g. chain_sum, basic_arithmetic, leg_counting.")
-    config: dict = Field(default_factory=dict,
-                         description="The dataset's settings (its difficulty), e.g. {min_terms: 2, max_terms: 3}.")
-    train_size: int = Field(2000, ge=1, description="Number of training prompts generated.")
-    answer_pattern: str = Field("answer_tag", description="How a response's final answer is read, before the "
-                                                          "dataset's scorer sees it. " + ANSWER_PRESETS_HELP)
-
-    @field_validator("answer_pattern")
-    @classmethod
-    def _regex(cls, v: str) -> str:
-        return _answer_pattern(v)
-
-
-TaskSource = Annotated[Union[BuiltinTask, JsonlTask, ParquetTask, ReasoningGymTask], Field(discriminator="kind")]
-
-
-class TaskSpec(_Strict):
-    source: TaskSource = Field(description="Where prompts come from.")
-    eval_size: int = Field(64, ge=1, description="Held-out prompts kept for evaluation.")
-
-
-class RolloutSpec(_Strict):
+class RolloutSpec(Strict):
     workers: int = Field(1, ge=1, le=512, description="Rollout workers, one vLLM engine each.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Engine dtype (rollout and judge): auto is float32 on CPU and bfloat16 on GPU.")
@@ -250,12 +51,12 @@ class RolloutSpec(_Strict):
                            "start slower by tens of seconds.")
 
 
-class JudgePoolSpec(_Strict):
+class JudgePoolSpec(Strict):
     workers: int = Field(1, ge=1, le=512, description="Judge workers, one vLLM engine each.")
     batch_size: int = Field(64, ge=1, description="Pairs scored per request to one worker.")
 
 
-class TrainSpec(_Strict):
+class TrainSpec(Strict):
     lr: float = Field(1e-5, gt=0, lt=1, description="AdamW learning rate.")
     kl_coef: float = Field(0.02, ge=0, description="Weight of the KL penalty to the reference model.")
     clip_eps: float = Field(0.2, gt=0, lt=1, description="PPO ratio clip range.")
@@ -286,12 +87,12 @@ class TrainSpec(_Strict):
                              "train on) after which the rung fails, with the reason in MLflow.")
 
 
-class EvalSpec(_Strict):
+class EvalSpec(Strict):
     every: int = Field(10, ge=1, description="Evaluate every this many steps (and at rung end).")
     calibration_size: int = Field(64, ge=4, description="Items in the judge calibration set of the gate.")
 
 
-class PromotionSpec(_Strict):
+class PromotionSpec(Strict):
     policy: Literal["auto", "manual"] = Field("auto", description="auto: promote when the gate passes; manual: wait.")
     tolerance: float = Field(
         0.05, ge=0, le=1, description="How much a candidate may fall behind: the current judge's AUC as a judge, and "
@@ -304,13 +105,13 @@ class PromotionSpec(_Strict):
     max_retries: int = Field(1, ge=0, description="Retries of a rejected rung when on_reject is retry.")
 
 
-class SaturationSpec(_Strict):
+class SaturationSpec(Strict):
     enabled: bool = Field(False, description="End a rung early when the judge approves nearly everything.")
     window: int = Field(5, ge=1, description="Steps averaged.")
     threshold: float = Field(0.95, gt=0, le=1, description="Mean judge approval above which the rung ends.")
 
 
-class GuardSpec(_Strict):
+class GuardSpec(Strict):
     """Self-judged training can rise and then collapse into consistent wrong answers: where the task has answers,
     a rung that falls from its best stops early and keeps its best weights as the candidate."""
     enabled: bool = Field(False, description="Stop a rung early when held-out accuracy or reward accuracy falls "
@@ -322,7 +123,7 @@ class GuardSpec(_Strict):
                                              "reference answers; never trained on) is averaged.")
 
 
-class RungSchedule(_Strict):
+class RungSchedule(Strict):
     """Overrides from rung `rung` on (until the next entry): what the rung trains on and how it is judged."""
     rung: int = Field(ge=1, description="First rung this entry applies to.")
     task: Optional[TaskSource] = Field(None, description="The task from this rung on (e.g. more terms).")
@@ -332,7 +133,7 @@ class RungSchedule(_Strict):
                           "the rest stay as in `train`.")
 
 
-class RoleResources(_Strict):
+class RoleResources(Strict):
     """What one actor of a role asks Ray for, and where it may run."""
     cpus: float = Field(1, ge=0, description="CPUs per actor.")
     gpus: float = Field(0, ge=0, description="GPUs per actor (fractions share a device).")
@@ -341,7 +142,7 @@ class RoleResources(_Strict):
         default_factory=dict, description="Node labels the actor's node must carry (Ray label selector), e.g. {tier: trainer}.")
 
 
-class ResourcesSpec(_Strict):
+class ResourcesSpec(Strict):
     """Per role Ray resources; the defaults fit one CPU machine."""
     rollout: RoleResources = Field(default_factory=RoleResources, description="Each rollout worker.")
     judge: RoleResources = Field(default_factory=RoleResources, description="Each judge worker.")
@@ -354,14 +155,14 @@ class ResourcesSpec(_Strict):
         return any(r.gpus > 0 for r in (self.rollout, self.judge, self.trainer))
 
 
-class MlflowSpec(_Strict):
+class MlflowSpec(Strict):
     tracking_uri: Optional[str] = Field(
         None, description="MLflow tracking URI; default MLFLOW_TRACKING_URI or sqlite under the work directory.")
     retry_s: float = Field(600.0, gt=0, description="How long MLflow may be unreachable before the ladder fails; "
                            "calls retry with backoff meanwhile and training goes on (metrics are delivered later).")
 
 
-class LadderSpec(_Strict):
+class LadderSpec(Strict):
     name: str = Field(pattern=SLUG, description="Ladder name: lowercase slug; also the registered model name.")
     seed: int = Field(0, ge=0, description="Seed for data order, sampling and initialisation.")
     workdir: str = Field(".ladder", description="Directory for checkpoints, local MLflow and controller state.")
@@ -480,7 +281,8 @@ def parse_spec(data: object, source: str = "spec") -> LadderSpec:
 
 
 def load_spec(path: str | Path) -> LadderSpec:
-    """Load and validate a spec file; relative model/task paths are resolved against the file's folder."""
+    """Load and validate a spec file (relative model and dataset paths in it are read from where the ladder
+    runs, not from the file's folder)."""
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"{path}: no such spec file")

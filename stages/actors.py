@@ -56,7 +56,8 @@ def kill_all(handles, wait_s: float = 30.0) -> None:
 
     import ray
 
-    from stages.engine import _alive, sweep_engine_tmp
+    from cluster.processes import pid_alive
+    from stages.engine import sweep_engine_tmp
 
     handles = list(handles)
     pids = local_pids(handles)
@@ -75,7 +76,7 @@ def kill_all(handles, wait_s: float = 30.0) -> None:
             except Exception:  # Ray is slow to answer: the next sweep gets this one's folder
                 break
             time.sleep(0.2)
-    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+    while any(pid_alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.1)  # Ray calls an actor dead before its process has exited
     sweep_engine_tmp()
 

@@ -9,9 +9,11 @@ from typing import Optional
 
 _NUMBER = r"-?\$?\d[\d,]*(?:\.\d+)?|-?\$?\.\d+"
 
+DEFAULT_ANSWER_PATTERN = r"#(-?\d+)"  # the built-in arithmetic task's final answer: `3+4=7#7`
+
 # name -> (regex whose first group is the answer, whether the last match counts instead of the first)
 PRESETS: dict[str, tuple[str, bool]] = {
-    "hash": (r"#(-?\d+)", False),                            # the built-in arithmetic task: `3+4=7#7`
+    "hash": (DEFAULT_ANSWER_PATTERN, False),                 # the built-in arithmetic task: `3+4=7#7`
     "gsm8k": (r"####\s*(" + _NUMBER + r")", True),           # GSM8K's solutions: `#### 72`
     "boxed": (r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}", True),  # `\boxed{72}` (one level of nested braces)
     "last_number": (r"(" + _NUMBER + r")", True),             # whatever number the response ends on

@@ -11,27 +11,15 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 
+from cluster.processes import pid_alive
+from stages.models import TOKENIZER_CORE, ModelStore, check_model_dir
+
 ENGINE_ENV = {
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
     "TOKENIZERS_PARALLELISM": "false",
     "VLLM_LOGGING_LEVEL": "WARNING",
     "VLLM_CONFIGURE_LOGGING": "1",
 }
-
-
-@dataclass(frozen=True)
-class ModelStore:
-    """Where `models:/` locations are fetched from (MLflow) and cached, by each actor on its own node."""
-    tracking_uri: str = ""
-    cache_dir: str = ""
-
-    def local(self, location: str) -> str:
-        """A local HF directory for `location` (a directory, a hub id, or `models:/<name>/<version>`)."""
-        if not location.startswith("models:/"):
-            return location
-        from ladder.mlmodels import fetch_model
-
-        return fetch_model(location, self.tracking_uri, self.cache_dir)
 
 
 @dataclass(frozen=True)
@@ -45,26 +33,6 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.5   # on GPU: the share of the device the engine may take
     trust_remote_code: bool = False       # the model's own Python code runs only when the spec says so
     store: ModelStore = ModelStore()
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-
-
-class ModelNotFound(ValueError):
-    """A model path that does not hold an HF-format model."""
-
-
-def check_model_dir(path: str) -> None:
-    """Fail early, in one line, when a local model directory is missing or incomplete."""
-    looks_local = path.startswith((".", "/", "~")) or path.count("/") != 1
-    if looks_local and not os.path.isdir(path):
-        raise ModelNotFound(f"{path}: no such model directory")
-    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
-        raise ModelNotFound(f"{path}: not an HF model directory (no config.json)")
-    if os.path.isdir(path) and not any(f.endswith(".safetensors") for f in os.listdir(path)):
-        raise ModelNotFound(f"{path}: no .safetensors weights (weights are only read as safetensors, never pickles)")
-    if os.path.isdir(path) and not any(os.path.isfile(os.path.join(path, f)) for f in TOKENIZER_FILES):
-        raise ModelNotFound(f"{path}: no tokenizer ({' or '.join(TOKENIZER_FILES)})")
 
 
 TMP_PREFIX = "ladder-engine-"
@@ -89,26 +57,10 @@ def sweep_engine_tmp() -> list[str]:
     swept = []
     for entry in os.scandir(_SYSTEM_TMP):
         pid = entry.name.removeprefix(TMP_PREFIX)
-        if entry.name.startswith(TMP_PREFIX) and pid.isdigit() and not _alive(int(pid)):
+        if entry.name.startswith(TMP_PREFIX) and pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(entry.path, ignore_errors=True)
             swept.append(entry.path)
     return swept
-
-
-def _alive(pid: int) -> bool:
-    """Whether process `pid` still runs: a killed process that its parent has not reaped yet (a zombie, as a
-    killed actor is for a moment after Ray reports it dead) does not."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):  # gone meanwhile; without /proc (not Linux) the signal check stands
-        return not os.path.isdir("/proc")
 
 
 def build_llm(cfg: EngineConfig):
@@ -156,7 +108,7 @@ def architecture_difference(current_dir: str, new_dir: str) -> str:
     if a != b:
         keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
         return f"config differs in {', '.join(keys[:4])}"
-    for name in TOKENIZER_FILES:
+    for name in TOKENIZER_CORE:
         fa, fb = os.path.join(current_dir, name), os.path.join(new_dir, name)
         if os.path.isfile(fa) != os.path.isfile(fb) or (os.path.isfile(fa) and
                                                          open(fa, "rb").read() != open(fb, "rb").read()):

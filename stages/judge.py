@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import importlib
 import math
-import re
 import zlib
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from ladder.batches import JudgedBatch, RolloutBatch
 from stages.actors import Timed
+from stages.batches import JudgedBatch, RolloutBatch
 from stages.engine import EngineConfig, build_llm, load_model_into
+from stages.answers import DEFAULT_ANSWER_PATTERN
+from stages.scoring import JUDGE_SCORERS, PAIR_TEMPLATE, SCORE_PATTERN, VERDICT_TEMPLATE, Pairs, Scored, checked
 
 
 class JudgeError(ValueError):
@@ -25,10 +26,10 @@ class JudgeError(ValueError):
 class JudgeConfig:
     """What the workers need of `JudgeSpec` (kept separate so workers do not import the spec)."""
     mode: str = "verdict"
-    prompt_template: str = "{prompt}{response}\nok?"
+    prompt_template: str = VERDICT_TEMPLATE
     yes_token: str = "yes"
     no_token: str = "no"
-    score_pattern: str = r"(-?\d+(?:\.\d+)?)\s*$"
+    score_pattern: str = SCORE_PATTERN
     score_max: float = 10.0
     score_max_tokens: int = 16
     fallback_score: float = 0.0
@@ -38,8 +39,8 @@ class JudgeConfig:
     solve_temperature: float = 1.0
     solve_max_tokens: int = 32
     solve_reward: str = "share"
-    pair_template: str = "{prompt}1:{first}\n2:{second}\nfirst?"
-    answer_pattern: str = r"#(-?\d+)"   # the task's, set by the rung
+    pair_template: str = PAIR_TEMPLATE
+    answer_pattern: str = DEFAULT_ANSWER_PATTERN  # the task's, set by the rung
 
     @classmethod
     def from_spec(cls, judge_spec, answer_pattern: Optional[str] = None) -> "JudgeConfig":
@@ -102,18 +103,6 @@ def verdict(yes_logprob: float, no_logprob: float) -> float:
     return 1.0 / (1.0 + math.exp(max(-700.0, min(700.0, no_logprob - yes_logprob))))
 
 
-def parse_score(text: str, pattern: str, score_max: float) -> Optional[float]:
-    """The judge's written score scaled to [0, 1], or None when unparsable."""
-    m = re.search(pattern, text.strip())
-    if not m:
-        return None
-    try:
-        value = float(m.group(1))
-    except ValueError:
-        return None
-    return min(1.0, max(0.0, value / score_max))
-
-
 class JudgeWorker(Timed):
     """One vLLM engine with the frozen judge."""
 
@@ -149,8 +138,6 @@ class JudgeWorker(Timed):
 
     def score(self, prompts: list[str], responses: list[str]) -> tuple[list[float], int]:
         """Scores in [0, 1] for each (prompt, response) in this worker's mode, and the parse failures."""
-        from stages.scoring import JUDGE_SCORERS, Pairs
-
         scored = JUDGE_SCORERS[self.judge.mode](_Local(self), self.judge,
                                                 Pairs(tuple(prompts), tuple(responses), tuple(range(len(prompts)))))
         return list(scored.scores), scored.parse_failures
@@ -212,8 +199,6 @@ class JudgePool:
 
     def score(self, batch: RolloutBatch) -> JudgedBatch:
         """Rewards for a rollout batch; unreadable or out-of-range scores get the fallback or are dropped."""
-        from stages.scoring import checked
-
         raw = self.score_items(list(batch.prompts), batch.responses, list(batch.group), list(batch.references))
         scored, keep, invalid = checked(raw, self.cfg.fallback_score, self.cfg.unreadable == "drop")
         return JudgedBatch(batch, scored.scores, scored.parse_failures, scored.judge_tokens, scored.examples,
@@ -222,8 +207,6 @@ class JudgePool:
     def score_items(self, prompts: list[str], responses: list[str], groups: Optional[list[int]] = None,
                     references: Optional[list] = None):
         """Rewards for (prompt, response) pairs in the judge's mode; `groups` tie samples of one prompt."""
-        from stages.scoring import JUDGE_SCORERS, Pairs, Scored
-
         if self.verifier is not None:
             import time
 

@@ -4,8 +4,8 @@ Weights arrive as `WeightsRef` (numpy arrays in the Ray object store) and replac
 """
 from __future__ import annotations
 
-from ladder.batches import Sample, WeightsRef
 from stages.actors import Timed
+from stages.batches import Sample, WeightsRef
 from stages.engine import EngineConfig, build_llm, load_model_into, load_state_dict_into
 
 

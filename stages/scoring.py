@@ -4,12 +4,17 @@
 """
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from stages.answers import extract_answer as extract
 from stages.answers import normalized, same_answer
+from stages.answers import extract_answer as extract
+
+VERDICT_TEMPLATE = "{prompt}{response}\nok?"             # verdict and score modes: the judge's prompt
+PAIR_TEMPLATE = "{prompt}1:{first}\n2:{second}\nfirst?"  # pairwise mode: yes means the first is better
+SCORE_PATTERN = r"(-?\d+(?:\.\d+)?)\s*$"                   # score mode: the number the judge writes last
 
 
 @dataclass(frozen=True)
@@ -39,8 +44,6 @@ def score_verdict(pool, cfg, pairs: Pairs) -> Scored:
 
 def score_written(pool, cfg, pairs: Pairs) -> Scored:
     """The judge writes a score (greedy); `score_pattern` reads it, `fallback_score` when unreadable."""
-    from stages.judge import parse_score
-
     texts = [pool.chat(cfg.render(p, r)) for p, r in zip(pairs.prompts, pairs.responses)]
     outs = [o[0] for o in pool.map("write", texts, 1, cfg.score_max_tokens, 0.0)]
     values = [parse_score(text, cfg.score_pattern, cfg.score_max) for text, _ in outs]
@@ -49,6 +52,18 @@ def score_written(pool, cfg, pairs: Pairs) -> Scored:
                      for t, (text, _), s in list(zip(texts, outs, scores))[:4])
     return Scored(scores, sum(v is None for v in values), sum(n for _, n in outs), examples,
                   tuple(v is None for v in values))
+
+
+def parse_score(text: str, pattern: str, score_max: float) -> Optional[float]:
+    """The judge's written score scaled to [0, 1], or None when unparsable."""
+    m = re.search(pattern, text.strip())
+    if not m:
+        return None
+    try:
+        value = float(m.group(1))
+    except ValueError:
+        return None
+    return min(1.0, max(0.0, value / score_max))
 
 
 def score_solve(pool, cfg, pairs: Pairs) -> Scored:

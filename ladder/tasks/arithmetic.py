@@ -10,8 +10,7 @@ import zlib
 from typing import Optional
 
 from ladder.tasks.base import Example, Task
-
-ANSWER = re.compile(r"#(-?\d+)")
+from stages.answers import DEFAULT_ANSWER_PATTERN, extract_answer
 
 
 def make_example(rng: random.Random, terms: int, max_operand: int) -> Example:
@@ -55,8 +54,7 @@ def build(terms: int, max_operand: int, train_size: int, eval_size: int, seed: i
 
 
 def final_answer(response: str) -> Optional[str]:
-    m = ANSWER.search(response)
-    return m.group(1) if m else None
+    return extract_answer(DEFAULT_ANSWER_PATTERN, response)
 
 
 def verify(prompt: str, response: str, reference: Optional[str]) -> float:

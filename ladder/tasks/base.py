@@ -9,9 +9,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Callable, Optional, Sequence
 
-from stages.answers import extract_answer, normalized, replace_answer, same_answer, wrong_number
+from stages.answers import DEFAULT_ANSWER_PATTERN, extract_answer, normalized, replace_answer, same_answer, wrong_number
 
-DEFAULT_ANSWER_PATTERN = r"#(-?\d+)"
 DELTAS = (-2, -1, 1, 2, 3)  # how far a made-up wrong numeric answer is from the reference
 
 Verifier = Callable[[str, str, Optional[str]], float]

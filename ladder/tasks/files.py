@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Iterator, Optional
 
+from ladder.runtime import first_line
 from ladder.tasks.base import AnswerChecker, Example, Task, TaskError
 from stages.answers import extract_answer, same_answer
 
@@ -37,7 +38,7 @@ def parquet_rows(path: Path) -> Iterator[tuple[int, object]]:
     try:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow's ArrowInvalid and OSError: not a Parquet file, or a damaged one
-        why = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        why = first_line(exc, 120)
         raise TaskError(f"{path}: not a readable Parquet file ({why})") from None
     yield from enumerate(table.to_pylist(), 1)
 

@@ -9,6 +9,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from ladder.runtime import first_line
 from ladder.tasks.base import Example, Task, TaskError
 from stages.answers import extract_answer
 
@@ -72,7 +73,7 @@ def dataset_maker(source) -> Callable[[int, int], object]:
         try:
             return reasoning_gym.create_dataset(source.name, seed=seed, size=size, **source.config)
         except Exception as exc:  # TypeError (unknown setting), AssertionError / ValueError (a bad value)
-            why = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+            why = first_line(exc, 160)
             raise TaskError(f"reasoning_gym {source.name}: bad config {source.config}: {why} (settings: "
                             f"{settings(DATASETS[source.name][1])})") from None
 

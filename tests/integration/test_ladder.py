@@ -85,7 +85,7 @@ def test_two_rung_lineage(two_rungs, tmp_path):
     history = reg.client.get_metric_history(v1.run_id, "reward.mean")
     assert [m.step for m in history] == [1, 2]
     # rungs are MLflow models: rung 2's run names version 1's model as its input (its judge)
-    from ladder.mlmodels import model_id_of
+    from stages.models import model_id_of
 
     assert model_id_of(v1) and model_id_of(v2)
     assert [m.model_id for m in reg.client.get_run(v2.run_id).inputs.model_inputs] == [model_id_of(v1)]

@@ -27,7 +27,7 @@ def store(tiny_model, tmp_path_factory):
     """Two rungs recorded as the controller records them: rung 1 judged by a model directory, gated and
     promoted; rung 2 judged by the registered rung 1 (`models:/mm@judge`)."""
     from ladder.gate import GateResult, JudgeQuality
-    from ladder.judges import ResolvedJudge
+    from ladder.judges import ResolvedJudge, registered_judge
     from ladder.registry import Registry
 
     root = tmp_path_factory.mktemp("models-store")
@@ -41,7 +41,7 @@ def store(tiny_model, tmp_path_factory):
     quality = JudgeQuality(accuracy=0.8125, auc=0.9375, identical_share=0.1)
     reg.record_gate(v1, GateResult(quality, quality, True, "AUC 0.938 >= 0.55"))
     reg.promote(v1, by="auto", reason="gate passed")
-    judge = reg.resolve_judge_uri("models:/mm@judge")
+    judge = registered_judge(reg, "models:/mm@judge")
     run2 = reg.start_rung_run(parent, 2, "job")
     reg.record_judge_input(run2, judge)
     v2 = reg.register(run2, tiny_model, {**tags(2, judge.label), "ladder.judge": "a tag that is not read"})
@@ -85,7 +85,7 @@ def test_the_weights_are_stored_once_and_fetched_as_an_hf_folder(store, tiny_mod
 
 
 def test_judge_and_student_are_the_rung_runs_input_and_output(store):
-    from ladder.mlmodels import model_id_of
+    from stages.models import model_id_of
 
     reg, _, (v1, run1), (v2, run2) = store
     m1, m2 = (model_id_of(reg.version(v)) for v in (v1, v2))

@@ -29,7 +29,7 @@ def spec_dict(student, judge, **overrides):
 
 def held_out_greedy(rung):
     """Held-out greedy accuracy and the share of answers that show their steps (not a bare `#13`)."""
-    from ladder.batches import PromptBatch
+    from stages.batches import PromptBatch
 
     rows = rung.task.eval
     responses = rung.generate(PromptBatch(tuple(r.prompt for r in rows), tuple(r.answer for r in rows)), 1, 0.0).responses
@@ -273,7 +273,7 @@ def test_a_sharded_checkpoint_restores_the_trainer_and_the_rollout_workers(ray_l
     and the rollout workers, re-synced, answer held-out prompts greedily as they did then."""
     from dataclasses import replace
 
-    from ladder.batches import PromptBatch
+    from stages.batches import PromptBatch
     from ladder.rung import ResolvedJudge, Rung
     from ladder.spec import parse_spec
     from ladder.tasks import build_task

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from ladder.batches import JudgedBatch, RolloutBatch
+from stages.batches import JudgedBatch, RolloutBatch
 
 pytestmark = pytest.mark.integration
 PROMPTS = ["Q:3+4-2\nA:", "Q:9+9+9\nA:", "Q:1-1+5\nA:", "Q:7+2+0\nA:"]
@@ -101,7 +101,7 @@ def test_a_compiled_engine_serves_the_synced_weights(ray_local, tiny_model, tmp_
     that froze the weights would keep sampling from the old ones)."""
     import torch
 
-    from ladder.rung import engine_config
+    from ladder.rung_stages import engine_config
     from ladder.spec import parse_spec
     from stages.actors import kill_all, spawn
     from stages.rollout import RolloutWorker
@@ -136,7 +136,7 @@ def test_a_compiled_engine_serves_the_synced_weights(ray_local, tiny_model, tmp_
 
 
 def _weights_ref(ray, trainer):
-    from ladder.batches import WeightsRef
+    from stages.batches import WeightsRef
 
     return WeightsRef(99, ray.put(trainer.state_arrays()))
 
@@ -310,7 +310,7 @@ def test_score_mode_counts_unparsable_outputs_and_uses_the_fallback(ray_local, e
 
     from dataclasses import replace
 
-    from ladder.batches import RolloutBatch, Sample
+    from stages.batches import RolloutBatch, Sample
     from stages.judge import JudgePool
 
     cfg = JudgeConfig(mode="score", score_pattern=r"score=(\d+)$", fallback_score=0.25, score_max_tokens=8)

@@ -1,9 +1,10 @@
 """Controller decisions that need no Ray: saturation, gate arithmetic, judge health, prompt cursor."""
 import pytest
 
-from ladder.controller import saturated
 from ladder.gate import auc
-from ladder.rung import PromptCursor, judge_health, split
+from ladder.prompt_cursor import PromptCursor
+from ladder.rung import split
+from ladder.rung_metrics import judge_health, saturated
 from ladder.spec import SaturationSpec
 
 
@@ -45,7 +46,7 @@ def test_split_balances_work_over_workers():
 
 
 def test_parse_score_scales_and_rejects_garbage():
-    from stages.judge import parse_score
+    from stages.scoring import parse_score
 
     assert parse_score("the answer looks right. 8", r"(-?\d+(?:\.\d+)?)\s*$", 10) == 0.8
     assert parse_score("great! 15", r"(-?\d+(?:\.\d+)?)\s*$", 10) == 1.0

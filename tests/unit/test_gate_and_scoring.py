@@ -2,7 +2,7 @@
 import pytest
 
 from ladder.gate import JudgeQuality, decide_gate, quality
-from ladder.rung import pearson
+from ladder.rung_metrics import pearson
 from ladder.spec import PromotionSpec, SpecError, parse_spec
 from stages.scoring import agreement, extract, pair_win
 
@@ -111,7 +111,7 @@ def test_bad_scores_get_the_fallback_or_are_dropped_and_are_counted():
 
 
 def test_a_verifier_returning_nonsense_is_checked_like_a_judge():
-    from ladder.batches import RolloutBatch, Sample
+    from stages.batches import RolloutBatch, Sample
     from stages.judge import JudgeConfig, JudgePool
 
     answers = iter([1.0, float("nan"), "not a number", 1.5])

@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ladder.batches import JudgedBatch, RolloutBatch, Sample
-from stages.train import TrainConfig, Trainer, fill_rows, group_advantages, micro_batches, pack
+from stages.batches import JudgedBatch, RolloutBatch, Sample
+from stages.packing import fill_rows, micro_batches, pack
+from stages.train import TrainConfig, Trainer, group_advantages
 
 
 def test_group_advantages_are_normalised_within_groups():
@@ -197,7 +198,7 @@ def test_overlap_takes_the_ratio_against_the_sampling_logprobs(tiny, budget):
     """`train.overlap`: a batch sampled one update ago, so the old policy is the one that sampled, and its
     logprobs are those vLLM returned with the samples (here the model's own, moved by up to +-0.5 so that some
     ratios leave the clip range): the same loss and gradients as the plain computation with those as old."""
-    from stages.train import completion_logprobs
+    from stages.packing import completion_logprobs
 
     cfg = TrainConfig(lr=1e-3, kl_coef=0.1, micro_batch_tokens=budget, overlap=True)
     trainer = Trainer(tiny, cfg, seed=0)

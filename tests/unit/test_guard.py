@@ -2,11 +2,12 @@
 the collapse guard's verdicts in the step loop (a stand-in rung records which weights it keeps and restores)."""
 import pytest
 
-from ladder.batches import JudgedBatch, RolloutBatch, Sample
 from ladder.guard import CollapseGuard
-from ladder.rung import flips, reward_truth, train_steps
+from ladder.rung import train_steps
+from ladder.rung_metrics import flips, reward_truth
 from ladder.spec import parse_spec
 from ladder.tasks.base import Example, Task
+from stages.batches import JudgedBatch, RolloutBatch, Sample
 
 
 def _batch(prompts, references, responses, scores):

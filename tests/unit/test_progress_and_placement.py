@@ -78,3 +78,48 @@ def test_local_when_no_address(monkeypatch):
     assert Address.resolve(None).local
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
     assert Address.resolve(None).raw == "10.0.0.1:6379"
+
+
+def _decided(decision, rung=1, attempt=0, rungs=3, on_reject="stop", max_retries=1):
+    from types import SimpleNamespace
+
+    from ladder.progress import after_decision
+
+    p = Progress("l", "job", state=State.RUNNING, phase=Phase.AWAIT, rung=rung, attempt=attempt, step=20,
+                 candidate="4", judge="v3", rung_run="run", results={"final_accuracy": 0.5})
+    return after_decision(p, decision, rungs, SimpleNamespace(on_reject=on_reject, max_retries=max_retries),
+                          [{"version": "4", "status": decision}])
+
+
+def test_a_promotion_moves_on_to_the_next_rung_with_the_history():
+    p = _decided("promoted", rung=1)
+    assert (p.rung, p.phase, p.state, p.attempt, p.step, p.candidate, p.rung_run) == (2, Phase.TRAIN, State.RUNNING,
+                                                                                      0, 0, None, None)
+    assert p.results == {"history": [{"version": "4", "status": "promoted"}]}
+
+
+def test_a_promotion_of_the_last_rung_completes_the_ladder():
+    p = _decided("promoted", rung=3, rungs=3)
+    assert (p.rung, p.phase, p.state) == (3, Phase.DONE, State.COMPLETED)
+    assert p.results["final_accuracy"] == 0.5 and p.results["history"][-1]["status"] == "promoted"
+
+
+def test_a_rejection_stops_the_ladder_by_default():
+    p = _decided("rejected", on_reject="stop")
+    assert (p.phase, p.state, p.error, p.results["ended"]) == (Phase.DONE, State.STOPPED, "rung 1 rejected", "rejected")
+
+
+def test_on_reject_retry_trains_the_rung_again_within_max_retries():
+    p = _decided("rejected", rung=2, attempt=0, on_reject="retry", max_retries=2)
+    assert (p.rung, p.attempt, p.phase, p.state, p.step, p.candidate) == (2, 1, Phase.TRAIN, State.RUNNING, 0, None)
+    assert p.rung_uid == "job-2-1"  # a new version for the retry, never the rejected one again
+    again = _decided("rejected", rung=2, attempt=1, on_reject="retry", max_retries=2)
+    assert again.attempt == 2 and again.phase is Phase.TRAIN
+    spent = _decided("rejected", rung=2, attempt=2, on_reject="retry", max_retries=2)
+    assert (spent.phase, spent.state, spent.results["ended"]) == (Phase.DONE, State.STOPPED, "rejected")
+
+
+def test_status_shows_a_pending_decision_only_while_awaiting_one():
+    waiting = Progress("l", "job", state=State.AWAITING_PROMOTION, candidate="2").summary()
+    assert waiting["pending_decision"] == "2" and waiting["state"] == "awaiting_promotion"
+    assert Progress("l", "job", state=State.RUNNING, candidate="2").summary()["pending_decision"] is None

@@ -104,7 +104,7 @@ def test_model_directories_must_hold_safetensors_weights(tmp_path):
     import pytest
 
     from ladder.models.tiny import build_tiny_model
-    from stages.engine import ModelNotFound, check_model_dir
+    from stages.models import ModelNotFound, check_model_dir
 
     good = build_tiny_model(tmp_path / "good", "nano")
     check_model_dir(str(good))
@@ -124,7 +124,7 @@ def test_a_model_directory_without_a_tokenizer_is_refused_in_one_line(tmp_path):
     import pytest
 
     from ladder.models.tiny import build_tiny_model
-    from stages.engine import ModelNotFound, check_model_dir
+    from stages.models import ModelNotFound, check_model_dir
 
     model = build_tiny_model(tmp_path / "m", "nano")
     bare = tmp_path / "no-tokenizer"

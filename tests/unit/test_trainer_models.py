@@ -8,8 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ladder.batches import JudgedBatch, RolloutBatch, Sample
-from stages.train import TrainConfig, Trainer, pack, pad_id, resolve_dtype
+from stages.batches import JudgedBatch, RolloutBatch, Sample
+from stages.packing import pack
+from stages.train import TrainConfig, Trainer, pad_id, resolve_dtype
 
 PROMPTS = ["1+1=", "Q:12+30\nA:", "2*3=", "Q:7-5\nA:", "9+9=", "Q:1\nA:"]
 COMPLETIONS = ["2#2", "12+30=42#42", "7#7", "7-5=2 so #2", "18#18", "#1"]
@@ -86,7 +87,7 @@ def test_a_bfloat16_trainer_computes_in_bfloat16_and_keeps_float32_weights(tiny,
     the reference held in bfloat16; log-probs and loss in float32; a small learning rate still moves every weight
     (in bfloat16 weights most updates at lr 1e-5 round away); the weights handed to vLLM are the student's own."""
     from stages.engine import architecture_difference
-    from stages.train import completion_logprobs
+    from stages.packing import completion_logprobs
 
     trainer = Trainer(tiny, TrainConfig(lr=1e-5, kl_coef=0.1, dtype="bfloat16"), seed=0)
     assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}

@@ -1,0 +1,136 @@
+"""Where a stage actor gets a model: a local HF directory as it is, or `models:/<name>/<version>` fetched from
+MLflow by the actor itself and cached on its node; and what makes a directory a usable model.
+
+Owns the parsing of `models:/` URIs and the list of a tokenizer's files.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import astuple, dataclass
+from pathlib import Path
+from typing import Optional
+
+MODELS_SCHEME = "models:/"
+TOKENIZER_CORE = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")  # one makes a tokenizer
+TOKENIZER_FILES = TOKENIZER_CORE + ("merges.txt", "special_tokens_map.json", "added_tokens.json",
+                                    "chat_template.jinja", "chat_template.json")  # copied beside a checkpoint
+
+
+class RegistryError(ValueError):
+    """A registry request that cannot be served (unknown version, bad URI); one line."""
+
+
+class ModelNotFound(ValueError):
+    """A model path that does not hold an HF-format model."""
+
+
+@dataclass(frozen=True)
+class ModelUri:
+    """`models:/<name>/<version>` or `models:/<name>@<alias>` (one of version and alias is set)."""
+    name: str
+    version: Optional[str] = None
+    alias: Optional[str] = None
+
+
+def is_model_uri(location: str) -> bool:
+    return location.startswith(MODELS_SCHEME)
+
+
+def parse_model_uri(uri: str) -> ModelUri:
+    """The parts of a registry location; RegistryError (one line) when it has neither a version nor an alias."""
+    body = uri.removeprefix(MODELS_SCHEME)
+    if "@" in body:
+        name, alias = body.split("@", 1)
+        if name and alias and "/" not in body:
+            return ModelUri(name, alias=alias)
+    elif body.count("/") == 1 and all(body.split("/")):
+        name, version = body.split("/")
+        return ModelUri(name, version=version)
+    raise RegistryError(f"{uri}: a model location must look like models:/<name>/<version>")
+
+
+def model_uri(name: str, version) -> str:
+    return f"{MODELS_SCHEME}{name}/{version}"
+
+
+@dataclass(frozen=True)
+class ModelStore:
+    """Where `models:/` locations are fetched from (MLflow) and cached, by each actor on its own node."""
+    tracking_uri: str = ""
+    cache_dir: str = ""
+
+    def local(self, location: str) -> str:
+        """A local HF directory for `location` (a directory, a hub id, or `models:/<name>/<version>`)."""
+        if not is_model_uri(location):
+            return location
+        return fetch_model(location, self.tracking_uri, self.cache_dir)
+
+
+def check_model_dir(path: str) -> None:
+    """Fail early, in one line, when a local model directory is missing or incomplete."""
+    looks_local = path.startswith((".", "/", "~")) or path.count("/") != 1
+    if looks_local and not os.path.isdir(path):
+        raise ModelNotFound(f"{path}: no such model directory")
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        raise ModelNotFound(f"{path}: not an HF model directory (no config.json)")
+    if os.path.isdir(path) and not any(f.endswith(".safetensors") for f in os.listdir(path)):
+        raise ModelNotFound(f"{path}: no .safetensors weights (weights are only read as safetensors, never pickles)")
+    if os.path.isdir(path) and not any(os.path.isfile(os.path.join(path, f)) for f in TOKENIZER_CORE):
+        raise ModelNotFound(f"{path}: no tokenizer ({' or '.join(TOKENIZER_CORE)})")
+
+
+def model_id_of(version) -> Optional[str]:
+    """The logged model behind a version (None for a version of bare files registered before)."""
+    source = version.source or ""
+    return version.model_id or (source.removeprefix(MODELS_SCHEME) if source.startswith(f"{MODELS_SCHEME}m-")
+                                else None)
+
+
+def hf_files_uri(client, version) -> str:
+    """Where a version's HF files are: the logged model's `model/` folder, or the old artifact folder."""
+    model_id = model_id_of(version)
+    if model_id is None:
+        return version.source
+    return f"{client.get_logged_model(model_id).artifact_location.rstrip('/')}/model"
+
+
+def fetch_model(uri: str, tracking_uri: str, cache_dir: str) -> str:
+    """`models:/<name>/<version>` -> a local HF directory on *this* node (downloaded once, then cached).
+
+    Stage actors call it themselves, so models never travel as paths from one node's disk to another's.
+    The download lands in a temporary folder renamed into place: a cached model is always complete.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    name, version = astuple(parse_model_uri(uri))[:2]
+    out = Path(cache_dir) / f"{name}-v{version}"
+    if (out / "config.json").is_file():
+        return str(out)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        source = hf_files_uri(client, client.get_model_version(name, version))
+    except Exception:
+        raise RegistryError(f"{uri}: no such model version") from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{name}-v{version}-", dir=out.parent)
+    try:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=tracking_uri)
+        try:
+            os.replace(model_dir(Path(local)), out)
+        except OSError:  # another worker on this node finished first
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(out)
+
+
+def model_dir(root: Path) -> str:
+    """The folder holding config.json under a downloaded artifact tree."""
+    if (root / "config.json").is_file():
+        return str(root)
+    for cfg in sorted(root.rglob("config.json")):
+        return str(cfg.parent)
+    raise RegistryError(f"{root}: downloaded artifact holds no HF model (no config.json)")
