@@ -53,13 +53,13 @@ def _submit(spec, job: str, resume: bool, address: Optional[str], wait: bool, py
     target = Address.resolve(address)
     if target.local:
         info = guard(jobs.submit_local, spec, job, resume)
-        submission, where = info["submission"], f"local background job (log: {info['log']})"
+        submission, runs_on = info["submission"], f"local background job (log: {info['log']})"
     else:
         submission = guard(jobs.submit, target, spec, job, resume, python)
-        info, where = None, f"Ray job on {target.raw}"
+        info, runs_on = None, f"Ray job on {target.raw}"
     verb = "resumed" if resume else "submitted"
     typer.echo(json.dumps({"ladder": spec.name, "job": job, "submission": submission, "resumed": resume})
-               if as_json else f"{verb} ladder {spec.name!r} (job {job}) as {submission}: {where}\n"
+               if as_json else f"{verb} ladder {spec.name!r} (job {job}) as {submission}: {runs_on}\n"
                                f"follow it: ladder status {spec.name}; stop it: ladder stop {spec.name}")
     if wait:
         out = sys.stderr if as_json else sys.stdout
@@ -110,14 +110,14 @@ def status(name: Optional[str] = typer.Argument(None, help="Ladder name; default
     from ladder.registry import Registry
     from ladder.service import status as ladder_status
 
-    where = where(address, tracking_uri, workdir)
-    names = [name] if name else guard(Registry.ladder_names, where.tracking_uri)
-    rows = [guard(ladder_status, n, where) for n in names]
+    place = where(address, tracking_uri, workdir)
+    names = [name] if name else guard(Registry.ladder_names, place.tracking_uri)
+    rows = [guard(ladder_status, n, place) for n in names]
     if as_json:
         typer.echo(json.dumps(rows[0] if name else rows))
         return
     if not rows:
-        typer.echo(f"no ladders in MLflow at {where.tracking_uri}")
+        typer.echo(f"no ladders in MLflow at {place.tracking_uri}")
     for r in rows:
         typer.echo(_status_line(r))
 
