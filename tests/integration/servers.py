@@ -6,6 +6,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -35,9 +36,34 @@ def stop_group(proc, grace_s: float = 20.0) -> None:
     """Stop a server and every process it started (one process group, led by its pid)."""
     if proc.poll() is not None:
         return
-    os.killpg(proc.pid, signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM if grace_s > 0 else signal.SIGKILL)
     try:
-        proc.wait(grace_s)
+        proc.wait(max(grace_s, 0.1))
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(60)
+
+
+class MlflowServer:
+    """`mlflow server` on 127.0.0.1 over a SQLite store and proxied artifacts in `store`; stopped and started
+    again on the same port and store (an outage) by process group."""
+
+    def __init__(self, store: Path, mlflow_bin: str, port: int = 0):
+        self.store, self.bin, self.port = Path(store), mlflow_bin, port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+
+    def start(self) -> "MlflowServer":
+        self.proc = subprocess.Popen(
+            [self.bin, "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{self.store / 'mlflow.db'}",
+             "--artifacts-destination", str(self.store / "art")],
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no idle job consumers on 2 cores
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        wait_http(f"{self.url}/health", self.proc)
+        return self
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        """Stop it and every process it started (grace_s=0: SIGKILL at once, a crash)."""
+        if self.proc is not None:
+            stop_group(self.proc, grace_s)

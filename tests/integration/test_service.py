@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from servers import free_port, stop_group, wait_http  # tests/integration/servers.py
+from servers import MlflowServer, free_port, stop_group, wait_http  # tests/integration/servers.py
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,7 +27,9 @@ def ray_head():
     temp = tempfile.mkdtemp(prefix="/tmp/lt")  # short: Ray's socket paths must fit 107 characters
     home = tempfile.mkdtemp(prefix="ladder-home-")  # no ~/.ray/auth_token of the machine's is seen
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16), "HOME": home,
-           "PATH": f"{BIN}:{os.environ['PATH']}"}
+           "PATH": f"{BIN}:{os.environ['PATH']}",
+           # MLflow's own HTTP retries cut to one: the ladder's retries are what carry it through an outage
+           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
     env.pop("RAY_ADDRESS", None)
     env.pop("MLFLOW_TRACKING_URI", None)
     port, dash = free_port(), free_port()
@@ -50,19 +52,18 @@ def ray_head():
 
 
 @pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    store = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}", "--artifacts-destination", str(store / "art")],
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no idle job consumers on 2 cores
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+def mlflow_proc(tmp_path_factory):
+    """The module's `mlflow server`; the fault scenario stops and starts it (an outage)."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"), str(BIN / "mlflow")).start()
     try:
-        wait_http(f"http://127.0.0.1:{port}/health", proc)
-        yield f"http://127.0.0.1:{port}"
+        yield server
     finally:
-        stop_group(proc)
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(mlflow_proc):
+    return mlflow_proc.url
 
 
 def service_spec(model, workdir, name, tracking_uri, **overrides):
@@ -287,37 +288,56 @@ def actor_pid(dashboard, env, name_pattern, timeout_s=120.0) -> int:
     pytest.fail(f"no live actor named like {name_pattern}")
 
 
-def test_killed_driver_and_killed_controller(tiny_model, ray_head, mlflow_server, tmp_path, fault_figures):
-    """SIGKILL the driver of a `ladder run`: the ladder goes on. Then SIGKILL its controller mid-rung: Ray
-    restarts it, it re-enters the saved phase from the last checkpoint, and the ladder finishes with one
-    version per rung and no step redone beyond one checkpoint interval."""
+OUTAGE_S = 30.0
+
+
+def test_killed_driver_killed_controller_killed_trainer_and_an_mlflow_outage(tiny_model, ray_head, mlflow_proc,
+                                                                            tmp_path, fault_figures):
+    """Four faults in one ladder. SIGKILL the driver of a `ladder run`: the ladder goes on. SIGKILL its controller
+    mid-rung: Ray restarts it and it re-enters the saved phase from the last checkpoint. SIGKILL the `mlflow
+    server` (its process group) at rung 2's first logged step and start it again 30 s later on the same port and
+    store (MLflow's own HTTP retries are cut to one, so the ladder's retries carry it): training goes on
+    meanwhile and every metric arrives. SIGKILL the trainer in rung 2: the rung restarts from its checkpoint on
+    fresh actors. No step is logged twice beyond one checkpoint interval; one version per rung."""
     env, dashboard, gcs = ray_head
-    name = "svc-faults"
-    spec = service_spec(tiny_model, tmp_path / "w", name, mlflow_server, rungs=2, checkpoint_every=2,
-                        train={"lr": 1e-4, "kl_coef": 0.0, "steps": 10, "prompts_per_step": 16},
+    mlflow_server = mlflow_proc.url
+    name, steps, every = "svc-faults", 12, 4
+    spec = service_spec(tiny_model, tmp_path / "w", name, mlflow_server, rungs=2, checkpoint_every=every,
+                        train={"lr": 1e-4, "kl_coef": 0.0, "steps": steps, "prompts_per_step": 16},
                         promotion={"policy": "auto", "tolerance": 1.0, "min_auc": 0.0, "collapse_share": 1.0})
     driver = subprocess.Popen([sys.executable, "-m", "ladder.cli", "run", str(spec), "--address", gcs], cwd=ROOT,
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        at_driver_kill = wait_for(name, mlflow_server, lambda p: p.rung == 1 and p.step >= 2).step
+        at_driver_kill = wait_for(name, mlflow_server, lambda p: p.rung == 1 and p.step >= every).step
+        pid = actor_pid(dashboard, env, name)  # looked up now: the kill below must land mid-rung
         driver.kill()
         assert driver.wait(60) == -signal.SIGKILL
         driver_killed = time.monotonic()
-        before = wait_for(name, mlflow_server, lambda p: p.rung == 1 and p.step >= 4)  # it went on without it
-        driver_gap = time.monotonic() - driver_killed
         status = json.loads(ladder(env, "status", name, "--address", dashboard, "--tracking-uri", mlflow_server,
                                    "--json").stdout)
         assert status["live"] is True and status["state"] == "running"
+        before = wait_for(name, mlflow_server, lambda p: p.rung == 1 and p.step > at_driver_kill)  # went on without it
+        driver_gap = time.monotonic() - driver_killed
 
-        pid = actor_pid(dashboard, env, name)
         os.kill(pid, signal.SIGKILL)
         killed_at, killed_step = time.monotonic(), before.step
-        back = wait_for(name, mlflow_server, lambda p: p.rung > 1 or p.step > killed_step + 2)
+        back = wait_for(name, mlflow_server, lambda p: p.rung > 1 or p.step > killed_step)
         recovery = time.monotonic() - killed_at
         assert actor_pid(dashboard, env, name) != pid  # Ray started a new controller process
 
-        at_trainer_kill = wait_for(name, mlflow_server, lambda p: p.rung == 2 and p.step >= 2).step
-        trainer = actor_pid(dashboard, env, rf"{name}\.{back.job}\.trainer\..*")
+        # the outage: from rung 2's first logged step, before its first checkpoint (which waits for MLflow)
+        deadline = time.monotonic() + 600
+        while not steps_logged(mlflow_server, name, 2):
+            assert time.monotonic() < deadline, "rung 2 logged no step"
+            time.sleep(0.1)
+        mlflow_proc.stop(grace_s=0)  # MLflow goes away mid-rung, at once
+        down = time.time()
+        trainer = actor_pid(dashboard, env, rf"{name}\.{back.job}\.trainer\..*")  # asked of Ray meanwhile
+        time.sleep(max(0.0, down + OUTAGE_S - time.time()))  # the outage itself
+        up = time.time()
+        mlflow_proc.start()
+
+        at_trainer_kill = wait_for(name, mlflow_server, lambda p: p.rung == 2 and p.step >= every).step
         os.kill(trainer, signal.SIGKILL)  # the rung starts again from its checkpoint on fresh actors
         trainer_killed = time.monotonic()
         restarted = wait_for(name, mlflow_server, lambda p: p.results.get("stage_restarts", 0) >= 1
@@ -329,24 +349,34 @@ def test_killed_driver_and_killed_controller(tiny_model, ray_head, mlflow_server
     finally:
         if driver.poll() is None:
             driver.kill()
+        if mlflow_proc.proc.poll() is not None:
+            mlflow_proc.start()  # the module's later tests need it
     from ladder.registry import Registry
 
-    versions = Registry.find(name, mlflow_server).versions()
-    assert [(v.version, v.tags["ladder.rung"]) for v in versions] == [("1", "1"), ("2", "2")]
-    steps = steps_logged(mlflow_server, name, 1)
-    assert sorted(set(steps)) == list(range(1, 11)) and len(steps) - 10 <= 2  # at most one interval redone
-    steps2 = steps_logged(mlflow_server, name, 2)
-    assert sorted(set(steps2)) == list(range(1, 11)) and len(steps2) - 10 <= 2
     reg = Registry.find(name, mlflow_server)
+    versions = reg.versions()
+    assert [(v.version, v.tags["ladder.rung"]) for v in versions] == [("1", "1"), ("2", "2")]
+    steps1 = steps_logged(mlflow_server, name, 1)
+    assert sorted(set(steps1)) == list(range(1, steps + 1)) and len(steps1) - steps <= every  # one interval redone
+    steps2 = steps_logged(mlflow_server, name, 2)
+    assert sorted(set(steps2)) == list(range(1, steps + 1)) and len(steps2) - steps <= every
     rung2 = reg.client.get_run(versions[1].run_id)
     assert rung2.data.metrics["faults.stage_restarts"] == 1.0  # the trainer's death is on record
+    during = sorted({m.step for m in reg.client.get_metric_history(versions[1].run_id, "reward.mean")
+                     if down * 1000 <= m.timestamp <= up * 1000})
+    assert during, "no step ran while MLflow was down: training waited for it"
+    retries = reg.client.get_metric_history(versions[1].run_id, "faults.mlflow_retries")
+    assert retries and max(m.value for m in retries) >= 1
     fault_figures(f"driver of `ladder run` SIGKILL at rung 1 step >= {at_driver_kill}",
-                  f"the ladder went on without it: checkpoint step 4 saved {driver_gap:.0f} s after the kill")
+                  f"the ladder went on without it: checkpoint step {before.step} saved {driver_gap:.0f} s after the kill")
     fault_figures(f"controller actor SIGKILL at rung 1 step >= {killed_step}",
                   f"Ray restarted it; it re-entered the rung from its last checkpoint; progress at checkpoint step "
-                  f"{back.step} {recovery:.0f} s after the kill; rung-1 steps logged twice: {len(steps) - 10} "
-                  "(checkpoint interval 2); one version per rung")
+                  f"{back.step} {recovery:.0f} s after the kill; rung-1 steps logged twice: {len(steps1) - steps} "
+                  f"(checkpoint interval {every}); one version per rung")
     fault_figures(f"trainer SIGKILL at rung 2 step >= {at_trainer_kill}",
                   f"the rung restarted from its checkpoint at step {restarted.step} on new actors and saved its next "
-                  f"checkpoint {trainer_recovery:.0f} s after the kill; rung-2 steps logged twice: "
-                  f"{len(steps2) - 10}; faults.stage_restarts = 1")
+                  f"checkpoint {trainer_recovery:.0f} s after the kill; faults.stage_restarts = 1")
+    fault_figures(f"MLflow server SIGKILL for {OUTAGE_S:.0f} s from rung 2's first logged step, then started on "
+                  "the same port and store",
+                  f"steps {during} ran meanwhile; {int(max(m.value for m in retries))} delivery retries; rung-2 steps "
+                  f"logged twice: {len(steps2) - steps} (the trainer kill's redone interval); one version per rung")
