@@ -168,7 +168,7 @@ def test_registration_is_idempotent(tiny_model, tmp_path):
 def _controller_with_candidate(spec_dict, model_dir, tmp_path):
     """A controller whose progress is at the gate of rung 1, with `model_dir` registered as the candidate."""
     from ladder.controller import LadderController
-    from ladder.progress import Phase, Progress
+    from ladder.progress import JudgeQuality, Phase, Progress, RungResults
     from ladder.spec import parse_spec
 
     ctl = LadderController(parse_spec(spec_dict))
@@ -177,7 +177,8 @@ def _controller_with_candidate(spec_dict, model_dir, tmp_path):
     run = ctl.registry.start_rung_run(parent, 1, "job")
     version = ctl.registry.register(run, model_dir, {"ladder.rung": "1", "ladder.rung_uid": f"job-{model_dir}"})
     progress = Progress(ctl.spec.name, "job", phase=Phase.GATE, parent_run=parent, rung_run=run, candidate=version,
-                        judge="base", results={"current_judge": [0.6, 0.65, 0.1], "start_accuracy": 0.1})
+                        judge="base",
+                        results=RungResults(current_judge=JudgeQuality(0.6, 0.65, 0.1), start_accuracy=0.1))
     ctl.progress = progress
     return ctl, run, version, progress
 
@@ -207,7 +208,7 @@ def test_gate_rejects_a_corrupted_candidate(ray_local, tiny_model, tmp_path):
     ctl.registry.promote("1", by="setup")  # pretend an earlier judge: alias judge -> 1
     bad_v = ctl.registry.register(run, bad, {"ladder.rung": "2", "ladder.rung_uid": "job-bad"})
     after = ctl._gate(progress.to(candidate=bad_v))  # the candidate is fetched from MLflow by the judge worker
-    assert after.phase is Phase.DONE and after.state is State.STOPPED and after.results["ended"] == "rejected"
+    assert after.phase is Phase.DONE and after.state is State.STOPPED and after.results.ended == "rejected"
     tags = ctl.registry.version(bad_v).tags
     assert ctl.registry.status_of(bad_v) == "rejected"
     assert tags["ladder.gate"] == "fail" and tags["ladder.gate_rule"] == "collapse"
