@@ -122,7 +122,6 @@ def test_rung_two_judge_served_version_one(two_rungs, tiny_model, tmp_path):
 
     from ladder.bootstrap import verdicts
     from ladder.controller import LadderController
-    from stages.judge import JudgeConfig
     from stages.scoring import pair_win
 
     spec, reg, _, _ = two_rungs
@@ -131,7 +130,7 @@ def test_rung_two_judge_served_version_one(two_rungs, tiny_model, tmp_path):
     probe_rung1 = json.loads(reg.client.get_run(v1.run_id).data.tags["ladder.judge_probe"])
     ctl = LadderController(spec)
     ctl.prepare()
-    cfg = JudgeConfig.from_spec(spec.judge)
+    rung1, rung2 = spec.judge.settings(), spec.for_rung(2).judge.settings()  # verdict, then pairwise
 
     def fresh_verdicts(model_dir, texts):
         tok = AutoTokenizer.from_pretrained(model_dir)
@@ -139,11 +138,11 @@ def test_rung_two_judge_served_version_one(two_rungs, tiny_model, tmp_path):
         return verdicts(model, tok, texts, "yes", "no")
 
     items1 = ctl.tasks.calibration(1)[:8]
-    assert probe_rung1 == pytest.approx(fresh_verdicts(tiny_model, [cfg.render(c.prompt, c.response) for c in items1]),
+    assert probe_rung1 == pytest.approx(fresh_verdicts(tiny_model, [rung1.render(c.prompt, c.response) for c in items1]),
                                         abs=1e-3)
     items2 = ctl.tasks.calibration(2)[:8]  # (correct, corrupted) pairs of one prompt each
     v1_dir = reg.download("1", str(tmp_path / "dl"))
-    texts = [cfg.render_pair(a.prompt, x.response, y.response)
+    texts = [rung2.render_pair(a.prompt, x.response, y.response)
              for a, b in zip(items2[::2], items2[1::2]) for x, y in ((a, b), (b, a))]
     p = fresh_verdicts(v1_dir, texts)
     expected = [w for k in range(0, len(p), 2) for w in (pair_win(p[k], p[k + 1]), pair_win(p[k + 1], p[k]))]
