@@ -18,8 +18,8 @@ def run(spec: Path = typer.Argument(..., help="Ladder spec YAML file."),
     gracefully (finish the step, checkpoint); `ladder resume NAME` continues it."""
     loaded = load_spec_file(spec)
     quiet_libraries()
-    from ladder.ladder_driver import run_ladder
-    from ladder.rung_driver import preflight
+    from ladder.run_ladder import run_ladder
+    from ladder.train_rung import preflight
 
     def body():
         preflight(loaded)
@@ -37,7 +37,7 @@ def run_submitted():
     from ladder.spec import LadderSpec
 
     quiet_libraries()
-    from ladder.ladder_driver import run_ladder
+    from ladder.run_ladder import run_ladder
 
     spec = LadderSpec.model_validate_json(os.environ["LADDER_SPEC_JSON"])
     final = guard(run_ladder, spec, as_json=False, job=os.environ["LADDER_JOB"],
@@ -79,7 +79,7 @@ def submit(spec: Path = typer.Argument(..., help="Ladder spec YAML file."),
     from cluster.submit import portable_spec
 
     loaded = portable_spec(load_spec_file(spec))
-    from ladder.rung_driver import preflight
+    from ladder.train_rung import preflight
     from ladder.runtime import Address
 
     if Address.resolve(address).local:
@@ -95,7 +95,7 @@ def resume(name: str = typer.Argument(..., help="Ladder name."),
            python: str = typer.Option("python", help="Python on the cluster's head node."),
            as_json: bool = typer.Option(False, "--json", help="Print the submission as JSON.")):
     """Continue a stopped (or crashed) ladder from its last checkpoint, as the same job, with its saved spec."""
-    from ladder.service import resumable
+    from ladder.control import resumable
 
     spec, job = guard(resumable, name, where(address, tracking_uri, workdir))
     _submit(spec, job, True, address, wait, python, as_json)
@@ -108,7 +108,7 @@ def status(name: Optional[str] = typer.Argument(None, help="Ladder name; default
            as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
     """State, rung, step, latest metrics, pending decision and job of a ladder (or of every ladder)."""
     from ladder.registry import Registry
-    from ladder.service import status as ladder_status
+    from ladder.control import status as ladder_status
 
     where = where(address, tracking_uri, workdir)
     names = [name] if name else guard(Registry.ladder_names, where.tracking_uri)
@@ -148,7 +148,7 @@ def stop(name: str = typer.Argument(..., help="Ladder name."),
          as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
     """Stop a running ladder: it finishes the step, checkpoints, stops every stage actor and records `stopped`
     in MLflow. Returns once it has (on a cluster: once none of its actors is alive)."""
-    from ladder.service import request_stop
+    from ladder.control import request_stop
 
     out = guard(request_stop, name, where(address, tracking_uri, workdir), now, timeout)
     typer.echo(json.dumps(out) if as_json else

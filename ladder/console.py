@@ -52,9 +52,9 @@ TRACKING_HELP = "MLflow tracking URI; default MLFLOW_TRACKING_URI, else SQLite u
 def where(address: Optional[str], tracking_uri: Optional[str], workdir: str):
     from ladder.mlflow_store import default_tracking_uri
     from ladder.runtime import Address
-    from ladder.service import Where
+    from ladder.control import LadderAccess
 
-    return Where(default_tracking_uri(workdir, tracking_uri), Address.resolve(address), workdir)
+    return LadderAccess(default_tracking_uri(workdir, tracking_uri), Address.resolve(address), workdir)
 
 
 def guard(fn, *args, **kwargs):
