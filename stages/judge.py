@@ -122,25 +122,9 @@ class JudgeWorker(Timed):
         outs = self.llm.generate(texts, params, use_tqdm=False)
         return [[(c.text, len(c.token_ids)) for c in out.outputs] for out in outs]
 
-    def score(self, prompts: list[str], responses: list[str]) -> tuple[list[float], int]:
-        """Scores in [0, 1] for each (prompt, response) in this worker's mode, and the parse failures."""
-        scored = self.judge.score(_Local(self), Pairs(tuple(prompts), tuple(responses), tuple(range(len(prompts)))))
-        return list(scored.scores), scored.parse_failures
-
 
 def _plain(text: str) -> str:
     return text
-
-
-class _Local:
-    """A pool of one worker, called in its own process (`JudgeWorker.score`)."""
-
-    def __init__(self, worker: JudgeWorker):
-        self.worker = worker
-        self.chat = _plain
-
-    def map(self, method: str, items: list, *args) -> list:
-        return getattr(self.worker, method)(items, *args)
 
 
 def _number(x) -> float:
@@ -212,11 +196,6 @@ class JudgePool:
             why = str(exc).splitlines()[0][:160] if str(exc) else ""
             raise JudgeError(f"verifier {name} raised {type(exc).__name__}: {why} (prompt {prompt[:40]!r}, "
                              f"response {response[:40]!r})") from None
-
-    def score_pairs(self, prompts: list[str], responses: list[str]) -> tuple[list[float], int]:
-        """Each pair scored on its own (no groups): scores and parse failures."""
-        scored = self.score_items(prompts, responses)
-        return list(scored.scores), scored.parse_failures
 
     def map(self, method: str, items: list, *args) -> list:
         """`worker.method(chunk, *args)` over chunks of `batch_size` items, round-robin over workers,

@@ -147,12 +147,13 @@ def test_verdict_scores_equal_transformers(ray_local, tiny_model, judge_worker):
 
     from ladder.bootstrap import verdicts
     from ladder.tasks.arithmetic import build
-    from stages.judge import JudgeConfig
+    from stages.judge import JudgeConfig, JudgePool
 
     task = build(3, 9, 50, 12, seed=5)
     items = task.calibration(12, seed=1)
     prompts, responses = [c.prompt for c in items], [c.response for c in items]
-    scores, failures = ray_local.get(judge_worker.score.remote(prompts, responses))
+    scored = JudgePool([judge_worker], batch_size=12).score_items(prompts, responses)
+    scores, failures = list(scored.scores), scored.parse_failures
     tok = AutoTokenizer.from_pretrained(tiny_model)
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
     cfg = JudgeConfig()
@@ -288,17 +289,17 @@ def test_a_judge_worker_killed_mid_call_is_replaced_and_its_chunk_retried(ray_lo
     responses = ["1+2=3 " * 60 + f"#{i}" for i in range(160)]
     pool = JudgePool([judge_worker, victim], batch_size=80, respawn=lambda: judge_worker)
     with ThreadPoolExecutor(1) as threads:
-        scoring = threads.submit(pool.score_pairs, prompts, responses)
+        scoring = threads.submit(pool.score_items, prompts, responses)
         killed = kill_when_busy(pid, victim)
-        scores, _ = scoring.result(timeout=600)
+        scores = scoring.result(timeout=600).scores
         recovery = time.monotonic() - killed
-    direct, _ = ray.get(judge_worker.score.remote(prompts, responses))
+    direct = JudgePool([judge_worker], batch_size=160).score_items(prompts, responses).scores  # one worker, one call
     assert pool.replaced == 1  # the kill landed before the victim's chunk came back
     assert scores == pytest.approx(direct, abs=1e-4)  # (long prompts: batching may move the last digits)
     # a worker that keeps dying: past its budget the pool says so instead of starting another
     spent = JudgePool([judge_worker, victim], batch_size=3, respawn=lambda: judge_worker, max_replacements=0)
     with pytest.raises(JudgeError, match=r"judge workers died 1 times in this rung \(worker_replacements is 0\)"):
-        spent.score_pairs(PROMPTS * 3, ["1+1=2#2"] * 12)
+        spent.score_items(PROMPTS * 3, ["1+1=2#2"] * 12)
     fault_figures("judge worker SIGKILL mid-call", f"replaced, its chunk of 80 scored again; scores back {recovery:.1f} "
                   "s after the kill; scores equal one worker's")
 
@@ -319,7 +320,8 @@ def test_score_mode_counts_unparsable_outputs_and_uses_the_fallback(ray_local, e
     batch = RolloutBatch(tuple(PROMPTS), (None,) * len(PROMPTS),
                          tuple(Sample((1,), (2,), "1+1=2#2", ()) for _ in PROMPTS), tuple(range(len(PROMPTS))))
     try:
-        scores, failures = ray_local.get(worker.score.remote(PROMPTS, ["1+1=2#2"] * len(PROMPTS)))
+        scored = JudgePool([worker], 8, cfg=cfg).score_items(PROMPTS, ["1+1=2#2"] * len(PROMPTS))
+        scores, failures = list(scored.scores), scored.parse_failures
         dropped = JudgePool([worker], 8, cfg=replace(cfg, settings=cfg.settings.model_copy(update={"unreadable": "drop"}))).score(batch)
     finally:
         kill_all([worker])
