@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ladder.console import ADDRESS_HELP, TRACKING_HELP, guard, load_spec_file, quiet_libraries, where
+from ladder.console import ADDRESS_HELP, TRACKING_HELP, guard, ladder_access, load_spec_file, quiet_libraries
 
 def run(spec: Path = typer.Argument(..., help="Ladder spec YAML file."),
         address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
@@ -97,7 +97,7 @@ def resume(name: str = typer.Argument(..., help="Ladder name."),
     """Continue a stopped (or crashed) ladder from its last checkpoint, as the same job, with its saved spec."""
     from ladder.control import resumable
 
-    spec, job = guard(resumable, name, where(address, tracking_uri, workdir))
+    spec, job = guard(resumable, name, ladder_access(address, tracking_uri, workdir))
     _submit(spec, job, True, address, wait, python, as_json)
 
 
@@ -110,14 +110,14 @@ def status(name: Optional[str] = typer.Argument(None, help="Ladder name; default
     from ladder.registry import Registry
     from ladder.control import status as ladder_status
 
-    where = where(address, tracking_uri, workdir)
-    names = [name] if name else guard(Registry.ladder_names, where.tracking_uri)
-    rows = [guard(ladder_status, n, where) for n in names]
+    access = ladder_access(address, tracking_uri, workdir)
+    names = [name] if name else guard(Registry.ladder_names, access.tracking_uri)
+    rows = [guard(ladder_status, n, access) for n in names]
     if as_json:
         typer.echo(json.dumps(rows[0] if name else rows))
         return
     if not rows:
-        typer.echo(f"no ladders in MLflow at {where.tracking_uri}")
+        typer.echo(f"no ladders in MLflow at {access.tracking_uri}")
     for r in rows:
         typer.echo(_status_line(r))
 
@@ -150,6 +150,6 @@ def stop(name: str = typer.Argument(..., help="Ladder name."),
     in MLflow. Returns once it has (on a cluster: once none of its actors is alive)."""
     from ladder.control import request_stop
 
-    out = guard(request_stop, name, where(address, tracking_uri, workdir), now, timeout)
+    out = guard(request_stop, name, ladder_access(address, tracking_uri, workdir), now, timeout)
     typer.echo(json.dumps(out) if as_json else
                f"{name}: {out['state']} at rung {out['rung']} step {out['step']}; resume with: ladder resume {name}")

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ladder.console import TRACKING_HELP, fail, guard, load_spec_file, where
+from ladder.console import TRACKING_HELP, fail, guard, ladder_access, load_spec_file
 
 def _registry_for(ref: str, tracking_uri: Optional[str], workdir: str):
     """A ladder named by its spec file or by its name."""
@@ -16,7 +16,7 @@ def _registry_for(ref: str, tracking_uri: Optional[str], workdir: str):
 
     if ref.endswith((".yaml", ".yml")) or Path(ref).is_file():
         return Registry.for_spec(load_spec_file(Path(ref)))
-    return guard(open_registry, ref, where(None, tracking_uri, workdir))
+    return guard(open_registry, ref, ladder_access(None, tracking_uri, workdir))
 
 
 def lineage(ladder: str = typer.Argument(..., help="Ladder name, or its spec YAML file."),
@@ -48,7 +48,7 @@ def _decide_by_hand(ladder: str, version: Optional[str], reason: str, action: st
 
     reg = _registry_for(ladder, tracking_uri, workdir)
     if version is None:
-        version = guard(pending_version, reg.name, where(None, tracking_uri, workdir))
+        version = guard(pending_version, reg.name, ladder_access(None, tracking_uri, workdir))
     guard(getattr(reg, action), version, by="human", reason=reason)
     if as_json:
         typer.echo(json.dumps({"ladder": reg.name, "version": version, "status": reg.status_of(version),

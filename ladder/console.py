@@ -49,7 +49,8 @@ ADDRESS_HELP = ("Ray cluster: its address (host:6379) or its dashboard's (http:/
 TRACKING_HELP = "MLflow tracking URI; default MLFLOW_TRACKING_URI, else SQLite under --workdir."
 
 
-def where(address: Optional[str], tracking_uri: Optional[str], workdir: str):
+def ladder_access(address: Optional[str], tracking_uri: Optional[str], workdir: str):
+    """How a command reaches its ladders: the MLflow store (the option, else the default) and the Ray address."""
     from ladder.mlflow_store import default_tracking_uri
     from ladder.runtime import Address
     from ladder.control import LadderAccess
