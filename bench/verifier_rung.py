@@ -46,7 +46,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from ladder.rung import Rung
-    from ladder.rung_driver import preflight
+    from ladder.train_rung import preflight
     from ladder.runtime import start_ray
     from ladder.spec import load_spec
     from ladder.tasks import build_task

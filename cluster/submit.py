@@ -117,10 +117,6 @@ def follow(address, submission: str, out=sys.stdout) -> str:
         time.sleep(2.0)
 
 
-def stop_job(address, submission: str) -> None:
-    jobs_client(address).stop_job(submission)
-
-
 # local background jobs (no cluster address) --------------------------------------------------
 def local_record(spec) -> Path:
     return Path(spec.workdir).resolve() / spec.name / "local-job.json"

@@ -110,7 +110,7 @@ def train_rung(spec: Path = typer.Argument(..., help="Ladder spec YAML file."),
     """Run one rung (rollout -> judge -> train -> sync) against the spec's initial judge."""
     quiet_libraries()
     loaded = load_spec_file(spec)
-    from ladder.rung_driver import run_single_rung
+    from ladder.train_rung import run_single_rung
 
     from ladder.rung import RungFailed
 

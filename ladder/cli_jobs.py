@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ladder.console import ADDRESS_HELP, TRACKING_HELP, guard, load_spec_file, quiet_libraries, where
+from ladder.console import ADDRESS_HELP, TRACKING_HELP, guard, ladder_access, load_spec_file, quiet_libraries
 
 def run(spec: Path = typer.Argument(..., help="Ladder spec YAML file."),
         address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
@@ -18,8 +18,8 @@ def run(spec: Path = typer.Argument(..., help="Ladder spec YAML file."),
     gracefully (finish the step, checkpoint); `ladder resume NAME` continues it."""
     loaded = load_spec_file(spec)
     quiet_libraries()
-    from ladder.ladder_driver import run_ladder
-    from ladder.rung_driver import preflight
+    from ladder.run_ladder import run_ladder
+    from ladder.train_rung import preflight
 
     def body():
         preflight(loaded)
@@ -37,7 +37,7 @@ def run_submitted():
     from ladder.spec import LadderSpec
 
     quiet_libraries()
-    from ladder.ladder_driver import run_ladder
+    from ladder.run_ladder import run_ladder
 
     spec = LadderSpec.model_validate_json(os.environ["LADDER_SPEC_JSON"])
     final = guard(run_ladder, spec, as_json=False, job=os.environ["LADDER_JOB"],
@@ -53,13 +53,13 @@ def _submit(spec, job: str, resume: bool, address: Optional[str], wait: bool, py
     target = Address.resolve(address)
     if target.local:
         info = guard(jobs.submit_local, spec, job, resume)
-        submission, runs_on = info["submission"], f"local background job (log: {info['log']})"
+        submission, where = info["submission"], f"local background job (log: {info['log']})"
     else:
         submission = guard(jobs.submit, target, spec, job, resume, python)
-        info, runs_on = None, f"Ray job on {target.raw}"
+        info, where = None, f"Ray job on {target.raw}"
     verb = "resumed" if resume else "submitted"
     typer.echo(json.dumps({"ladder": spec.name, "job": job, "submission": submission, "resumed": resume})
-               if as_json else f"{verb} ladder {spec.name!r} (job {job}) as {submission}: {runs_on}\n"
+               if as_json else f"{verb} ladder {spec.name!r} (job {job}) as {submission}: {where}\n"
                                f"follow it: ladder status {spec.name}; stop it: ladder stop {spec.name}")
     if wait:
         out = sys.stderr if as_json else sys.stdout
@@ -79,7 +79,7 @@ def submit(spec: Path = typer.Argument(..., help="Ladder spec YAML file."),
     from cluster.submit import portable_spec
 
     loaded = portable_spec(load_spec_file(spec))
-    from ladder.rung_driver import preflight
+    from ladder.train_rung import preflight
     from ladder.runtime import Address
 
     if Address.resolve(address).local:
@@ -95,9 +95,9 @@ def resume(name: str = typer.Argument(..., help="Ladder name."),
            python: str = typer.Option("python", help="Python on the cluster's head node."),
            as_json: bool = typer.Option(False, "--json", help="Print the submission as JSON.")):
     """Continue a stopped (or crashed) ladder from its last checkpoint, as the same job, with its saved spec."""
-    from ladder.service import resumable
+    from ladder.control import resumable
 
-    spec, job = guard(resumable, name, where(address, tracking_uri, workdir))
+    spec, job = guard(resumable, name, ladder_access(address, tracking_uri, workdir))
     _submit(spec, job, True, address, wait, python, as_json)
 
 
@@ -108,16 +108,16 @@ def status(name: Optional[str] = typer.Argument(None, help="Ladder name; default
            as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
     """State, rung, step, latest metrics, pending decision and job of a ladder (or of every ladder)."""
     from ladder.registry import Registry
-    from ladder.service import status as ladder_status
+    from ladder.control import status as ladder_status
 
-    place = where(address, tracking_uri, workdir)
-    names = [name] if name else guard(Registry.ladder_names, place.tracking_uri)
-    rows = [guard(ladder_status, n, place) for n in names]
+    access = ladder_access(address, tracking_uri, workdir)
+    names = [name] if name else guard(Registry.ladder_names, access.tracking_uri)
+    rows = [guard(ladder_status, n, access) for n in names]
     if as_json:
         typer.echo(json.dumps(rows[0] if name else rows))
         return
     if not rows:
-        typer.echo(f"no ladders in MLflow at {place.tracking_uri}")
+        typer.echo(f"no ladders in MLflow at {access.tracking_uri}")
     for r in rows:
         typer.echo(_status_line(r))
 
@@ -148,8 +148,8 @@ def stop(name: str = typer.Argument(..., help="Ladder name."),
          as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
     """Stop a running ladder: it finishes the step, checkpoints, stops every stage actor and records `stopped`
     in MLflow. Returns once it has (on a cluster: once none of its actors is alive)."""
-    from ladder.service import request_stop
+    from ladder.control import request_stop
 
-    out = guard(request_stop, name, where(address, tracking_uri, workdir), now, timeout)
+    out = guard(request_stop, name, ladder_access(address, tracking_uri, workdir), now, timeout)
     typer.echo(json.dumps(out) if as_json else
                f"{name}: {out['state']} at rung {out['rung']} step {out['step']}; resume with: ladder resume {name}")

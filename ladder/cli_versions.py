@@ -7,16 +7,16 @@ from typing import Optional
 
 import typer
 
-from ladder.console import TRACKING_HELP, fail, guard, load_spec_file, where
+from ladder.console import TRACKING_HELP, fail, guard, ladder_access, load_spec_file
 
 def _registry_for(ref: str, tracking_uri: Optional[str], workdir: str):
     """A ladder named by its spec file or by its name."""
     from ladder.registry import Registry
-    from ladder.service import open_registry
+    from ladder.control import open_registry
 
     if ref.endswith((".yaml", ".yml")) or Path(ref).is_file():
         return Registry.for_spec(load_spec_file(Path(ref)))
-    return guard(open_registry, ref, where(None, tracking_uri, workdir))
+    return guard(open_registry, ref, ladder_access(None, tracking_uri, workdir))
 
 
 def lineage(ladder: str = typer.Argument(..., help="Ladder name, or its spec YAML file."),
@@ -26,7 +26,7 @@ def lineage(ladder: str = typer.Argument(..., help="Ladder name, or its spec YAM
             plot: Optional[Path] = typer.Option(None, "--plot", metavar="FILE",
                                                  help="Also write the ladder chart (PNG) to FILE.")):
     """Show every rung's model version: who judged it, its status, accuracies and aliases."""
-    from ladder.ladder_driver import format_table
+    from ladder.run_ladder import format_table
 
     reg = _registry_for(ladder, tracking_uri, workdir)
     rows = reg.lineage()
@@ -44,11 +44,11 @@ def lineage(ladder: str = typer.Argument(..., help="Ladder name, or its spec YAM
 def _decide_by_hand(ladder: str, version: Optional[str], reason: str, action: str, tracking_uri: Optional[str],
                     workdir: str, as_json: bool = False) -> None:
     """Write a person's promote / reject decision to MLflow (a waiting controller reads it within a second)."""
-    from ladder.service import pending_version
+    from ladder.control import pending_version
 
     reg = _registry_for(ladder, tracking_uri, workdir)
     if version is None:
-        version = guard(pending_version, reg.name, where(None, tracking_uri, workdir))
+        version = guard(pending_version, reg.name, ladder_access(None, tracking_uri, workdir))
     guard(getattr(reg, action), version, by="human", reason=reason)
     if as_json:
         typer.echo(json.dumps({"ladder": reg.name, "version": version, "status": reg.status_of(version),

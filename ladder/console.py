@@ -49,12 +49,13 @@ ADDRESS_HELP = ("Ray cluster: its address (host:6379) or its dashboard's (http:/
 TRACKING_HELP = "MLflow tracking URI; default MLFLOW_TRACKING_URI, else SQLite under --workdir."
 
 
-def where(address: Optional[str], tracking_uri: Optional[str], workdir: str):
+def ladder_access(address: Optional[str], tracking_uri: Optional[str], workdir: str):
+    """How a command reaches its ladders: the MLflow store (the option, else the default) and the Ray address."""
     from ladder.mlflow_store import default_tracking_uri
     from ladder.runtime import Address
-    from ladder.service import Where
+    from ladder.control import LadderAccess
 
-    return Where(default_tracking_uri(workdir, tracking_uri), Address.resolve(address), workdir)
+    return LadderAccess(default_tracking_uri(workdir, tracking_uri), Address.resolve(address), workdir)
 
 
 def guard(fn, *args, **kwargs):

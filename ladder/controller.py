@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from ladder.actor_lifetime import end_later, restarted_by_ray
-from ladder.progress import Phase, Progress, State, after_decision
+from ladder.progress import Phase, Progress, RungResults, State, after_decision
 from ladder.runtime import first_line
 from ladder.stageset import StageSet
 from stages.models import MODELS_SCHEME, is_model_uri, model_uri
@@ -141,9 +141,9 @@ class LadderController:
         self.registry.reopen_run(saved.parent_run)
         if self.resume:  # a restarted controller keeps a stop someone asked for
             self.registry.clear_stop_request(saved.parent_run)
-        if saved.phase is Phase.DONE and saved.results.get("ended") == "rejected":
+        if saved.phase is Phase.DONE and saved.results.ended == "rejected":
             saved = saved.to(phase=Phase.AWAIT)  # a decision by hand since the rejection is read again
-        self.history = saved.results.get("history", [])
+        self.history = list(saved.results.history)
         return self._save(saved.to(state=State.RUNNING, error=None, submission=self.submission))
 
     def _fail_rung_run(self, p: Progress) -> None:
@@ -181,7 +181,8 @@ class LadderController:
         if p.rung_run is None:
             run_id = self.registry.start_rung_run(p.parent_run, p.rung, p.job, p.rung_uid)
             self.registry.record_judge_input(run_id, judge)
-            p = self._save(p.to(rung_run=run_id, judge=judge.label, results={"student_init": init_label}))
+            p = self._save(p.to(rung_run=run_id, judge=judge.label, results=RungResults(
+                student_init=init_label, judge_is_verifier=judge.kind == "verifier")))
         seed = self.spec.seed + 1000 * p.rung + p.attempt
         with self._lock:
             self.live_step, self.latest = p.step, {}
@@ -248,9 +249,8 @@ class LadderController:
         current = measure(rung.pool, calibration)
         self.tasks.calibration(min(p.rung + 1, self.spec.rungs), rung)  # the gate's, for the next rung's task
         p = self.store.log_candidate(rung, p, self._version_tags(p))
-        return p.to(phase=Phase.REGISTER, results={
-            **p.results, "final_accuracy": final.get("eval/accuracy"),
-            "current_judge": [current.accuracy, current.auc, current.identical_share]})
+        return p.to(phase=Phase.REGISTER, results=p.results.to(final_accuracy=final.get("eval/accuracy"),
+                                                                current_judge=current))
 
     def _after_stage_death(self, p: Progress, exc: Exception) -> Progress:
         """The trainer died (rollout and judge workers are replaced in place, within the step): the rung starts
@@ -258,18 +258,18 @@ class LadderController:
         beyond, it fails."""
         from ladder.rung import RungFailed
 
-        restarts = p.results.get("stage_restarts", 0) + 1
+        restarts = p.results.stage_restarts + 1
         if restarts > self.spec.stage_restarts:
             raise RungFailed(f"stage actors died {restarts} times in rung {p.rung} (stage_restarts is "
                              f"{self.spec.stage_restarts}); last: {first_line(exc, 200)}")
         self.registry.log_metrics(p.rung_run, {"faults/stage_restarts": restarts}, p.step)
-        return p.to(results={**p.results, "stage_restarts": restarts})
+        return p.to(results=p.results.to(stage_restarts=restarts))
 
     def _start_rung(self, rung, p: Progress, calibration) -> Progress:
         self._probe_judge(rung, calibration, p.rung_run)
         start = rung.evaluate()
         self.registry.log_metrics(p.rung_run, start, 0)
-        return self._save(p.to(results={**p.results, "start_accuracy": start.get("eval/accuracy")}))
+        return self._save(p.to(results=p.results.to(start_accuracy=start.get("eval/accuracy"))))
 
     def _restore(self, rung, p: Progress) -> Progress:
         restored = rung.restore(self.store.local_checkpoint(p))
@@ -280,7 +280,7 @@ class LadderController:
 
     def _version_tags(self, p: Progress) -> dict[str, str]:
         rspec = self.spec.for_rung(p.rung)
-        mode = "verifier" if (p.judge or "").startswith("verifier:") else rspec.judge.mode
+        mode = "verifier" if p.results.judge_is_verifier else rspec.judge.mode
         return self.registry.rung_tags(p, self.spec.sha256(), rspec.task_label(), mode)
 
     def _register(self, p: Progress) -> Progress:
@@ -296,17 +296,15 @@ class LadderController:
 
     def _gate(self, p: Progress) -> Progress:
         """Measure the candidate as a judge; auto: promote or reject; manual: wait for a person."""
-        from ladder.gate import JudgeQuality
-
-        current = JudgeQuality(*p.results["current_judge"])
-        baseline = self._baseline_accuracy(p.results.get("start_accuracy"))
-        gate = self.gate(model_uri(self.spec.name, p.candidate), p.rung, current,
-                         (p.judge or "").startswith("verifier:"), p.results.get("final_accuracy"), baseline)
+        r = p.results
+        baseline = self._baseline_accuracy(r.start_accuracy)
+        gate = self.gate(model_uri(self.spec.name, p.candidate), p.rung, r.current_judge, r.judge_is_verifier,
+                         r.final_accuracy, baseline)
         self.registry.log_metrics(p.rung_run, gate.metrics(), p.step)
         with self._lock:
             self.latest = {**self.latest, **gate.metrics()}
         self.registry.record_gate(p.candidate, gate)
-        p = p.to(results={**p.results, "judge_auc": gate.candidate.auc})
+        p = p.to(results=p.results.to(judge_auc=gate.candidate.auc))
         if self.spec.promotion.policy == "manual":
             return p.to(phase=Phase.AWAIT, state=State.AWAITING_PROMOTION)
         if gate.passed:
@@ -330,7 +328,7 @@ class LadderController:
     def _decided(self, p: Progress, decision: str) -> Progress:
         """After a decision: the next rung, a retry of this one, or the end of the ladder."""
         row = {"rung": p.rung, "version": p.candidate, "judge": p.judge, "status": decision,
-               "accuracy": p.results.get("final_accuracy"), "judge_auc": p.results.get("judge_auc")}
+               "accuracy": p.results.final_accuracy, "judge_auc": p.results.judge_auc}
         with self._lock:
             self.history = [h for h in self.history if h["version"] != p.candidate] + [row]
         self.registry.end_run(p.rung_run)

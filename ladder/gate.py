@@ -8,14 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from ladder.progress import JudgeQuality
 from ladder.rung_metrics import judge_health
-
-
-@dataclass(frozen=True)
-class JudgeQuality:
-    accuracy: float          # share of calibration items where (score > 0.5) == correct
-    auc: float               # P(score of a correct item > score of a wrong one)
-    identical_share: float   # share of items given the single most common score (collapse)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ladder.progress import VERIFIER_LABEL
 from stages.models import RegistryError, model_uri
 
 
@@ -34,12 +35,12 @@ def resolve_judge(spec, rung: int = 1) -> ResolvedJudge:
     if src.kind == "model":
         return ResolvedJudge("model", src.path, src.path)
     if src.kind == "task":  # the rung's own task checks the answers (built with the task, per rung)
-        return ResolvedJudge("verifier", TASK_CHECKER, "verifier:task")
+        return ResolvedJudge("verifier", TASK_CHECKER, f"{VERIFIER_LABEL}{TASK_CHECKER}")
     if src.kind == "verifier":
         from stages.judge import load_verifier
 
         load_verifier(src.function)  # fail here, in one line, before any actor starts
-        return ResolvedJudge("verifier", src.function, f"verifier:{src.function}")
+        return ResolvedJudge("verifier", src.function, f"{VERIFIER_LABEL}{src.function}")
     return registered_judge(Registry.for_spec(spec), src.uri)
 
 

@@ -9,7 +9,7 @@ import enum
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Optional
+from typing import Any, Optional
 
 
 class State(str, enum.Enum):
@@ -36,6 +36,47 @@ class Phase(str, enum.Enum):
 
 
 @dataclass(frozen=True)
+class JudgeQuality:
+    """A judge measured on a calibration set (by the gate, `ladder/gate.py`)."""
+    accuracy: float          # share of calibration items where (score > 0.5) == correct
+    auc: float               # P(score of a correct item > score of a wrong one)
+    identical_share: float   # share of items given the single most common score (collapse)
+
+
+VERIFIER_LABEL = "verifier:"  # the prefix of a verifier judge's label (`verifier:task`, `verifier:module:function`)
+
+
+@dataclass(frozen=True)
+class RungResults:
+    """What a rung has measured that its later phases need, and the decisions so far (saved with the progress)."""
+    student_init: str = "base"                   # what the student started from: "base" or a version ("v3")
+    judge_is_verifier: bool = False              # the rung trains against a verifier function, not a model
+    start_accuracy: Optional[float] = None       # the student's held-out accuracy at step 0
+    final_accuracy: Optional[float] = None       # ... after the rung's last step
+    current_judge: Optional[JudgeQuality] = None  # the rung's judge on the calibration set (the gate's baseline)
+    judge_auc: Optional[float] = None            # the candidate's AUC as a judge (set by the gate)
+    stage_restarts: int = 0                      # times the rung went back to its checkpoint on fresh actors
+    history: list = field(default_factory=list)  # the decisions so far (rows of `ladder status`), all rungs
+    ended: Optional[str] = None                  # "rejected": a rejection ended the ladder
+
+    def to(self, **changes) -> "RungResults":
+        return replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], judge: Optional[str] = None) -> "RungResults":
+        """Read saved results, older ones too: the judge's quality as a 3-element list, and no
+        `judge_is_verifier` (then the judge's label `judge` says it)."""
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        quality = known.get("current_judge")
+        if isinstance(quality, (list, tuple)):
+            known["current_judge"] = JudgeQuality(*quality)
+        elif isinstance(quality, dict):
+            known["current_judge"] = JudgeQuality(**quality)
+        known.setdefault("judge_is_verifier", (judge or "").startswith(VERIFIER_LABEL))
+        return cls(**known)
+
+
+@dataclass(frozen=True)
 class Progress:
     """Everything needed to continue a ladder where it stopped (JSON-serialisable, saved after each change)."""
     ladder: str
@@ -53,7 +94,7 @@ class Progress:
     submission: Optional[str] = None           # the Ray job (or local job) that runs the ladder now
     parent_run: Optional[str] = None
     rung_run: Optional[str] = None
-    results: dict = field(default_factory=dict)  # rung numbers the later phases need (accuracies, judge quality)
+    results: RungResults = field(default_factory=RungResults)  # what the later phases need, the decisions
     error: Optional[str] = None
     updated_at: float = 0.0
 
@@ -67,7 +108,8 @@ class Progress:
         data = json.loads(text)
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**{**known, "state": State(known.get("state", "pending")),
-                      "phase": Phase(known.get("phase", "train"))})
+                      "phase": Phase(known.get("phase", "train")),
+                      "results": RungResults.from_dict(known.get("results") or {}, known.get("judge"))})
 
     def to(self, **changes) -> "Progress":
         """A copy with `changes` applied and the time stamped."""
@@ -75,11 +117,11 @@ class Progress:
 
     def next_rung(self) -> "Progress":
         return self.to(phase=Phase.TRAIN, rung=self.rung + 1, attempt=0, step=0, cursor={}, checkpoint=None,
-                       candidate=None, judge=None, rung_run=None, results={})
+                       candidate=None, judge=None, rung_run=None, results=RungResults())
 
     def retry_rung(self) -> "Progress":
         return self.to(phase=Phase.TRAIN, attempt=self.attempt + 1, step=0, cursor={}, checkpoint=None,
-                       candidate=None, judge=None, rung_run=None, results={})
+                       candidate=None, judge=None, rung_run=None, results=RungResults())
 
     def summary(self) -> dict:
         """What `ladder status` shows of this progress (a live controller adds its own step and metrics)."""
@@ -103,12 +145,12 @@ def after_decision(p: Progress, decision: str, rungs: int, promotion, history: l
     or by hand: the next rung, the end of a completed ladder after the last (`rungs`), a retry of a rejected rung
     (`promotion.on_reject` retry, within `promotion.max_retries`), or a stop. `history` is the decisions so far,
     this one included; it travels with the progress."""
-    recorded = {"history": list(history)}
+    recorded = RungResults(history=list(history))
     if decision == "promoted":
         if p.rung >= rungs:
-            return p.to(phase=Phase.DONE, state=State.COMPLETED, results={**p.results, **recorded})
+            return p.to(phase=Phase.DONE, state=State.COMPLETED, results=p.results.to(history=recorded.history))
         return p.next_rung().to(results=recorded)
     if promotion.on_reject == "retry" and p.attempt < promotion.max_retries:
         return p.retry_rung().to(results=recorded)
     return p.to(phase=Phase.DONE, state=State.STOPPED, error=f"rung {p.rung} rejected",
-                results={**p.results, **recorded, "ended": "rejected"})
+                results=p.results.to(history=recorded.history, ended="rejected"))

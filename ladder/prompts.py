@@ -133,13 +133,13 @@ def judge_context(spec, cfg, task, chat: ChatRenderer, limit: Optional[int]) -> 
     prompts = longest([ex.prompt for ex in (*task.train, *task.eval)])
     solutions = longest([ex.solution for ex in task.eval if ex.solution])
     response = max([spec.rollout.max_tokens, *chat.n_tokens(solutions)])
-    mode = cfg.mode
+    mode, settings = cfg.mode, cfg.settings
     if mode == "solve":
-        bare, room = [cfg.render_solve(p) for p in prompts], cfg.solve_max_tokens
+        bare, room = [settings.render_solve(p) for p in prompts], settings.solve_max_tokens
     elif mode == "pairwise":
-        bare, room = [cfg.render_pair(p, "", "") for p in prompts], 2 * response + 1
+        bare, room = [settings.render_pair(p, "", "") for p in prompts], 2 * response + 1
     else:
-        bare = [cfg.render(p, "") for p in prompts]
-        room = response + (cfg.score_max_tokens if mode == "score" else 1)
+        bare = [settings.render(p, "") for p in prompts]
+        room = response + (settings.score_max_tokens if mode == "score" else 1)
     needed = max(chat.n_tokens([chat.user(t) for t in bare]), default=0) + room + MARGIN
     return fit_context(needed, spec.rollout.max_model_len, limit, f"the longest judge prompt ({mode} mode)")

@@ -133,7 +133,7 @@ class Registry:
     def rung_tags(progress, spec_sha256: str, task: str, judge_mode: str) -> dict[str, str]:
         """The lineage tags of a rung's model version."""
         return {"ladder.rung": str(progress.rung), "ladder.judge": progress.judge or "-",
-                "ladder.student_init": progress.results.get("student_init", "base"),
+                "ladder.student_init": progress.results.student_init,
                 "ladder.spec_sha256": spec_sha256, "ladder.job": progress.job, "ladder.rung_uid": progress.rung_uid,
                 "ladder.task": task, "ladder.judge_mode": judge_mode}
 

@@ -28,7 +28,7 @@ def split(items: list, parts: int) -> list[list]:
 
 
 @dataclass
-class Collected:
+class CollectedBatch:
     """A judged batch and what it took: wall seconds of rollout and judging, seconds of work inside the stage
     actors, the prompt cursor before it was drawn, and the version of the weights that sampled it."""
     judged: JudgedBatch
@@ -84,7 +84,7 @@ class Rung:
         self.last_samples: tuple = ()   # a few student inputs (as rendered), responses and rewards of the last step
         self.last_skip = ""
         self.work_s: dict[str, float] = {}  # the last step's seconds of work inside the stage actors
-        self._next: Optional[Collected] = None  # (train.overlap) the next step's batch, collected during this one
+        self._next: Optional[CollectedBatch] = None  # (train.overlap) the next step's batch, collected during this one
 
     def handover(self):
         """This rung's actors (dead ones replaced) for the next rung to take over; the rung is not used after."""
@@ -156,7 +156,7 @@ class Rung:
         if self._weights is not None:
             ray.get(self.rollout[k].load_weights.remote(self._weights))
 
-    def collect(self) -> Collected:
+    def collect(self) -> CollectedBatch:
         """The next prompts, rolled out and judged, with what that took."""
         cursor, version = self.cursor.state(), self.weights_version
         t0 = time.perf_counter()
@@ -164,8 +164,8 @@ class Rung:
         t1 = time.perf_counter()
         judge_before = self.pool.work_s
         judged = self.pool.score(rollout)
-        return Collected(judged, t1 - t0, time.perf_counter() - t1,
-                         {"rollout": self.work_s["rollout"], "judge": self.pool.work_s - judge_before}, cursor, version)
+        work_s = {"rollout": self.work_s["rollout"], "judge": self.pool.work_s - judge_before}
+        return CollectedBatch(judged, t1 - t0, time.perf_counter() - t1, work_s, cursor, version)
 
     def cursor_state(self) -> dict:
         """The prompt cursor of the batches trained so far (a batch collected ahead is drawn again on resume)."""

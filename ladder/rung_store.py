@@ -15,7 +15,7 @@ class CheckpointError(RuntimeError):
 
 
 @contextmanager
-def written(what: str, local: Path):
+def whole_or_nothing(what: str, local: Path):
     """Write `local` and log it; a failed write (full disk, file size limit) ends in one CheckpointError naming
     what and why, and the local folder is removed either way."""
     try:
@@ -45,7 +45,7 @@ class RungStore:
     def checkpoint(self, rung, p: Progress, step: int) -> Progress:
         """Write a complete checkpoint, log it to the rung run, and only then point the progress at it."""
         local = self.root / f"rung-{p.rung}" / f"ckpt-{step:05d}"
-        with written(f"rung {p.rung} checkpoint at step {step}", local):
+        with whole_or_nothing(f"rung {p.rung} checkpoint at step {step}", local):
             rung.checkpoint(str(local))
             uri = self.registry.upload_checkpoint(p.rung_run, str(local), step)
         self.registry.flush_writes()  # steps up to a checkpoint are never redone: their metrics must be in
@@ -55,7 +55,7 @@ class RungStore:
         """The rung's final student logged as an MLflow model, output of the rung run: the candidate that is
         registered next (the weights are stored once; nothing trains from them)."""
         local = self.root / f"rung-{p.rung}" / "candidate"
-        with written(f"rung {p.rung} trained student", local):
+        with whole_or_nothing(f"rung {p.rung} trained student", local):
             rung.save_student(str(local))
             model_id = self.registry.log_model(p.rung_run, str(local), tags, rung.step_no)
         self.registry.flush_writes()

@@ -13,9 +13,9 @@ from typing import Literal, Optional
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from ladder.spec_fields import Strict
-from ladder.spec_judge import ChatSpec, JudgeMode, JudgeSpec
+from ladder.spec_judge import ChatSpec, JudgeModeName, JudgeSpec
 from ladder.spec_task import TaskSource, TaskSpec
+from stages.settings import Strict
 
 SLUG = r"^[a-z0-9][a-z0-9-]{0,62}$"
 
@@ -127,7 +127,7 @@ class RungSchedule(Strict):
     """Overrides from rung `rung` on (until the next entry): what the rung trains on and how it is judged."""
     rung: int = Field(ge=1, description="First rung this entry applies to.")
     task: Optional[TaskSource] = Field(None, description="The task from this rung on (e.g. more terms).")
-    judge_mode: Optional[JudgeMode] = Field(None, description="The judge mode from this rung on.")
+    judge_mode: Optional[JudgeModeName] = Field(None, description="The judge mode from this rung on.")
     train: Optional[dict] = Field(
         None, description="Trainer fields to change from this rung on (e.g. {lr: 1.0e-4, kl_coef: 0.05}); "
                           "the rest stay as in `train`.")

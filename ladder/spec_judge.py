@@ -1,5 +1,6 @@
 """The judge's section of the ladder spec: the rung-1 judge (a model, a registry version, a verifier or the task's
-checker), its mode and each mode's settings, and how the student's and the judge's prompts are rendered."""
+checker), its mode and each mode's settings (models that live beside their scorers, in stages/scoring.py), and how
+the student's and the judge's prompts are rendered."""
 from __future__ import annotations
 
 import re
@@ -7,8 +8,8 @@ from typing import Annotated, Literal, Optional, Union
 
 from pydantic import Field, field_validator
 
-from ladder.spec_fields import Strict, has_placeholders, one_group_regex
-from stages.scoring import PAIR_TEMPLATE, SCORE_PATTERN, VERDICT_TEMPLATE
+from stages.scoring import JUDGE_MODES, ModeSettings
+from stages.settings import Strict
 
 
 class ChatSpec(Strict):
@@ -64,63 +65,27 @@ class TaskJudge(Strict):
 
 JudgeSource = Annotated[Union[ModelJudge, RegistryJudge, VerifierJudge, TaskJudge], Field(discriminator="kind")]
 
-JudgeMode = Literal["verdict", "score", "solve", "pairwise"]
+JudgeModeName = Literal[tuple(JUDGE_MODES)]
 
 
-class JudgeSpec(Strict):
+class JudgeSpec(*JUDGE_MODES.values()):
+    """The frozen judge of rung 1, how its prompts are rendered, its mode, and the settings of every mode (the
+    schedule may switch a later rung to another mode; each mode reads its own)."""
+    # Each mode's settings model (beside its scorer, in stages/scoring.py) brings its fields and their checks; the
+    # YAML keeps them side by side. `settings()` is the current mode's model: what the judge workers take.
     initial: JudgeSource = Field(
         description="The rung-1 judge: a model directory, a registry URI, a verifier function or the task's checker.")
     chat: ChatSpec = Field(
         default_factory=ChatSpec, description="How the judge's prompts (every mode) are rendered: with a chat "
                                               "template the judge prompt is a user turn and the verdict, score or "
                                               "answer is read from the assistant turn.")
-    mode: JudgeMode = Field(
+    mode: JudgeModeName = Field(
         "verdict", description="verdict: P(yes)/(P(yes)+P(no)) of the next token; score: parse a number the judge "
                                "writes; solve: the judge solves the prompt itself and the response earns its "
                                "agreement with the judge's answers; pairwise: the judge compares two responses of a "
                                "group in both orders and a response earns its win rate.")
-    prompt_template: str = Field(
-        VERDICT_TEMPLATE, description="Judge prompt; must contain {prompt} and {response}.")
-    yes_token: str = Field("yes", description="Token whose probability means approval (verdict mode).")
-    no_token: str = Field("no", description="Token whose probability means disapproval (verdict mode).")
-    score_pattern: str = Field(
-        SCORE_PATTERN, description="Regex whose first group is the score (score mode).")
-    score_max: float = Field(10.0, gt=0, description="Scores are divided by this to land in [0, 1] (score mode).")
-    score_max_tokens: int = Field(16, ge=1, le=512, description="Tokens the judge may write (score mode).")
-    fallback_score: float = Field(0.0, ge=0, le=1, description="Reward given when the judge output cannot be parsed.")
-    unreadable: Literal["fallback", "drop"] = Field(
-        "fallback", description="A judge output that cannot be read, or a score that is NaN or outside [0, 1]: "
-                                "fallback gives it fallback_score; drop leaves the sample out of training. Either "
-                                "way it is counted (judge/parse_failure_rate), and a step with nothing left is "
-                                "skipped.")
-    solve_template: str = Field("{prompt}", description="What the judge is given to solve (solve mode); contains {prompt}.")
-    solve_samples: int = Field(4, ge=1, le=64, description="Answers the judge writes per prompt (solve mode).")
-    solve_temperature: float = Field(
-        1.0, ge=0, le=5, description="Sampling temperature of the judge's own answers (solve mode; 0 = greedy).")
-    solve_max_tokens: int = Field(32, ge=1, le=32768, description="Tokens per judge answer (solve mode).")
-    solve_reward: Literal["share", "majority"] = Field(
-        "share", description="share: the fraction of the judge's answers the response agrees with; "
-                             "majority: 1 when it agrees with the judge's most common answer (solve mode).")
-    pair_template: str = Field(
-        PAIR_TEMPLATE, description="Pairwise prompt with {prompt}, {first}, {second}; "
-                                                          "yes_token means the first response is better.")
 
-    @field_validator("prompt_template")
-    @classmethod
-    def _placeholders(cls, v: str) -> str:
-        return has_placeholders(v, "{prompt}", "{response}")
-
-    @field_validator("solve_template")
-    @classmethod
-    def _solve_placeholders(cls, v: str) -> str:
-        return has_placeholders(v, "{prompt}")
-
-    @field_validator("pair_template")
-    @classmethod
-    def _pair_placeholders(cls, v: str) -> str:
-        return has_placeholders(v, "{prompt}", "{first}", "{second}")
-
-    @field_validator("score_pattern")
-    @classmethod
-    def _regex(cls, v: str) -> str:
-        return one_group_regex(v, "the score")
+    def settings(self) -> ModeSettings:
+        """The current mode's settings, validated as that mode's own model."""
+        model = JUDGE_MODES[self.mode]
+        return model.model_validate(self.model_dump(include=set(model.model_fields)))

@@ -6,7 +6,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, field_validator
 
-from ladder.spec_fields import Strict, one_group_regex
+from stages.settings import Strict, one_group_regex
 
 
 ANSWER_PRESETS_HELP = ("A preset: hash (`#42`), gsm8k (`#### 42`), boxed (`\\boxed{42}`, the last one), last_number "

@@ -8,14 +8,14 @@ from __future__ import annotations
 import importlib
 import math
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from stages.actors import Timed
 from stages.batches import JudgedBatch, RolloutBatch
 from stages.engine import EngineConfig, build_llm, load_model_into
 from stages.answers import DEFAULT_ANSWER_PATTERN
-from stages.scoring import JUDGE_SCORERS, PAIR_TEMPLATE, SCORE_PATTERN, VERDICT_TEMPLATE, Pairs, Scored, checked
+from stages.scoring import ModeSettings, Pairs, Scored, VerdictMode, VerdictTokens, checked, score_with
 
 
 class JudgeError(ValueError):
@@ -24,37 +24,22 @@ class JudgeError(ValueError):
 
 @dataclass(frozen=True)
 class JudgeConfig:
-    """What the workers need of `JudgeSpec` (kept separate so workers do not import the spec)."""
-    mode: str = "verdict"
-    prompt_template: str = VERDICT_TEMPLATE
-    yes_token: str = "yes"
-    no_token: str = "no"
-    score_pattern: str = SCORE_PATTERN
-    score_max: float = 10.0
-    score_max_tokens: int = 16
-    fallback_score: float = 0.0
-    unreadable: str = "fallback"        # "fallback": fallback_score; "drop": left out of training
-    solve_template: str = "{prompt}"
-    solve_samples: int = 4
-    solve_temperature: float = 1.0
-    solve_max_tokens: int = 32
-    solve_reward: str = "share"
-    pair_template: str = PAIR_TEMPLATE
-    answer_pattern: str = DEFAULT_ANSWER_PATTERN  # the task's, set by the rung
+    """What the judge workers and the pool take: the rung's judge mode as the spec validated it (the mode's settings
+    model, `JudgeSpec.settings()`), and the task's answer pattern (solve mode reads answers with it)."""
+    settings: ModeSettings = field(default_factory=VerdictMode)
+    answer_pattern: str = DEFAULT_ANSWER_PATTERN
 
     @classmethod
     def from_spec(cls, judge_spec, answer_pattern: Optional[str] = None) -> "JudgeConfig":
-        fields = {k: getattr(judge_spec, k) for k in cls.__dataclass_fields__ if k != "answer_pattern"}
-        return cls(**fields, **({"answer_pattern": answer_pattern} if answer_pattern else {}))
+        return cls(judge_spec.settings(), **({"answer_pattern": answer_pattern} if answer_pattern else {}))
 
-    def render(self, prompt: str, response: str) -> str:
-        return self.prompt_template.replace("{prompt}", prompt).replace("{response}", response)
+    @property
+    def mode(self) -> str:
+        return self.settings.mode
 
-    def render_solve(self, prompt: str) -> str:
-        return self.solve_template.replace("{prompt}", prompt)
-
-    def render_pair(self, prompt: str, first: str, second: str) -> str:
-        return self.pair_template.replace("{prompt}", prompt).replace("{first}", first).replace("{second}", second)
+    def score(self, pool, pairs: Pairs) -> Scored:
+        """`pairs` scored in this mode, with the workers of `pool`."""
+        return score_with(pool, self.settings, pairs, self.answer_pattern)
 
 
 def _single_token(tokenizer, text: str, field: str) -> int:
@@ -77,9 +62,10 @@ def _single_token(tokenizer, text: str, field: str) -> int:
 def verdict_token_ids(tokenizer, judge: JudgeConfig) -> Optional[tuple[int, int]]:
     """The ids of the yes and no tokens of a mode that reads them (verdict, pairwise); JudgeError naming the
     field and the one-token variants when a word is not one token."""
-    if judge.mode not in ("verdict", "pairwise"):
+    tokens = judge.settings
+    if not isinstance(tokens, VerdictTokens):
         return None
-    return _single_token(tokenizer, judge.yes_token, "yes_token"), _single_token(tokenizer, judge.no_token, "no_token")
+    return _single_token(tokenizer, tokens.yes_token, "yes_token"), _single_token(tokenizer, tokens.no_token, "no_token")
 
 
 def verdict_scores(llm, texts: list[str], yes_id: int, no_id: int) -> list[float]:
@@ -136,26 +122,9 @@ class JudgeWorker(Timed):
         outs = self.llm.generate(texts, params, use_tqdm=False)
         return [[(c.text, len(c.token_ids)) for c in out.outputs] for out in outs]
 
-    def score(self, prompts: list[str], responses: list[str]) -> tuple[list[float], int]:
-        """Scores in [0, 1] for each (prompt, response) in this worker's mode, and the parse failures."""
-        scored = JUDGE_SCORERS[self.judge.mode](_Local(self), self.judge,
-                                                Pairs(tuple(prompts), tuple(responses), tuple(range(len(prompts)))))
-        return list(scored.scores), scored.parse_failures
-
 
 def _plain(text: str) -> str:
     return text
-
-
-class _Local:
-    """A pool of one worker, called in its own process (`JudgeWorker.score`)."""
-
-    def __init__(self, worker: JudgeWorker):
-        self.worker = worker
-        self.chat = _plain
-
-    def map(self, method: str, items: list, *args) -> list:
-        return getattr(self.worker, method)(items, *args)
 
 
 def _number(x) -> float:
@@ -200,7 +169,8 @@ class JudgePool:
     def score(self, batch: RolloutBatch) -> JudgedBatch:
         """Rewards for a rollout batch; unreadable or out-of-range scores get the fallback or are dropped."""
         raw = self.score_items(list(batch.prompts), batch.responses, list(batch.group), list(batch.references))
-        scored, keep, invalid = checked(raw, self.cfg.fallback_score, self.cfg.unreadable == "drop")
+        settings = self.cfg.settings
+        scored, keep, invalid = checked(raw, settings.fallback_score, settings.unreadable == "drop")
         return JudgedBatch(batch, scored.scores, scored.parse_failures, scored.judge_tokens, scored.examples,
                            keep, invalid)
 
@@ -216,7 +186,7 @@ class JudgePool:
             self.work_s += time.perf_counter() - t0
             return Scored(scores, 0, 0)
         groups = groups if groups is not None else list(range(len(prompts)))
-        return JUDGE_SCORERS[self.cfg.mode](self, self.cfg, Pairs(tuple(prompts), tuple(responses), tuple(groups)))
+        return self.cfg.score(self, Pairs(tuple(prompts), tuple(responses), tuple(groups)))
 
     def _verify(self, prompt: str, response: str, reference) -> float:
         try:
@@ -226,11 +196,6 @@ class JudgePool:
             why = str(exc).splitlines()[0][:160] if str(exc) else ""
             raise JudgeError(f"verifier {name} raised {type(exc).__name__}: {why} (prompt {prompt[:40]!r}, "
                              f"response {response[:40]!r})") from None
-
-    def score_pairs(self, prompts: list[str], responses: list[str]) -> tuple[list[float], int]:
-        """Each pair scored on its own (no groups): scores and parse failures."""
-        scored = self.score_items(prompts, responses)
-        return list(scored.scores), scored.parse_failures
 
     def map(self, method: str, items: list, *args) -> list:
         """`worker.method(chunk, *args)` over chunks of `batch_size` items, round-robin over workers,

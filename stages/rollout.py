@@ -42,7 +42,7 @@ class RolloutWorker(Timed):
         import ray
         import torch
 
-        arrays = ray.get(ref.blob) if isinstance(ref.blob, ray.ObjectRef) else ref.blob
+        arrays = ray.get(ref.blob)
         with warnings.catch_warnings():  # read-only views of the object store: the engine copies them in
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             load_state_dict_into(self.llm, {k: torch.from_numpy(v) for k, v in arrays.items()})

@@ -1,16 +1,21 @@
-"""How a judge model turns (prompt, response) pairs into rewards: one scorer per judge mode.
+"""How a judge model turns (prompt, response) pairs into rewards: each judge mode's settings beside its scorer.
 
-`JUDGE_SCORERS[mode](pool, cfg, pairs)` uses the pool's workers (`verdicts` / `write`) and returns `Scored`.
+A mode's settings are a pydantic model (the spec's `judge` section is made of them, and the judge workers take
+the rung's one); its scorer `(pool, settings, pairs, answer_pattern) -> Scored` uses the pool's workers
+(`verdicts` / `write`). Adding a mode is a settings model and a scorer, paired in `JUDGE_SCORERS`.
 """
 from __future__ import annotations
 
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Annotated, Literal, Optional, Sequence, Union
+
+from pydantic import Field, field_validator
 
 from stages.answers import normalized, same_answer
 from stages.answers import extract_answer as extract
+from stages.settings import Strict, has_placeholders, one_group_regex
 
 VERDICT_TEMPLATE = "{prompt}{response}\nok?"             # verdict and score modes: the judge's prompt
 PAIR_TEMPLATE = "{prompt}1:{first}\n2:{second}\nfirst?"  # pairwise mode: yes means the first is better
@@ -34,7 +39,41 @@ class Scored:
     unread: tuple[bool, ...] = ()      # [n] True where the judge's output could not be read (empty: none)
 
 
-def score_verdict(pool, cfg, pairs: Pairs) -> Scored:
+class ModeSettings(Strict):
+    """What every judge mode has: what an output that cannot be read is worth."""
+    fallback_score: float = Field(0.0, ge=0, le=1, description="Reward given when the judge output cannot be parsed.")
+    unreadable: Literal["fallback", "drop"] = Field(
+        "fallback", description="A judge output that cannot be read, or a score that is NaN or outside [0, 1]: "
+                                "fallback gives it fallback_score; drop leaves the sample out of training. Either "
+                                "way it is counted (judge/parse_failure_rate), and a step with nothing left is "
+                                "skipped.")
+
+
+class JudgePrompt(ModeSettings):
+    """A mode that shows the judge one (prompt, response) pair."""
+    prompt_template: str = Field(VERDICT_TEMPLATE, description="Judge prompt; must contain {prompt} and {response}.")
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _placeholders(cls, v: str) -> str:
+        return has_placeholders(v, "{prompt}", "{response}")
+
+    def render(self, prompt: str, response: str) -> str:
+        return self.prompt_template.replace("{prompt}", prompt).replace("{response}", response)
+
+
+class VerdictTokens(ModeSettings):
+    """A mode that reads the judge's next token: yes or no."""
+    yes_token: str = Field("yes", description="Token whose probability means approval (verdict mode).")
+    no_token: str = Field("no", description="Token whose probability means disapproval (verdict mode).")
+
+
+class VerdictMode(JudgePrompt, VerdictTokens):
+    """P(yes) / (P(yes) + P(no)) of the judge's next token after the judge prompt."""
+    mode: Literal["verdict"] = "verdict"
+
+
+def score_verdict(pool, cfg: VerdictMode, pairs: Pairs, answer_pattern: str) -> Scored:
     """P(yes) / (P(yes) + P(no)) after the rendered judge prompt: one next-token read per pair."""
     texts = [pool.chat(cfg.render(p, r)) for p, r in zip(pairs.prompts, pairs.responses)]
     scores = pool.map("verdicts", texts)
@@ -42,7 +81,20 @@ def score_verdict(pool, cfg, pairs: Pairs) -> Scored:
     return Scored(tuple(scores), 0, len(texts), examples)
 
 
-def score_written(pool, cfg, pairs: Pairs) -> Scored:
+class ScoreMode(JudgePrompt):
+    """The judge writes a score; a pattern reads it."""
+    mode: Literal["score"] = "score"
+    score_pattern: str = Field(SCORE_PATTERN, description="Regex whose first group is the score (score mode).")
+    score_max: float = Field(10.0, gt=0, description="Scores are divided by this to land in [0, 1] (score mode).")
+    score_max_tokens: int = Field(16, ge=1, le=512, description="Tokens the judge may write (score mode).")
+
+    @field_validator("score_pattern")
+    @classmethod
+    def _regex(cls, v: str) -> str:
+        return one_group_regex(v, "the score")
+
+
+def score_written(pool, cfg: ScoreMode, pairs: Pairs, answer_pattern: str) -> Scored:
     """The judge writes a score (greedy); `score_pattern` reads it, `fallback_score` when unreadable."""
     texts = [pool.chat(cfg.render(p, r)) for p, r in zip(pairs.prompts, pairs.responses)]
     outs = [o[0] for o in pool.map("write", texts, 1, cfg.score_max_tokens, 0.0)]
@@ -66,19 +118,40 @@ def parse_score(text: str, pattern: str, score_max: float) -> Optional[float]:
     return min(1.0, max(0.0, value / score_max))
 
 
-def score_solve(pool, cfg, pairs: Pairs) -> Scored:
+class SolveMode(ModeSettings):
+    """The judge solves each prompt itself; a response earns its agreement with the judge's answers."""
+    mode: Literal["solve"] = "solve"
+    solve_template: str = Field("{prompt}", description="What the judge is given to solve (solve mode); contains {prompt}.")
+    solve_samples: int = Field(4, ge=1, le=64, description="Answers the judge writes per prompt (solve mode).")
+    solve_temperature: float = Field(
+        1.0, ge=0, le=5, description="Sampling temperature of the judge's own answers (solve mode; 0 = greedy).")
+    solve_max_tokens: int = Field(32, ge=1, le=32768, description="Tokens per judge answer (solve mode).")
+    solve_reward: Literal["share", "majority"] = Field(
+        "share", description="share: the fraction of the judge's answers the response agrees with; "
+                             "majority: 1 when it agrees with the judge's most common answer (solve mode).")
+
+    @field_validator("solve_template")
+    @classmethod
+    def _solve_placeholders(cls, v: str) -> str:
+        return has_placeholders(v, "{prompt}")
+
+    def render_solve(self, prompt: str) -> str:
+        return self.solve_template.replace("{prompt}", prompt)
+
+
+def score_solve(pool, cfg: SolveMode, pairs: Pairs, answer_pattern: str) -> Scored:
     """The judge solves each distinct prompt `solve_samples` times; a response earns the share of the
     judge's answers it agrees with (`share`) or 1 for agreeing with the judge's majority (`majority`)."""
     prompts = list(dict.fromkeys(pairs.prompts))
     inputs = [pool.chat(cfg.render_solve(p)) for p in prompts]
     solved = pool.map("write", inputs, cfg.solve_samples,
                       cfg.solve_max_tokens, cfg.solve_temperature)
-    answers = {p: [extract(cfg.answer_pattern, text) for text, _ in outs] for p, outs in zip(prompts, solved)}
+    answers = {p: [extract(answer_pattern, text) for text, _ in outs] for p, outs in zip(prompts, solved)}
     scores, unread = [], []
     for p, r in zip(pairs.prompts, pairs.responses):
         judged = [a for a in answers[p] if a is not None]
         unread.append(not judged)
-        scores.append(agreement(extract(cfg.answer_pattern, r), judged, cfg.solve_reward) if judged
+        scores.append(agreement(extract(answer_pattern, r), judged, cfg.solve_reward) if judged
                       else cfg.fallback_score)
     examples = tuple({"prompt": p, "judge_input": text, "judge_wrote": [t for t, _ in outs]}
                      for p, text, outs in list(zip(prompts, inputs, solved))[:4])
@@ -97,7 +170,23 @@ def agreement(answer: Optional[str], judge_answers: Sequence[str], rule: str) ->
     return sum(same_answer(a, answer) for a in judge_answers) / len(judge_answers)
 
 
-def score_pairwise(pool, cfg, pairs: Pairs) -> Scored:
+class PairwiseMode(VerdictTokens):
+    """The judge compares two responses of a group, in both orders; yes_token means the first is better."""
+    mode: Literal["pairwise"] = "pairwise"
+    pair_template: str = Field(
+        PAIR_TEMPLATE, description="Pairwise prompt with {prompt}, {first}, {second}; "
+                                   "yes_token means the first response is better.")
+
+    @field_validator("pair_template")
+    @classmethod
+    def _pair_placeholders(cls, v: str) -> str:
+        return has_placeholders(v, "{prompt}", "{first}", "{second}")
+
+    def render_pair(self, prompt: str, first: str, second: str) -> str:
+        return self.pair_template.replace("{prompt}", prompt).replace("{first}", first).replace("{second}", second)
+
+
+def score_pairwise(pool, cfg: PairwiseMode, pairs: Pairs, answer_pattern: str) -> Scored:
     """Every two responses of a group are compared in both orders (cancelling position bias);
     a response's reward is its mean win probability against the rest of its group."""
     comparisons = [(i, j) for members in _members(pairs.groups).values() for i in members for j in members if i != j]
@@ -142,4 +231,12 @@ def checked(scored: Scored, fallback: float, drop: bool) -> tuple[Scored, tuple[
     return fixed, keep, sum(bad)
 
 
-JUDGE_SCORERS = {"verdict": score_verdict, "score": score_written, "solve": score_solve, "pairwise": score_pairwise}
+JUDGE_SCORERS = {VerdictMode: score_verdict, ScoreMode: score_written, SolveMode: score_solve,
+                 PairwiseMode: score_pairwise}  # a mode's settings model -> its scorer
+JUDGE_MODES = {model.model_fields["mode"].default: model for model in JUDGE_SCORERS}  # by name, as specs write it
+JudgeMode = Annotated[Union[tuple(JUDGE_SCORERS)], Field(discriminator="mode")]  # one mode's validated settings
+
+
+def score_with(pool, settings: ModeSettings, pairs: Pairs, answer_pattern: str) -> Scored:
+    """`pairs` scored by the scorer of `settings`' mode."""
+    return JUDGE_SCORERS[type(settings)](pool, settings, pairs, answer_pattern)

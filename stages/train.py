@@ -223,15 +223,6 @@ class Trainer:
         clipped = ((ratio - 1).abs() > eps).float().sum()
         return per_token.sum(), kl, clipped
 
-    def sequence_logprobs(self, samples) -> list[float]:
-        """Sum of the student's logprobs over each sample's completion (for tests and diagnostics)."""
-        import torch
-
-        packed = pack(samples, self.pad_id).to(self.device)
-        with torch.no_grad(), self.autocast():
-            lp = completion_logprobs(self.model, packed)
-        return torch.zeros(len(samples), device=self.device).index_add_(0, packed.sample, lp).tolist()
-
     def state_arrays(self) -> dict:
         """The student's weights as float32 numpy arrays, {HF parameter name: array} (the student's weights are
         float32 whatever the compute dtype); on CPU they share the parameters' memory (no copy)."""

@@ -122,7 +122,6 @@ def test_rung_two_judge_served_version_one(two_rungs, tiny_model, tmp_path):
 
     from ladder.bootstrap import verdicts
     from ladder.controller import LadderController
-    from stages.judge import JudgeConfig
     from stages.scoring import pair_win
 
     spec, reg, _, _ = two_rungs
@@ -131,7 +130,7 @@ def test_rung_two_judge_served_version_one(two_rungs, tiny_model, tmp_path):
     probe_rung1 = json.loads(reg.client.get_run(v1.run_id).data.tags["ladder.judge_probe"])
     ctl = LadderController(spec)
     ctl.prepare()
-    cfg = JudgeConfig.from_spec(spec.judge)
+    rung1, rung2 = spec.judge.settings(), spec.for_rung(2).judge.settings()  # verdict, then pairwise
 
     def fresh_verdicts(model_dir, texts):
         tok = AutoTokenizer.from_pretrained(model_dir)
@@ -139,11 +138,11 @@ def test_rung_two_judge_served_version_one(two_rungs, tiny_model, tmp_path):
         return verdicts(model, tok, texts, "yes", "no")
 
     items1 = ctl.tasks.calibration(1)[:8]
-    assert probe_rung1 == pytest.approx(fresh_verdicts(tiny_model, [cfg.render(c.prompt, c.response) for c in items1]),
+    assert probe_rung1 == pytest.approx(fresh_verdicts(tiny_model, [rung1.render(c.prompt, c.response) for c in items1]),
                                         abs=1e-3)
     items2 = ctl.tasks.calibration(2)[:8]  # (correct, corrupted) pairs of one prompt each
     v1_dir = reg.download("1", str(tmp_path / "dl"))
-    texts = [cfg.render_pair(a.prompt, x.response, y.response)
+    texts = [rung2.render_pair(a.prompt, x.response, y.response)
              for a, b in zip(items2[::2], items2[1::2]) for x, y in ((a, b), (b, a))]
     p = fresh_verdicts(v1_dir, texts)
     expected = [w for k in range(0, len(p), 2) for w in (pair_win(p[k], p[k + 1]), pair_win(p[k + 1], p[k]))]
@@ -168,7 +167,7 @@ def test_registration_is_idempotent(tiny_model, tmp_path):
 def _controller_with_candidate(spec_dict, model_dir, tmp_path):
     """A controller whose progress is at the gate of rung 1, with `model_dir` registered as the candidate."""
     from ladder.controller import LadderController
-    from ladder.progress import Phase, Progress
+    from ladder.progress import JudgeQuality, Phase, Progress, RungResults
     from ladder.spec import parse_spec
 
     ctl = LadderController(parse_spec(spec_dict))
@@ -177,7 +176,8 @@ def _controller_with_candidate(spec_dict, model_dir, tmp_path):
     run = ctl.registry.start_rung_run(parent, 1, "job")
     version = ctl.registry.register(run, model_dir, {"ladder.rung": "1", "ladder.rung_uid": f"job-{model_dir}"})
     progress = Progress(ctl.spec.name, "job", phase=Phase.GATE, parent_run=parent, rung_run=run, candidate=version,
-                        judge="base", results={"current_judge": [0.6, 0.65, 0.1], "start_accuracy": 0.1})
+                        judge="base",
+                        results=RungResults(current_judge=JudgeQuality(0.6, 0.65, 0.1), start_accuracy=0.1))
     ctl.progress = progress
     return ctl, run, version, progress
 
@@ -207,7 +207,7 @@ def test_gate_rejects_a_corrupted_candidate(ray_local, tiny_model, tmp_path):
     ctl.registry.promote("1", by="setup")  # pretend an earlier judge: alias judge -> 1
     bad_v = ctl.registry.register(run, bad, {"ladder.rung": "2", "ladder.rung_uid": "job-bad"})
     after = ctl._gate(progress.to(candidate=bad_v))  # the candidate is fetched from MLflow by the judge worker
-    assert after.phase is Phase.DONE and after.state is State.STOPPED and after.results["ended"] == "rejected"
+    assert after.phase is Phase.DONE and after.state is State.STOPPED and after.results.ended == "rejected"
     tags = ctl.registry.version(bad_v).tags
     assert ctl.registry.status_of(bad_v) == "rejected"
     assert tags["ladder.gate"] == "fail" and tags["ladder.gate_rule"] == "collapse"

@@ -152,6 +152,6 @@ def test_a_store_written_before_models_still_reads(tiny_model, tmp_path):
         (1, "base", "tag", None), (2, "old/v1", "tag", None)]
     local = Path(reg.download("2", str(tmp_path / "dl")))
     assert (local / "model.safetensors").read_bytes() == (Path(tiny_model) / "model.safetensors").read_bytes()
-    from ladder.ladder_driver import format_table
+    from ladder.run_ladder import format_table
 
     assert "old/v1" in format_table(rows, reg.aliases())

@@ -340,7 +340,7 @@ def test_killed_driver_killed_controller_killed_trainer_and_an_mlflow_outage(tin
         at_trainer_kill = wait_for(name, mlflow_server, lambda p: p.rung == 2 and p.step >= every).step
         os.kill(trainer, signal.SIGKILL)  # the rung starts again from its checkpoint on fresh actors
         trainer_killed = time.monotonic()
-        restarted = wait_for(name, mlflow_server, lambda p: p.results.get("stage_restarts", 0) >= 1
+        restarted = wait_for(name, mlflow_server, lambda p: p.results.stage_restarts >= 1
                              or p.state.value == "completed")
         wait_for(name, mlflow_server, lambda p: p.state.value == "completed" or p.phase.value != "train"
                  or p.step > restarted.step)  # the restarted rung's next checkpoint (or its end)

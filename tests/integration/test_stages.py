@@ -147,16 +147,17 @@ def test_verdict_scores_equal_transformers(ray_local, tiny_model, judge_worker):
 
     from ladder.bootstrap import verdicts
     from ladder.tasks.arithmetic import build
-    from stages.judge import JudgeConfig
+    from stages.judge import JudgeConfig, JudgePool
 
     task = build(3, 9, 50, 12, seed=5)
     items = task.calibration(12, seed=1)
     prompts, responses = [c.prompt for c in items], [c.response for c in items]
-    scores, failures = ray_local.get(judge_worker.score.remote(prompts, responses))
+    scored = JudgePool([judge_worker], batch_size=12).score_items(prompts, responses)
+    scores, failures = list(scored.scores), scored.parse_failures
     tok = AutoTokenizer.from_pretrained(tiny_model)
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
     cfg = JudgeConfig()
-    expected = verdicts(model, tok, [cfg.render(p, r) for p, r in zip(prompts, responses)], "yes", "no")
+    expected = verdicts(model, tok, [cfg.settings.render(p, r) for p, r in zip(prompts, responses)], "yes", "no")
     assert failures == 0
     assert scores == pytest.approx(expected, abs=1e-3)
     assert len({round(s, 4) for s in scores}) > 1, "distinct inputs should get distinct verdicts"
@@ -201,7 +202,7 @@ def test_a_verdict_reads_two_logprobs_whatever_the_vocabulary(ray_local, tmp_pat
         return [len(o.outputs[0].logprobs[0]) for o in outs]
 
     model = str(build_tiny_model(tmp_path / "wide", "nano", seed=3, vocab_size=151_936))
-    texts = [JudgeConfig().render(p, r) for p in PROMPTS for r in ("#5", "3+4=7\n7-2=5#5")]
+    texts = [JudgeConfig().settings.render(p, r) for p in PROMPTS for r in ("#5", "3+4=7\n7-2=5#5")]
     worker = spawn(JudgeWorker, EngineConfig(model, kv_cache_gib=0.25), JudgeConfig())
     try:
         scores = ray_local.get(worker.verdicts.remote(texts))
@@ -254,7 +255,7 @@ def test_engines_take_a_new_rungs_models_in_place(ray_local, tiny_model, engine_
     wait_dead(replaced)
 
     cfg = JudgeConfig()
-    texts = [cfg.render(p, r) for p in PROMPTS for r in ("#5", "#9")]
+    texts = [cfg.settings.render(p, r) for p in PROMPTS for r in ("#5", "#9")]
 
     def hf_verdicts(model_dir):
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
@@ -288,17 +289,17 @@ def test_a_judge_worker_killed_mid_call_is_replaced_and_its_chunk_retried(ray_lo
     responses = ["1+2=3 " * 60 + f"#{i}" for i in range(160)]
     pool = JudgePool([judge_worker, victim], batch_size=80, respawn=lambda: judge_worker)
     with ThreadPoolExecutor(1) as threads:
-        scoring = threads.submit(pool.score_pairs, prompts, responses)
+        scoring = threads.submit(pool.score_items, prompts, responses)
         killed = kill_when_busy(pid, victim)
-        scores, _ = scoring.result(timeout=600)
+        scores = scoring.result(timeout=600).scores
         recovery = time.monotonic() - killed
-    direct, _ = ray.get(judge_worker.score.remote(prompts, responses))
+    direct = JudgePool([judge_worker], batch_size=160).score_items(prompts, responses).scores  # one worker, one call
     assert pool.replaced == 1  # the kill landed before the victim's chunk came back
     assert scores == pytest.approx(direct, abs=1e-4)  # (long prompts: batching may move the last digits)
     # a worker that keeps dying: past its budget the pool says so instead of starting another
     spent = JudgePool([judge_worker, victim], batch_size=3, respawn=lambda: judge_worker, max_replacements=0)
     with pytest.raises(JudgeError, match=r"judge workers died 1 times in this rung \(worker_replacements is 0\)"):
-        spent.score_pairs(PROMPTS * 3, ["1+1=2#2"] * 12)
+        spent.score_items(PROMPTS * 3, ["1+1=2#2"] * 12)
     fault_figures("judge worker SIGKILL mid-call", f"replaced, its chunk of 80 scored again; scores back {recovery:.1f} "
                   "s after the kill; scores equal one worker's")
 
@@ -307,19 +308,21 @@ def test_score_mode_counts_unparsable_outputs_and_uses_the_fallback(ray_local, e
     """The tiny judge writes no numbers: every output is a parse failure scored with the fallback."""
     from stages.actors import kill_all, spawn
     from stages.judge import JudgeConfig, JudgeWorker
+    from stages.scoring import ScoreMode
 
     from dataclasses import replace
 
     from stages.batches import RolloutBatch, Sample
     from stages.judge import JudgePool
 
-    cfg = JudgeConfig(mode="score", score_pattern=r"score=(\d+)$", fallback_score=0.25, score_max_tokens=8)
+    cfg = JudgeConfig(ScoreMode(score_pattern=r"score=(\d+)$", fallback_score=0.25, score_max_tokens=8))
     worker = spawn(JudgeWorker, engine_cfg, cfg)
     batch = RolloutBatch(tuple(PROMPTS), (None,) * len(PROMPTS),
                          tuple(Sample((1,), (2,), "1+1=2#2", ()) for _ in PROMPTS), tuple(range(len(PROMPTS))))
     try:
-        scores, failures = ray_local.get(worker.score.remote(PROMPTS, ["1+1=2#2"] * len(PROMPTS)))
-        dropped = JudgePool([worker], 8, cfg=replace(cfg, unreadable="drop")).score(batch)
+        scored = JudgePool([worker], 8, cfg=cfg).score_items(PROMPTS, ["1+1=2#2"] * len(PROMPTS))
+        scores, failures = list(scored.scores), scored.parse_failures
+        dropped = JudgePool([worker], 8, cfg=replace(cfg, settings=cfg.settings.model_copy(update={"unreadable": "drop"}))).score(batch)
     finally:
         kill_all([worker])
     assert failures == len(PROMPTS)
@@ -339,9 +342,9 @@ def test_solve_mode_rewards_agreement_with_the_judges_own_answer(ray_local, judg
     the judge, not the ground truth."""
     from ladder.tasks.arithmetic import build
     from stages.judge import JudgeConfig, JudgePool
-    from stages.scoring import extract
+    from stages.scoring import SolveMode, extract
 
-    cfg = JudgeConfig(mode="solve", solve_samples=1, solve_temperature=0.0, solve_max_tokens=32)
+    cfg = JudgeConfig(SolveMode(solve_samples=1, solve_temperature=0.0, solve_max_tokens=32))
     pool = JudgePool([judge_worker], batch_size=8, cfg=cfg)
     rows = build(4, 5, 40, 4, seed=3).train[:40]  # the test model trained on these problems
     written = ray_local.get(judge_worker.write.remote([r.prompt for r in rows], 1, 32, 0.0))
@@ -363,8 +366,9 @@ def test_solve_mode_rewards_agreement_with_the_judges_own_answer(ray_local, judg
 def test_pairwise_mode_mirrors_when_the_order_of_a_pair_is_swapped(ray_local, judge_worker):
     from ladder.tasks.arithmetic import build
     from stages.judge import JudgeConfig, JudgePool
+    from stages.scoring import PairwiseMode
 
-    pool = JudgePool([judge_worker], batch_size=16, cfg=JudgeConfig(mode="pairwise"))
+    pool = JudgePool([judge_worker], batch_size=16, cfg=JudgeConfig(PairwiseMode()))
     rows = build(3, 9, 8, 4, seed=4).train[:6]
     moved = False
     for r in rows:

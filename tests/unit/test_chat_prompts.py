@@ -4,9 +4,10 @@ import pytest
 
 from ladder.prompts import PromptError, fit_context, judge_context, renderer, student_context
 from ladder.spec import ChatSpec, parse_spec
+from ladder.spec_judge import JudgeSpec
 from ladder.tasks.base import Example, Task
 from stages.judge import JudgeConfig, JudgeError, _single_token
-from stages.scoring import JUDGE_SCORERS, Pairs
+from stages.scoring import Pairs, PairwiseMode
 
 TURN = "<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
 
@@ -57,12 +58,13 @@ class _Pool:
 @pytest.mark.parametrize("mode", ["verdict", "score", "solve", "pairwise"])
 def test_every_judge_mode_sends_the_judge_prompt_as_a_user_turn(chat_tokenizer, mode):
     chat = renderer(chat_tokenizer, ChatSpec(system="You grade answers."), "judge.chat")
-    cfg = JudgeConfig(mode=mode, prompt_template="Q: {prompt}\nA: {response}\nCorrect?",
+    judge = JudgeSpec(initial={"kind": "task"}, mode=mode, prompt_template="Q: {prompt}\nA: {response}\nCorrect?",
                       solve_template="Solve: {prompt}", pair_template="Q: {prompt}\n1: {first}\n2: {second}\nFirst?",
                       yes_token="Yes", no_token="No")
+    cfg = JudgeConfig.from_spec(judge)  # the mode's own settings, as the judge workers take them
     pool = _Pool(chat.user)
     pairs = Pairs(("2+3", "2+3"), ("5", "6"), (0, 0))
-    scored = JUDGE_SCORERS[mode](pool, cfg, pairs)
+    scored = cfg.score(pool, pairs)
     expected = {"verdict": ["Q: 2+3\nA: 5\nCorrect?", "Q: 2+3\nA: 6\nCorrect?"],
                 "score": ["Q: 2+3\nA: 5\nCorrect?", "Q: 2+3\nA: 6\nCorrect?"],
                 "solve": ["Solve: 2+3"],
@@ -102,7 +104,7 @@ def test_context_length_is_measured_on_the_rendered_prompts(chat_tokenizer):
     rendered = len(chat_tokenizer(chat.user(long_prompt)).input_ids)
     context = student_context(spec, task, chat, 8192)
     assert context >= rendered + 50 and context % 64 == 0 and context < rendered + 50 + 64 + 8
-    cfg = JudgeConfig(mode="pairwise", pair_template="{prompt}|{first}|{second}?")
+    cfg = JudgeConfig(PairwiseMode(pair_template="{prompt}|{first}|{second}?"))
     assert judge_context(spec, cfg, task, chat, 8192) >= rendered + 2 * 50
     with pytest.raises(PromptError, match="the longest student prompt \\+ rollout.max_tokens needs .* over the "
                                           "model's limit of 256"):

@@ -113,9 +113,11 @@ def test_bad_scores_get_the_fallback_or_are_dropped_and_are_counted():
 def test_a_verifier_returning_nonsense_is_checked_like_a_judge():
     from stages.batches import RolloutBatch, Sample
     from stages.judge import JudgeConfig, JudgePool
+    from stages.scoring import VerdictMode
 
     answers = iter([1.0, float("nan"), "not a number", 1.5])
-    pool = JudgePool([], 8, verifier=lambda p, r, ref: next(answers), cfg=JudgeConfig(unreadable="drop"))
+    drop = JudgeConfig(VerdictMode(unreadable="drop"))
+    pool = JudgePool([], 8, verifier=lambda p, r, ref: next(answers), cfg=drop)
     samples = tuple(Sample((1,), (2,), "x", ()) for _ in range(4))
     judged = pool.score(RolloutBatch(("p",) * 4, (None,) * 4, samples, (0, 0, 0, 0)))
     assert judged.scores == (1.0, 0.0, 0.0, 0.0)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from stages.batches import JudgedBatch, RolloutBatch, Sample
-from stages.packing import fill_rows, micro_batches, pack
+from stages.packing import completion_logprobs, fill_rows, micro_batches, pack
 from stages.train import TrainConfig, Trainer, group_advantages
 
 
@@ -58,16 +58,24 @@ def _batch(trainer, prompts, completions, scores, groups):
     return JudgedBatch(rb, tuple(scores))
 
 
+def sequence_logprobs(trainer, samples) -> list[float]:
+    """Sum of the student's logprobs over each sample's completion."""
+    packed = pack(samples, trainer.pad_id).to(trainer.device)
+    with torch.no_grad(), trainer.autocast():
+        lp = completion_logprobs(trainer.model, packed)
+    return torch.zeros(len(samples), device=trainer.device).index_add_(0, packed.sample, lp).tolist()
+
+
 def test_trainer_step_changes_parameters_and_raises_rewarded_likelihood(tiny):
     trainer = Trainer(tiny, TrainConfig(lr=1e-3, kl_coef=0.0), seed=0)
     prompts = ["Q:1+1\nA:"] * 4
     completions = ["1+1=2#2", "1+1=3#3", "1+1=2#2", "1+1=3#3"]
     batch = _batch(trainer, prompts, completions, [1, 0, 1, 0], [0, 0, 0, 0])
-    before = trainer.sequence_logprobs(batch.rollout.samples)
+    before = sequence_logprobs(trainer, batch.rollout.samples)
     checksum = trainer.parameter_checksum()
     for _ in range(5):
         trainer.step(batch)
-    after = trainer.sequence_logprobs(batch.rollout.samples)
+    after = sequence_logprobs(trainer, batch.rollout.samples)
     assert trainer.parameter_checksum() != checksum
     # the GRPO objective, sum of advantage * log-likelihood, went up: rewarded answers became likelier
     adv = group_advantages(batch.scores, batch.rollout.group).tolist()

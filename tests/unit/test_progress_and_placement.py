@@ -2,7 +2,7 @@
 import pytest
 
 from cluster.placement import actor_options, unplaceable
-from ladder.progress import Phase, Progress, State
+from ladder.progress import JudgeQuality, Phase, Progress, RungResults, State
 from ladder.runtime import Address, ClusterError
 from ladder.spec import SpecError, parse_spec
 
@@ -10,7 +10,9 @@ from ladder.spec import SpecError, parse_spec
 def test_progress_round_trips_through_json():
     p = Progress("lad", "job1", state=State.AWAITING_PROMOTION, phase=Phase.AWAIT, rung=2, attempt=1, step=8,
                  cursor={"epoch": 1, "index": 5}, checkpoint="runs:/r/checkpoints/step-00008", candidate="3",
-                 judge="lad/v2", parent_run="p", rung_run="r", results={"final_accuracy": 0.5}, submission="s")
+                 judge="lad/v2", parent_run="p", rung_run="r", submission="s",
+                 results=RungResults(student_init="v1", final_accuracy=0.5, current_judge=JudgeQuality(0.6, 0.7, 0.1),
+                                     history=[{"version": "2", "status": "promoted"}]))
     back = Progress.from_json(p.to_json())
     assert back == p and back.state is State.AWAITING_PROMOTION and back.phase is Phase.AWAIT
     assert back.rung_uid == "job1-2-1" and back.active
@@ -18,10 +20,10 @@ def test_progress_round_trips_through_json():
 
 def test_next_rung_and_retry_reset_the_rung_but_keep_the_job():
     p = Progress("lad", "job1", state=State.RUNNING, phase=Phase.GATE, rung=2, step=8, checkpoint="c", candidate="3",
-                 rung_run="r", results={"x": 1}, parent_run="p")
+                 rung_run="r", results=RungResults(stage_restarts=1), parent_run="p")
     nxt = p.next_rung()
     assert (nxt.rung, nxt.attempt, nxt.step, nxt.phase, nxt.checkpoint, nxt.candidate, nxt.rung_run, nxt.results) \
-        == (3, 0, 0, Phase.TRAIN, None, None, None, {})
+        == (3, 0, 0, Phase.TRAIN, None, None, None, RungResults())
     assert nxt.job == "job1" and nxt.parent_run == "p" and nxt.updated_at > 0
     retry = p.retry_rung()
     assert (retry.rung, retry.attempt, retry.step, retry.checkpoint) == (2, 1, 0, None)
@@ -32,6 +34,17 @@ def test_next_rung_and_retry_reset_the_rung_but_keep_the_job():
 def test_progress_reads_fields_it_does_not_know_yet_without_failing():
     p = Progress.from_json('{"ladder": "a", "job": "j", "state": "stopped", "phase": "train", "later_field": 1}')
     assert p.state is State.STOPPED
+
+
+def test_progress_reads_results_saved_before_they_were_typed():
+    """Older controllers saved the judge's quality as a list and no verifier flag (the judge's label says it)."""
+    old = ('{"ladder": "a", "job": "j", "state": "running", "phase": "gate", "judge": "verifier:task", "results": '
+           '{"student_init": "v2", "current_judge": [0.6, 0.65, 0.1], "start_accuracy": 0.1, "stage_restarts": 1}}')
+    r = Progress.from_json(old).results
+    assert r.current_judge == JudgeQuality(accuracy=0.6, auc=0.65, identical_share=0.1) and r.judge_is_verifier
+    assert (r.student_init, r.start_accuracy, r.final_accuracy, r.stage_restarts, r.history) == ("v2", 0.1, None, 1, [])
+    model_judged = Progress.from_json('{"ladder": "a", "job": "j", "judge": "a/v1", "results": {}}')
+    assert model_judged.results == RungResults()
 
 
 def spec(**resources):
@@ -86,7 +99,7 @@ def _decided(decision, rung=1, attempt=0, rungs=3, on_reject="stop", max_retries
     from ladder.progress import after_decision
 
     p = Progress("l", "job", state=State.RUNNING, phase=Phase.AWAIT, rung=rung, attempt=attempt, step=20,
-                 candidate="4", judge="v3", rung_run="run", results={"final_accuracy": 0.5})
+                 candidate="4", judge="v3", rung_run="run", results=RungResults(final_accuracy=0.5))
     return after_decision(p, decision, rungs, SimpleNamespace(on_reject=on_reject, max_retries=max_retries),
                           [{"version": "4", "status": decision}])
 
@@ -95,18 +108,18 @@ def test_a_promotion_moves_on_to_the_next_rung_with_the_history():
     p = _decided("promoted", rung=1)
     assert (p.rung, p.phase, p.state, p.attempt, p.step, p.candidate, p.rung_run) == (2, Phase.TRAIN, State.RUNNING,
                                                                                       0, 0, None, None)
-    assert p.results == {"history": [{"version": "4", "status": "promoted"}]}
+    assert p.results == RungResults(history=[{"version": "4", "status": "promoted"}])
 
 
 def test_a_promotion_of_the_last_rung_completes_the_ladder():
     p = _decided("promoted", rung=3, rungs=3)
     assert (p.rung, p.phase, p.state) == (3, Phase.DONE, State.COMPLETED)
-    assert p.results["final_accuracy"] == 0.5 and p.results["history"][-1]["status"] == "promoted"
+    assert p.results.final_accuracy == 0.5 and p.results.history[-1]["status"] == "promoted"
 
 
 def test_a_rejection_stops_the_ladder_by_default():
     p = _decided("rejected", on_reject="stop")
-    assert (p.phase, p.state, p.error, p.results["ended"]) == (Phase.DONE, State.STOPPED, "rung 1 rejected", "rejected")
+    assert (p.phase, p.state, p.error, p.results.ended) == (Phase.DONE, State.STOPPED, "rung 1 rejected", "rejected")
 
 
 def test_on_reject_retry_trains_the_rung_again_within_max_retries():
@@ -116,7 +129,7 @@ def test_on_reject_retry_trains_the_rung_again_within_max_retries():
     again = _decided("rejected", rung=2, attempt=1, on_reject="retry", max_retries=2)
     assert again.attempt == 2 and again.phase is Phase.TRAIN
     spent = _decided("rejected", rung=2, attempt=2, on_reject="retry", max_retries=2)
-    assert (spent.phase, spent.state, spent.results["ended"]) == (Phase.DONE, State.STOPPED, "rejected")
+    assert (spent.phase, spent.state, spent.results.ended) == (Phase.DONE, State.STOPPED, "rejected")
 
 
 def test_status_shows_a_pending_decision_only_while_awaiting_one():

@@ -1,5 +1,5 @@
-"""What every section of the ladder spec is built from: strict, frozen pydantic models (a typo is an error), and
-the checks of a template's placeholders and of a regex's capture group."""
+"""What every section of the ladder spec is built from, the stages' own settings (the judge modes) included:
+strict, frozen pydantic models (a typo is an error), and the checks of a template's placeholders and of a regex."""
 from __future__ import annotations
 
 import re

@@ -1,4 +1,4 @@
-"""The ladder as a service: find a ladder by name, report its status, stop it, resume it.
+"""A ladder controlled from outside its controller: find it by name, report its status, stop it, resume it.
 
 Everything reads the ladder's saved progress in MLflow; where a Ray cluster is given, liveness comes from
 Ray itself (the controller actor and the stage actors, named `<ladder>` and `<ladder>.<job>.<role>.*`).
@@ -17,14 +17,14 @@ class LadderNotFound(ValueError):
 
 
 @dataclass(frozen=True)
-class Where:
+class LadderAccess:
     """How the commands reach a ladder: its MLflow store and, optionally, its Ray cluster."""
     tracking_uri: str
     address: object                        # ladder.runtime.Address
     workdir: str = ".ladder"
 
 
-def open_registry(name: str, where: Where):
+def open_registry(name: str, where: LadderAccess):
     from ladder.registry import Registry
 
     reg = Registry.find(name, where.tracking_uri)
@@ -40,7 +40,7 @@ def saved_progress(reg) -> Progress:
     return progress
 
 
-def alive_actors(where: Where, name: str) -> Optional[list[str]]:
+def alive_actors(where: LadderAccess, name: str) -> Optional[list[str]]:
     """Names of the ladder's live actors on the cluster (None when no cluster address is known)."""
     if where.address.local:
         return None
@@ -62,7 +62,7 @@ def local_job_of(reg, progress: Progress) -> Optional[dict]:
     return local_running(reg.load_spec(progress.parent_run))
 
 
-def controller_alive(where: Where, reg, progress: Progress) -> Optional[bool]:
+def controller_alive(where: LadderAccess, reg, progress: Progress) -> Optional[bool]:
     """Is the ladder's controller alive? From Ray when a cluster is given; from the local job record else."""
     actors = alive_actors(where, reg.name)
     if actors is not None:
@@ -73,7 +73,7 @@ def controller_alive(where: Where, reg, progress: Progress) -> Optional[bool]:
     return True if local_running(spec) else None
 
 
-def live_status(name: str, where: Where) -> Optional[dict]:
+def live_status(name: str, where: LadderAccess) -> Optional[dict]:
     """The live controller's own status, where the cluster's address lets this process join it as a driver
     (a dashboard URL does not); None when there is no such controller."""
     if where.address.local or where.address.is_http:
@@ -91,7 +91,7 @@ def live_status(name: str, where: Where) -> Optional[dict]:
         return None
 
 
-def status(name: str, where: Where) -> dict:
+def status(name: str, where: LadderAccess) -> dict:
     """State, rung, step, phase, latest metrics, pending decision and job of one ladder: from the live
     controller when it can be reached, else from the progress it saved in MLflow."""
     reg = open_registry(name, where)
@@ -109,7 +109,8 @@ def status(name: str, where: Where) -> dict:
     return out
 
 
-def request_stop(name: str, where: Where, now: bool = False, timeout_s: float = 900.0, poll_s: float = 1.0) -> dict:
+def request_stop(name: str, where: LadderAccess, now: bool = False, timeout_s: float = 900.0,
+                 poll_s: float = 1.0) -> dict:
     """Ask the ladder to stop (through MLflow, read by its controller), then wait until its progress says
     stopped and, on a cluster, until no actor of the ladder is alive."""
     reg = open_registry(name, where)
@@ -135,7 +136,7 @@ def request_stop(name: str, where: Where, now: bool = False, timeout_s: float = 
     raise ValueError(f"ladder {name!r} did not stop within {timeout_s:.0f} s (state {p.state.value})")
 
 
-def resumable(name: str, where: Where):
+def resumable(name: str, where: LadderAccess):
     """The spec and job of a stopped or crashed ladder; one line when there is nothing to resume."""
     reg = open_registry(name, where)
     p = saved_progress(reg)
@@ -146,7 +147,7 @@ def resumable(name: str, where: Where):
     return reg.load_spec(p.parent_run), p.job
 
 
-def pending_version(name: str, where: Where) -> str:
+def pending_version(name: str, where: LadderAccess) -> str:
     reg = open_registry(name, where)
     p = saved_progress(reg)
     if p.state is not State.AWAITING_PROMOTION or not p.candidate:

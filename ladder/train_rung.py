@@ -1,7 +1,7 @@
 """`ladder train-rung`: one rung against the spec's initial judge, printing per-step metrics.
 
 The ladder controller runs the same `Rung` and the same step loop (`train_steps`: evaluation cadence,
-saturation, stop); this driver is the standalone, single-rung path.
+saturation, stop); this module is the standalone, single-rung path.
 """
 from __future__ import annotations
 
