@@ -9,9 +9,10 @@ import tempfile
 from pathlib import Path
 
 SERIES = {"held-out accuracy": "heldout_accuracy", "judge accuracy": "judge_accuracy",
-          "judge AUC": "judge_auc", "mean reward": "reward_mean"}
+          "judge AUC": "judge_auc", "mean reward": "reward_mean",
+          "its judge solves the task": "judge_task_accuracy"}
 SERIES_COLORS = {"held-out accuracy": "tab:blue", "judge accuracy": "tab:orange",
-                 "judge AUC": "tab:green", "mean reward": "tab:purple"}
+                 "judge AUC": "tab:green", "mean reward": "tab:purple", "its judge solves the task": "tab:brown"}
 REJECTED_COLOR = "tab:red"
 
 

@@ -266,8 +266,13 @@ class LadderController:
         return p.to(results=p.results.to(stage_restarts=restarts))
 
     def _start_rung(self, rung, p: Progress, calibration) -> Progress:
+        from ladder.judge_skill import judge_task_accuracy
+
         self._probe_judge(rung, calibration, p.rung_run)
         start = rung.evaluate()
+        rows = rung.task.eval
+        start.update(judge_task_accuracy(rung.pool, rung.task, [r.prompt for r in rows], [r.answer for r in rows],
+                                         rung.spec.rollout.max_tokens))
         self.registry.log_metrics(p.rung_run, start, 0)
         return self._save(p.to(results=p.results.to(start_accuracy=start.get("eval/accuracy"))))
 

@@ -39,6 +39,9 @@ def lineage_rows(reg) -> list[dict]:
                      "reason": t.get("ladder.gate_reason"), "decided_by": t.get("ladder.decided_by"),
                      "student_init": t.get("ladder.student_init"), "job": t.get("ladder.job"),
                      "model_id": model_id_of(v), "start_accuracy": start_accuracy(reg, v.run_id),
+                     # the rung's judge solving the rung's task itself (greedy; solve mode: its majority answer)
+                     "judge_task_accuracy": at_start(reg, v.run_id, "judge.task_accuracy"),
+                     "judge_majority_accuracy": at_start(reg, v.run_id, "judge.task_majority_accuracy"),
                      **rung_means(reg, v.run_id)})
     return rows
 
@@ -52,7 +55,12 @@ def judge_model_id(run) -> Optional[str]:
 
 def start_accuracy(reg, run_id) -> Optional[float]:
     """Held-out accuracy of the rung's student before its first step."""
-    hist = reg.client.get_metric_history(run_id, "eval.accuracy") if run_id else []
+    return at_start(reg, run_id, "eval.accuracy")
+
+
+def at_start(reg, run_id, key: str) -> Optional[float]:
+    """The rung run's metric `key` at step 0 (measured before the first step)."""
+    hist = reg.client.get_metric_history(run_id, key) if run_id else []
     return next((m.value for m in hist if m.step == 0), None)
 
 
@@ -77,7 +85,8 @@ def describe(reg, version) -> str:
     lines = [f"Rung {t.get('ladder.rung', '?')} of ladder {version.name} (job {t.get('ladder.job', '-')}): "
              f"a student trained with GRPO against the frozen judge {judged} ({kind}, {t.get('ladder.judge_mode', '-')} "
              f"mode), initialised from {t.get('ladder.student_init', 'base')}.",
-             f"Task: {t.get('ladder.task', '-')}. Held-out accuracy: {_num(start)} before, {_num(final)} after."]
+             f"Task: {t.get('ladder.task', '-')}. Held-out accuracy: {_num(start)} before, {_num(final)} after."
+             + _judge_skill(reg, version.run_id)]
     if "ladder.gate" in t:
         lines.append(f"As a judge: accuracy {t.get('ladder.judge_accuracy')}, AUC {t.get('ladder.judge_auc')} on the "
                      f"calibration set. Gate: {t['ladder.gate']} ({t.get('ladder.gate_rule')}): "
@@ -89,6 +98,14 @@ def describe(reg, version) -> str:
     else:
         lines.append("Decision: pending.")
     return "\n\n".join(lines)
+
+
+def _judge_skill(reg, run_id) -> str:
+    greedy, majority = at_start(reg, run_id, "judge.task_accuracy"), at_start(reg, run_id, "judge.task_majority_accuracy")
+    if greedy is None:
+        return ""
+    return (f" Its judge solves the task itself: {greedy:.3f} greedy"
+            + ("" if majority is None else f", {majority:.3f} by its majority answer") + ".")
 
 
 def _num(x: Optional[float]) -> str:

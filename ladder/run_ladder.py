@@ -19,7 +19,7 @@ def format_table(rows: list[dict], aliases: dict[str, str]) -> str:
         lines.append(f"{r['version']:>7}  {r['rung']:>4}  {str(r['judged_by'])[-24:]:<24} {str(r['judge_mode'])[:8]:<8} "
                      f"{str(r['status']):<9} {_from_to(r.get('start_accuracy'), r['heldout_accuracy']):>14} {fmt(r['judge_accuracy']):>9} "
                      f"{fmt(r['judge_auc']):>9} {fmt(r['reward_mean']):>6}  {names}")
-        lines.append(f"{'':>15}task: {r['task'] or '-'};  gate: {r['reason'] or '-'}")
+        lines.append(f"{'':>15}task: {r['task'] or '-'}{_judge_solves(r)};  gate: {r['reason'] or '-'}")
         lines.append(f"{'':>15}health: length {fmt(r['response_tokens'])} tok, length~reward r={fmt(r['length_reward_corr'])}, "
                      f"approval {fmt(r['approval'])}, identical {fmt(r['identical_share'])}, "
                      f"parse failures {fmt(r['parse_failure_rate'])}, judge tok/sample {fmt(r['judge_tokens_per_sample'])}")
@@ -27,6 +27,15 @@ def format_table(rows: list[dict], aliases: dict[str, str]) -> str:
             lines.append(f"{'':>15}truth: reward accuracy {fmt(r['reward_accuracy'])}, right samples "
                          f"{fmt(r['sample_accuracy'])}, held-out flips right->wrong {fmt(r.get('flip_rate'))}")
     return "\n".join(lines)
+
+
+def _judge_solves(r: dict) -> str:
+    """`, its judge solves 0.500 (majority 0.625)`: the rung's judge at the rung's own task."""
+    if r.get("judge_task_accuracy") is None:
+        return ""
+    majority = r.get("judge_majority_accuracy")
+    return (f", its judge solves {r['judge_task_accuracy']:.3f}"
+            + ("" if majority is None else f" (majority {majority:.3f})"))
 
 
 def _from_to(start, end) -> str:

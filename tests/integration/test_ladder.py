@@ -112,6 +112,13 @@ def test_schedule_changes_task_and_judge_mode_per_rung(two_rungs, tmp_path):
                            for s in samples)
     health = reg.client.get_metric_history(v2.run_id, "judge.tokens_per_sample")
     assert [m.step for m in health] == [1, 2] and health[0].value > 1.0  # pairwise: several comparisons per sample
+    # the lineage shows each rung's own task, and each rung's judge measured at that task
+    from ladder.lineage import lineage_rows
+
+    rows = lineage_rows(reg)
+    assert [(r["rung"], r["task"], r["judge_mode"]) for r in rows] == [
+        (1, "arithmetic terms=3 max_operand=9", "verdict"), (2, "arithmetic terms=4 max_operand=9", "pairwise")]
+    assert all(r["judge_task_accuracy"] is not None and r["judge_majority_accuracy"] is None for r in rows)
 
 
 def test_rung_two_judge_served_version_one(two_rungs, tiny_model, tmp_path):
@@ -136,6 +143,15 @@ def test_rung_two_judge_served_version_one(two_rungs, tiny_model, tmp_path):
         tok = AutoTokenizer.from_pretrained(model_dir)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
         return verdicts(model, tok, texts, "yes", "no")
+
+    # the judge's own accuracy at rung 1's task, recorded at the rung's start, is transformers' greedy on the base
+    from ladder.bootstrap import greedy_accuracy
+    from ladder.lineage import lineage_rows
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    expected_skill = greedy_accuracy(base, AutoTokenizer.from_pretrained(tiny_model), ctl.tasks.task(1),
+                                     len(ctl.tasks.task(1).eval), spec.rollout.max_tokens)
+    assert lineage_rows(reg)[0]["judge_task_accuracy"] == pytest.approx(expected_skill, abs=1e-9)
 
     items1 = ctl.tasks.calibration(1)[:8]
     assert probe_rung1 == pytest.approx(fresh_verdicts(tiny_model, [rung1.render(c.prompt, c.response) for c in items1]),

@@ -122,3 +122,14 @@ def test_a_verifier_returning_nonsense_is_checked_like_a_judge():
     judged = pool.score(RolloutBatch(("p",) * 4, (None,) * 4, samples, (0, 0, 0, 0)))
     assert judged.scores == (1.0, 0.0, 0.0, 0.0)
     assert judged.trainable == (True, False, False, False) and judged.invalid_scores == 3
+
+
+def test_majority_accuracy_counts_by_hand():
+    """The judge's majority answer per prompt (same numbers count as one, unreadable answers ignored) against
+    the reference: prompt 1 right (7 twice, 8 once), prompt 2 wrong (a tie goes to the first written, 3), prompt 3
+    right ('1,000' = '1000.0'), prompt 4 nothing readable: 2 of 4."""
+    from ladder.judge_skill import majority_accuracy
+
+    answers = [["7", "8", "7.0"], ["3", "4"], ["1,000", "1000.0", "5"], [None, None]]
+    assert majority_accuracy(answers, ["7", "4", "1000", "2"]) == 0.5
+    assert majority_accuracy([], []) == 0.0
