@@ -1,0 +1,123 @@
+"""Benchmark: how much of the oracle's gain does each model-judged rung recover?
+
+Runs a ladder as written (default `examples/tiny.yaml`: rung 1 judged by the exact verifier, every later rung by
+the rung promoted before it), then, for every rung k judged by a model, the oracle rung: the same student start
+(the ladder's version k-1), the same task, settings and steps, judged by the task's own exact checker instead.
+Per rung: held-out accuracy at the start, after the model-judged rung and after the oracle rung, the judge's own
+accuracy at the task, and the performance gap recovered, PGR = (judged - start) / (oracle - start): 1 means the
+model judge taught as much as the truth would have, 0 nothing, below 0 harm. Prints a table, writes JSON
+(bench/results/ladder_vs_oracle.json or `--out`).
+Usage: python bench/ladder_vs_oracle.py [--spec examples/tiny.yaml] [--reuse] [--out F]
+  --reuse: read the judged ladder (and oracle rungs) from MLflow when a completed run of them exists.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_ladder(spec: dict, folder: Path, reuse: bool) -> list[dict]:
+    """`ladder run` of `spec` (unless `reuse` and a completed ladder of its name exists); its lineage rows."""
+    from ladder.lineage import lineage_rows
+    from ladder.mlflow_store import tracking_uri_for
+    from ladder.registry import Registry
+    from ladder.spec import load_spec
+
+    path = folder / f"{spec['name']}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    loaded = load_spec(path)
+    reg = Registry.find(loaded.name, tracking_uri_for(loaded)) if reuse else None
+    done = reg is not None and (p := reg.load_progress()) is not None and p.state.value == "completed"
+    if not done:
+        print(f"== ladder run {loaded.name}", flush=True)
+        res = subprocess.run([sys.executable, "-m", "ladder.cli", "run", str(path)], cwd=ROOT)
+        if res.returncode != 0:
+            sys.exit(f"ladder {loaded.name} failed (exit {res.returncode})")
+    return lineage_rows(Registry.for_spec(loaded))
+
+
+def promoted(rows: list[dict], rung: int) -> dict:
+    found = [r for r in rows if r["rung"] == rung and r["status"] == "promoted"]
+    if not found:
+        sys.exit(f"rung {rung}: no promoted version, so no later rung to compare")
+    return found[-1]
+
+
+def oracle_spec(spec, k: int, base_dir: str) -> dict:
+    """Rung k of `spec` alone, from `base_dir`, judged by the task's own checker."""
+    one = spec.for_rung(k).model_dump(mode="json", exclude_none=True)
+    one.update(name=f"{spec.name}-oracle-r{k}", rungs=1, schedule=[])
+    one["student"] = {**one["student"], "base": base_dir, "init": "base"}
+    one["judge"] = {**one["judge"], "initial": {"kind": "task"}}
+    one["promotion"] = {**one["promotion"], "policy": "auto", "min_auc": 0.0, "collapse_share": 1.0,
+                        "tolerance": 1.0}
+    return one
+
+
+def pgr(start, judged, oracle):
+    if None in (start, judged, oracle) or abs(oracle - start) < 1e-9:
+        return None
+    return (judged - start) / (oracle - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--spec", default=str(ROOT / "examples" / "tiny.yaml"))
+    ap.add_argument("--reuse", action="store_true", help="Read completed ladders from MLflow instead of rerunning.")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "ladder_vs_oracle.json"))
+    args = ap.parse_args()
+    args.spec, args.out = str(Path(args.spec).resolve()), str(Path(args.out).resolve())
+    os.chdir(ROOT)  # a spec's relative paths (workdir, models) are read from the repository root, as `make` does
+    from ladder.registry import Registry
+    from ladder.spec import load_spec
+
+    spec = load_spec(args.spec)
+    raw = yaml.safe_load(Path(args.spec).read_text())
+    raw["name"] = f"{spec.name}-judged"
+    raw["workdir"] = str(spec.workdir)  # resolved as the spec file resolved it
+    raw["student"] = {**raw["student"], "base": spec.student.base}
+    folder = Path(tempfile.mkdtemp(prefix="ladder-vs-oracle-"))
+    judged = run_ladder(raw, folder, args.reuse)
+    judged_spec = load_spec(folder / f"{raw['name']}.yaml")
+    reg = Registry.for_spec(judged_spec)
+    results = []
+    for k in range(1, judged_spec.rungs + 1):
+        row = promoted(judged, k) if k < judged_spec.rungs else max(
+            (r for r in judged if r["rung"] == k), key=lambda r: r["version"])
+        entry = {"rung": k, "task": row["task"], "judged_by": row["judged_by"], "judge_mode": row["judge_mode"],
+                 "start": row["start_accuracy"], "judged": row["heldout_accuracy"],
+                 "judge_task_accuracy": row.get("judge_task_accuracy"),
+                 "judge_majority_accuracy": row.get("judge_majority_accuracy")}
+        if str(row["judged_by"]).startswith("verifier:"):
+            entry.update(oracle=row["heldout_accuracy"], pgr=1.0, note="judged by the verifier: the oracle itself")
+        else:
+            base = reg.download(str(promoted(judged, k - 1)["version"]), str(folder / f"v-rung{k - 1}"))
+            oracle_rows = run_ladder(oracle_spec(judged_spec, k, base), folder, args.reuse)
+            oracle = oracle_rows[0]
+            entry.update(oracle=oracle["heldout_accuracy"], oracle_start=oracle["start_accuracy"],
+                         pgr=pgr(row["start_accuracy"], row["heldout_accuracy"], oracle["heldout_accuracy"]))
+        results.append(entry)
+    fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+    print(f"\n{'rung':>4}  {'task':<34} {'start':>6} {'judged':>7} {'oracle':>7} {'PGR':>6}  judge solves")
+    for e in results:
+        print(f"{e['rung']:>4}  {str(e['task'])[:34]:<34} {fmt(e['start']):>6} {fmt(e['judged']):>7} "
+              f"{fmt(e['oracle']):>7} {fmt(e['pgr']):>6}  {fmt(e['judge_task_accuracy'])}"
+              + ("" if e["judge_majority_accuracy"] is None else f" (majority {fmt(e['judge_majority_accuracy'])})"))
+    out = {"spec": str(Path(args.spec).resolve().relative_to(ROOT)) if Path(args.spec).resolve().is_relative_to(ROOT)
+           else args.spec, "rungs": results}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
