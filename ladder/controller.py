@@ -173,10 +173,11 @@ class LadderController:
         """Train the rung from its last checkpoint (or its start) to the end, checkpointing on the way."""
         import ray
 
+        from ladder.judges import resolve_judge
         from ladder.rung import Rung, train_steps
 
         rspec = self.spec.for_rung(p.rung)
-        judge = self._current_judge(p.rung)
+        judge = resolve_judge(self.spec, p.rung)
         student, init_label = self._student_init()
         if p.rung_run is None:
             run_id = self.registry.start_rung_run(p.parent_run, p.rung, p.job, p.rung_uid)
@@ -295,23 +296,33 @@ class LadderController:
         return p.to(phase=Phase.GATE, candidate=version)
 
     def _gate(self, p: Progress) -> Progress:
-        """Measure the candidate as a judge; auto: promote or reject; manual: wait for a person."""
+        """Measure the candidate as a judge; auto: promote or reject; manual: wait for a person. A decision or
+        verdict already in the registry (a crash after it, before the progress was saved) is used, not re-made."""
+        decided, verdict = self.registry.decision(p.candidate), self.registry.recorded_gate(p.candidate)
+        if decided is None and verdict is None:
+            verdict = self._measure_candidate(p)
+        if verdict is not None:
+            p = p.to(results=p.results.to(judge_auc=verdict.auc))
+        if decided is not None:
+            return self._decided(p, decided)
+        if self.spec.promotion.policy == "manual":
+            return p.to(phase=Phase.AWAIT, state=State.AWAITING_PROMOTION)
+        decide = self.registry.promote if verdict.passed else self.registry.reject
+        decide(p.candidate, by="auto", reason=verdict.reason)
+        return self._decided(p, "promoted" if verdict.passed else "rejected")
+
+    def _measure_candidate(self, p: Progress):
+        """The gate's measurement of the candidate, its verdict recorded on the version (and returned)."""
+        from ladder.decisions import Verdict
+
         r = p.results
-        baseline = self._baseline_accuracy(r.start_accuracy)
         gate = self.gate(model_uri(self.spec.name, p.candidate), p.rung, r.current_judge, r.judge_is_verifier,
-                         r.final_accuracy, baseline)
+                         r.final_accuracy, self._baseline_accuracy(r.start_accuracy))
         self.registry.log_metrics(p.rung_run, gate.metrics(), p.step)
         with self._lock:
             self.latest = {**self.latest, **gate.metrics()}
         self.registry.record_gate(p.candidate, gate)
-        p = p.to(results=p.results.to(judge_auc=gate.candidate.auc))
-        if self.spec.promotion.policy == "manual":
-            return p.to(phase=Phase.AWAIT, state=State.AWAITING_PROMOTION)
-        if gate.passed:
-            self.registry.promote(p.candidate, by="auto", reason=gate.reason)
-            return self._decided(p, "promoted")
-        self.registry.reject(p.candidate, by="auto", reason=gate.reason)
-        return self._decided(p, "rejected")
+        return Verdict(gate.passed, gate.reason, gate.candidate.auc)
 
     def _await(self, p: Progress, poll_s: float = 1.0) -> Progress:
         """Wait until a person promotes or rejects the candidate (written to MLflow), or a stop."""
@@ -319,9 +330,9 @@ class LadderController:
         self._stages.release()  # a person may take hours: no engines held meanwhile
         self._actors = []
         while not self._stop.is_set():
-            status = self.registry.status_of(p.candidate)
-            if status in ("promoted", "rejected"):
-                return self._decided(p.to(state=State.RUNNING), status)
+            decided = self.registry.decision(p.candidate)
+            if decided is not None:
+                return self._decided(p.to(state=State.RUNNING), decided)
             time.sleep(poll_s)
         return p.to(state=State.STOPPED)
 
@@ -335,11 +346,6 @@ class LadderController:
         return after_decision(p, decision, self.spec.rungs, self.spec.promotion, self.history)
 
     # judges and students -------------------------------------------------------------------
-    def _current_judge(self, k: int):
-        from ladder.judges import resolve_judge
-
-        return resolve_judge(self.spec, k)
-
     def _student_init(self) -> tuple[str, str]:
         champion = self.registry.alias("champion")
         if self.spec.student.init == "previous" and champion is not None:

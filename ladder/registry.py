@@ -4,12 +4,12 @@ MLflow is the source of truth for lineage and promotion decisions (design.md sec
 """
 from __future__ import annotations
 
-import getpass
 import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from ladder.decisions import STATUS_TAG
 from ladder.mlflow_store import local_artifact_root, tracking_uri_for
 from ladder.runtime import first_line
 from stages.models import RegistryError, fetch_model, is_model_uri, model_id_of, model_uri, parse_model_uri
@@ -17,7 +17,6 @@ from stages.models import RegistryError, fetch_model, is_model_uri, model_id_of,
 if TYPE_CHECKING:
     from ladder.judges import ResolvedJudge
 
-STATUS_TAG = "ladder.status"
 PROGRESS_TAG = "ladder.progress"
 STOP_TAG = "ladder.stop_request"
 
@@ -331,34 +330,37 @@ class Registry:
         except Exception:
             return None
 
+    # decisions (ladder/decisions.py) --------------------------------------------------------
     def promote(self, version: str, by: str = "auto", reason: str = "") -> None:
-        """Move `judge` and `champion` to `version`; record who/when/why on the version. The aliases move first:
-        a waiting controller acts on the status tag, and must then find the new judge."""
-        self.version(version)
-        self.client.set_registered_model_alias(self.name, "judge", str(version))
-        self.client.set_registered_model_alias(self.name, "champion", str(version))
-        self._decide(version, "promoted", by, reason)
+        """Move `judge` and `champion` to `version`; record who/when/why on the version."""
+        from ladder.decisions import promote
+
+        promote(self, str(version), by, reason)
 
     def reject(self, version: str, by: str = "auto", reason: str = "") -> None:
-        self.version(version)
-        self._decide(version, "rejected", by, reason)
+        """Mark `version` rejected; `judge`/`champion`, where it holds them, go back to the last promoted version."""
+        from ladder.decisions import reject
 
-    def _decide(self, version: str, status: str, by: str, reason: str) -> None:
-        who = by if by != "human" else f"human:{getpass.getuser()}"
-        for key, value in {STATUS_TAG: status, "ladder.decided_by": who,
-                           "ladder.decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                           "ladder.reason": reason or "-"}.items():
-            self.client.set_model_version_tag(self.name, str(version), key, value)
-        self.describe(version)
+        reject(self, str(version), by, reason)
+
+    def decision(self, version: str) -> Optional[str]:
+        """The decision recorded on `version` ("promoted" or "rejected", by the gate or by hand), else None."""
+        status = self.status_of(version)
+        return status if status in ("promoted", "rejected") else None
 
     def record_gate(self, version: str, gate) -> None:
         """The gate's verdict on a version: pass/fail, the deciding rule, its numbers."""
-        tags = {"ladder.gate": "pass" if gate.passed else "fail", "ladder.gate_rule": gate.rule,
-                "ladder.gate_reason": gate.reason, "ladder.judge_accuracy": f"{gate.candidate.accuracy:.4f}",
-                "ladder.judge_auc": f"{gate.candidate.auc:.4f}"}
-        for key, value in tags.items():
+        from ladder.decisions import gate_tags
+
+        for key, value in gate_tags(gate).items():  # the verdict last: `recorded_gate` reads it
             self.client.set_model_version_tag(self.name, str(version), key, value)
         self.describe(version)
+
+    def recorded_gate(self, version: str):
+        """The gate's verdict already recorded on `version` (`decisions.Verdict`), or None."""
+        from ladder.decisions import recorded_gate
+
+        return recorded_gate(self.version(version).tags)
 
     def heldout_accuracy(self, version: str) -> Optional[float]:
         """The student's held-out accuracy at the end of the version's rung (None if not recorded)."""
