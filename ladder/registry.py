@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Optional
 from ladder.decisions import STATUS_TAG
 from ladder.mlflow_store import local_artifact_root, tracking_uri_for
 from ladder.runtime import first_line
-from stages.models import RegistryError, fetch_model, is_model_uri, model_id_of, model_uri, parse_model_uri
+from stages.models import (RegistryError, fetch_model, is_model_uri, model_id_of, model_uri, if_exists,
+                           parse_model_uri)
 
 if TYPE_CHECKING:
     from ladder.judges import ResolvedJudge
@@ -260,9 +261,7 @@ class Registry:
         existing = self.find_version(tags["ladder.rung_uid"])
         if existing is not None:
             return str(existing.version)
-        try:
-            self.client.get_registered_model(self.name)
-        except Exception:
+        if if_exists(lambda: self.client.get_registered_model(self.name)) is None:
             self.client.create_registered_model(self.name, tags={"ladder": "judge-ladder"},
                                                 description=f"judge-ladder {self.name}: one version per rung; "
                                                             "alias judge = the rung that judges the next one.")
@@ -311,24 +310,22 @@ class Registry:
         if mv.run_id:
             self.client.set_tag(mv.run_id, "mlflow.note.content", text)
 
+    # lookups: "there is none" only when MLflow says so; an outage or a refusal propagates ----------------
     def version(self, version: str):
-        try:
-            return self.client.get_model_version(self.name, str(version))
-        except Exception:
-            raise RegistryError(f"model {self.name!r} has no version {version}") from None
+        found = if_exists(lambda: self.client.get_model_version(self.name, str(version)))
+        if found is None:
+            raise RegistryError(f"model {self.name!r} has no version {version}")
+        return found
 
     def aliases(self) -> dict[str, str]:
         """alias -> version of the ladder's registered model (empty before the first rung registers)."""
-        try:
-            return {k: str(v) for k, v in self.client.get_registered_model(self.name).aliases.items()}
-        except Exception:
-            return {}
+        model = if_exists(lambda: self.client.get_registered_model(self.name))
+        return {k: str(v) for k, v in model.aliases.items()} if model else {}
 
     def alias(self, alias: str) -> Optional[str]:
-        try:
-            return str(self.client.get_model_version_by_alias(self.name, alias).version)
-        except Exception:
-            return None
+        """The version `alias` points to; None only when MLflow answers that there is no such alias (or model)."""
+        found = if_exists(lambda: self.client.get_model_version_by_alias(self.name, alias))
+        return str(found.version) if found else None
 
     # decisions (ladder/decisions.py) --------------------------------------------------------
     def promote(self, version: str, by: str = "auto", reason: str = "") -> None:
@@ -392,9 +389,9 @@ class Registry:
     def pinned(self, uri: str):
         """The version `models:/<name>@<alias>` or `models:/<name>/<version>` names (RegistryError when none)."""
         ref = parse_model_uri(uri)
-        try:
-            return self.client.get_model_version_by_alias(ref.name, ref.alias) if ref.alias else \
-                self.client.get_model_version(ref.name, ref.version)
-        except Exception:
+        found = if_exists(lambda: self.client.get_model_version_by_alias(ref.name, ref.alias) if ref.alias else
+                          self.client.get_model_version(ref.name, ref.version))
+        if found is None:
             what = f"no alias {ref.alias!r}" if ref.alias else f"no version {ref.version}"
-            raise RegistryError(f"{uri}: model {ref.name!r} has {what}") from None
+            raise RegistryError(f"{uri}: model {ref.name!r} has {what}")
+        return found

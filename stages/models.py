@@ -26,6 +26,24 @@ class ModelNotFound(ValueError):
     """A model path that does not hold an HF-format model."""
 
 
+def not_found(exc: BaseException) -> bool:
+    """MLflow answered that what was asked for does not exist (a model, a version, an alias); any other error (an
+    outage, a refusal such as a 403) is not an answer and must not be read as "none"."""
+    code = getattr(exc, "error_code", "")
+    return code == "RESOURCE_DOES_NOT_EXIST" or (code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc))
+
+
+def if_exists(call):
+    """`call()` (an MLflow lookup), or None when MLflow answers that the thing does not exist; other errors
+    propagate."""
+    try:
+        return call()
+    except Exception as exc:
+        if not not_found(exc):
+            raise
+        return None
+
+
 @dataclass(frozen=True)
 class ModelUri:
     """`models:/<name>/<version>` or `models:/<name>@<alias>` (one of version and alias is set)."""
@@ -110,10 +128,10 @@ def fetch_model(uri: str, tracking_uri: str, cache_dir: str) -> str:
     if (out / "config.json").is_file():
         return str(out)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    try:
-        source = hf_files_uri(client, client.get_model_version(name, version))
-    except Exception:
-        raise RegistryError(f"{uri}: no such model version") from None
+    found = if_exists(lambda: client.get_model_version(name, version))
+    if found is None:
+        raise RegistryError(f"{uri}: no such model version")
+    source = hf_files_uri(client, found)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{name}-v{version}-", dir=out.parent)
     try:

@@ -1,33 +1,9 @@
 """Decisions keep aliases and status in step (MLflow on SQLite in a temp dir, no Ray): a rejection takes back
 the aliases the version held, and a gate re-entered after a crash uses the decision or verdict already recorded."""
-import itertools
-
 import pytest
 
 from ladder.progress import Phase, Progress, State
-
-NAMES = (f"lad{i}" for i in itertools.count())
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """One SQLite store for the module (its schema is built once, ~5 s); each test takes its own ladder name."""
-    root = tmp_path_factory.mktemp("decisions")
-    return f"sqlite:///{root / 'mlflow.db'}", (root / "art").as_uri()
-
-
-@pytest.fixture
-def registry(store):
-    from ladder.registry import Registry
-
-    return Registry(next(NAMES), *store)
-
-
-def add_versions(reg, n: int, run_id=None) -> list[str]:
-    """`n` bare versions of the ladder's model (no weights: aliases and tags are all these tests read)."""
-    reg.raw.create_registered_model(reg.name)
-    return [str(reg.raw.create_model_version(reg.name, "file:///nowhere", run_id=run_id,
-                                             tags={"ladder.rung": str(k + 1)}).version) for k in range(n)]
+from registries import add_versions  # tests/unit/registries.py
 
 
 def test_rejecting_the_live_judge_moves_judge_and_champion_back(registry):
