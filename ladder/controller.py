@@ -173,17 +173,18 @@ class LadderController:
         """Train the rung from its last checkpoint (or its start) to the end, checkpointing on the way."""
         import ray
 
-        from ladder.judges import resolve_judge
+        from ladder.judges import pin_rung_inputs, pinned_judge
         from ladder.rung import Rung, train_steps
 
         rspec = self.spec.for_rung(p.rung)
-        judge = resolve_judge(self.spec, p.rung)
-        student, init_label = self._student_init()
+        if p.inputs is None:  # the rung's first start (or a progress saved before pins): pinned now, for good
+            p = self._save(p.to(inputs=pin_rung_inputs(self.spec, p.rung, self.registry)))
+        judge, student = pinned_judge(p.inputs), p.inputs.student
         if p.rung_run is None:
             run_id = self.registry.start_rung_run(p.parent_run, p.rung, p.job, p.rung_uid)
             self.registry.record_judge_input(run_id, judge)
             p = self._save(p.to(rung_run=run_id, judge=judge.label, results=RungResults(
-                student_init=init_label, judge_is_verifier=judge.kind == "verifier")))
+                student_init=p.inputs.student_label, judge_is_verifier=judge.kind == "verifier")))
         seed = self.spec.seed + 1000 * p.rung + p.attempt
         with self._lock:
             self.live_step, self.latest = p.step, {}
@@ -346,12 +347,6 @@ class LadderController:
         return after_decision(p, decision, self.spec.rungs, self.spec.promotion, self.history)
 
     # judges and students -------------------------------------------------------------------
-    def _student_init(self) -> tuple[str, str]:
-        champion = self.registry.alias("champion")
-        if self.spec.student.init == "previous" and champion is not None:
-            return model_uri(self.spec.name, champion), f"v{champion}"
-        return self.spec.student.base, "base"
-
     def _baseline_accuracy(self, start_accuracy: Optional[float]) -> Optional[float]:
         """The last promoted rung's held-out accuracy; before any promotion, the student's at step 0."""
         champion = self.registry.alias("champion")

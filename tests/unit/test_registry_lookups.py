@@ -41,17 +41,15 @@ def test_a_refused_or_unreachable_mlflow_is_an_error_not_a_missing_alias(registr
 
 
 def test_student_init_previous_fails_on_a_403_instead_of_starting_from_base(registry, monkeypatch):
-    from ladder.controller import LadderController
+    from ladder.judges import student_init
     from ladder.spec import parse_spec
 
     spec = parse_spec({"name": registry.name, "student": {"base": "m", "init": "previous"},
                        "judge": {"initial": {"kind": "model", "path": "m"}}, "task": {"source": {"kind": "builtin"}}})
-    ctl = LadderController(spec, job="job")
-    ctl.registry = registry
-    assert ctl._student_init() == ("m", "base")  # nothing promoted yet: the base model
+    assert student_init(spec, registry) == ("m", "base")  # nothing promoted yet: the base model
     (v1,) = add_versions(registry, 1)
     registry.promote(v1)
-    assert ctl._student_init() == (f"models:/{registry.name}/{v1}", f"v{v1}")
+    assert student_init(spec, registry) == (f"models:/{registry.name}/{v1}", f"v{v1}")
     monkeypatch.setattr(registry.raw, "get_model_version_by_alias", failing(DENIED))
     with pytest.raises(RestException, match="PERMISSION_DENIED"):
-        ctl._student_init()
+        student_init(spec, registry)
