@@ -116,10 +116,11 @@ def train_rung(spec: Path = typer.Argument(..., help="Ladder spec YAML file."),
     from ladder.train_rung import run_single_rung
 
     from ladder.rung import RungFailed
+    from stages.actors import ActorStartError
 
     try:
         run_single_rung(loaded, steps=steps, out=out, as_json=as_json, verbose=verbose)
-    except USER_ERRORS as exc:
+    except (*USER_ERRORS, ActorStartError) as exc:  # an actor that cannot start: a model or path to fix
         fail(first_line(exc, None))
     except RungFailed as exc:
         fail(f"rung failed: {exc}", code=1)

@@ -104,7 +104,7 @@ class LadderController:
         return self.status()
 
     def _run(self) -> None:
-        from stages.actors import kill_all
+        from stages.actors import as_start_error, kill_all
 
         self._done = threading.Event()
         p = self.progress
@@ -119,6 +119,7 @@ class LadderController:
                 p = self._save(getattr(self, self.HANDLERS[p.phase])(p))
             self._finish(p)
         except Exception as exc:  # the controller records why it failed and stays queryable
+            exc = as_start_error(exc)  # an actor that could not start: its own error, not Ray's first line
             p = self.progress.to(state=State.FAILED, error=f"{type(exc).__name__}: {first_line(exc, None)}")
             self._fail_rung_run(p)
             self._finish(p)
@@ -259,7 +260,9 @@ class LadderController:
         again from its last checkpoint on fresh actors (the train phase re-enters), within `stage_restarts`;
         beyond, it fails."""
         from ladder.rung import RungFailed
+        from stages.actors import raise_if_start_failed
 
+        raise_if_start_failed(exc)  # an actor whose constructor raised: the rung fails now, with that error
         restarts = p.results.stage_restarts + 1
         if restarts > self.spec.stage_restarts:
             raise RungFailed(f"stage actors died {restarts} times in rung {p.rung} (stage_restarts is "

@@ -14,6 +14,7 @@ from ladder.prompt_cursor import PromptCursor
 from ladder.rung_metrics import flips, judge_health, length_health, reward_truth, saturated
 from ladder.rung_stages import actor_name, build_judge_pool, engine_config, model_store, student_prompts
 from ladder.tasks.base import Task
+from stages.actors import raise_if_start_failed
 from stages.batches import JudgedBatch, PromptBatch, RolloutBatch
 
 
@@ -102,7 +103,11 @@ class Rung:
         import ray
 
         t0 = time.perf_counter()
-        ray.get([a.__ray_ready__.remote() for a in self.actors()])
+        try:
+            ray.get([a.__ray_ready__.remote() for a in self.actors()])
+        except ray.exceptions.RayActorError as exc:
+            raise_if_start_failed(exc)  # a constructor that raised: its own error, no restart
+            raise
         return time.perf_counter() - t0
 
     def next_prompts(self) -> PromptBatch:
@@ -124,7 +129,8 @@ class Rung:
         for k, ref in enumerate(refs):
             try:
                 result, busy = ray.get(ref)
-            except ray.exceptions.RayActorError:  # the worker died: a re-synced replacement redoes its part
+            except ray.exceptions.RayActorError as exc:  # the worker died: a re-synced replacement redoes its part
+                raise_if_start_failed(exc)  # ... unless it never started: a replacement would not either
                 self._replace_rollout(k)
                 result, busy = ray.get(call(k))
             results.append(result)
@@ -235,7 +241,8 @@ class Rung:
         for k, load in enumerate(loads):
             try:
                 seconds.append(ray.get(load)[1])
-            except ray.exceptions.RayActorError:  # died: its replacement loads `ref` before it serves
+            except ray.exceptions.RayActorError as exc:  # died: its replacement loads `ref` before it serves
+                raise_if_start_failed(exc)
                 self._replace_rollout(k)
         self.work_s["sync"] = ref.meta.get("seconds", 0.0) + max(seconds)
         return ref.version

@@ -25,6 +25,46 @@ class Timed:
         return out, time.perf_counter() - t0
 
 
+class ActorStartError(RuntimeError):
+    """A stage actor whose constructor raised (a missing tokenizer, truncated weights, an unwritable cache, a path
+    missing on its node): a restart on fresh actors would fail the same way. One line: the actor's class, its node,
+    and the constructor's own error."""
+
+
+def as_start_error(exc: BaseException) -> BaseException:
+    """An `ActorStartError` in place of `exc` when `exc` is Ray's word that an actor died of an error in its
+    constructor (Ray sets `actor_init_failed` on the `ActorDiedError` of a failed creation task); else `exc`."""
+    import sys
+
+    ray = sys.modules.get("ray")  # not imported: not a Ray error
+    if ray is not None and isinstance(exc, ray.exceptions.RayActorError) and exc.actor_init_failed:
+        return ActorStartError(start_failure(str(exc)))
+    return exc
+
+
+def raise_if_start_failed(exc: BaseException) -> None:
+    """Raise `as_start_error(exc)` when it is an `ActorStartError`; a death at runtime returns."""
+    err = as_start_error(exc)
+    if err is not exc:
+        raise err from None
+
+
+def start_failure(text: str) -> str:
+    """Ray's creation-task error text (a header, then the constructor's traceback) in one line: `<Class> (node
+    <ip>) could not start: <the raised exception's type and first line>`."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # Ray colours the task's name
+    who = re.search(r"ray::(\w+)\.__init__\(\)(?: \(pid=\d+, ip=([\w.:-]+))?", text)
+    lines = text.splitlines()
+    frames = [i for i, line in enumerate(lines) if line.startswith("  File ")]
+    raised = next((line for line in lines[frames[-1] + 1:] if line and not line[0].isspace()), None) \
+        if frames else None
+    what = raised or lines[0].split("creation task, ")[-1]
+    name = f"{who.group(1)}" + (f" (node {who.group(2)})" if who.group(2) else "") if who else "a stage actor"
+    return f"{name} could not start: {what.strip()[:300]}"
+
+
 def spawn(cls, *args, resources=None, name: str | None = None, namespace: str | None = None,
           detached: bool = False, max_restarts: int = 0, max_task_retries: int = 0, max_concurrency: int = 1,
           **kwargs):

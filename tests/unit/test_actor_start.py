@@ -1,0 +1,124 @@
+"""An actor that cannot start is not a stage death: an error raised in an actor's constructor fails the rung at
+once with that error's own line (not Ray's "The actor died because of an error raised in its creation task"),
+without stage restarts or worker replacements; a death at runtime still restarts. A local Ray of this test's own
+with tiny actors, no engines (a few seconds)."""
+import os
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from stages.actors import ActorStartError, as_start_error, raise_if_start_failed
+
+
+class Broken:
+    """Fails in its constructor the way a worker without a tokenizer does (an error raised from another)."""
+
+    def __init__(self, *args):
+        try:
+            open("/nonexistent/tokenizer.json")
+        except OSError as exc:
+            raise OSError("Can't load tokenizer for '/models/m'. If you were trying to load it from "
+                          "'https://huggingface.co/models'...\nsecond line of the message") from exc
+
+    def timed(self, method, *args):
+        return [], 0.0
+
+
+class Healthy(Broken):
+    def __init__(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    here = Path(__file__).resolve()  # workers import this module's actor classes
+    path = os.pathsep.join([str(here.parent), str(here.parents[2])])
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled", "PYTHONPATH": path}})
+    yield ray
+    ray.shutdown()
+
+
+def died(ray, actor) -> Exception:
+    with pytest.raises(ray.exceptions.RayActorError) as err:
+        ray.get(actor.__ray_ready__.remote(), timeout=60)
+    return err.value
+
+
+@pytest.fixture(scope="module")
+def start_failure(ray_local):
+    """Ray's exception for an actor whose constructor raised."""
+    return died(ray_local, ray_local.remote(num_cpus=0)(Broken).remote())
+
+
+@pytest.fixture(scope="module")
+def runtime_death(ray_local):
+    """Ray's exception for an actor that started and was then killed."""
+    actor = ray_local.remote(num_cpus=0)(Healthy).remote()
+    ray_local.get(actor.__ray_ready__.remote())
+    ray_local.kill(actor)  # only asks: a call or two may still be answered before the kill lands
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            ray_local.get(actor.__ray_ready__.remote(), timeout=60)
+        except ray_local.exceptions.RayActorError as exc:
+            return exc
+        time.sleep(0.1)
+    pytest.fail("the killed actor still answers after 60 s")
+
+
+def test_a_constructor_error_is_one_line_with_its_own_message(start_failure):
+    assert "creation task" in str(start_failure)  # what Ray says first
+    err = as_start_error(start_failure)
+    assert isinstance(err, ActorStartError)
+    assert str(err).startswith("Broken (node ") and "\n" not in str(err)
+    assert str(err).endswith("could not start: OSError: Can't load tokenizer for '/models/m'. If you were trying "
+                             "to load it from 'https://huggingface.co/models'...")
+
+
+def test_a_death_at_runtime_is_not_a_start_failure(runtime_death):
+    assert as_start_error(runtime_death) is runtime_death
+    raise_if_start_failed(runtime_death)  # returns: the caller replaces or restarts
+
+
+def test_rung_ready_raises_the_start_failure(ray_local):
+    from ladder.rung import Rung
+
+    actors = [ray_local.remote(num_cpus=0)(Healthy).remote(), ray_local.remote(num_cpus=0)(Broken).remote()]
+    with pytest.raises(ActorStartError, match="Broken .* could not start: OSError: Can't load tokenizer"):
+        Rung.ready(SimpleNamespace(actors=lambda: actors))
+
+
+def test_a_judge_worker_that_cannot_start_is_not_replaced(ray_local):
+    from stages.judge import JudgePool
+
+    respawned = []
+    pool = JudgePool([ray_local.remote(num_cpus=0)(Broken).remote()], 4,
+                     respawn=lambda: respawned.append(1) or ray_local.remote(num_cpus=0)(Broken).remote())
+    with pytest.raises(ActorStartError, match="OSError: Can't load tokenizer"):
+        pool.map("score", list(range(6)))
+    assert respawned == [] and pool.replaced == 0
+
+
+def controller(registry):
+    from ladder.controller import LadderController
+    from ladder.progress import Progress, State
+    from ladder.spec import parse_spec
+
+    spec = parse_spec({"name": registry.name, "student": {"base": "m"}, "stage_restarts": 2,
+                       "judge": {"initial": {"kind": "model", "path": "m"}}, "task": {"source": {"kind": "builtin"}}})
+    ctl = LadderController(spec, job="job")
+    ctl.registry = registry
+    run = registry.client.create_run(registry.experiment_id).info.run_id
+    return ctl, Progress(registry.name, "job", state=State.RUNNING, rung_run=run)
+
+
+def test_the_controller_fails_the_rung_at_once_on_a_start_failure(registry, start_failure, runtime_death):
+    ctl, p = controller(registry)
+    with pytest.raises(ActorStartError, match="could not start: OSError"):
+        ctl._after_stage_death(p, start_failure)
+    assert ctl._after_stage_death(p, runtime_death).results.stage_restarts == 1  # a death: back to the checkpoint
