@@ -99,15 +99,14 @@ class Rung:
         return [self.trainer, *self.rollout, *self.pool.workers]
 
     def ready(self) -> float:
-        """Block until every engine is up; returns the seconds waited."""
-        import ray
+        """Block until every engine is up; returns the seconds waited. An actor whose constructor raised fails it
+        at once (`ActorStartError`), one that no node takes within `resources.placement_timeout_s` too
+        (`PlacementError`)."""
+        from stages.actors import wait_ready
 
-        t0 = time.perf_counter()
-        try:
-            ray.get([a.__ray_ready__.remote() for a in self.actors()])
-        except ray.exceptions.RayActorError as exc:
-            raise_if_start_failed(exc)  # a constructor that raised: its own error, no restart
-            raise
+        res, t0 = self.spec.resources, time.perf_counter()
+        wait_ready([("trainer", self.trainer, res.trainer)] + [("rollout", w, res.rollout) for w in self.rollout]
+                   + [("judge", w, res.judge) for w in self.pool.workers], res.placement_timeout_s)
         return time.perf_counter() - t0
 
     def next_prompts(self) -> PromptBatch:
@@ -150,7 +149,7 @@ class Rung:
         """A new rollout worker in place of dead worker `k`, serving the current weights before it is used."""
         import ray
 
-        from stages.actors import kill_all
+        from stages.actors import kill_all, wait_ready
 
         if self.rollout_replaced >= self.spec.worker_replacements:
             raise RungFailed(f"rollout workers died {self.rollout_replaced + 1} times in this rung "
@@ -159,6 +158,8 @@ class Rung:
         kill_all([self.rollout[k]], wait_s=5.0)
         self.rollout[k] = self._start_rollout(k)
         self.rollout_replaced += 1
+        res = self.spec.resources
+        wait_ready([("rollout", self.rollout[k], res.rollout)], res.placement_timeout_s)
         if self._weights is not None:
             ray.get(self.rollout[k].load_weights.remote(self._weights))
 

@@ -65,6 +65,34 @@ def start_failure(text: str) -> str:
     return f"{name} could not start: {what.strip()[:300]}"
 
 
+def wait_ready(actors: list[tuple[str, object, object]], placement_timeout_s: float, poll_s: float = 2.0) -> None:
+    """Block until every actor of `actors` ((role, handle, its `RoleResources`)) is up. One that Ray has placed on
+    no node for `placement_timeout_s` fails it: `PlacementError` naming the role, what it asks for and what the
+    cluster has. An actor placed and still loading its model is waited for; one whose constructor raised fails
+    it with `ActorStartError`."""
+    import ray
+
+    from cluster.placement import PlacementError, placed, unplaced_message
+
+    pending = {handle.__ray_ready__.remote(): (role, handle, res) for role, handle, res in actors}
+    unplaced_since: dict = {}
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=poll_s)
+        for ref in done:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError as exc:
+                raise_if_start_failed(exc)
+                raise
+            pending.pop(ref)
+        now = time.monotonic()
+        for ref, (role, handle, res) in pending.items():
+            if placed(handle):
+                unplaced_since.pop(ref, None)
+            elif now - unplaced_since.setdefault(ref, now) > placement_timeout_s:
+                raise PlacementError(unplaced_message(role, res, placement_timeout_s))
+
+
 def spawn(cls, *args, resources=None, name: str | None = None, namespace: str | None = None,
           detached: bool = False, max_restarts: int = 0, max_task_retries: int = 0, max_concurrency: int = 1,
           **kwargs):

@@ -3,6 +3,7 @@ once with that error's own line (not Ray's "The actor died because of an error r
 without stage restarts or worker replacements; a death at runtime still restarts. A local Ray of this test's own
 with tiny actors, no engines (a few seconds)."""
 import os
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -85,12 +86,56 @@ def test_a_death_at_runtime_is_not_a_start_failure(runtime_death):
     raise_if_start_failed(runtime_death)  # returns: the caller replaces or restarts
 
 
+def rung_of(trainer, rollout, placement_timeout_s: float = 1800.0):
+    """What `Rung.ready` reads of a rung: its spec's resources and its actors."""
+    from ladder.spec import ResourcesSpec
+
+    resources = ResourcesSpec(placement_timeout_s=placement_timeout_s)
+    return SimpleNamespace(spec=SimpleNamespace(resources=resources), trainer=trainer, rollout=rollout,
+                           pool=SimpleNamespace(workers=[]))
+
+
 def test_rung_ready_raises_the_start_failure(ray_local):
     from ladder.rung import Rung
 
-    actors = [ray_local.remote(num_cpus=0)(Healthy).remote(), ray_local.remote(num_cpus=0)(Broken).remote()]
+    fake = rung_of(ray_local.remote(num_cpus=0)(Healthy).remote(), [ray_local.remote(num_cpus=0)(Broken).remote()])
     with pytest.raises(ActorStartError, match="Broken .* could not start: OSError: Can't load tokenizer"):
-        Rung.ready(SimpleNamespace(actors=lambda: actors))
+        Rung.ready(fake)
+
+
+class Loading:
+    """Placed at once, then slow in its constructor (an engine loading its model)."""
+
+    def __init__(self):
+        time.sleep(5)
+
+
+def test_an_actor_no_node_can_take_fails_in_one_line_naming_its_resources(ray_local):
+    from cluster.placement import PlacementError, actor_options
+    from ladder.rung import Rung
+    from ladder.spec import RoleResources
+
+    gpu = RoleResources(cpus=0, gpus=1)  # this Ray has no GPU
+    fake = rung_of(ray_local.remote(num_cpus=0)(Healthy).remote(),
+                   [ray_local.remote(**actor_options(gpu))(Healthy).remote()], placement_timeout_s=1.0)
+    fake.spec.resources = fake.spec.resources.model_copy(update={"rollout": gpu})
+    raised: list = []
+    waiter = threading.Thread(target=lambda: raised.append(pytest.raises(PlacementError, Rung.ready, fake)),
+                              daemon=True)
+    waiter.start()
+    waiter.join(timeout=30)  # a wait without a limit would hang here: a deadline, then the test fails
+    assert raised, "Rung.ready still waiting after 30 s on an actor no node can take"
+    err = str(raised[0].value)
+    assert err.startswith("resources.rollout: a rollout actor found no node within 1 s"), err
+    assert "asks for 0 CPU, 1 GPU; the cluster has 2 CPU, 0 GPU in total" in err and "\n" not in err
+
+
+def test_an_actor_placed_and_still_loading_is_waited_for(ray_local):
+    from stages.actors import wait_ready
+    from ladder.spec import RoleResources
+
+    loading = ray_local.remote(num_cpus=0)(Loading).remote()
+    wait_ready([("trainer", loading, RoleResources(cpus=0))], placement_timeout_s=1.5, poll_s=0.2)
 
 
 def test_a_judge_worker_that_cannot_start_is_not_replaced(ray_local):
