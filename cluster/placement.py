@@ -59,15 +59,16 @@ def check_placement(spec) -> None:
 
 
 def placed(handle) -> bool:
-    """Whether Ray has put the actor on a node (its process exists), from Ray's actor table; True where the table
-    cannot say (then no timeout applies)."""
+    """Whether Ray has put the actor on a node (its process exists), from Ray's actor table (an actor not yet in
+    it is not placed); True where the table cannot be read (then no timeout applies)."""
     try:
         from ray._private.state import actors as actor_table
 
         info = actor_table(actor_id=handle._actor_id.hex())
-        return not (info["State"] in ("PENDING_CREATION", "DEPENDENCIES_UNREADY") and not info["Pid"])
     except Exception:  # an internal table of Ray's
         return True
+    return bool(info) and not (info.get("State") in ("PENDING_CREATION", "DEPENDENCIES_UNREADY")
+                               and not info.get("Pid"))
 
 
 def unplaced_message(role: str, res, waited_s: float) -> str:

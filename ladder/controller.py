@@ -15,6 +15,7 @@ from ladder.actor_lifetime import end_later, restarted_by_ray
 from ladder.progress import Phase, Progress, RungResults, State, after_decision
 from ladder.runtime import first_line
 from ladder.stageset import StageSet
+from stages.actors import as_start_error, kill_all, raise_if_start_failed, spawn
 from stages.models import MODELS_SCHEME, is_model_uri, model_uri
 
 
@@ -50,8 +51,6 @@ class LadderController:
 
     def stop(self, now: bool = False) -> str:
         """Graceful: finish the step, checkpoint, stop. `now`: abort the step (its stage actors are killed)."""
-        from stages.actors import kill_all
-
         self._stop.set()
         if now:
             self._now.set()
@@ -104,8 +103,6 @@ class LadderController:
         return self.status()
 
     def _run(self) -> None:
-        from stages.actors import as_start_error, kill_all
-
         self._done = threading.Event()
         p = self.progress
         try:
@@ -260,7 +257,6 @@ class LadderController:
         again from its last checkpoint on fresh actors (the train phase re-enters), within `stage_restarts`;
         beyond, it fails."""
         from ladder.rung import RungFailed
-        from stages.actors import raise_if_start_failed
 
         raise_if_start_failed(exc)  # an actor whose constructor raised: the rung fails now, with that error
         restarts = p.results.stage_restarts + 1
@@ -388,8 +384,6 @@ def start_controller(spec, job: Optional[str] = None, resume: bool = False, subm
     started it (a killed `ladder run` or `ray job stop` does not orphan the ladder's stage actors: they are
     the controller's, and the controller ends itself once the ladder is stopped or done). If its process dies,
     Ray starts it again (`controller_restarts`) and the driver's `run` call is retried on it."""
-    from stages.actors import spawn
-
     job = job or uuid.uuid4().hex[:8]  # chosen here: a restarted controller is built from these same arguments
     return spawn(LadderController, spec, job, resume, submission, resources=spec.resources.controller, name=spec.name,
                  namespace="ladder", detached=True, max_concurrency=4, max_restarts=spec.controller_restarts,
