@@ -254,22 +254,22 @@ class Registry:
     def register(self, run_id: str, hf_dir: Optional[str], tags: dict[str, str], model_id: Optional[str] = None,
                  step: int = 0) -> str:
         """Register the rung's model as a version, idempotent on `ladder.rung_uid`: the logged model `model_id`
-        when the rung logged it already, else `hf_dir` logged now."""
+        when the rung logged it already, else `hf_dir` logged now. A version found already registered (a crash
+        after it) still gets its aliases and description."""
         from ladder.mlmodels import register_logged_model
         from ladder.retrying import with_retry
 
-        existing = self.find_version(tags["ladder.rung_uid"])
-        if existing is not None:
-            return str(existing.version)
-        if if_exists(lambda: self.client.get_registered_model(self.name)) is None:
-            self.client.create_registered_model(self.name, tags={"ladder": "judge-ladder"},
-                                                description=f"judge-ladder {self.name}: one version per rung; "
-                                                            "alias judge = the rung that judges the next one.")
-        model_id = model_id or self.log_model(run_id, hf_dir, tags, step)
-        mv = with_retry(lambda: self.find_version(tags["ladder.rung_uid"]) or register_logged_model(
-            self.raw, self.tracking_uri, self.name, model_id, run_id, {STATUS_TAG: "candidate", **tags}),
-            self.retry_s, "register model version")
-        mv = self._one_version(tags["ladder.rung_uid"], mv)
+        mv = self.find_version(tags["ladder.rung_uid"])
+        if mv is None:
+            if if_exists(lambda: self.client.get_registered_model(self.name)) is None:
+                self.client.create_registered_model(self.name, tags={"ladder": "judge-ladder"},
+                                                    description=f"judge-ladder {self.name}: one version per rung; "
+                                                                "alias judge = the rung that judges the next one.")
+            model_id = model_id or self.log_model(run_id, hf_dir, tags, step)
+            mv = with_retry(lambda: self.find_version(tags["ladder.rung_uid"]) or register_logged_model(
+                self.raw, self.tracking_uri, self.name, model_id, run_id, {STATUS_TAG: "candidate", **tags}),
+                self.retry_s, "register model version")
+            mv = self._one_version(tags["ladder.rung_uid"], mv)
         rung = tags.get("ladder.rung")
         if rung:
             self.client.set_registered_model_alias(self.name, f"rung-{rung}", mv.version)

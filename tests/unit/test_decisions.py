@@ -89,3 +89,15 @@ def test_a_manual_ladder_reentering_its_gate_after_the_verdict_waits(registry):
     after = ctl._gate(p)
     assert after.phase is Phase.AWAIT and after.state is State.AWAITING_PROMOTION
     assert registry.decision(p.candidate) is None
+
+
+def test_a_registration_found_already_done_still_sets_its_aliases_and_description(registry):
+    """A crash after the version was created, before its aliases and description: the retried registration
+    finds the version (no second one) and finishes it."""
+    registry.raw.create_registered_model(registry.name)
+    tags = {"ladder.rung": "1", "ladder.rung_uid": "job-1-0", "ladder.job": "job"}
+    made = str(registry.raw.create_model_version(registry.name, "file:///nowhere", tags=tags).version)
+    assert registry.register("no-run", None, tags) == made  # nothing logged: the version is found
+    assert registry.aliases() == {"rung-1": made, "candidate": made}
+    assert "Rung 1 of ladder" in registry.version(made).description
+    assert len(registry.versions()) == 1
