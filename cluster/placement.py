@@ -56,3 +56,29 @@ def check_placement(spec) -> None:
     problem = unplaceable(spec, ray.nodes())
     if problem:
         raise PlacementError(problem)
+
+
+def placed(handle) -> bool:
+    """Whether Ray has put the actor on a node (its process exists), from Ray's actor table (an actor not yet in
+    it is not placed); True where the table cannot be read (then no timeout applies)."""
+    try:
+        from ray._private.state import actors as actor_table
+
+        info = actor_table(actor_id=handle._actor_id.hex())
+    except Exception:  # an internal table of Ray's
+        return True
+    return bool(info) and not (info.get("State") in ("PENDING_CREATION", "DEPENDENCIES_UNREADY")
+                               and not info.get("Pid"))
+
+
+def unplaced_message(role: str, res, waited_s: float) -> str:
+    """One line: the role, what one of its actors asks for, and what the cluster has in total and free."""
+    import ray
+
+    need = {"CPU": res.cpus, "GPU": res.gpus, **res.custom}
+    total, free = ray.cluster_resources(), ray.available_resources()
+    show = lambda have: ", ".join(f"{have.get(k, 0):g} {k}" for k in need)  # noqa: E731
+    labels = "".join(f", label {k}={v}" for k, v in res.node_labels.items())
+    return (f"resources.{role}: a {role} actor found no node within {waited_s:g} s (resources.placement_timeout_s): "
+            f"it asks for {', '.join(f'{v:g} {k}' for k, v in need.items())}{labels}; the cluster has "
+            f"{show(total)} in total, {show(free)} free")

@@ -25,13 +25,16 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 @app.command()
 def validate(spec: Path = typer.Argument(..., help="Ladder spec YAML file."),
              as_json: bool = typer.Option(False, "--json", help="Print the validated spec as JSON.")):
-    """Check a spec (fields, bounds, cross-field rules) and its datasets (rows, fields, reference answers where
-    the gate or the task judge needs them) without starting anything."""
+    """Check a spec (fields, bounds, cross-field rules), its datasets (rows, fields, reference answers where
+    the gate or the task judge needs them) and its model folders (config.json, safetensors headers) without
+    starting anything."""
     loaded = load_spec_file(spec)
     from ladder.calibration import check_tasks
+    from ladder.train_rung import check_local_models
 
     try:
         check_tasks(loaded, gate=True)
+        check_local_models(loaded)
     except ValueError as exc:
         fail(first_line(exc, None))
     if as_json:
@@ -113,10 +116,11 @@ def train_rung(spec: Path = typer.Argument(..., help="Ladder spec YAML file."),
     from ladder.train_rung import run_single_rung
 
     from ladder.rung import RungFailed
+    from stages.actors import ActorStartError
 
     try:
         run_single_rung(loaded, steps=steps, out=out, as_json=as_json, verbose=verbose)
-    except USER_ERRORS as exc:
+    except (*USER_ERRORS, ActorStartError) as exc:  # an actor that cannot start: a model or path to fix
         fail(first_line(exc, None))
     except RungFailed as exc:
         fail(f"rung failed: {exc}", code=1)

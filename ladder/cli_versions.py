@@ -54,8 +54,9 @@ def _decide_by_hand(ladder: str, version: Optional[str], reason: str, action: st
         typer.echo(json.dumps({"ladder": reg.name, "version": version, "status": reg.status_of(version),
                                "aliases": reg.aliases()}))
         return
+    moved = reg.version(version).tags.get("ladder.aliases_moved")
     typer.echo(f"{reg.name} v{version}: " + ("promoted (judge, champion -> v%s)" % version if action == "promote"
-                                             else "rejected"))
+                                             else f"rejected ({moved})" if moved else "rejected"))
 
 
 def promote(ladder: str = typer.Argument(..., help="Ladder name, or its spec YAML file."),
@@ -75,5 +76,6 @@ def reject(ladder: str = typer.Argument(..., help="Ladder name, or its spec YAML
            tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=TRACKING_HELP),
            workdir: str = typer.Option(".ladder", help="Work directory of a local ladder."),
            as_json: bool = typer.Option(False, "--json", help="Print the decision as JSON.")):
-    """Reject a version by hand; the judge alias does not move. A waiting ladder stops or retries the rung."""
+    """Reject a version by hand. If it holds judge or champion (an auto-promotion), they move back to the last
+    promoted version before it (or are removed). A waiting ladder stops or retries the rung."""
     _decide_by_hand(ladder, version, reason, "reject", tracking_uri, workdir, as_json)

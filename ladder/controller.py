@@ -15,6 +15,7 @@ from ladder.actor_lifetime import end_later, restarted_by_ray
 from ladder.progress import Phase, Progress, RungResults, State, after_decision
 from ladder.runtime import first_line
 from ladder.stageset import StageSet
+from stages.actors import as_start_error, kill_all, raise_if_start_failed, spawn
 from stages.models import MODELS_SCHEME, is_model_uri, model_uri
 
 
@@ -50,8 +51,6 @@ class LadderController:
 
     def stop(self, now: bool = False) -> str:
         """Graceful: finish the step, checkpoint, stop. `now`: abort the step (its stage actors are killed)."""
-        from stages.actors import kill_all
-
         self._stop.set()
         if now:
             self._now.set()
@@ -104,8 +103,6 @@ class LadderController:
         return self.status()
 
     def _run(self) -> None:
-        from stages.actors import kill_all
-
         self._done = threading.Event()
         p = self.progress
         try:
@@ -119,6 +116,7 @@ class LadderController:
                 p = self._save(getattr(self, self.HANDLERS[p.phase])(p))
             self._finish(p)
         except Exception as exc:  # the controller records why it failed and stays queryable
+            exc = as_start_error(exc)  # an actor that could not start: its own error, not Ray's first line
             p = self.progress.to(state=State.FAILED, error=f"{type(exc).__name__}: {first_line(exc, None)}")
             self._fail_rung_run(p)
             self._finish(p)
@@ -173,16 +171,18 @@ class LadderController:
         """Train the rung from its last checkpoint (or its start) to the end, checkpointing on the way."""
         import ray
 
+        from ladder.judges import pin_rung_inputs, pinned_judge
         from ladder.rung import Rung, train_steps
 
         rspec = self.spec.for_rung(p.rung)
-        judge = self._current_judge(p.rung)
-        student, init_label = self._student_init()
+        if p.inputs is None:  # the rung's first start (or a progress saved before pins): pinned now, for good
+            p = self._save(p.to(inputs=pin_rung_inputs(self.spec, p.rung, self.registry)))
+        judge, student = pinned_judge(p.inputs), p.inputs.student
         if p.rung_run is None:
             run_id = self.registry.start_rung_run(p.parent_run, p.rung, p.job, p.rung_uid)
             self.registry.record_judge_input(run_id, judge)
             p = self._save(p.to(rung_run=run_id, judge=judge.label, results=RungResults(
-                student_init=init_label, judge_is_verifier=judge.kind == "verifier")))
+                student_init=p.inputs.student_label, judge_is_verifier=judge.kind == "verifier")))
         seed = self.spec.seed + 1000 * p.rung + p.attempt
         with self._lock:
             self.live_step, self.latest = p.step, {}
@@ -258,6 +258,7 @@ class LadderController:
         beyond, it fails."""
         from ladder.rung import RungFailed
 
+        raise_if_start_failed(exc)  # an actor whose constructor raised: the rung fails now, with that error
         restarts = p.results.stage_restarts + 1
         if restarts > self.spec.stage_restarts:
             raise RungFailed(f"stage actors died {restarts} times in rung {p.rung} (stage_restarts is "
@@ -300,23 +301,33 @@ class LadderController:
         return p.to(phase=Phase.GATE, candidate=version)
 
     def _gate(self, p: Progress) -> Progress:
-        """Measure the candidate as a judge; auto: promote or reject; manual: wait for a person."""
+        """Measure the candidate as a judge; auto: promote or reject; manual: wait for a person. A decision or
+        verdict already in the registry (a crash after it, before the progress was saved) is used, not re-made."""
+        decided, verdict = self.registry.decision(p.candidate), self.registry.recorded_gate(p.candidate)
+        if decided is None and verdict is None:
+            verdict = self._measure_candidate(p)
+        if verdict is not None:
+            p = p.to(results=p.results.to(judge_auc=verdict.auc))
+        if decided is not None:
+            return self._decided(p, decided)
+        if self.spec.promotion.policy == "manual":
+            return p.to(phase=Phase.AWAIT, state=State.AWAITING_PROMOTION)
+        decide = self.registry.promote if verdict.passed else self.registry.reject
+        decide(p.candidate, by="auto", reason=verdict.reason)
+        return self._decided(p, "promoted" if verdict.passed else "rejected")
+
+    def _measure_candidate(self, p: Progress):
+        """The gate's measurement of the candidate, its verdict recorded on the version (and returned)."""
+        from ladder.decisions import Verdict
+
         r = p.results
-        baseline = self._baseline_accuracy(r.start_accuracy)
         gate = self.gate(model_uri(self.spec.name, p.candidate), p.rung, r.current_judge, r.judge_is_verifier,
-                         r.final_accuracy, baseline)
+                         r.final_accuracy, self._baseline_accuracy(r.start_accuracy))
         self.registry.log_metrics(p.rung_run, gate.metrics(), p.step)
         with self._lock:
             self.latest = {**self.latest, **gate.metrics()}
         self.registry.record_gate(p.candidate, gate)
-        p = p.to(results=p.results.to(judge_auc=gate.candidate.auc))
-        if self.spec.promotion.policy == "manual":
-            return p.to(phase=Phase.AWAIT, state=State.AWAITING_PROMOTION)
-        if gate.passed:
-            self.registry.promote(p.candidate, by="auto", reason=gate.reason)
-            return self._decided(p, "promoted")
-        self.registry.reject(p.candidate, by="auto", reason=gate.reason)
-        return self._decided(p, "rejected")
+        return Verdict(gate.passed, gate.reason, gate.candidate.auc)
 
     def _await(self, p: Progress, poll_s: float = 1.0) -> Progress:
         """Wait until a person promotes or rejects the candidate (written to MLflow), or a stop."""
@@ -324,9 +335,9 @@ class LadderController:
         self._stages.release()  # a person may take hours: no engines held meanwhile
         self._actors = []
         while not self._stop.is_set():
-            status = self.registry.status_of(p.candidate)
-            if status in ("promoted", "rejected"):
-                return self._decided(p.to(state=State.RUNNING), status)
+            decided = self.registry.decision(p.candidate)
+            if decided is not None:
+                return self._decided(p.to(state=State.RUNNING), decided)
             time.sleep(poll_s)
         return p.to(state=State.STOPPED)
 
@@ -340,17 +351,6 @@ class LadderController:
         return after_decision(p, decision, self.spec.rungs, self.spec.promotion, self.history)
 
     # judges and students -------------------------------------------------------------------
-    def _current_judge(self, k: int):
-        from ladder.judges import resolve_judge
-
-        return resolve_judge(self.spec, k)
-
-    def _student_init(self) -> tuple[str, str]:
-        champion = self.registry.alias("champion")
-        if self.spec.student.init == "previous" and champion is not None:
-            return model_uri(self.spec.name, champion), f"v{champion}"
-        return self.spec.student.base, "base"
-
     def _baseline_accuracy(self, start_accuracy: Optional[float]) -> Optional[float]:
         """The last promoted rung's held-out accuracy; before any promotion, the student's at step 0."""
         champion = self.registry.alias("champion")
@@ -389,8 +389,6 @@ def start_controller(spec, job: Optional[str] = None, resume: bool = False, subm
     started it (a killed `ladder run` or `ray job stop` does not orphan the ladder's stage actors: they are
     the controller's, and the controller ends itself once the ladder is stopped or done). If its process dies,
     Ray starts it again (`controller_restarts`) and the driver's `run` call is retried on it."""
-    from stages.actors import spawn
-
     job = job or uuid.uuid4().hex[:8]  # chosen here: a restarted controller is built from these same arguments
     return spawn(LadderController, spec, job, resume, submission, resources=spec.resources.controller, name=spec.name,
                  namespace="ladder", detached=True, max_concurrency=4, max_restarts=spec.controller_restarts,

@@ -67,12 +67,14 @@ def candidate_quality(spec, tasks, stages, candidate: str, k: int, name_prefix: 
     in `stages` for the next rung, or are released when the measuring fails."""
     from ladder.judges import ResolvedJudge
     from ladder.rung_stages import build_judge_pool
+    from stages.actors import wait_ready
 
     nxt = min(k + 1, spec.rungs)
     task, calibration = tasks.task(nxt), tasks.calibration(nxt)
     try:
         pool = build_judge_pool(spec.for_rung(nxt), ResolvedJudge("model", candidate, "candidate"), task, spec.seed,
                                 name_prefix, stages)
+        wait_ready([("judge", w, spec.resources.judge) for w in pool.workers], spec.resources.placement_timeout_s)
         quality = measure(pool, calibration)
         stages.set("judges", pool.workers)
     except BaseException:

@@ -1,5 +1,6 @@
 """Which judge a rung trains against, resolved in one place: a model directory, a registry version or a
-verifier for rung 1 (`judge.initial`), and for later rungs the version the alias `judge` points to.
+verifier for rung 1 (`judge.initial`), and for later rungs the version the alias `judge` points to; and what its
+student starts from. A ladder pins both when a rung starts (`pin_rung_inputs`).
 
 Model judges resolve to a location each judge worker opens itself (a directory or `models:/<name>/<v>`).
 """
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ladder.progress import VERIFIER_LABEL
+from ladder.progress import VERIFIER_LABEL, RungInputs
 from stages.models import RegistryError, model_uri
 
 
@@ -22,12 +23,13 @@ class ResolvedJudge:
     label: str                    # what lineage records (a version, a path, a function)
 
 
-def resolve_judge(spec, rung: int = 1) -> ResolvedJudge:
-    """The frozen judge of rung `rung` of the ladder `spec` (fails in one line when there is none)."""
+def resolve_judge(spec, rung: int = 1, registry=None) -> ResolvedJudge:
+    """The frozen judge of rung `rung` of the ladder `spec` (fails in one line when there is none), read through
+    `registry` (a controller's, which retries through outages) or a new one."""
     from ladder.registry import Registry
 
     if rung > 1:
-        reg = Registry.for_spec(spec)
+        reg = registry or Registry.for_spec(spec)
         if reg.alias("judge") is None:
             raise RegistryError(f"models:/{spec.name}@judge: no promoted rung to judge rung {rung}")
         return registered_judge(reg, f"models:/{spec.name}@judge")
@@ -41,7 +43,7 @@ def resolve_judge(spec, rung: int = 1) -> ResolvedJudge:
 
         load_verifier(src.function)  # fail here, in one line, before any actor starts
         return ResolvedJudge("verifier", src.function, f"{VERIFIER_LABEL}{src.function}")
-    return registered_judge(Registry.for_spec(spec), src.uri)
+    return registered_judge(registry or Registry.for_spec(spec), src.uri)
 
 
 def registered_judge(registry, uri: str) -> ResolvedJudge:
@@ -49,3 +51,23 @@ def registered_judge(registry, uri: str) -> ResolvedJudge:
     which each judge worker fetches itself on its own node."""
     found = registry.pinned(uri)
     return ResolvedJudge("model", model_uri(found.name, found.version), f"{found.name}/v{found.version}")
+
+
+def student_init(spec, registry) -> tuple[str, str]:
+    """Where the student starts (a location, its label): the base model, or with `init: previous` the version
+    alias `champion` points to (an MLflow error propagates: never silently the base model)."""
+    champion = registry.alias("champion") if spec.student.init == "previous" else None
+    if champion is not None:
+        return model_uri(spec.name, champion), f"v{champion}"
+    return spec.student.base, "base"
+
+
+def pin_rung_inputs(spec, rung: int, registry) -> RungInputs:
+    """Rung `rung`'s judge and student init as concrete locations (`models:/<name>/<version>`, never an alias)."""
+    judge = resolve_judge(spec, rung, registry)
+    student, label = student_init(spec, registry)
+    return RungInputs(judge.kind, judge.location, judge.label, student, label)
+
+
+def pinned_judge(inputs: RungInputs) -> ResolvedJudge:
+    return ResolvedJudge(inputs.judge_kind, inputs.judge_location, inputs.judge_label)

@@ -95,6 +95,8 @@ def describe(reg, version) -> str:
     if status in ("promoted", "rejected"):
         lines.append(f"Decision: {status} by {t.get('ladder.decided_by')} at {t.get('ladder.decided_at')}"
                      f" ({t.get('ladder.reason', '-')}).")
+        if t.get("ladder.aliases_moved"):
+            lines.append(f"Aliases: {t['ladder.aliases_moved']}.")
     else:
         lines.append("Decision: pending.")
     return "\n\n".join(lines)

@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import Optional
 
-from stages.models import RegistryError, parse_model_uri
+from stages.models import RegistryError, if_exists, parse_model_uri
 
 TASK = "text-generation"
 VERSIONS_TAG = "mlflow.modelVersions"   # what MLflow's own register_model writes on a logged model
@@ -110,7 +110,6 @@ def check_model_uri(uri: str, tracking_uri: str) -> None:
     ref = parse_model_uri(uri)
     if ref.version is None:
         raise RegistryError(f"{uri}: a model location must look like models:/<name>/<version>")
-    try:
-        MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).get_model_version(ref.name, ref.version)
-    except Exception:
-        raise RegistryError(f"{uri}: no such model version in MLflow at {tracking_uri}") from None
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    if if_exists(lambda: client.get_model_version(ref.name, ref.version)) is None:
+        raise RegistryError(f"{uri}: no such model version in MLflow at {tracking_uri}")

@@ -77,6 +77,17 @@ class RungResults:
 
 
 @dataclass(frozen=True)
+class RungInputs:
+    """What a rung trains against and from, pinned in the progress when its train phase first starts: a restart
+    or resume uses these, never an alias read again (a promotion by hand meanwhile does not change them)."""
+    judge_kind: str        # "model" | "verifier"
+    judge_location: str    # models:/<name>/<version>, a model directory, or a verifier (module:function, task)
+    judge_label: str       # what lineage records
+    student: str           # the student's init: the base model's location, or models:/<name>/<version>
+    student_label: str     # "base" or the version ("v3")
+
+
+@dataclass(frozen=True)
 class Progress:
     """Everything needed to continue a ladder where it stopped (JSON-serialisable, saved after each change)."""
     ladder: str
@@ -95,6 +106,7 @@ class Progress:
     parent_run: Optional[str] = None
     rung_run: Optional[str] = None
     results: RungResults = field(default_factory=RungResults)  # what the later phases need, the decisions
+    inputs: Optional[RungInputs] = None        # the rung's judge and student init, pinned (None before its start)
     error: Optional[str] = None
     updated_at: float = 0.0
 
@@ -109,7 +121,8 @@ class Progress:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**{**known, "state": State(known.get("state", "pending")),
                       "phase": Phase(known.get("phase", "train")),
-                      "results": RungResults.from_dict(known.get("results") or {}, known.get("judge"))})
+                      "results": RungResults.from_dict(known.get("results") or {}, known.get("judge")),
+                      "inputs": RungInputs(**known["inputs"]) if known.get("inputs") else None})
 
     def to(self, **changes) -> "Progress":
         """A copy with `changes` applied and the time stamped."""
@@ -117,11 +130,11 @@ class Progress:
 
     def next_rung(self) -> "Progress":
         return self.to(phase=Phase.TRAIN, rung=self.rung + 1, attempt=0, step=0, cursor={}, checkpoint=None,
-                       candidate=None, judge=None, rung_run=None, results=RungResults())
+                       candidate=None, judge=None, rung_run=None, results=RungResults(), inputs=None)
 
     def retry_rung(self) -> "Progress":
         return self.to(phase=Phase.TRAIN, attempt=self.attempt + 1, step=0, cursor={}, checkpoint=None,
-                       candidate=None, judge=None, rung_run=None, results=RungResults())
+                       candidate=None, judge=None, rung_run=None, results=RungResults(), inputs=None)
 
     def summary(self) -> dict:
         """What `ladder status` shows of this progress (a live controller adds its own step and metrics)."""

@@ -4,20 +4,20 @@ MLflow is the source of truth for lineage and promotion decisions (design.md sec
 """
 from __future__ import annotations
 
-import getpass
 import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
+from ladder.decisions import STATUS_TAG
 from ladder.mlflow_store import local_artifact_root, tracking_uri_for
 from ladder.runtime import first_line
-from stages.models import RegistryError, fetch_model, is_model_uri, model_id_of, model_uri, parse_model_uri
+from stages.models import (RegistryError, fetch_model, is_model_uri, model_id_of, model_uri, if_exists,
+                           parse_model_uri)
 
 if TYPE_CHECKING:
     from ladder.judges import ResolvedJudge
 
-STATUS_TAG = "ladder.status"
 PROGRESS_TAG = "ladder.progress"
 STOP_TAG = "ladder.stop_request"
 
@@ -254,24 +254,22 @@ class Registry:
     def register(self, run_id: str, hf_dir: Optional[str], tags: dict[str, str], model_id: Optional[str] = None,
                  step: int = 0) -> str:
         """Register the rung's model as a version, idempotent on `ladder.rung_uid`: the logged model `model_id`
-        when the rung logged it already, else `hf_dir` logged now."""
+        when the rung logged it already, else `hf_dir` logged now. A version found already registered (a crash
+        after it) still gets its aliases and description."""
         from ladder.mlmodels import register_logged_model
         from ladder.retrying import with_retry
 
-        existing = self.find_version(tags["ladder.rung_uid"])
-        if existing is not None:
-            return str(existing.version)
-        try:
-            self.client.get_registered_model(self.name)
-        except Exception:
-            self.client.create_registered_model(self.name, tags={"ladder": "judge-ladder"},
-                                                description=f"judge-ladder {self.name}: one version per rung; "
-                                                            "alias judge = the rung that judges the next one.")
-        model_id = model_id or self.log_model(run_id, hf_dir, tags, step)
-        mv = with_retry(lambda: self.find_version(tags["ladder.rung_uid"]) or register_logged_model(
-            self.raw, self.tracking_uri, self.name, model_id, run_id, {STATUS_TAG: "candidate", **tags}),
-            self.retry_s, "register model version")
-        mv = self._one_version(tags["ladder.rung_uid"], mv)
+        mv = self.find_version(tags["ladder.rung_uid"])
+        if mv is None:
+            if if_exists(lambda: self.client.get_registered_model(self.name)) is None:
+                self.client.create_registered_model(self.name, tags={"ladder": "judge-ladder"},
+                                                    description=f"judge-ladder {self.name}: one version per rung; "
+                                                                "alias judge = the rung that judges the next one.")
+            model_id = model_id or self.log_model(run_id, hf_dir, tags, step)
+            mv = with_retry(lambda: self.find_version(tags["ladder.rung_uid"]) or register_logged_model(
+                self.raw, self.tracking_uri, self.name, model_id, run_id, {STATUS_TAG: "candidate", **tags}),
+                self.retry_s, "register model version")
+            mv = self._one_version(tags["ladder.rung_uid"], mv)
         rung = tags.get("ladder.rung")
         if rung:
             self.client.set_registered_model_alias(self.name, f"rung-{rung}", mv.version)
@@ -312,53 +310,54 @@ class Registry:
         if mv.run_id:
             self.client.set_tag(mv.run_id, "mlflow.note.content", text)
 
+    # lookups: "there is none" only when MLflow says so; an outage or a refusal propagates ----------------
     def version(self, version: str):
-        try:
-            return self.client.get_model_version(self.name, str(version))
-        except Exception:
-            raise RegistryError(f"model {self.name!r} has no version {version}") from None
+        found = if_exists(lambda: self.client.get_model_version(self.name, str(version)))
+        if found is None:
+            raise RegistryError(f"model {self.name!r} has no version {version}")
+        return found
 
     def aliases(self) -> dict[str, str]:
         """alias -> version of the ladder's registered model (empty before the first rung registers)."""
-        try:
-            return {k: str(v) for k, v in self.client.get_registered_model(self.name).aliases.items()}
-        except Exception:
-            return {}
+        model = if_exists(lambda: self.client.get_registered_model(self.name))
+        return {k: str(v) for k, v in model.aliases.items()} if model else {}
 
     def alias(self, alias: str) -> Optional[str]:
-        try:
-            return str(self.client.get_model_version_by_alias(self.name, alias).version)
-        except Exception:
-            return None
+        """The version `alias` points to; None only when MLflow answers that there is no such alias (or model)."""
+        found = if_exists(lambda: self.client.get_model_version_by_alias(self.name, alias))
+        return str(found.version) if found else None
 
+    # decisions (ladder/decisions.py) --------------------------------------------------------
     def promote(self, version: str, by: str = "auto", reason: str = "") -> None:
-        """Move `judge` and `champion` to `version`; record who/when/why on the version. The aliases move first:
-        a waiting controller acts on the status tag, and must then find the new judge."""
-        self.version(version)
-        self.client.set_registered_model_alias(self.name, "judge", str(version))
-        self.client.set_registered_model_alias(self.name, "champion", str(version))
-        self._decide(version, "promoted", by, reason)
+        """Move `judge` and `champion` to `version`; record who/when/why on the version."""
+        from ladder.decisions import promote
+
+        promote(self, str(version), by, reason)
 
     def reject(self, version: str, by: str = "auto", reason: str = "") -> None:
-        self.version(version)
-        self._decide(version, "rejected", by, reason)
+        """Mark `version` rejected; `judge`/`champion`, where it holds them, go back to the last promoted version."""
+        from ladder.decisions import reject
 
-    def _decide(self, version: str, status: str, by: str, reason: str) -> None:
-        who = by if by != "human" else f"human:{getpass.getuser()}"
-        for key, value in {STATUS_TAG: status, "ladder.decided_by": who,
-                           "ladder.decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                           "ladder.reason": reason or "-"}.items():
-            self.client.set_model_version_tag(self.name, str(version), key, value)
-        self.describe(version)
+        reject(self, str(version), by, reason)
+
+    def decision(self, version: str) -> Optional[str]:
+        """The decision recorded on `version` ("promoted" or "rejected", by the gate or by hand), else None."""
+        status = self.status_of(version)
+        return status if status in ("promoted", "rejected") else None
 
     def record_gate(self, version: str, gate) -> None:
         """The gate's verdict on a version: pass/fail, the deciding rule, its numbers."""
-        tags = {"ladder.gate": "pass" if gate.passed else "fail", "ladder.gate_rule": gate.rule,
-                "ladder.gate_reason": gate.reason, "ladder.judge_accuracy": f"{gate.candidate.accuracy:.4f}",
-                "ladder.judge_auc": f"{gate.candidate.auc:.4f}"}
-        for key, value in tags.items():
+        from ladder.decisions import gate_tags
+
+        for key, value in gate_tags(gate).items():  # the verdict last: `recorded_gate` reads it
             self.client.set_model_version_tag(self.name, str(version), key, value)
         self.describe(version)
+
+    def recorded_gate(self, version: str):
+        """The gate's verdict already recorded on `version` (`decisions.Verdict`), or None."""
+        from ladder.decisions import recorded_gate
+
+        return recorded_gate(self.version(version).tags)
 
     def heldout_accuracy(self, version: str) -> Optional[float]:
         """The student's held-out accuracy at the end of the version's rung (None if not recorded)."""
@@ -390,9 +389,9 @@ class Registry:
     def pinned(self, uri: str):
         """The version `models:/<name>@<alias>` or `models:/<name>/<version>` names (RegistryError when none)."""
         ref = parse_model_uri(uri)
-        try:
-            return self.client.get_model_version_by_alias(ref.name, ref.alias) if ref.alias else \
-                self.client.get_model_version(ref.name, ref.version)
-        except Exception:
+        found = if_exists(lambda: self.client.get_model_version_by_alias(ref.name, ref.alias) if ref.alias else
+                          self.client.get_model_version(ref.name, ref.version))
+        if found is None:
             what = f"no alias {ref.alias!r}" if ref.alias else f"no version {ref.version}"
-            raise RegistryError(f"{uri}: model {ref.name!r} has {what}") from None
+            raise RegistryError(f"{uri}: model {ref.name!r} has {what}")
+        return found

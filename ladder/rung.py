@@ -14,6 +14,7 @@ from ladder.prompt_cursor import PromptCursor
 from ladder.rung_metrics import flips, judge_health, length_health, reward_truth, saturated
 from ladder.rung_stages import actor_name, build_judge_pool, engine_config, model_store, student_prompts
 from ladder.tasks.base import Task
+from stages.actors import raise_if_start_failed
 from stages.batches import JudgedBatch, PromptBatch, RolloutBatch
 
 
@@ -98,11 +99,14 @@ class Rung:
         return [self.trainer, *self.rollout, *self.pool.workers]
 
     def ready(self) -> float:
-        """Block until every engine is up; returns the seconds waited."""
-        import ray
+        """Block until every engine is up; returns the seconds waited. An actor whose constructor raised fails it
+        at once (`ActorStartError`), one that no node takes within `resources.placement_timeout_s` too
+        (`PlacementError`)."""
+        from stages.actors import wait_ready
 
-        t0 = time.perf_counter()
-        ray.get([a.__ray_ready__.remote() for a in self.actors()])
+        res, t0 = self.spec.resources, time.perf_counter()
+        wait_ready([("trainer", self.trainer, res.trainer)] + [("rollout", w, res.rollout) for w in self.rollout]
+                   + [("judge", w, res.judge) for w in self.pool.workers], res.placement_timeout_s)
         return time.perf_counter() - t0
 
     def next_prompts(self) -> PromptBatch:
@@ -124,7 +128,8 @@ class Rung:
         for k, ref in enumerate(refs):
             try:
                 result, busy = ray.get(ref)
-            except ray.exceptions.RayActorError:  # the worker died: a re-synced replacement redoes its part
+            except ray.exceptions.RayActorError as exc:  # the worker died: a re-synced replacement redoes its part
+                raise_if_start_failed(exc)  # ... unless it never started: a replacement would not either
                 self._replace_rollout(k)
                 result, busy = ray.get(call(k))
             results.append(result)
@@ -144,7 +149,7 @@ class Rung:
         """A new rollout worker in place of dead worker `k`, serving the current weights before it is used."""
         import ray
 
-        from stages.actors import kill_all
+        from stages.actors import kill_all, wait_ready
 
         if self.rollout_replaced >= self.spec.worker_replacements:
             raise RungFailed(f"rollout workers died {self.rollout_replaced + 1} times in this rung "
@@ -153,6 +158,8 @@ class Rung:
         kill_all([self.rollout[k]], wait_s=5.0)
         self.rollout[k] = self._start_rollout(k)
         self.rollout_replaced += 1
+        res = self.spec.resources
+        wait_ready([("rollout", self.rollout[k], res.rollout)], res.placement_timeout_s)
         if self._weights is not None:
             ray.get(self.rollout[k].load_weights.remote(self._weights))
 
@@ -235,7 +242,8 @@ class Rung:
         for k, load in enumerate(loads):
             try:
                 seconds.append(ray.get(load)[1])
-            except ray.exceptions.RayActorError:  # died: its replacement loads `ref` before it serves
+            except ray.exceptions.RayActorError as exc:  # died: its replacement loads `ref` before it serves
+                raise_if_start_failed(exc)
                 self._replace_rollout(k)
         self.work_s["sync"] = ref.meta.get("seconds", 0.0) + max(seconds)
         return ref.version

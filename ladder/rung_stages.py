@@ -66,7 +66,7 @@ def build_judge_pool(spec, judge: ResolvedJudge, task: Task, seed: int, name_pre
     judge workers (one engine each), taken over from `stages` (a `StageSet`) with the judge loaded in place when
     they can be."""
     from ladder.stageset import StageSet, settings_key
-    from stages.actors import spawn
+    from stages.actors import spawn, wait_ready
     from stages.judge import JudgeConfig, JudgePool, JudgeWorker
 
     stages = stages if stages is not None else StageSet()
@@ -78,9 +78,14 @@ def build_judge_pool(spec, judge: ResolvedJudge, task: Task, seed: int, name_pre
     engine = engine_config(spec, judge.location, seed, context)
     start = lambda i=0: spawn(JudgeWorker, engine, cfg, resources=spec.resources.judge,  # noqa: E731
                               name=actor_name(name_prefix, "judge"), namespace="ladder")
+
+    def started(actor):  # a replacement, used at once: placed and up, or a one-line failure
+        wait_ready([("judge", actor, spec.resources.judge)], spec.resources.placement_timeout_s)
+        return actor
+
     workers = stages.take("judges", settings_key(engine, spec.resources.judge), spec.judge_pool.workers,
                           lambda w: w.load_model.remote(judge.location, cfg), start)
-    return JudgePool(workers, spec.judge_pool.batch_size, respawn=start, cfg=cfg,
+    return JudgePool(workers, spec.judge_pool.batch_size, respawn=lambda: started(start()), cfg=cfg,
                      max_replacements=spec.worker_replacements, chat=chat.user)
 
 

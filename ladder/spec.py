@@ -149,6 +149,10 @@ class ResourcesSpec(Strict):
     trainer: RoleResources = Field(default_factory=RoleResources, description="The trainer.")
     controller: RoleResources = Field(default_factory=lambda: RoleResources(cpus=0),
                                       description="The ladder controller (it only coordinates).")
+    placement_timeout_s: float = Field(
+        1800.0, gt=0, description="How long a stage actor may wait for a node that can give it its resources (an "
+                                  "autoscaler may be adding one) before the rung fails naming the role and what it "
+                                  "asks for; the time an engine takes to load its model once placed is not counted.")
 
     @property
     def uses_gpu(self) -> bool:

@@ -28,6 +28,17 @@ def preflight(spec, gate: bool = True):
     return judge
 
 
+def check_local_models(spec) -> None:
+    """The spec's model directories (student base, a directory judge), read without MLflow or Ray: one line naming
+    the file when one is missing or broken (`ladder validate`)."""
+    from stages.models import check_model_dir, is_model_uri
+
+    initial = spec.judge.initial
+    for model in [spec.student.base] + ([initial.path] if initial.kind == "model" else []):
+        if not is_model_uri(model):
+            check_model_dir(model)
+
+
 class WorkdirError(ValueError):
     """A work directory the ladder cannot write (one line)."""
 

@@ -25,6 +25,74 @@ class Timed:
         return out, time.perf_counter() - t0
 
 
+class ActorStartError(RuntimeError):
+    """A stage actor whose constructor raised (a missing tokenizer, truncated weights, an unwritable cache, a path
+    missing on its node): a restart on fresh actors would fail the same way. One line: the actor's class, its node,
+    and the constructor's own error."""
+
+
+def as_start_error(exc: BaseException) -> BaseException:
+    """An `ActorStartError` in place of `exc` when `exc` is Ray's word that an actor died of an error in its
+    constructor (Ray sets `actor_init_failed` on the `ActorDiedError` of a failed creation task); else `exc`."""
+    import sys
+
+    ray = sys.modules.get("ray")  # not imported: not a Ray error
+    if ray is not None and isinstance(exc, ray.exceptions.RayActorError) and exc.actor_init_failed:
+        return ActorStartError(start_failure(str(exc)))
+    return exc
+
+
+def raise_if_start_failed(exc: BaseException) -> None:
+    """Raise `as_start_error(exc)` when it is an `ActorStartError`; a death at runtime returns."""
+    err = as_start_error(exc)
+    if err is not exc:
+        raise err from None
+
+
+def start_failure(text: str) -> str:
+    """Ray's creation-task error text (a header, then the constructor's traceback) in one line: `<Class> (node
+    <ip>) could not start: <the raised exception's type and first line>`."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # Ray colours the task's name
+    who = re.search(r"ray::(\w+)\.__init__\(\)(?: \(pid=\d+, ip=([\w.:-]+))?", text)
+    lines = text.splitlines()
+    frames = [i for i, line in enumerate(lines) if line.startswith("  File ")]
+    raised = next((line for line in lines[frames[-1] + 1:] if line and not line[0].isspace()), None) \
+        if frames else None
+    what = raised or lines[0].split("creation task, ")[-1]
+    name = f"{who.group(1)}" + (f" (node {who.group(2)})" if who.group(2) else "") if who else "a stage actor"
+    return f"{name} could not start: {what.strip()[:300]}"
+
+
+def wait_ready(actors: list[tuple[str, object, object]], placement_timeout_s: float, poll_s: float = 2.0) -> None:
+    """Block until every actor of `actors` ((role, handle, its `RoleResources`)) is up. One that Ray has placed on
+    no node for `placement_timeout_s` fails it: `PlacementError` naming the role, what it asks for and what the
+    cluster has. An actor placed and still loading its model is waited for; one whose constructor raised fails
+    it with `ActorStartError`."""
+    import ray
+
+    from cluster.placement import PlacementError, placed, unplaced_message
+
+    pending = {handle.__ray_ready__.remote(): (role, handle, res) for role, handle, res in actors}
+    unplaced_since: dict = {}
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=poll_s)
+        for ref in done:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError as exc:
+                raise_if_start_failed(exc)
+                raise
+            pending.pop(ref)
+        now = time.monotonic()
+        for ref, (role, handle, res) in pending.items():
+            if placed(handle):
+                unplaced_since.pop(ref, None)
+            elif now - unplaced_since.setdefault(ref, now) > placement_timeout_s:
+                raise PlacementError(unplaced_message(role, res, placement_timeout_s))
+
+
 def spawn(cls, *args, resources=None, name: str | None = None, namespace: str | None = None,
           detached: bool = False, max_restarts: int = 0, max_task_retries: int = 0, max_concurrency: int = 1,
           **kwargs):

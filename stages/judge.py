@@ -11,7 +11,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from stages.actors import Timed
+from stages.actors import Timed, raise_if_start_failed
 from stages.batches import JudgedBatch, RolloutBatch
 from stages.engine import EngineConfig, build_llm, load_model_into
 from stages.answers import DEFAULT_ANSWER_PATTERN
@@ -213,7 +213,8 @@ class JudgePool:
             index = k % len(self.workers)
             try:
                 results[k], seconds = ray.get(ref)
-            except ray.exceptions.RayActorError:
+            except ray.exceptions.RayActorError as exc:
+                raise_if_start_failed(exc)  # a worker that never started is not replaced: the new one would not either
                 if self.workers[index] is worker:  # not yet replaced by an earlier failed chunk
                     self._replace(index)
                 a, b = chunks[k]

@@ -26,6 +26,24 @@ class ModelNotFound(ValueError):
     """A model path that does not hold an HF-format model."""
 
 
+def not_found(exc: BaseException) -> bool:
+    """MLflow answered that what was asked for does not exist (a model, a version, an alias); any other error (an
+    outage, a refusal such as a 403) is not an answer and must not be read as "none"."""
+    code = getattr(exc, "error_code", "")
+    return code == "RESOURCE_DOES_NOT_EXIST" or (code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc))
+
+
+def if_exists(call):
+    """`call()` (an MLflow lookup), or None when MLflow answers that the thing does not exist; other errors
+    propagate."""
+    try:
+        return call()
+    except Exception as exc:
+        if not not_found(exc):
+            raise
+        return None
+
+
 @dataclass(frozen=True)
 class ModelUri:
     """`models:/<name>/<version>` or `models:/<name>@<alias>` (one of version and alias is set)."""
@@ -79,6 +97,65 @@ def check_model_dir(path: str) -> None:
         raise ModelNotFound(f"{path}: no .safetensors weights (weights are only read as safetensors, never pickles)")
     if os.path.isdir(path) and not any(os.path.isfile(os.path.join(path, f)) for f in TOKENIZER_CORE):
         raise ModelNotFound(f"{path}: no tokenizer ({' or '.join(TOKENIZER_CORE)})")
+    if os.path.isdir(path):
+        check_model_files(path)
+
+
+class ModelBroken(ValueError):
+    """A model file that cannot be read (a truncated copy or download, a config.json that is not JSON): one line
+    naming the file and what is wrong."""
+
+
+SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors library's own limit on a header's length
+
+
+def check_model_files(path: str) -> None:
+    """Read what every engine and trainer reads first, without loading a weight: config.json parses as a JSON
+    object, and each safetensors file has a whole header and all the bytes its header describes."""
+    import json
+
+    config = os.path.join(path, "config.json")
+    try:
+        data = json.loads(Path(config).read_bytes())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelBroken(f"{config}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ModelBroken(f"{config}: not a JSON object of settings (a {type(data).__name__})")
+    for name in sorted(f for f in os.listdir(path) if f.endswith(".safetensors")):
+        check_safetensors(os.path.join(path, name))
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        try:
+            shards = set(json.loads(Path(index).read_bytes())["weight_map"].values())
+        except (ValueError, UnicodeDecodeError, TypeError, KeyError, AttributeError):
+            raise ModelBroken(f"{index}: not a safetensors index (a JSON object with a weight_map)") from None
+        missing = sorted(f for f in shards if not os.path.isfile(os.path.join(path, f)))
+        if missing:
+            raise ModelBroken(f"{index}: names {len(missing)} missing weight file(s): {', '.join(missing[:3])}")
+
+
+def check_safetensors(file: str) -> None:
+    """A safetensors file is 8 bytes of header length, a JSON header of tensor names, dtypes, shapes and data
+    offsets, then the data: each part must be there in full."""
+    import json
+    import struct
+
+    size = os.path.getsize(file)
+    with open(file, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ModelBroken(f"{file}: truncated safetensors file ({size} bytes, not even its header length)")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(size - 8, SAFETENSORS_MAX_HEADER):
+            raise ModelBroken(f"{file}: truncated or not a safetensors file (header length {n}, file of {size} bytes)")
+        try:
+            header = json.loads(f.read(n))
+            ends = [int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"]
+        except (ValueError, UnicodeDecodeError, TypeError, KeyError, IndexError, AttributeError):
+            raise ModelBroken(f"{file}: broken safetensors header (not a JSON table of tensors)") from None
+    needed = 8 + n + max(ends, default=0)
+    if size < needed:
+        raise ModelBroken(f"{file}: truncated safetensors file ({size} bytes; its header describes {needed})")
 
 
 def model_id_of(version) -> Optional[str]:
@@ -110,10 +187,10 @@ def fetch_model(uri: str, tracking_uri: str, cache_dir: str) -> str:
     if (out / "config.json").is_file():
         return str(out)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    try:
-        source = hf_files_uri(client, client.get_model_version(name, version))
-    except Exception:
-        raise RegistryError(f"{uri}: no such model version") from None
+    found = if_exists(lambda: client.get_model_version(name, version))
+    if found is None:
+        raise RegistryError(f"{uri}: no such model version")
+    source = hf_files_uri(client, found)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{name}-v{version}-", dir=out.parent)
     try:

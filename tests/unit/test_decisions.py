@@ -1,0 +1,103 @@
+"""Decisions keep aliases and status in step (MLflow on SQLite in a temp dir, no Ray): a rejection takes back
+the aliases the version held, and a gate re-entered after a crash uses the decision or verdict already recorded."""
+import pytest
+
+from ladder.progress import Phase, Progress, State
+from registries import add_versions  # tests/unit/registries.py
+
+
+def test_rejecting_the_live_judge_moves_judge_and_champion_back(registry):
+    v1, v2 = add_versions(registry, 2)
+    registry.promote(v1, by="auto", reason="gate passed")
+    registry.promote(v2, by="auto", reason="gate passed")
+    registry.reject(v2, by="human", reason="judges lengths")
+    assert registry.aliases()["judge"] == v1 and registry.aliases()["champion"] == v1
+    assert registry.status_of(v2) == "rejected" and registry.status_of(v1) == "promoted"
+    assert registry.version(v2).tags["ladder.aliases_moved"] == "judge and champion moved back to v1"
+    assert "Aliases: judge and champion moved back to v1." in registry.version(v2).description
+
+
+def test_rejecting_the_only_promoted_version_removes_the_aliases(registry):
+    v1, v2 = add_versions(registry, 2)
+    registry.promote(v2, by="auto")
+    registry.reject(v2, by="human")
+    assert "judge" not in registry.aliases() and "champion" not in registry.aliases()
+    assert registry.alias("judge") is None
+    assert "removed" in registry.version(v2).tags["ladder.aliases_moved"]
+
+
+def test_rejecting_a_version_that_holds_no_alias_moves_nothing(registry):
+    v1, v2, v3 = add_versions(registry, 3)
+    registry.promote(v1, by="auto")
+    registry.promote(v2, by="auto")
+    registry.reject(v3, by="auto")
+    assert registry.aliases()["judge"] == v2
+    registry.reject(v1, by="human")  # an older promoted version: the live judge stays where it is
+    assert registry.aliases()["judge"] == v2 == registry.aliases()["champion"]
+    assert "ladder.aliases_moved" not in registry.version(v1).tags
+
+
+def spec_of(name: str, policy: str = "auto"):
+    from ladder.spec import parse_spec
+
+    return parse_spec({"name": name, "rungs": 3, "student": {"base": "m"},
+                       "judge": {"initial": {"kind": "model", "path": "m"}}, "task": {"source": {"kind": "builtin"}},
+                       "promotion": {"policy": policy}})
+
+
+def controller_at_gate(reg, policy: str = "auto"):
+    """A controller (in this process, no Ray) whose rung 1 registered version 1 and crashed in its gate phase;
+    measuring the candidate again would fail the test."""
+    from ladder.controller import LadderController
+
+    ctl = LadderController(spec_of(reg.name, policy), job="job")
+    ctl.registry = reg
+    ctl.gate = lambda *a, **k: pytest.fail("the gate was measured again")
+    parent = reg.client.create_run(reg.experiment_id, tags={"ladder.kind": "ladder"}).info.run_id
+    rung_run = reg.start_rung_run(parent, 1, "job")
+    (version,) = add_versions(reg, 1, rung_run)
+    return ctl, Progress(reg.name, "job", state=State.RUNNING, phase=Phase.GATE, candidate=version,
+                         parent_run=parent, rung_run=rung_run)
+
+
+def test_a_gate_reentered_after_a_promotion_keeps_it(registry):
+    ctl, p = controller_at_gate(registry)
+    registry.promote(p.candidate, by="auto", reason="gate passed")  # then the controller died before saving
+    after = ctl._gate(p)
+    assert after.rung == 2 and after.phase is Phase.TRAIN
+    assert registry.status_of(p.candidate) == "promoted" and registry.alias("judge") == p.candidate
+
+
+def test_a_gate_reentered_after_its_verdict_applies_the_recorded_verdict(registry):
+    from ladder.gate import GateResult, JudgeQuality
+
+    ctl, p = controller_at_gate(registry)
+    bad = JudgeQuality(accuracy=0.5, auc=0.41, identical_share=0.2)
+    registry.record_gate(p.candidate, GateResult(bad, bad, False, "AUC 0.410 < 0.6"))  # died before rejecting
+    after = ctl._gate(p)
+    assert after.phase is Phase.DONE and after.results.ended == "rejected"
+    assert registry.status_of(p.candidate) == "rejected"
+    assert registry.version(p.candidate).tags["ladder.reason"] == "AUC 0.410 < 0.6"
+
+
+def test_a_manual_ladder_reentering_its_gate_after_the_verdict_waits(registry):
+    from ladder.gate import GateResult, JudgeQuality
+
+    ctl, p = controller_at_gate(registry, policy="manual")
+    good = JudgeQuality(accuracy=0.9, auc=0.95, identical_share=0.1)
+    registry.record_gate(p.candidate, GateResult(good, good, True, "AUC 0.950 >= 0.6"))
+    after = ctl._gate(p)
+    assert after.phase is Phase.AWAIT and after.state is State.AWAITING_PROMOTION
+    assert registry.decision(p.candidate) is None
+
+
+def test_a_registration_found_already_done_still_sets_its_aliases_and_description(registry):
+    """A crash after the version was created, before its aliases and description: the retried registration
+    finds the version (no second one) and finishes it."""
+    registry.raw.create_registered_model(registry.name)
+    tags = {"ladder.rung": "1", "ladder.rung_uid": "job-1-0", "ladder.job": "job"}
+    made = str(registry.raw.create_model_version(registry.name, "file:///nowhere", tags=tags).version)
+    assert registry.register("no-run", None, tags) == made  # nothing logged: the version is found
+    assert registry.aliases() == {"rung-1": made, "candidate": made}
+    assert "Rung 1 of ladder" in registry.version(made).description
+    assert len(registry.versions()) == 1
