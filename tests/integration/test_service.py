@@ -131,6 +131,14 @@ def alive(dashboard, env, name) -> list[str]:
     return json.loads(res.stdout)
 
 
+def wait_gone(dashboard, env, name, timeout_s: float = 120.0) -> None:
+    """Until Ray reports no live actor of ladder `name` (its controller and stage actors); fails past `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while alive(dashboard, env, name) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert alive(dashboard, env, name) == []
+
+
 def steps_logged(tracking_uri, name, rung):
     """The step numbers of every reward.mean logged by rung `rung`'s run (a step logged twice appears twice)."""
     from ladder.registry import Registry
@@ -138,6 +146,19 @@ def steps_logged(tracking_uri, name, rung):
     reg = Registry.find(name, tracking_uri)
     runs = reg.client.search_runs([reg.experiment_id], f"tags.`ladder.rung` = '{rung}'")
     return sorted(m.step for r in runs for m in reg.client.get_metric_history(r.info.run_id, "reward.mean"))
+
+
+def ray_job_stop(env, dashboard, submission) -> None:
+    """`ray job stop` of a submission, as an operator would stop it."""
+    stop = subprocess.run([str(BIN / "ray"), "job", "stop", "--address", dashboard, submission], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert stop.returncode == 0, stop.stderr[-2000:]
+
+
+def assert_one_line_refusal(res, expected: str) -> None:
+    """Exit 2 with one line on stderr that says `expected`, and no traceback."""
+    assert res.returncode == 2 and expected in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
 
 
 def test_submit_jobstop_status_promote_stop_resume(tiny_model, ray_head, mlflow_server, tmp_path):
@@ -154,19 +175,13 @@ def test_submit_jobstop_status_promote_stop_resume(tiny_model, ray_head, mlflow_
     assert sub["ladder"] == name and sub["submission"]
 
     again = ladder(env, "submit", str(spec), *at, "--python", sys.executable, check=False)
-    assert again.returncode == 2 and "already running" in again.stderr
-    assert len(again.stderr.strip().splitlines()) == 1 and "Traceback" not in again.stderr
+    assert_one_line_refusal(again, "already running")
 
     # `ray job stop` of the submission: a graceful stop, nothing left running
     wait_for(name, mlflow_server, lambda p: p.rung == 1 and p.step >= 2)
-    stop = subprocess.run([str(BIN / "ray"), "job", "stop", "--address", dashboard, sub["submission"]], env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert stop.returncode == 0, stop.stderr[-2000:]
+    ray_job_stop(env, dashboard, sub["submission"])
     stopped = wait_for(name, mlflow_server, lambda p: p.state.value == "stopped", timeout_s=300)
-    deadline = time.monotonic() + 120
-    while alive(dashboard, env, name) and time.monotonic() < deadline:
-        time.sleep(1)
-    assert alive(dashboard, env, name) == []
+    wait_gone(dashboard, env, name)
     assert stopped.rung == 1 and stopped.checkpoint
     res = json.loads(ladder(env, "resume", name, *at, *track, "--python", sys.executable, "--json").stdout)
     assert res["job"] == sub["job"] and res["resumed"]
@@ -204,10 +219,7 @@ def test_submit_jobstop_status_promote_stop_resume(tiny_model, ray_head, mlflow_
     assert [(r["version"], r["rung"], r["status"]) for r in rows] == [(1, 1, "promoted"), (2, 2, "promoted")]
     assert {r["job"] for r in rows} == {sub["job"]}
     assert steps_logged(mlflow_server, name, 2) == list(range(1, 9))  # a graceful stop redoes no step
-    deadline = time.monotonic() + 120  # the controller ends itself once the ladder is over
-    while alive(dashboard, env, name) and time.monotonic() < deadline:
-        time.sleep(1)
-    assert alive(dashboard, env, name) == []
+    wait_gone(dashboard, env, name)  # the controller ends itself once the ladder is over
 
 
 def test_cli_errors_are_one_line(tiny_model, ray_head, mlflow_server, tmp_path):
@@ -291,6 +303,31 @@ def actor_pid(dashboard, env, name_pattern, timeout_s=120.0) -> int:
 OUTAGE_S = 30.0
 
 
+def outage_from_first_step(mlflow_proc, name, rung, meanwhile):
+    """SIGKILL the MLflow server as soon as rung `rung` has logged a step (before its first checkpoint, which
+    waits for MLflow), call `meanwhile()` during the outage, start the server again OUTAGE_S later on the same
+    port and store; returns (down, up, what `meanwhile` returned), times as `time.time()`."""
+    deadline = time.monotonic() + 600
+    while not steps_logged(mlflow_proc.url, name, rung):
+        assert time.monotonic() < deadline, f"rung {rung} logged no step"
+        time.sleep(0.1)
+    mlflow_proc.stop(grace_s=0)  # MLflow goes away mid-rung, at once
+    down = time.time()
+    found = meanwhile()
+    time.sleep(max(0.0, down + OUTAGE_S - time.time()))  # the outage itself
+    up = time.time()
+    mlflow_proc.start()
+    return down, up, found
+
+
+def steps_redone(uri, name, rung, steps, every) -> int:
+    """Rung `rung` logged each of its `steps` steps, and again at most one checkpoint interval (`every`) of
+    them; returns how many were logged twice."""
+    logged = steps_logged(uri, name, rung)
+    assert sorted(set(logged)) == list(range(1, steps + 1)) and len(logged) - steps <= every  # one interval redone
+    return len(logged) - steps
+
+
 def test_killed_driver_killed_controller_killed_trainer_and_an_mlflow_outage(tiny_model, ray_head, mlflow_proc,
                                                                             tmp_path, fault_figures):
     """Four faults in one ladder. SIGKILL the driver of a `ladder run`: the ladder goes on. SIGKILL its controller
@@ -325,18 +362,9 @@ def test_killed_driver_killed_controller_killed_trainer_and_an_mlflow_outage(tin
         recovery = time.monotonic() - killed_at
         assert actor_pid(dashboard, env, name) != pid  # Ray started a new controller process
 
-        # the outage: from rung 2's first logged step, before its first checkpoint (which waits for MLflow)
-        deadline = time.monotonic() + 600
-        while not steps_logged(mlflow_server, name, 2):
-            assert time.monotonic() < deadline, "rung 2 logged no step"
-            time.sleep(0.1)
-        mlflow_proc.stop(grace_s=0)  # MLflow goes away mid-rung, at once
-        down = time.time()
-        trainer = actor_pid(dashboard, env, rf"{name}\.{back.job}\.trainer\..*")  # asked of Ray meanwhile
-        time.sleep(max(0.0, down + OUTAGE_S - time.time()))  # the outage itself
-        up = time.time()
-        mlflow_proc.start()
-
+        trainer_pattern = rf"{name}\.{back.job}\.trainer\..*"
+        down, up, trainer = outage_from_first_step(mlflow_proc, name, 2, lambda: actor_pid(dashboard, env,
+                                                                                           trainer_pattern))
         at_trainer_kill = wait_for(name, mlflow_server, lambda p: p.rung == 2 and p.step >= every).step
         os.kill(trainer, signal.SIGKILL)  # the rung starts again from its checkpoint on fresh actors
         trainer_killed = time.monotonic()
@@ -356,10 +384,8 @@ def test_killed_driver_killed_controller_killed_trainer_and_an_mlflow_outage(tin
     reg = Registry.find(name, mlflow_server)
     versions = reg.versions()
     assert [(v.version, v.tags["ladder.rung"]) for v in versions] == [("1", "1"), ("2", "2")]
-    steps1 = steps_logged(mlflow_server, name, 1)
-    assert sorted(set(steps1)) == list(range(1, steps + 1)) and len(steps1) - steps <= every  # one interval redone
-    steps2 = steps_logged(mlflow_server, name, 2)
-    assert sorted(set(steps2)) == list(range(1, steps + 1)) and len(steps2) - steps <= every
+    redone1 = steps_redone(mlflow_server, name, 1, steps, every)
+    redone2 = steps_redone(mlflow_server, name, 2, steps, every)
     rung2 = reg.client.get_run(versions[1].run_id)
     assert rung2.data.metrics["faults.stage_restarts"] == 1.0  # the trainer's death is on record
     during = sorted({m.step for m in reg.client.get_metric_history(versions[1].run_id, "reward.mean")
@@ -371,7 +397,7 @@ def test_killed_driver_killed_controller_killed_trainer_and_an_mlflow_outage(tin
                   f"the ladder went on without it: checkpoint step {before.step} saved {driver_gap:.0f} s after the kill")
     fault_figures(f"controller actor SIGKILL at rung 1 step >= {killed_step}",
                   f"Ray restarted it; it re-entered the rung from its last checkpoint; progress at checkpoint step "
-                  f"{back.step} {recovery:.0f} s after the kill; rung-1 steps logged twice: {len(steps1) - steps} "
+                  f"{back.step} {recovery:.0f} s after the kill; rung-1 steps logged twice: {redone1} "
                   f"(checkpoint interval {every}); one version per rung")
     fault_figures(f"trainer SIGKILL at rung 2 step >= {at_trainer_kill}",
                   f"the rung restarted from its checkpoint at step {restarted.step} on new actors and saved its next "
@@ -379,4 +405,4 @@ def test_killed_driver_killed_controller_killed_trainer_and_an_mlflow_outage(tin
     fault_figures(f"MLflow server SIGKILL for {OUTAGE_S:.0f} s from rung 2's first logged step, then started on "
                   "the same port and store",
                   f"steps {during} ran meanwhile; {int(max(m.value for m in retries))} delivery retries; rung-2 steps "
-                  f"logged twice: {len(steps2) - steps} (the trainer kill's redone interval); one version per rung")
+                  f"logged twice: {redone2} (the trainer kill's redone interval); one version per rung")
