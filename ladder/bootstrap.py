@@ -28,18 +28,20 @@ class BootstrapReport:
     max_operand: int = 9
     direct_share: float = 0.0
     judge_share: float = 0.5
+    levels: tuple = ()         # harder levels also taught: per level terms, max_operand, share and held-out accuracy
 
 
 def _examples(task, template: str, rng: random.Random, n: int, yes: str, no: str,
-              judge_share: float = 0.5, direct_share: float = 0.0):
+              judge_share: float = 0.5, direct_share: float = 0.0, harder: tuple = ()):
     """(prefix, target, is_solve) triples: solve-the-problem or judge-this-answer.
 
     A solve target is the worked solution, or with probability `direct_share` the bare answer
     (`#5`): the base model then mixes a reliable worked style with an unreliable direct one.
+    `harder` is ((task, share), ...): that share of the examples comes from a harder level's task instead.
     """
     out = []
     for _ in range(n):
-        ex = rng.choice(task.train)
+        ex = rng.choice(_pick_level(rng, task, harder).train)
         if rng.random() >= judge_share:
             direct = rng.random() < direct_share
             out.append((ex.prompt, "#" + ex.solution.split("#")[1] if direct else ex.solution, True))
@@ -49,6 +51,17 @@ def _examples(task, template: str, rng: random.Random, n: int, yes: str, no: str
             prefix = template.replace("{prompt}", ex.prompt).replace("{response}", response)
             out.append((prefix, yes if good else no, False))
     return out
+
+
+def _pick_level(rng: random.Random, task, harder: tuple):
+    if not harder:  # no draw: a one-level recipe gives the same model as before levels existed
+        return task
+    draw = rng.random()
+    for level, share in harder:
+        if draw < share:
+            return level
+        draw -= share
+    return task
 
 
 def _encode(tokenizer, pairs):
@@ -122,9 +135,12 @@ def judge_accuracy(model, tokenizer, items, template: str, yes: str, no: str) ->
 def bootstrap(out_dir: str | Path, size: str = "micro", steps: int = 600, batch: int = 64,
               lr: float = 3e-3, seed: int = 0, template: str = "{prompt}{response}\nok?",
               yes: str = "yes", no: str = "no", judge_share: float = 0.5, direct_share: float = 0.0,
-              terms: int = 3, max_operand: int = 9, log: Callable[[str], None] = print) -> BootstrapReport:
+              terms: int = 3, max_operand: int = 9, levels: tuple = (),
+              log: Callable[[str], None] = print) -> BootstrapReport:
     """SFT from scratch; `judge_share` of examples teach yes/no judging, `direct_share` of the solving
-    examples give the bare answer instead of the worked steps. Held-out prompts are never trained on."""
+    examples give the bare answer instead of the worked steps. `levels` are harder versions of the task,
+    ((terms, max_operand, share), ...): that share of the examples comes from each, so a curriculum's later
+    rungs meet problems the base model has seen but solves poorly. Held-out prompts are never trained on."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -136,7 +152,9 @@ def bootstrap(out_dir: str | Path, size: str = "micro", steps: int = 600, batch:
     tokenizer = AutoTokenizer.from_pretrained(out)
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     task = build_arithmetic(terms=terms, max_operand=max_operand, train_size=4000, eval_size=128, seed=seed + 1)
-    examples = lambda rng: _examples(task, template, rng, batch, yes, no, judge_share, direct_share)  # noqa: E731
+    harder = tuple((build_arithmetic(terms=t, max_operand=m, train_size=4000, eval_size=128, seed=seed + 1), share)
+                   for t, m, share in levels)
+    examples = lambda rng: _examples(task, template, rng, batch, yes, no, judge_share, direct_share, harder)  # noqa: E731
     loss = _sft(model, tokenizer, examples, steps, lr, seed, lambda m: log(f"{m} ({time.perf_counter() - t0:.0f}s)"))
     model.save_pretrained(out, safe_serialization=True)
     texts = greedy_answers(model, tokenizer, task, 128)
@@ -146,9 +164,16 @@ def bootstrap(out_dir: str | Path, size: str = "micro", steps: int = 600, batch:
         str(out), count_parameters(out), steps, round(time.perf_counter() - t0, 1), round(loss, 4),
         task.accuracy(texts, [e.answer for e in task.eval[:128]]),
         sum(not t.startswith("#") for t in texts) / len(texts), judge_acc, terms, max_operand, direct_share,
-        judge_share)
+        judge_share, tuple({"terms": t, "max_operand": m, "share": share,
+                            "answer_accuracy": greedy_accuracy(model, tokenizer, level, 128, _max_tokens(t))}
+                           for (t, m, share), (level, _) in zip(levels, harder)))
     (out / "bootstrap.json").write_text(json.dumps(asdict(report), indent=2))
     return report
+
+
+def _max_tokens(terms: int) -> int:
+    """Room for a worked answer of `terms` operands (`12+3=15,` per step, `#15` and the end)."""
+    return max(40, 9 * terms + 8)
 
 
 def _sft(model, tokenizer, examples, steps: int, lr: float, seed: int, log) -> float:

@@ -1,4 +1,6 @@
-"""The collapse guard: a rung whose held-out accuracy or reward accuracy falls from its best stops early.
+"""The collapse guard: a rung whose held-out accuracy or reward accuracy falls from its best stops early, or whose
+samples' answers grow consistent while reward accuracy drops (the early sign of a collapse into consistent wrong
+answers).
 
 Pure bookkeeping over the step loop's metrics; the rung keeps the best weights (`Rung.keep_best`) and puts them
 back when the guard fires (`Rung.restore_best`).
@@ -12,12 +14,18 @@ from typing import Optional
 @dataclass
 class CollapseGuard:
     """`after_eval(accuracy)` says whether the weights are the best so far ("best") or have collapsed
-    ("collapse"); `after_step(metrics)` watches the mean reward accuracy over `window` steps. `reason` says why."""
+    ("collapse"); `after_step(metrics)` watches the mean reward accuracy over `window` steps, and the mean answer
+    consistency beside it: it fires when consistency rose `consistency_rise` above its level at the best reward
+    accuracy while reward accuracy fell `consistency_drop` below that best. `reason` says why."""
     tolerance: float
     window: int
+    consistency_rise: float = 1.0
+    consistency_drop: float = 1.0
     best_accuracy: Optional[float] = None
     best_reward_accuracy: Optional[float] = None
+    consistency_at_best: Optional[float] = None
     reward_accuracies: list = field(default_factory=list)
+    consistencies: list = field(default_factory=list)
     reason: str = ""
 
     def after_eval(self, accuracy: Optional[float]) -> str:
@@ -33,19 +41,29 @@ class CollapseGuard:
         return ""
 
     def after_step(self, metrics: dict) -> bool:
-        """True when the mean reward accuracy of the last `window` steps fell below its best by the tolerance."""
+        """True when the mean reward accuracy of the last `window` steps fell below its best by the tolerance, or
+        fell `consistency_drop` below it while the mean answer consistency rose `consistency_rise` above its level
+        at that best."""
         value = metrics.get("judge/reward_accuracy")
         if value is None:
             return False
         self.reward_accuracies.append(value)
+        self.consistencies.append(metrics.get("rollout/answer_consistency", 0.0))
         if len(self.reward_accuracies) < self.window:
             return False
         mean = sum(self.reward_accuracies[-self.window:]) / self.window
+        consistency = sum(self.consistencies[-self.window:]) / self.window
         if self.best_reward_accuracy is None or mean > self.best_reward_accuracy:
-            self.best_reward_accuracy = mean
+            self.best_reward_accuracy, self.consistency_at_best = mean, consistency
             return False
         if mean < self.best_reward_accuracy - self.tolerance:
             self.reason = (f"collapse guard: reward accuracy over {self.window} steps {mean:.3f} fell below its best "
                            f"{self.best_reward_accuracy:.3f} - tolerance {self.tolerance}")
+            return True
+        if (mean < self.best_reward_accuracy - self.consistency_drop
+                and consistency > self.consistency_at_best + self.consistency_rise):
+            self.reason = (f"collapse guard: answers grew consistent ({self.consistency_at_best:.3f} -> "
+                           f"{consistency:.3f} over {self.window} steps) while reward accuracy fell from "
+                           f"{self.best_reward_accuracy:.3f} to {mean:.3f}")
             return True
         return False

@@ -16,7 +16,7 @@ HEALTH = {"reward_mean": "reward.mean", "response_tokens": "rollout.response_tok
           "judge_tokens_per_sample": "judge.tokens_per_sample",
           # where the task has answers: the judge's rewards against the truth, right samples, held-out flips
           "reward_accuracy": "judge.reward_accuracy", "sample_accuracy": "rollout.accuracy",
-          "flip_rate": "eval.flip_rate"}
+          "flip_rate": "eval.flip_rate", "answer_consistency": "rollout.answer_consistency"}
 
 
 def lineage_rows(reg) -> list[dict]:

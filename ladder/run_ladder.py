@@ -25,7 +25,8 @@ def format_table(rows: list[dict], aliases: dict[str, str]) -> str:
                      f"parse failures {fmt(r['parse_failure_rate'])}, judge tok/sample {fmt(r['judge_tokens_per_sample'])}")
         if r.get("reward_accuracy") is not None:
             lines.append(f"{'':>15}truth: reward accuracy {fmt(r['reward_accuracy'])}, right samples "
-                         f"{fmt(r['sample_accuracy'])}, held-out flips right->wrong {fmt(r.get('flip_rate'))}")
+                         f"{fmt(r['sample_accuracy'])}, held-out flips right->wrong {fmt(r.get('flip_rate'))}, "
+                         f"answer consistency {fmt(r.get('answer_consistency'))}")
     return "\n".join(lines)
 
 

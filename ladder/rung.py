@@ -342,7 +342,8 @@ def train_steps(rung: Rung, first: int, last: int, should_stop: Callable[[], boo
     spec = rung.spec
     approvals: list[float] = []
     skipped = 0
-    guard = CollapseGuard(spec.guard.tolerance, spec.guard.window) if spec.guard.enabled else None
+    guard = CollapseGuard(spec.guard.tolerance, spec.guard.window, spec.guard.consistency_rise,
+                          spec.guard.consistency_drop) if spec.guard.enabled else None
     if guard is not None:
         guard.after_eval(rung.last_accuracy())
         rung.keep_best()

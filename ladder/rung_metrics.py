@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+from stages.answers import normalized
+
 
 def judge_health(scores, parse_failures: int) -> dict[str, float]:
     """Parse-failure rate, share of samples given the single most common score, mean approval."""
@@ -31,7 +33,23 @@ def reward_truth(task, rollout, judged) -> dict[str, float]:
     right = task.correct(rollout.responses, rollout.references, rollout.prompts)
     agree = [(s > 0.5) == r for s, r in zip(judged.scores, right)]
     n = max(1, len(right))
-    return {"judge/reward_accuracy": sum(agree) / n, "rollout/accuracy": sum(right) / n}
+    return {"judge/reward_accuracy": sum(agree) / n, "rollout/accuracy": sum(right) / n,
+            "rollout/answer_consistency": answer_consistency(task, rollout.prompts, rollout.responses)}
+
+
+def answer_consistency(task, prompts, responses) -> float:
+    """How much a prompt's samples agree: per prompt, the share of its samples that give its most common final
+    answer (no readable answer counts as a sample apart), averaged over prompts. Rising while reward accuracy falls
+    is self-judged training settling on consistent wrong answers."""
+    groups: dict[str, list] = {}
+    for prompt, response in zip(prompts, responses):
+        answer = task.extract(response)
+        groups.setdefault(prompt, []).append(None if answer is None else normalized(answer))
+    shares = []
+    for answers in groups.values():
+        readable = Counter(a for a in answers if a is not None)
+        shares.append(readable.most_common(1)[0][1] / len(answers) if readable else 0.0)
+    return sum(shares) / len(shares) if shares else 0.0
 
 
 def pearson(xs: list[float], ys: list[float]) -> float:

@@ -121,6 +121,13 @@ class GuardSpec(Strict):
                                                           "best in the rung.")
     window: int = Field(5, ge=1, description="Steps over which reward accuracy (judge reward agreeing with the "
                                              "reference answers; never trained on) is averaged.")
+    consistency_rise: float = Field(
+        0.1, gt=0, le=1, description="Also stop when the samples' answer consistency (share of a prompt's samples "
+                                     "giving its most common answer, averaged over `window` steps) rose this far above "
+                                     "its level at the best reward accuracy ...")
+    consistency_drop: float = Field(
+        0.05, gt=0, le=1, description="... while reward accuracy fell this far below its best: the student settling "
+                                      "on answers the judge rewards but the reference does not.")
 
 
 class RungSchedule(Strict):

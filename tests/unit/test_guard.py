@@ -4,7 +4,7 @@ import pytest
 
 from ladder.guard import CollapseGuard
 from ladder.rung import train_steps
-from ladder.rung_metrics import flips, reward_truth
+from ladder.rung_metrics import answer_consistency, flips, reward_truth
 from ladder.spec import parse_spec
 from ladder.tasks.base import Example, Task
 from stages.batches import JudgedBatch, RolloutBatch, Sample
@@ -26,7 +26,16 @@ def test_reward_accuracy_equals_a_hand_count():
     out = reward_truth(task, rollout, judged)
     assert out["judge/reward_accuracy"] == pytest.approx(4 / 6)
     assert out["rollout/accuracy"] == pytest.approx(3 / 6)
+    # answers per prompt: a: 3, 4, 3.0 -> 2 of 3 agree; b: 1000, 999, none -> 1 of 3
+    assert out["rollout/answer_consistency"] == pytest.approx((2 / 3 + 1 / 3) / 2)
     assert reward_truth(Task("t", (Example("a"),), (), None, None), rollout, judged) == {}  # no answers, no truth
+
+
+def test_answer_consistency_is_the_mean_share_of_the_most_common_answer():
+    task = Task("t", (), (), None, None, "last_number")
+    assert answer_consistency(task, ["p"] * 4, ["7", "7", "7", "7"]) == 1.0
+    assert answer_consistency(task, ["p", "p", "q", "q"], ["1", "2", "x", "y"]) == pytest.approx(0.25)  # .5 and 0
+    assert answer_consistency(task, [], []) == 0.0
 
 
 def test_flip_rates_count_prompts_evaluated_both_times():
@@ -44,6 +53,19 @@ def test_the_guard_keeps_the_best_and_fires_past_the_tolerance():
     fired = [guard.after_step({"judge/reward_accuracy": x}) for x in (0.9, 0.9, 0.8, 0.7, 0.6)]
     assert fired == [False, False, False, True, True]  # means 0.9, 0.85, 0.75 (< 0.9 - 0.1), ...
     assert guard.after_step({}) is False  # no answers: nothing to watch
+
+
+def test_the_guard_fires_when_answers_grow_consistent_while_reward_accuracy_drops():
+    def run(steps):
+        guard = CollapseGuard(tolerance=0.3, window=1, consistency_rise=0.1, consistency_drop=0.05)
+        return [guard.after_step({"judge/reward_accuracy": r, "rollout/answer_consistency": c}) for r, c in steps], guard
+    # best reward accuracy 0.8 at consistency 0.5; then 0.7 (down 0.1 > 0.05) at consistency 0.7 (up 0.2 > 0.1)
+    fired, guard = run([(0.6, 0.4), (0.8, 0.5), (0.78, 0.65), (0.7, 0.7)])
+    assert fired == [False, False, False, True]
+    assert "answers grew consistent (0.500 -> 0.700" in guard.reason and "from 0.800 to 0.700" in guard.reason
+    # the same drop with answers as varied as at the best, or the same rise with reward accuracy holding: no stop
+    assert run([(0.8, 0.5), (0.7, 0.52)])[0] == [False, False]
+    assert run([(0.8, 0.5), (0.79, 0.9)])[0] == [False, False]
 
 
 class _Rung:
