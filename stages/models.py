@@ -73,6 +73,17 @@ def model_uri(name: str, version) -> str:
     return f"{MODELS_SCHEME}{name}/{version}"
 
 
+def logged_model_uri(model_id: str) -> str:
+    """`models:/<model_id>`: a logged model (not yet, or not only, a registered version)."""
+    return f"{MODELS_SCHEME}{model_id}"
+
+
+def logged_model_id(uri: str) -> Optional[str]:
+    """The model id of `models:/<model_id>` (MLflow's ids start `m-`), None for any other location."""
+    body = uri.removeprefix(MODELS_SCHEME) if is_model_uri(uri) else ""
+    return body if body and "/" not in body and "@" not in body else None
+
+
 @dataclass(frozen=True)
 class ModelStore:
     """Where `models:/` locations are fetched from (MLflow) and cached, by each actor on its own node."""
@@ -161,8 +172,7 @@ def check_safetensors(file: str) -> None:
 def model_id_of(version) -> Optional[str]:
     """The logged model behind a version (None for a version of bare files registered before)."""
     source = version.source or ""
-    return version.model_id or (source.removeprefix(MODELS_SCHEME) if source.startswith(f"{MODELS_SCHEME}m-")
-                                else None)
+    return version.model_id or (logged_model_id(source) if source.startswith(f"{MODELS_SCHEME}m-") else None)
 
 
 def hf_files_uri(client, version) -> str:
