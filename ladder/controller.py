@@ -101,7 +101,7 @@ class LadderController:
     # the transition function --------------------------------------------------------------
     def prepare(self) -> None:
         """Open the registry; tasks and calibration sets are built per rung (the schedule may change them)."""
-        from ladder.calibration import TaskSets
+        from ladder.tasks.sets import TaskSets
         from ladder.registry import Registry
         from ladder.rung_store import RungStore
 
