@@ -6,6 +6,7 @@ Owns the parsing of `models:/` URIs and the list of a tokenizer's files.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import astuple, dataclass
@@ -56,17 +57,16 @@ def is_model_uri(location: str) -> bool:
     return location.startswith(MODELS_SCHEME)
 
 
+MODEL_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))")
+
+
 def parse_model_uri(uri: str) -> ModelUri:
-    """The parts of a registry location; RegistryError (one line) when it has neither a version nor an alias."""
-    body = uri.removeprefix(MODELS_SCHEME)
-    if "@" in body:
-        name, alias = body.split("@", 1)
-        if name and alias and "/" not in body:
-            return ModelUri(name, alias=alias)
-    elif body.count("/") == 1 and all(body.split("/")):
-        name, version = body.split("/")
-        return ModelUri(name, version=version)
-    raise RegistryError(f"{uri}: a model location must look like models:/<name>/<version>")
+    """The parts of a registry location (the one parser of `models:/<name>/<version>` and `models:/<name>@<alias>`);
+    RegistryError (one line) when it has neither a version nor an alias."""
+    m = MODEL_URI.fullmatch(uri)
+    if m is None:
+        raise RegistryError(f"{uri}: a model location must look like models:/<name>/<version>")
+    return ModelUri(m["name"], version=m["version"], alias=m["alias"])
 
 
 def model_uri(name: str, version) -> str:
