@@ -73,6 +73,10 @@ def model_uri(name: str, version) -> str:
     return f"{MODELS_SCHEME}{name}/{version}"
 
 
+def alias_uri(name: str, alias: str) -> str:
+    return f"{MODELS_SCHEME}{name}@{alias}"
+
+
 def logged_model_uri(model_id: str) -> str:
     """`models:/<model_id>`: a logged model (not yet, or not only, a registered version)."""
     return f"{MODELS_SCHEME}{model_id}"
