@@ -29,7 +29,7 @@ def validate(spec: Path = typer.Argument(..., help="Ladder spec YAML file."),
     the gate or the task judge needs them) and its model folders (config.json, safetensors headers) without
     starting anything."""
     loaded = load_spec_file(spec)
-    from ladder.calibration import check_tasks
+    from ladder.tasks.sets import check_tasks
     from ladder.train_rung import check_local_models
 
     try:

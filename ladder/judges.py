@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ladder.progress import VERIFIER_LABEL, RungInputs
-from stages.models import RegistryError, model_uri
+from stages.models import RegistryError, alias_uri, model_uri
 
 
 TASK_CHECKER = "task"  # the location of `judge.initial: {kind: task}`: the rung's task checks the answers
@@ -31,8 +31,8 @@ def resolve_judge(spec, rung: int = 1, registry=None) -> ResolvedJudge:
     if rung > 1:
         reg = registry or Registry.for_spec(spec)
         if reg.alias("judge") is None:
-            raise RegistryError(f"models:/{spec.name}@judge: no promoted rung to judge rung {rung}")
-        return registered_judge(reg, f"models:/{spec.name}@judge")
+            raise RegistryError(f"{alias_uri(spec.name, 'judge')}: no promoted rung to judge rung {rung}")
+        return registered_judge(reg, alias_uri(spec.name, "judge"))
     src = spec.judge.initial
     if src.kind == "model":
         return ResolvedJudge("model", src.path, src.path)

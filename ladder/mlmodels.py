@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import Optional
 
-from stages.models import RegistryError, if_exists, parse_model_uri
+from stages.models import RegistryError, if_exists, logged_model_uri, parse_model_uri
 
 TASK = "text-generation"
 VERSIONS_TAG = "mlflow.modelVersions"   # what MLflow's own register_model writes on a logged model
@@ -75,7 +75,7 @@ def register_logged_model(client, tracking_uri: str, name: str, model_id: str, r
                           tags: dict[str, str]):
     """A new version of `name` from the logged model; the model is tagged with it as MLflow does."""
     with global_tracking_uri(tracking_uri):  # MLflow's SQL registry looks the model up with the global URI
-        mv = client.create_model_version(name, f"models:/{model_id}", run_id=run_id, tags=tags, model_id=model_id)
+        mv = client.create_model_version(name, logged_model_uri(model_id), run_id=run_id, tags=tags, model_id=model_id)
     versions = json.loads(client.get_logged_model(model_id).tags.get(VERSIONS_TAG, "[]"))
     client.set_logged_model_tags(model_id, {VERSIONS_TAG: json.dumps(
         versions + [{"name": name, "version": str(mv.version)}])})

@@ -129,17 +129,12 @@ def student_context(spec, task, chat: ChatRenderer, limit: Optional[int]) -> int
 
 def judge_context(spec, cfg, task, chat: ChatRenderer, limit: Optional[int]) -> int:
     """Context length of the judge engines, in the judge's mode: its longest rendered prompt with room for the
-    response(s) it reads (rollout.max_tokens, or the longest worked solution) and what it writes."""
+    response(s) it reads (rollout.max_tokens, or the longest worked solution) and what it writes (the mode's
+    settings say both: `bare_prompt`, `context_room`)."""
     prompts = longest([ex.prompt for ex in (*task.train, *task.eval)])
     solutions = longest([ex.solution for ex in task.eval if ex.solution])
     response = max([spec.rollout.max_tokens, *chat.n_tokens(solutions)])
-    mode, settings = cfg.mode, cfg.settings
-    if mode == "solve":
-        bare, room = [settings.render_solve(p) for p in prompts], settings.solve_max_tokens
-    elif mode == "pairwise":
-        bare, room = [settings.render_pair(p, "", "") for p in prompts], 2 * response + 1
-    else:
-        bare = [settings.render(p, "") for p in prompts]
-        room = response + (settings.score_max_tokens if mode == "score" else 1)
-    needed = max(chat.n_tokens([chat.user(t) for t in bare]), default=0) + room + MARGIN
-    return fit_context(needed, spec.rollout.max_model_len, limit, f"the longest judge prompt ({mode} mode)")
+    settings = cfg.settings
+    bare = [settings.bare_prompt(p) for p in prompts]
+    needed = max(chat.n_tokens([chat.user(t) for t in bare]), default=0) + settings.context_room(response) + MARGIN
+    return fit_context(needed, spec.rollout.max_model_len, limit, f"the longest judge prompt ({settings.mode} mode)")

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ladder.progress import Progress
-from stages.models import MODELS_SCHEME
+from stages.models import logged_model_uri
 
 
 class CheckpointError(RuntimeError):
@@ -51,6 +51,10 @@ class RungStore:
         self.registry.flush_writes()  # steps up to a checkpoint are never redone: their metrics must be in
         return p.to(step=step, cursor=rung.cursor_state(), checkpoint=uri)
 
+    def at_stop(self, rung, p: Progress) -> Progress:
+        """A rung stopped between checkpoints keeps the steps it did: checkpointed now (unless none since)."""
+        return self.checkpoint(rung, p, rung.step_no) if rung.step_no > p.step else p
+
     def log_candidate(self, rung, p: Progress, tags: dict[str, str]) -> Progress:
         """The rung's final student logged as an MLflow model, output of the rung run: the candidate that is
         registered next (the weights are stored once; nothing trains from them)."""
@@ -59,7 +63,7 @@ class RungStore:
             rung.save_student(str(local))
             model_id = self.registry.log_model(p.rung_run, str(local), tags, rung.step_no)
         self.registry.flush_writes()
-        return p.to(step=rung.step_no, cursor=rung.cursor_state(), checkpoint=MODELS_SCHEME + model_id)
+        return p.to(step=rung.step_no, cursor=rung.cursor_state(), checkpoint=logged_model_uri(model_id))
 
     def local_checkpoint(self, p: Progress) -> str:
         """The progress' checkpoint as a local folder (downloaded once per job and step)."""

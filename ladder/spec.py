@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, SerializeAsAny, ValidationError, model_validator
 
 from ladder.spec_judge import ChatSpec, JudgeModeName, JudgeSpec
 from ladder.spec_task import TaskSource, TaskSpec
@@ -133,7 +133,7 @@ class GuardSpec(Strict):
 class RungSchedule(Strict):
     """Overrides from rung `rung` on (until the next entry): what the rung trains on and how it is judged."""
     rung: int = Field(ge=1, description="First rung this entry applies to.")
-    task: Optional[TaskSource] = Field(None, description="The task from this rung on (e.g. more terms).")
+    task: Optional[SerializeAsAny[TaskSource]] = Field(None, description="The task from this rung on (e.g. more terms).")
     judge_mode: Optional[JudgeModeName] = Field(None, description="The judge mode from this rung on.")
     train: Optional[dict] = Field(
         None, description="Trainer fields to change from this rung on (e.g. {lr: 1.0e-4, kl_coef: 0.05}); "
@@ -246,14 +246,8 @@ class LadderSpec(Strict):
         return spec
 
     def task_label(self) -> str:
-        """What a rung trains on, in a few words (lineage shows it)."""
-        src = self.task.source
-        if src.kind == "builtin":
-            return f"{src.name} terms={src.terms} max_operand={src.max_operand}"
-        if src.kind == "reasoning_gym":
-            settings = " ".join(f"{k}={v}" for k, v in sorted(src.config.items()))
-            return f"reasoning_gym {src.name}" + (f" {settings}" if settings else "")
-        return f"{src.kind} {Path(src.path).name}"
+        """What a rung trains on, in a few words (lineage shows it): its task source's own label."""
+        return self.task.source.label()
 
     def sha256(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()

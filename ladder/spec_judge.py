@@ -8,6 +8,7 @@ from typing import Annotated, Literal, Optional, Union
 
 from pydantic import Field, field_validator
 
+from stages.models import RegistryError, parse_model_uri
 from stages.scoring import JUDGE_MODES, ModeSettings
 from stages.settings import Strict
 
@@ -40,8 +41,10 @@ class RegistryJudge(Strict):
     @field_validator("uri")
     @classmethod
     def _models_uri(cls, v: str) -> str:
-        if not re.match(r"^models:/[^/@]+(@[\w-]+|/\d+)$", v):
-            raise ValueError("must look like models:/<name>@<alias> or models:/<name>/<version>")
+        try:
+            parse_model_uri(v)
+        except RegistryError:
+            raise ValueError("must look like models:/<name>@<alias> or models:/<name>/<version>") from None
         return v
 
 

@@ -2,10 +2,12 @@
 JSONL / Parquet files, reasoning-gym) and how a response's final answer is read."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, field_validator
+from pydantic import Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
+from ladder.tasks.base import DEFAULT_BUILTIN, BuiltinTaskSpec
 from stages.settings import Strict, one_group_regex
 
 
@@ -21,12 +23,33 @@ def _answer_pattern(v: str) -> str:
     return v if v in PRESETS else one_group_regex(v, "the answer")
 
 
-class BuiltinTask(Strict):
-    kind: Literal["builtin"] = Field(description="A task shipped with judge-ladder.")
-    name: Literal["arithmetic"] = Field("arithmetic", description="Name of the built-in task.")
-    terms: int = Field(3, ge=2, le=6, description="Operands per arithmetic problem.")
-    max_operand: int = Field(9, ge=1, le=99, description="Largest operand.")
-    train_size: int = Field(2000, ge=1, description="Number of training prompts generated.")
+class BuiltinTask(BuiltinTaskSpec):
+    """A built-in task: validated as the spec section of the task its `name` names (`BUILTIN_TASKS`, in
+    ladder/tasks/__init__.py), whose model it becomes; an unknown name is refused as a bad `name`."""
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _as_named_task(cls, data, handler):
+        from ladder.tasks import BUILTIN_TASKS
+
+        if isinstance(data, BuiltinTaskSpec):  # a task's section already (a validated spec, copied)
+            return data
+        if not isinstance(data, dict):
+            return handler(data)  # pydantic's own one line for what is not a mapping
+        model = BUILTIN_TASKS.get(data.get("name", DEFAULT_BUILTIN))
+        if model is None:
+            names = [repr(n) for n in BUILTIN_TASKS]
+            expected = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+            raise ValidationError.from_exception_data(cls.__name__, [{
+                "type": "literal_error", "loc": ("name",), "input": data.get("name"), "ctx": {"expected": expected}}])
+        return model.model_validate(data)
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema, handler):
+        """The schema of every built-in task's section (the models `BUILTIN_TASKS` lists)."""
+        from ladder.tasks import BUILTIN_TASKS
+
+        return {"oneOf": [handler(model.__pydantic_core_schema__) for model in BUILTIN_TASKS.values()]}
 
 
 class FileTask(Strict):
@@ -41,6 +64,9 @@ class FileTask(Strict):
     @classmethod
     def _regex(cls, v: str) -> str:
         return _answer_pattern(v)
+
+    def label(self) -> str:
+        return f"{self.kind} {Path(self.path).name}"
 
 
 class JsonlTask(FileTask):
@@ -66,10 +92,16 @@ class ReasoningGymTask(Strict):
     def _regex(cls, v: str) -> str:
         return _answer_pattern(v)
 
+    def label(self) -> str:
+        settings = " ".join(f"{k}={v}" for k, v in sorted(self.config.items()))
+        return f"reasoning_gym {self.name}" + (f" {settings}" if settings else "")
+
 
 TaskSource = Annotated[Union[BuiltinTask, JsonlTask, ParquetTask, ReasoningGymTask], Field(discriminator="kind")]
+# A field of this type is written `SerializeAsAny[TaskSource]`: a built-in task's section is its own task's model
+# (a subclass of BuiltinTaskSpec with more fields), dumped whole.
 
 
 class TaskSpec(Strict):
-    source: TaskSource = Field(description="Where prompts come from.")
+    source: SerializeAsAny[TaskSource] = Field(description="Where prompts come from.")
     eval_size: int = Field(64, ge=1, description="Held-out prompts kept for evaluation.")

@@ -18,7 +18,7 @@ def preflight(spec, gate: bool = True):
     """Fail in one line, before Ray starts, on a missing student or judge model, a work directory that cannot
     be written, or a dataset that cannot be used (`gate`: a ladder, whose gate needs reference answers);
     returns the judge."""
-    from ladder.calibration import check_tasks
+    from ladder.tasks.sets import check_tasks
 
     check_workdir(spec.workdir)
     check_tasks(spec, gate)

@@ -6,6 +6,7 @@ Owns the parsing of `models:/` URIs and the list of a tokenizer's files.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import astuple, dataclass
@@ -56,21 +57,35 @@ def is_model_uri(location: str) -> bool:
     return location.startswith(MODELS_SCHEME)
 
 
+MODEL_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))")
+
+
 def parse_model_uri(uri: str) -> ModelUri:
-    """The parts of a registry location; RegistryError (one line) when it has neither a version nor an alias."""
-    body = uri.removeprefix(MODELS_SCHEME)
-    if "@" in body:
-        name, alias = body.split("@", 1)
-        if name and alias and "/" not in body:
-            return ModelUri(name, alias=alias)
-    elif body.count("/") == 1 and all(body.split("/")):
-        name, version = body.split("/")
-        return ModelUri(name, version=version)
-    raise RegistryError(f"{uri}: a model location must look like models:/<name>/<version>")
+    """The parts of a registry location (the one parser of `models:/<name>/<version>` and `models:/<name>@<alias>`);
+    RegistryError (one line) when it has neither a version nor an alias."""
+    m = MODEL_URI.fullmatch(uri)
+    if m is None:
+        raise RegistryError(f"{uri}: a model location must look like models:/<name>/<version>")
+    return ModelUri(m["name"], version=m["version"], alias=m["alias"])
 
 
 def model_uri(name: str, version) -> str:
     return f"{MODELS_SCHEME}{name}/{version}"
+
+
+def alias_uri(name: str, alias: str) -> str:
+    return f"{MODELS_SCHEME}{name}@{alias}"
+
+
+def logged_model_uri(model_id: str) -> str:
+    """`models:/<model_id>`: a logged model (not yet, or not only, a registered version)."""
+    return f"{MODELS_SCHEME}{model_id}"
+
+
+def logged_model_id(uri: str) -> Optional[str]:
+    """The model id of `models:/<model_id>` (MLflow's ids start `m-`), None for any other location."""
+    body = uri.removeprefix(MODELS_SCHEME) if is_model_uri(uri) else ""
+    return body if body and "/" not in body and "@" not in body else None
 
 
 @dataclass(frozen=True)
@@ -161,8 +176,7 @@ def check_safetensors(file: str) -> None:
 def model_id_of(version) -> Optional[str]:
     """The logged model behind a version (None for a version of bare files registered before)."""
     source = version.source or ""
-    return version.model_id or (source.removeprefix(MODELS_SCHEME) if source.startswith(f"{MODELS_SCHEME}m-")
-                                else None)
+    return version.model_id or (logged_model_id(source) if source.startswith(f"{MODELS_SCHEME}m-") else None)
 
 
 def hf_files_uri(client, version) -> str:

@@ -1,7 +1,8 @@
 """How a judge model turns (prompt, response) pairs into rewards: each judge mode's settings beside its scorer.
 
 A mode's settings are a pydantic model (the spec's `judge` section is made of them, and the judge workers take
-the rung's one); its scorer `(pool, settings, pairs, answer_pattern) -> Scored` uses the pool's workers
+the rung's one) that also says what the judge reads and writes (`bare_prompt`, `context_room`: the engines'
+context length); its scorer `(pool, settings, pairs, answer_pattern) -> Scored` uses the pool's workers
 (`verdicts` / `write`). Adding a mode is a settings model and a scorer, paired in `JUDGE_SCORERS`.
 """
 from __future__ import annotations
@@ -48,6 +49,15 @@ class ModeSettings(Strict):
                                 "way it is counted (judge/parse_failure_rate), and a step with nothing left is "
                                 "skipped.")
 
+    def bare_prompt(self, prompt: str) -> str:
+        """The judge's input for `prompt` with the response(s) left empty (what the context length is measured on)."""
+        raise NotImplementedError(f"{type(self).__name__}: a judge mode says what the judge reads (bare_prompt)")
+
+    def context_room(self, response_tokens: int) -> int:
+        """Tokens the judge needs beyond `bare_prompt`: the response(s) it reads (each up to `response_tokens`) and
+        what it writes."""
+        raise NotImplementedError(f"{type(self).__name__}: a judge mode says what the judge reads (context_room)")
+
 
 class JudgePrompt(ModeSettings):
     """A mode that shows the judge one (prompt, response) pair."""
@@ -61,6 +71,9 @@ class JudgePrompt(ModeSettings):
     def render(self, prompt: str, response: str) -> str:
         return self.prompt_template.replace("{prompt}", prompt).replace("{response}", response)
 
+    def bare_prompt(self, prompt: str) -> str:
+        return self.render(prompt, "")
+
 
 class VerdictTokens(ModeSettings):
     """A mode that reads the judge's next token: yes or no."""
@@ -71,6 +84,9 @@ class VerdictTokens(ModeSettings):
 class VerdictMode(JudgePrompt, VerdictTokens):
     """P(yes) / (P(yes) + P(no)) of the judge's next token after the judge prompt."""
     mode: Literal["verdict"] = "verdict"
+
+    def context_room(self, response_tokens: int) -> int:
+        return response_tokens + 1  # the response, then the verdict token
 
 
 def score_verdict(pool, cfg: VerdictMode, pairs: Pairs, answer_pattern: str) -> Scored:
@@ -92,6 +108,9 @@ class ScoreMode(JudgePrompt):
     @classmethod
     def _regex(cls, v: str) -> str:
         return one_group_regex(v, "the score")
+
+    def context_room(self, response_tokens: int) -> int:
+        return response_tokens + self.score_max_tokens
 
 
 def score_written(pool, cfg: ScoreMode, pairs: Pairs, answer_pattern: str) -> Scored:
@@ -137,6 +156,12 @@ class SolveMode(ModeSettings):
 
     def render_solve(self, prompt: str) -> str:
         return self.solve_template.replace("{prompt}", prompt)
+
+    def bare_prompt(self, prompt: str) -> str:
+        return self.render_solve(prompt)
+
+    def context_room(self, response_tokens: int) -> int:
+        return self.solve_max_tokens  # the judge reads no response: it writes its own answers
 
 
 def score_solve(pool, cfg: SolveMode, pairs: Pairs, answer_pattern: str) -> Scored:
@@ -184,6 +209,12 @@ class PairwiseMode(VerdictTokens):
 
     def render_pair(self, prompt: str, first: str, second: str) -> str:
         return self.pair_template.replace("{prompt}", prompt).replace("{first}", first).replace("{second}", second)
+
+    def bare_prompt(self, prompt: str) -> str:
+        return self.render_pair(prompt, "", "")
+
+    def context_room(self, response_tokens: int) -> int:
+        return 2 * response_tokens + 1  # two responses, then the verdict token
 
 
 def score_pairwise(pool, cfg: PairwiseMode, pairs: Pairs, answer_pattern: str) -> Scored:

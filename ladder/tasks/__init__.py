@@ -1,24 +1,25 @@
 """Prompt sets with ground truth: built-in generators, JSONL / Parquet files and reasoning-gym, with their checkers.
 
-`build_task(spec.task, seed)` returns a `Task`; `TASK_SOURCES` maps a source kind to its builder.
+`build_task(spec.task, seed)` returns a `Task`; `TASK_SOURCES` maps a source kind to its builder, and
+`BUILTIN_TASKS` a built-in task's name to its spec section (a `BuiltinTaskSpec` in the task's own module, which
+builds the task). Adding a built-in task is its module and its line here.
 """
 from __future__ import annotations
 
-from ladder.tasks.base import AnswerChecker, CalibrationItem, Example, Task, TaskError
+from ladder.tasks import arithmetic
+from ladder.tasks.base import AnswerChecker, BuiltinTaskSpec, CalibrationItem, Example, Task, TaskError
 from ladder.tasks.files import load_jsonl
 
-__all__ = ["AnswerChecker", "CalibrationItem", "Example", "Task", "TaskError", "build_task", "load_jsonl",
-           "BUILTIN_TASKS", "TASK_SOURCES"]
+__all__ = ["AnswerChecker", "BuiltinTaskSpec", "CalibrationItem", "Example", "Task", "TaskError", "build_task",
+           "load_jsonl", "BUILTIN_TASKS", "TASK_SOURCES"]
+
+BUILTIN_TASKS: dict[str, type[BuiltinTaskSpec]] = {
+    "arithmetic": arithmetic.ArithmeticSpec,
+}
 
 
-def _arithmetic(source, eval_size: int, seed: int) -> Task:
-    from ladder.tasks import arithmetic
-
-    return arithmetic.build(source.terms, source.max_operand, source.train_size, eval_size, seed)
-
-
-def _builtin(source, eval_size: int, seed: int) -> Task:
-    return BUILTIN_TASKS[source.name](source, eval_size, seed)
+def _builtin(source: BuiltinTaskSpec, eval_size: int, seed: int) -> Task:
+    return source.build(eval_size, seed)
 
 
 def _file(source, eval_size: int, seed: int) -> Task:
@@ -33,7 +34,6 @@ def _reasoning_gym(source, eval_size: int, seed: int) -> Task:
     return reasoning_gym.build(source, eval_size, seed)
 
 
-BUILTIN_TASKS = {"arithmetic": _arithmetic}
 TASK_SOURCES = {"builtin": _builtin, "jsonl": _file, "parquet": _file, "reasoning_gym": _reasoning_gym}
 
 

@@ -111,3 +111,25 @@ def corrupt(rng: random.Random, ex: Example) -> str:
         total = (a + int(b) if op == "+" else a - int(b)) + (delta if k == 0 else 0)
         out.append(f"{a}{op}{b}={total}")
     return ",".join(out) + f"#{total}"
+
+
+# The task's section of the spec (`task.source: {kind: builtin, name: arithmetic, ...}`), listed in BUILTIN_TASKS
+# (ladder/tasks/__init__.py). Kept apart from the task's content above. ------------------------------------------
+from typing import Literal  # noqa: E402
+
+from pydantic import Field  # noqa: E402
+
+from ladder.tasks.base import BuiltinTaskSpec  # noqa: E402
+
+
+class ArithmeticSpec(BuiltinTaskSpec):
+    name: Literal["arithmetic"] = Field("arithmetic", description="Name of the built-in task.")
+    terms: int = Field(3, ge=2, le=6, description="Operands per arithmetic problem.")
+    max_operand: int = Field(9, ge=1, le=99, description="Largest operand.")
+    train_size: int = Field(2000, ge=1, description="Number of training prompts generated.")
+
+    def build(self, eval_size: int, seed: int) -> Task:
+        return build(self.terms, self.max_operand, self.train_size, eval_size, seed)
+
+    def label(self) -> str:
+        return f"{self.name} terms={self.terms} max_operand={self.max_operand}"

@@ -1,4 +1,5 @@
-"""The Task type: train / eval examples, the answer checker, and the judge calibration items of the gate.
+"""The Task type: train / eval examples, the answer checker, and the judge calibration items of the gate; and what
+every built-in task's spec section has.
 
 Calibration pairs come from worked solutions (their final answer swapped for a wrong one) or from sampled responses.
 """
@@ -7,10 +8,14 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable, Optional, Sequence
+from typing import Callable, Literal, Optional, Sequence
+
+from pydantic import Field
 
 from stages.answers import DEFAULT_ANSWER_PATTERN, extract_answer, normalized, replace_answer, same_answer, wrong_number
+from stages.settings import Strict
 
+DEFAULT_BUILTIN = "arithmetic"  # the built-in task of a spec that names none (`task.source: {kind: builtin}`)
 DELTAS = (-2, -1, 1, 2, 3)  # how far a made-up wrong numeric answer is from the reference
 
 Verifier = Callable[[str, str, Optional[str]], float]
@@ -195,3 +200,19 @@ class Task:
         if not others:
             raise TaskError(f"task {self.name}: every row has the answer {reference!r}; no wrong answer to make up")
         return rng.choice(others)
+
+
+class BuiltinTaskSpec(Strict):
+    """What the spec section of every built-in task has (`task.source: {kind: builtin, name: <task>, ...}`). A task's
+    module subclasses it with its own fields, `build` and `label`; `BUILTIN_TASKS` (ladder/tasks/__init__.py) lists
+    it by name, and the spec validates `task.source` as the model its `name` names."""
+    kind: Literal["builtin"] = Field(description="A task shipped with judge-ladder.")
+    name: str = Field(DEFAULT_BUILTIN, description="Name of the built-in task.")
+
+    def build(self, eval_size: int, seed: int) -> Task:
+        """The task's train and eval sets (`eval_size` prompts held out)."""
+        raise NotImplementedError(f"{type(self).__name__}: a built-in task builds its Task")
+
+    def label(self) -> str:
+        """What a rung trains on, in a few words (lineage shows it)."""
+        raise NotImplementedError(f"{type(self).__name__}: a built-in task names itself")

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ladder import gate_phase
+
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -222,7 +224,7 @@ def test_gate_rejects_a_corrupted_candidate(ray_local, tiny_model, tmp_path):
     ctl, run, version, progress = _controller_with_candidate(spec, bad, tmp_path)
     ctl.registry.promote("1", by="setup")  # pretend an earlier judge: alias judge -> 1
     bad_v = ctl.registry.register(run, bad, {"ladder.rung": "2", "ladder.rung_uid": "job-bad"})
-    after = ctl._gate(progress.to(candidate=bad_v))  # the candidate is fetched from MLflow by the judge worker
+    after = gate_phase.gate(ctl, progress.to(candidate=bad_v))  # the candidate is fetched from MLflow by the judge worker
     assert after.phase is Phase.DONE and after.state is State.STOPPED and after.results.ended == "rejected"
     tags = ctl.registry.version(bad_v).tags
     assert ctl.registry.status_of(bad_v) == "rejected"
@@ -237,10 +239,10 @@ def test_manual_policy_waits_for_a_decision(ray_local, tiny_model, tmp_path):
 
     spec = ladder_spec(tiny_model, tmp_path / "w", promotion={"policy": "manual"})
     ctl, run, version, progress = _controller_with_candidate(spec, tiny_model, tmp_path)
-    waiting = ctl._gate(progress)
+    waiting = gate_phase.gate(ctl, progress)
     assert waiting.phase is Phase.AWAIT and ctl.registry.alias("judge") is None
     result = {}
-    worker = threading.Thread(target=lambda: result.update(p=ctl._await(waiting)))
+    worker = threading.Thread(target=lambda: result.update(p=gate_phase.await_decision(ctl, waiting)))
     worker.start()
     deadline = time.time() + 300
     while ctl.status()["state"] != State.AWAITING_PROMOTION.value and time.time() < deadline:

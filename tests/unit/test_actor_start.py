@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from ladder.train_phase import after_stage_death
 from stages.actors import ActorStartError, as_start_error, raise_if_start_failed
 
 
@@ -191,5 +192,5 @@ def controller(registry):
 def test_the_controller_fails_the_rung_at_once_on_a_start_failure(registry, start_failure, runtime_death):
     ctl, p = controller(registry)
     with pytest.raises(ActorStartError, match="could not start: OSError"):
-        ctl._after_stage_death(p, start_failure)
-    assert ctl._after_stage_death(p, runtime_death).results.stage_restarts == 1  # a death: back to the checkpoint
+        after_stage_death(ctl, p, start_failure)
+    assert after_stage_death(ctl, p, runtime_death).results.stage_restarts == 1  # a death: back to the checkpoint

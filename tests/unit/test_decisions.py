@@ -2,6 +2,7 @@
 the aliases the version held, and a gate re-entered after a crash uses the decision or verdict already recorded."""
 import pytest
 
+from ladder import gate_phase
 from ladder.progress import Phase, Progress, State
 from registries import add_versions  # tests/unit/registries.py
 
@@ -63,7 +64,7 @@ def controller_at_gate(reg, policy: str = "auto"):
 def test_a_gate_reentered_after_a_promotion_keeps_it(registry):
     ctl, p = controller_at_gate(registry)
     registry.promote(p.candidate, by="auto", reason="gate passed")  # then the controller died before saving
-    after = ctl._gate(p)
+    after = gate_phase.gate(ctl, p)
     assert after.rung == 2 and after.phase is Phase.TRAIN
     assert registry.status_of(p.candidate) == "promoted" and registry.alias("judge") == p.candidate
 
@@ -74,7 +75,7 @@ def test_a_gate_reentered_after_its_verdict_applies_the_recorded_verdict(registr
     ctl, p = controller_at_gate(registry)
     bad = JudgeQuality(accuracy=0.5, auc=0.41, identical_share=0.2)
     registry.record_gate(p.candidate, GateResult(bad, bad, False, "AUC 0.410 < 0.6"))  # died before rejecting
-    after = ctl._gate(p)
+    after = gate_phase.gate(ctl, p)
     assert after.phase is Phase.DONE and after.results.ended == "rejected"
     assert registry.status_of(p.candidate) == "rejected"
     assert registry.version(p.candidate).tags["ladder.reason"] == "AUC 0.410 < 0.6"
@@ -86,7 +87,7 @@ def test_a_manual_ladder_reentering_its_gate_after_the_verdict_waits(registry):
     ctl, p = controller_at_gate(registry, policy="manual")
     good = JudgeQuality(accuracy=0.9, auc=0.95, identical_share=0.1)
     registry.record_gate(p.candidate, GateResult(good, good, True, "AUC 0.950 >= 0.6"))
-    after = ctl._gate(p)
+    after = gate_phase.gate(ctl, p)
     assert after.phase is Phase.AWAIT and after.state is State.AWAITING_PROMOTION
     assert registry.decision(p.candidate) is None
 

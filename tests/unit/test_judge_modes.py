@@ -36,6 +36,12 @@ class LengthMode(ModeSettings):
     mode: Literal["length"] = "length"
     cap: int = Field(10, ge=1, description="Characters worth a reward of 1.")
 
+    def bare_prompt(self, prompt: str) -> str:  # the judge would read "<prompt> => <response>"
+        return f"{prompt} => "
+
+    def context_room(self, response_tokens: int) -> int:  # the response, nothing written
+        return response_tokens
+
 
 def score_length(pool, settings: LengthMode, pairs: Pairs, answer_pattern: str) -> Scored:
     return Scored(tuple(min(len(r), settings.cap) / settings.cap for r in pairs.responses), 0, 0)
@@ -45,6 +51,21 @@ def test_adding_a_judge_mode_is_a_settings_model_and_a_scorer(monkeypatch):
     monkeypatch.setitem(JUDGE_SCORERS, LengthMode, score_length)
     pool = JudgePool([object()], batch_size=4, cfg=JudgeConfig(LengthMode(cap=4)))
     assert pool.score_items(["q", "q", "r"], ["ab", "abcdef", ""], [0, 0, 1]).scores == (0.5, 1.0, 0.0)
+
+
+def test_a_modes_settings_size_the_judge_engines_context():
+    """The judge's context length is measured on what the mode's settings say the judge reads and writes."""
+    from types import SimpleNamespace
+
+    from ladder.prompts import MARGIN, judge_context
+    from ladder.tasks import Example
+
+    chars = SimpleNamespace(user=lambda text: text, n_tokens=lambda texts: [len(t) for t in texts])  # 1 char: 1 token
+    rows = (Example("What is 1+1?", "2"), Example("Q" * 100, "1"))
+    spec = SimpleNamespace(rollout=SimpleNamespace(max_tokens=50, max_model_len=None))
+    needed = len("Q" * 100 + " => ") + 50 + MARGIN
+    assert judge_context(spec, JudgeConfig(LengthMode()), SimpleNamespace(train=rows, eval=rows), chars, None) \
+        == -(-needed // 64) * 64
 
 
 def test_the_trainers_config_keeps_step_with_the_train_spec():

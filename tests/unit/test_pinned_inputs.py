@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from ladder.progress import Phase, Progress, RungInputs, State
+from ladder.train_phase import train
 from registries import add_versions  # tests/unit/registries.py
 
 
@@ -41,7 +42,7 @@ def test_a_promotion_by_hand_between_a_death_and_a_restart_does_not_change_the_j
     p = Progress(registry.name, "job", state=State.RUNNING, phase=Phase.TRAIN, rung=2, parent_run=parent)
     seen: list = []
     with pytest.raises(Started):
-        controller(registry, monkeypatch, seen)._train(p)  # the controller dies as the rung's actors start
+        train(controller(registry, monkeypatch, seen), p)  # the controller dies as the rung's actors start
     pinned = f"models:/{registry.name}/{v1}"
     saved = registry.load_progress("job")
     assert saved.inputs == RungInputs("model", pinned, f"{registry.name}/v{v1}", pinned, f"v{v1}")
@@ -49,7 +50,7 @@ def test_a_promotion_by_hand_between_a_death_and_a_restart_does_not_change_the_j
 
     registry.promote(v2, by="human", reason="meanwhile")  # judge and champion -> v2 before the restart
     with pytest.raises(Started):
-        controller(registry, monkeypatch, seen)._train(registry.load_progress("job"))
+        train(controller(registry, monkeypatch, seen), registry.load_progress("job"))
     assert seen == [(pinned, pinned, f"{registry.name}/v{v1}")] * 2  # the restart: still v1, judge and student
     assert registry.load_progress("job").results.student_init == f"v{v1}"
 
@@ -69,5 +70,5 @@ def test_progress_saved_before_pins_still_loads_and_pins_on_reentry(registry, mo
     assert p.inputs is None and p.rung == 2
     seen: list = []
     with pytest.raises(Started):
-        controller(registry, monkeypatch, seen)._train(p)
+        train(controller(registry, monkeypatch, seen), p)
     assert registry.load_progress("job").inputs.judge_location == f"models:/{registry.name}/{v1}"

@@ -7,6 +7,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("ladder", "stages", "cluster")
 MAX_FILE_LINES = 400
 MAX_FUNCTION_LINES = 60
+MAX_CONTROLLER_LINES = 220  # the controller is the transition loop; its phases' handlers live beside it
 
 
 def modules() -> dict[str, Path]:
@@ -109,3 +110,13 @@ def test_no_function_is_over_60_lines():
                 if lines > MAX_FUNCTION_LINES:
                     long[f"{path.relative_to(ROOT)}:{node.name}"] = lines
     assert long == {}
+
+
+def test_the_controller_is_a_thin_transition_function():
+    """Load, run the phase's handler, save: the handlers are the phase modules' (train_phase, gate_phase)."""
+    from ladder.controller import LadderController
+    from ladder.progress import Phase
+
+    assert len((ROOT / "ladder" / "controller.py").read_text().splitlines()) <= MAX_CONTROLLER_LINES
+    assert set(LadderController.HANDLERS) == set(Phase) - {Phase.DONE}
+    assert {h.__module__ for h in LadderController.HANDLERS.values()} == {"ladder.train_phase", "ladder.gate_phase"}

@@ -2,11 +2,13 @@
 items from worked solutions and from sampled responses, reasoning-gym, and a harder task per rung."""
 import json
 import re
+from typing import Literal
 
 import pytest
+from pydantic import Field
 
 from ladder.spec import TaskSpec, parse_spec
-from ladder.tasks import TASK_SOURCES, TaskError, build_task
+from ladder.tasks import TASK_SOURCES, AnswerChecker, BuiltinTaskSpec, Example, Task, TaskError, build_task
 
 GSM8K_ROWS = [  # as `datasets.Dataset.to_json` / `to_parquet` export openai/gsm8k: the solution in `answer`
     {"question": f"Tom has {n} apples and buys {n + 2} more. How many apples does he have?",
@@ -274,3 +276,44 @@ def test_a_sample_without_a_readable_answer_is_never_a_right_item():
     task = Task("lenient", rows[2:], rows[:2], lambda p, r, ref: 1.0, None, "answer_tag")
     items = task.calibration_from([("q0", "no tags"), ("q0", "<answer>7</answer>")], 4, seed=0)
     assert [(i.response, i.correct) for i in items[:2]] == [("<answer>7</answer>", True), ("no tags", False)]
+
+
+class CountingSpec(BuiltinTaskSpec):
+    """A built-in task for this test only (its module would hold it): how many letters a word of a's has."""
+    name: Literal["counting"] = Field("counting", description="Name of the built-in task.")
+    words: int = Field(20, ge=1, description="Words generated, the longest `words` letters.")
+
+    def build(self, eval_size: int, seed: int) -> Task:
+        rows = tuple(Example(f"How many letters has {'a' * n}?", str(n)) for n in range(1, self.words + 1))
+        return Task("counting", rows[eval_size:], rows[:eval_size], AnswerChecker("last_number"), None, "last_number")
+
+    def label(self) -> str:
+        return f"counting words={self.words}"
+
+
+def test_adding_a_builtin_task_is_its_module_and_its_registry_line(monkeypatch):
+    """The spec section, the task and its lineage label all come from the task's model once it is listed; the YAML
+    shape is the one arithmetic has, and a bad field or name is one line."""
+    from ladder.spec import LadderSpec, SpecError
+    from ladder.tasks import BUILTIN_TASKS
+
+    monkeypatch.setitem(BUILTIN_TASKS, "counting", CountingSpec)
+
+    def spec(source):
+        return parse_spec({"name": "c", "student": {"base": "m"}, "judge": {"initial": {"kind": "task"}},
+                           "task": {"source": source, "eval_size": 4},
+                           "schedule": [{"rung": 2, "task": {"kind": "builtin", "terms": 4}}]})
+
+    counting = spec({"kind": "builtin", "name": "counting", "words": 12})
+    assert counting.task.source == CountingSpec(kind="builtin", words=12)
+    assert counting.task_label() == "counting words=12"
+    assert counting.for_rung(2).task_label() == "arithmetic terms=4 max_operand=9"  # beside arithmetic
+    task = build_task(counting.task, seed=0)
+    assert len(task.train) == 8 and task.verifier("q", "it has 3", "3") == 1.0
+    assert LadderSpec.model_validate_json(counting.model_dump_json()) == counting  # saved and read back whole
+    with pytest.raises(SpecError, match=r"^spec: task.source.builtin.words: Input should be greater than or equal "
+                                        r"to 1$"):
+        spec({"kind": "builtin", "name": "counting", "words": 0})
+    with pytest.raises(SpecError, match=r"^spec: task.source.builtin.name: Input should be 'arithmetic' or "
+                                        r"'counting'$"):
+        spec({"kind": "builtin", "name": "spelling"})

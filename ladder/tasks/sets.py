@@ -1,4 +1,5 @@
-"""Each rung's task and the judge calibration set of the gate, built once per distinct task of a ladder.
+"""Each rung's task and the judge calibration set of the gate, built once per distinct task of a ladder job (the
+controller's cache), and the check of every task of a spec before anything starts.
 
 A task with worked solutions (or a corrupter) gives its calibration items at once; a task with reference answers
 only gets them from responses the student samples, labelled by the reference; those are kept in a file of the job.

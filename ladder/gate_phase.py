@@ -1,0 +1,90 @@
+"""The phases after training: the candidate registered as a model version, measured by the gate, promoted or
+rejected (by the gate, or by a person the ladder waits for), and the ladder moved on by the decision.
+
+Each function takes the controller (`ladder/controller.py`) whose phase it runs and returns the next progress."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+from ladder.progress import Phase, Progress, State, after_decision
+from ladder.train_phase import version_tags
+from stages.models import is_model_uri, logged_model_id, model_uri
+
+if TYPE_CHECKING:
+    from ladder.controller import LadderController
+
+
+def register(ctl: "LadderController", p: Progress) -> Progress:
+    """Register the rung's logged candidate as a model version (idempotent on the rung uid). A candidate
+    saved by an older controller as a checkpoint folder is logged as a model first."""
+    tags = version_tags(ctl.spec, p)
+    if is_model_uri(p.checkpoint):  # the logged model models:/<model_id>
+        version = ctl.registry.register(p.rung_run, None, tags, model_id=logged_model_id(p.checkpoint))
+    else:
+        version = ctl.registry.register(p.rung_run, str(Path(ctl.store.local_checkpoint(p)) / "model"), tags,
+                                        step=p.step)
+    return p.to(phase=Phase.GATE, candidate=version)
+
+
+def gate(ctl: "LadderController", p: Progress) -> Progress:
+    """Measure the candidate as a judge; auto: promote or reject; manual: wait for a person. A decision or
+    verdict already in the registry (a crash after it, before the progress was saved) is used, not re-made."""
+    decided, verdict = ctl.registry.decision(p.candidate), ctl.registry.recorded_gate(p.candidate)
+    if decided is None and verdict is None:
+        verdict = measure_candidate(ctl, p)
+    if verdict is not None:
+        p = p.to(results=p.results.to(judge_auc=verdict.auc))
+    if decided is not None:
+        return decide(ctl, p, decided)
+    if ctl.spec.promotion.policy == "manual":
+        return p.to(phase=Phase.AWAIT, state=State.AWAITING_PROMOTION)
+    record = ctl.registry.promote if verdict.passed else ctl.registry.reject
+    record(p.candidate, by="auto", reason=verdict.reason)
+    return decide(ctl, p, "promoted" if verdict.passed else "rejected")
+
+
+def measure_candidate(ctl: "LadderController", p: Progress):
+    """The gate's measurement of the candidate (`ctl.gate`), its verdict recorded on the version (and returned)."""
+    from ladder.decisions import Verdict
+
+    r = p.results
+    result = ctl.gate(model_uri(ctl.spec.name, p.candidate), p.rung, r.current_judge, r.judge_is_verifier,
+                      r.final_accuracy, baseline_accuracy(ctl.registry, r.start_accuracy))
+    ctl.registry.log_metrics(p.rung_run, result.metrics(), p.step)
+    ctl.live.add(result.metrics())
+    ctl.registry.record_gate(p.candidate, result)
+    return Verdict(result.passed, result.reason, result.candidate.auc)
+
+
+def baseline_accuracy(registry, start_accuracy: Optional[float]) -> Optional[float]:
+    """The last promoted rung's held-out accuracy; before any promotion, the student's at step 0."""
+    champion = registry.alias("champion")
+    if champion is not None:
+        recorded = registry.heldout_accuracy(champion)
+        if recorded is not None:
+            return recorded
+    return start_accuracy
+
+
+def await_decision(ctl: "LadderController", p: Progress, poll_s: float = 1.0) -> Progress:
+    """Wait until a person promotes or rejects the candidate (written to MLflow), or a stop."""
+    p = ctl.save(p.to(state=State.AWAITING_PROMOTION))
+    ctl.stages.release()  # a person may take hours: no engines held meanwhile
+    ctl.actors = []
+    while not ctl.stopping():
+        decided = ctl.registry.decision(p.candidate)
+        if decided is not None:
+            return decide(ctl, p.to(state=State.RUNNING), decided)
+        time.sleep(poll_s)
+    return p.to(state=State.STOPPED)
+
+
+def decide(ctl: "LadderController", p: Progress, decision: str) -> Progress:
+    """After a decision: its row in the history, the rung run ended, and the next rung, a retry of this one, or the
+    end of the ladder (`progress.after_decision`)."""
+    history = ctl.live.decided({"rung": p.rung, "version": p.candidate, "judge": p.judge, "status": decision,
+                                "accuracy": p.results.final_accuracy, "judge_auc": p.results.judge_auc})
+    ctl.registry.end_run(p.rung_run)
+    return after_decision(p, decision, ctl.spec.rungs, ctl.spec.promotion, history)
