@@ -64,6 +64,12 @@ def bootstrap(out: Path = typer.Option(Path(".ladder/models/tiny-base"), help="W
                                               "and RL can teach it to use its steps."),
               judge_share: float = typer.Option(
                   0.0, min=0.0, max=1.0, help="Share of examples that teach yes/no judging (verdict-mode judges)."),
+              level: list[str] = typer.Option(
+                  [], help="A harder level also taught, TERMSxMAX_OPERAND:SHARE (e.g. 4x9:0.25; repeat for more): that "
+                           "share of the examples comes from it, so a curriculum's later rungs meet problems the base "
+                           "model has seen but solves poorly."),
+              threads: int = typer.Option(1, min=1, help="Torch threads (1 is as fast for a model this small and "
+                                                         "does not slow to a crawl beside other work)."),
               seed: int = typer.Option(0, help="Seed."),
               force: bool = typer.Option(False, help="Rebuild even if the model exists."),
               as_json: bool = typer.Option(False, "--json", help="Print the report as JSON.")):
@@ -72,12 +78,21 @@ def bootstrap(out: Path = typer.Option(Path(".ladder/models/tiny-base"), help="W
 
     if size not in SIZES:
         fail(f"--size: unknown size {size!r}; choose one of {', '.join(SIZES)}")
+    levels = tuple(_level(text) for text in level)
+    if sum(share for _, _, share in levels) >= 1:
+        fail("--level: the shares of the harder levels add up to 1 or more; the task's own level needs some")
     report_file = out / "bootstrap.json"
+    recipe = {"size": size, "steps": steps, "terms": terms, "max_operand": max_operand, "direct_share": direct_share,
+              "judge_share": judge_share, "seed": seed, "levels": [list(lv) for lv in levels]}
     if report_file.is_file() and not force:
         report = json.loads(report_file.read_text())
-        typer.echo(json.dumps(report) if as_json else f"{out}: already bootstrapped (use --force to rebuild); "
-                   + _describe_bootstrap(report))
-        return
+        old = report.get("recipe") or {**recipe, "levels": [], **{k: report.get(k) for k in (
+            "steps", "terms", "max_operand", "direct_share", "judge_share")}}  # a model built before recipes were kept
+        if old == recipe:
+            typer.echo(json.dumps(report) if as_json else f"{out}: already bootstrapped (use --force to rebuild); "
+                       + _describe_bootstrap(report))
+            return
+        typer.echo(f"{out}: bootstrapped with another recipe; rebuilding", err=True)
     quiet_libraries()
     import torch
     from transformers.utils import logging as hf_logging
@@ -85,12 +100,12 @@ def bootstrap(out: Path = typer.Option(Path(".ladder/models/tiny-base"), help="W
     from ladder.bootstrap import bootstrap as run_bootstrap
 
     hf_logging.disable_progress_bar()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(threads)
     log = (lambda m: typer.echo(m, err=True)) if as_json else typer.echo
     result = run_bootstrap(out, size=size, steps=steps, seed=seed, terms=terms, max_operand=max_operand,
-                           direct_share=direct_share,
-                           judge_share=judge_share, log=log)
+                           direct_share=direct_share, judge_share=judge_share, levels=levels, log=log)
     from dataclasses import asdict
+    report_file.write_text(json.dumps({**asdict(result), "recipe": recipe}, indent=2))
     if as_json:
         typer.echo(json.dumps(asdict(result)))
     else:
@@ -98,10 +113,23 @@ def bootstrap(out: Path = typer.Option(Path(".ladder/models/tiny-base"), help="W
                    f"{result.steps} steps in {result.seconds:.0f}s; " + _describe_bootstrap(asdict(result)))
 
 
+def _level(text: str) -> tuple[int, int, float]:
+    """`4x9:0.25` -> (4, 9, 0.25); a malformed level fails in one line."""
+    import re
+
+    m = re.fullmatch(r"(\d+)x(\d+):([0-9.]+)", text.strip())
+    if not m or not 2 <= int(m.group(1)) <= 6 or not 1 <= int(m.group(2)) <= 99 or not 0 < float(m.group(3)) < 1:
+        fail(f"--level: {text!r} is not TERMSxMAX_OPERAND:SHARE with 2-6 terms, operands up to 1-99 and a share "
+             f"between 0 and 1 (e.g. 4x9:0.25)")
+    return int(m.group(1)), int(m.group(2)), float(m.group(3))
+
+
 def _describe_bootstrap(report: dict) -> str:
     judge = report.get("judge_accuracy")
+    harder = "".join(f"; {lv['terms']} terms, operands 0-{lv['max_operand']}: {lv['answer_accuracy']:.2f}"
+                     for lv in report.get("levels") or ())
     return (f"held-out answer accuracy {report['answer_accuracy']:.2f} (greedy; {report.get('worked_share', 1.0):.0%} "
-            f"show their steps)" + ("" if judge is None else f", judge accuracy {judge:.2f}"))
+            f"show their steps)" + harder + ("" if judge is None else f", judge accuracy {judge:.2f}"))
 
 
 @app.command("train-rung")
