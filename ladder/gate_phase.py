@@ -51,17 +51,19 @@ def measure_candidate(ctl: "LadderController", p: Progress):
 
     r = p.results
     result = ctl.gate(model_uri(ctl.spec.name, p.candidate), p.rung, r.current_judge, r.judge_is_verifier,
-                      r.final_accuracy, baseline_accuracy(ctl.registry, r.start_accuracy))
+                      r.final_accuracy, baseline_accuracy(ctl.registry, r.start_accuracy,
+                                                          ctl.spec.for_rung(p.rung).task_label()))
     ctl.registry.log_metrics(p.rung_run, result.metrics(), p.step)
     ctl.live.add(result.metrics())
     ctl.registry.record_gate(p.candidate, result)
     return Verdict(result.passed, result.reason, result.candidate.auc)
 
 
-def baseline_accuracy(registry, start_accuracy: Optional[float]) -> Optional[float]:
-    """The last promoted rung's held-out accuracy; before any promotion, the student's at step 0."""
+def baseline_accuracy(registry, start_accuracy: Optional[float], task_label: str) -> Optional[float]:
+    """The last promoted rung's held-out accuracy when it was measured on this rung's task; otherwise (before any
+    promotion, or a curriculum that moved to a harder task) the student's at this rung's step 0."""
     champion = registry.alias("champion")
-    if champion is not None:
+    if champion is not None and registry.version(champion).tags.get("ladder.task") == task_label:
         recorded = registry.heldout_accuracy(champion)
         if recorded is not None:
             return recorded

@@ -30,7 +30,7 @@ def train(ctl: "LadderController", p: Progress) -> Progress:
     ctl.actors = rung.actors()
     handed_over = False
     try:
-        p, calibration = enter_rung(ctl, rung, p, t0)
+        p, _ = enter_rung(ctl, rung, p, t0)
 
         def on_step(step: int, metrics: dict) -> None:
             nonlocal p
@@ -41,7 +41,7 @@ def train(ctl: "LadderController", p: Progress) -> Progress:
         ended = train_steps(rung, p.step + 1, rspec.train.steps, ctl.stopping, on_step)
         if ended == "stopped":
             return ctl.store.at_stop(rung, p).to(state=State.STOPPED)
-        p = leave_rung(ctl, rung, p, ended, calibration)
+        p = leave_rung(ctl, rung, p, ended)
         ctl.stages, handed_over = rung.handover(), True  # the gate and the next rung take them over
         return p
     except Exception as exc:
@@ -93,7 +93,7 @@ def record_step(ctl: "LadderController", rung, p: Progress, step: int, metrics: 
     ctl.live.at_step(step, metrics)
 
 
-def leave_rung(ctl: "LadderController", rung, p: Progress, ended: str, calibration) -> Progress:
+def leave_rung(ctl: "LadderController", rung, p: Progress, ended: str) -> Progress:
     """The trained rung's final evaluation, its judge measured for the gate, its student logged as the
     candidate; on to registration."""
     from ladder.gate import measure
@@ -102,8 +102,8 @@ def leave_rung(ctl: "LadderController", rung, p: Progress, ended: str, calibrati
         ctl.registry.record_ended_by(p.rung_run, rung.ended_why or ended)
     final = rung.evaluate()
     ctl.registry.log_metrics(p.rung_run, final, rung.step_no)
-    current = measure(rung.pool, calibration)
-    ctl.tasks.calibration(min(p.rung + 1, ctl.spec.rungs), rung)  # the gate's, for the next rung's task
+    # the rung's judge measured on the items the gate measures the candidate on: the next rung's task
+    current = measure(rung.pool, ctl.tasks.calibration(min(p.rung + 1, ctl.spec.rungs), rung))
     p = ctl.store.log_candidate(rung, p, version_tags(ctl.spec, p))
     return p.to(phase=Phase.REGISTER, results=p.results.to(final_accuracy=final.get("eval/accuracy"),
                                                             current_judge=current))

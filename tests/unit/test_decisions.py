@@ -102,3 +102,45 @@ def test_a_registration_found_already_done_still_sets_its_aliases_and_descriptio
     assert registry.aliases() == {"rung-1": made, "candidate": made}
     assert "Rung 1 of ladder" in registry.version(made).description
     assert len(registry.versions()) == 1
+
+
+def test_the_student_rule_compares_accuracies_on_one_task(registry):
+    """A curriculum rung on a harder task is held to its own start, not to the champion's accuracy on an easier
+    task; a rung on the champion's own task is held to the champion's recorded accuracy."""
+    run = registry.raw.create_run(registry.experiment_id)
+    registry.raw.log_metric(run.info.run_id, "eval.accuracy", 0.9)
+    add_versions(registry, 1, run.info.run_id)
+    registry.raw.set_model_version_tag(registry.name, "1", "ladder.task", "arithmetic terms=4 max_operand=5")
+    registry.promote("1")
+    assert gate_phase.baseline_accuracy(registry, 0.4, "arithmetic terms=4 max_operand=5") == 0.9
+    assert gate_phase.baseline_accuracy(registry, 0.4, "arithmetic terms=4 max_operand=9") == 0.4
+
+
+def test_the_rungs_judge_is_measured_on_the_items_the_candidate_will_be(tmp_path):
+    """In a curriculum the gate compares the candidate, measured on the next rung's task, with the rung's judge on
+    the same items (the next rung's task), not on the rung's own easier task."""
+    from types import SimpleNamespace
+
+    from ladder.spec import parse_spec
+    from ladder.tasks.sets import TaskSets
+    from ladder.train_phase import leave_rung
+
+    task = {"kind": "builtin", "name": "arithmetic", "terms": 3, "max_operand": 5, "train_size": 50}
+    spec = parse_spec({"name": "x", "rungs": 2, "student": {"base": "m"}, "judge": {"initial": {"kind": "model",
+                       "path": "m"}}, "task": {"source": task, "eval_size": 8}, "eval": {"calibration_size": 8},
+                       "schedule": [{"rung": 2, "task": {**task, "max_operand": 9}}]})
+    scored = []
+
+    class Pool:  # scores as the task's checker does, and records which prompts it was asked about
+        def score_items(self, prompts, responses, groups, references):
+            scored.extend(prompts)
+            return SimpleNamespace(scores=[float(r.split("#")[-1] == ref) for r, ref in zip(responses, references)])
+
+    rung = SimpleNamespace(pool=Pool(), evaluate=lambda: {"eval/accuracy": 0.5}, step_no=3)
+    ctl = SimpleNamespace(spec=spec, tasks=TaskSets(spec, tmp_path),
+                          registry=SimpleNamespace(log_metrics=lambda *a: None),
+                          store=SimpleNamespace(log_candidate=lambda rung, p, tags: p))
+    p = leave_rung(ctl, rung, Progress("x", "j", rung=1, phase=Phase.TRAIN, rung_run="r"), "steps")
+    assert set(scored) == {c.prompt for c in ctl.tasks.calibration(2)}
+    assert not set(scored) & {c.prompt for c in ctl.tasks.calibration(1)}
+    assert p.phase == Phase.REGISTER and p.results.current_judge.auc == 1.0
