@@ -25,8 +25,11 @@ test: setup
 test-unit: setup
 	$(PY) -m pytest tests/unit -q
 
+# the curriculum demo's base model: 4-term problems, operands 0-5, and a quarter each with operands 0-7 and 0-9
+DEMO_BASE := bootstrap --out $(WORK)/models/tiny-base --steps 1200 --level 4x7:0.25 --level 4x9:0.25
+
 demo: setup
-	$(LADDER) bootstrap --out $(WORK)/models/tiny-base
+	$(LADDER) $(DEMO_BASE)
 	$(LADDER) run examples/tiny.yaml
 
 smollm2: setup
@@ -35,7 +38,7 @@ smollm2: setup
 
 bench: setup
 	$(PY) bench/weight_sync.py
-	$(LADDER) bootstrap --out $(WORK)/models/tiny-base
+	$(LADDER) $(DEMO_BASE)
 	$(PY) bench/verifier_rung.py
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) bench/grpo_vs_trl.py
