@@ -17,7 +17,7 @@ from ladder.live_status import LiveStatus
 from ladder.progress import Phase, Progress, State
 from ladder.runtime import first_line
 from ladder.stageset import StageSet
-from stages.actors import as_start_error, kill_all, spawn
+from stages.actors import StopRequested, as_start_error, kill_all, spawn
 
 
 class LadderController:
@@ -54,8 +54,10 @@ class LadderController:
     def stop(self, now: bool = False) -> str:
         """Graceful: finish the step, checkpoint, stop. `now`: abort the step (its stage actors are killed)."""
         self._stop.set()
+        self.stages.guard.refuse()  # no stage actor starts from now on, a replacement of a dead one included
         if now:
             self._now.set()
+            self.stages.guard.kill_started()  # every stage actor started, gate workers and replacements too
             kill_all(self.actors)
         with self._lock:
             if self.progress.active:
@@ -131,7 +133,7 @@ class LadderController:
                 if self._stop.is_set():
                     p = self.save(p.to(state=State.STOPPED))
                     break
-                p = self.save(self.HANDLERS[p.phase](self, p))
+                p = self.save(self._transition(p))
             self._finish(p)
         except Exception as exc:  # the controller records why it failed and stays queryable
             exc = as_start_error(exc)  # an actor that could not start: its own error, not Ray's first line
@@ -141,7 +143,16 @@ class LadderController:
         finally:
             self._done.set()
             kill_all(self.actors)
+            self.stages.guard.kill_started()  # any started outside a phase's own cleanup (a start a stop refused)
             end_later()
+
+    def _transition(self, p: Progress) -> Progress:
+        """The next progress from the handler of `p`'s phase; a stop that refused an actor start stops there (the
+        last saved progress is where a resume goes on)."""
+        try:
+            return self.HANDLERS[p.phase](self, p)
+        except StopRequested:
+            return self.progress.to(state=State.STOPPED)
 
     def _begin(self) -> Progress:
         """A new job's progress, or the saved one of this job: on `resume`, and when Ray restarts a controller
