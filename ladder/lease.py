@@ -31,8 +31,15 @@ class Lease:
     where: str          # "job <job> (<submission>) on <host>, pid <pid>"
     acquired_at: float
     renewed_at: float
+    host: str = ""      # where the controller's process runs ...
+    pid: int = 0        # ... and its id: one on this host that is gone holds nothing, however recent
 
     def fresh(self, now: Optional[float] = None, stale_after_s: float = STALE_AFTER_S) -> bool:
+        if self.host == socket.gethostname() and self.pid:
+            from cluster.processes import pid_alive
+
+            if not pid_alive(self.pid):
+                return False
         return (now or time.time()) - self.renewed_at < stale_after_s
 
 
@@ -81,7 +88,7 @@ class LeaseKeeper:
                  settle_s: float = SETTLE_S):
         self.tracking, self.parent_run, self.renew_s, self.stale_after_s = tracking, parent_run, renew_s, stale_after_s
         self.settle_s = settle_s
-        self.lease = Lease(token, job, where, time.time(), time.time())
+        self.lease = Lease(token, job, where, time.time(), time.time(), socket.gethostname(), os.getpid())
         self.on_lost = on_lost or (lambda: None)
         self._released = threading.Event()
 
@@ -90,7 +97,7 @@ class LeaseKeeper:
         or when another took it at the same moment, earlier."""
         check_free(self.tracking, self.lease.token, self.stale_after_s)
         now = time.time()
-        self.lease = Lease(self.lease.token, self.lease.job, self.lease.where, now, now)
+        self.lease = Lease(**{**asdict(self.lease), "acquired_at": now, "renewed_at": now})
         self._write()
         time.sleep(self.settle_s)  # one taken at the same moment is written by now: the earlier one keeps it
         other = held_by_other(self.tracking, self.lease.token, self.stale_after_s)

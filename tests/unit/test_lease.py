@@ -151,3 +151,19 @@ def test_stop_of_a_local_ladder_whose_process_is_gone_returns_at_once(registry, 
     out = request_stop(registry.name, where, timeout_s=20)
     assert time.monotonic() - t0 < 5 and out["state"] == "stopped" and (out["rung"], out["step"]) == (2, 7)
     assert registry.load_progress("gone").state is State.STOPPED  # `resume` goes on from there
+
+
+def test_a_lease_of_a_process_gone_on_this_host_is_stale_at_once(registry):
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a `ladder run` killed with its local Ray: resume need not wait for the lease to go stale
+    gone = keeper(registry, "j1")
+    gone.acquire()
+    gone._released.set()
+    with pytest.raises(LeaseHeld):
+        check_free(registry)  # this process: alive
+    registry.client.set_tag(gone.parent_run, LEASE_TAG, gone.tracking.client.get_run(gone.parent_run).data.tags[
+        LEASE_TAG].replace(f'"pid": {gone.lease.pid}', f'"pid": {dead.pid}'))
+    check_free(registry)
