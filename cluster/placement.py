@@ -49,11 +49,49 @@ def unplaceable(spec, nodes: list[dict]) -> Optional[str]:
     return None
 
 
+def role_counts(spec) -> dict[str, int]:
+    """How many actors of each role the ladder holds at once (rollout, trainer and judge workers stay up from
+    rung to rung, and the gate measures a candidate on judge workers while they do)."""
+    return {"rollout": spec.rollout.workers, "judge": spec.judge_pool.workers, "trainer": 1, "controller": 1}
+
+
+def asked_in_total(spec) -> dict[str, float]:
+    """What the ladder's actors ask for together, per resource (CPU, GPU, custom)."""
+    total: dict[str, float] = {}
+    for role, count in role_counts(spec).items():
+        res = getattr(spec.resources, role)
+        for key, amount in {"CPU": res.cpus, "GPU": res.gpus, **res.custom}.items():
+            total[key] = total.get(key, 0.0) + count * amount
+    return total
+
+
+def over_capacity(spec, nodes: list[dict]) -> Optional[str]:
+    """The first resource the ladder asks for more of in total than the live nodes have together, in one line."""
+    alive = [n for n in nodes if n.get("Alive", n.get("alive"))]
+    have: dict[str, float] = {}
+    for n in alive:
+        for key, amount in (n.get("Resources") or {}).items():
+            have[key] = have.get(key, 0.0) + amount
+    for key, amount in asked_in_total(spec).items():
+        if amount > 0 and have.get(key, 0.0) + 1e-9 < amount:
+            parts = []
+            for role, count in role_counts(spec).items():
+                res = getattr(spec.resources, role)
+                each = {"CPU": res.cpus, "GPU": res.gpus, **res.custom}.get(key, 0)
+                if each:
+                    parts.append(f"{role} {count} x {each:g}")
+            return (f"resources: the ladder asks for {amount:g} {key} in total ({', '.join(parts)}); the cluster has "
+                    f"{have.get(key, 0.0):g} {key} on {len(alive)} live node{'s' if len(alive) != 1 else ''}")
+    return None
+
+
 def check_placement(spec) -> None:
-    """Refuse, before any actor starts, a spec the connected Ray cluster cannot host."""
+    """Refuse, before any actor starts, a spec the connected Ray cluster cannot host: a role no node can take,
+    or more of a resource in total than the cluster has."""
     import ray
 
-    problem = unplaceable(spec, ray.nodes())
+    nodes = ray.nodes()
+    problem = unplaceable(spec, nodes) or over_capacity(spec, nodes)
     if problem:
         raise PlacementError(problem)
 

@@ -50,7 +50,10 @@ def _submit(spec, job: str, resume: bool, address: Optional[str], wait: bool, py
     from cluster import submit as jobs
     from ladder.runtime import Address
 
+    from ladder.lease import refuse_if_running
+
     target = Address.resolve(address)
+    guard(refuse_if_running, spec)  # a ladder another controller runs now is not submitted again
     if target.local:
         info = guard(jobs.submit_local, spec, job, resume)
         submission, where = info["submission"], f"local background job (log: {info['log']})"

@@ -69,8 +69,10 @@ def controller_alive(where: LadderAccess, reg, progress: Progress) -> Optional[b
         return reg.name in actors
     from cluster.submit import local_running
 
+    from ladder.lease import held_by_other
+
     spec = reg.load_spec(progress.parent_run)
-    return True if local_running(spec) else None
+    return True if local_running(spec) or held_by_other(reg) else None  # a controller renews its lease
 
 
 def live_status(name: str, where: LadderAccess) -> Optional[dict]:
@@ -120,6 +122,8 @@ def request_stop(name: str, where: LadderAccess, now: bool = False, timeout_s: f
     reg.request_stop(p.parent_run, now)
     deadline = time.monotonic() + timeout_s
     local_job = local_job_of(reg, p) if where.address.local else None
+    if where.address.local and local_job is None and not controller_alive(where, reg, p):
+        return gone_stopped(reg, p)  # no process and no live lease: nobody would act on the request
     while time.monotonic() < deadline:
         p = reg.load_progress(p.job)
         actors = alive_actors(where, name)
@@ -136,12 +140,24 @@ def request_stop(name: str, where: LadderAccess, now: bool = False, timeout_s: f
     raise ValueError(f"ladder {name!r} did not stop within {timeout_s:.0f} s (state {p.state.value})")
 
 
+def gone_stopped(reg, p: Progress) -> dict:
+    """A local ladder whose process is gone (no job process, no fresh lease): recorded stopped at once, as its
+    controller would have (resume goes on from its last checkpoint)."""
+    p = p.to(state=State.STOPPED)
+    reg.save_progress(p)
+    return {"ladder": reg.name, "job": p.job, "state": p.state.value, "rung": p.rung, "step": p.step,
+            "actors_alive": [], "note": "its process was gone"}
+
+
 def resumable(name: str, where: LadderAccess):
     """The spec and job of a stopped or crashed ladder; one line when there is nothing to resume."""
     reg = open_registry(name, where)
     p = saved_progress(reg)
     if p.state is State.COMPLETED:
         raise ValueError(f"ladder {name!r} has completed; nothing to resume")
+    from ladder.lease import check_free
+
+    check_free(reg)  # a controller renews its lease: one anywhere, on any Ray, is found so
     if p.active and controller_alive(where, reg, p):
         raise ValueError(f"ladder {name!r} is already running (job {p.job}, {p.state.value})")
     return reg.load_spec(p.parent_run), p.job

@@ -13,11 +13,12 @@ from typing import Optional
 
 from ladder import gate_phase, train_phase
 from ladder.actor_lifetime import end_later, restarted_by_ray
+from ladder.lease import take_lease
 from ladder.live_status import LiveStatus
 from ladder.progress import Phase, Progress, State
 from ladder.runtime import first_line
 from ladder.stageset import StageSet
-from stages.actors import as_start_error, kill_all, spawn
+from stages.actors import StopRequested, as_start_error, kill_all, spawn
 
 
 class LadderController:
@@ -26,9 +27,12 @@ class LadderController:
     HANDLERS = {Phase.TRAIN: train_phase.train, Phase.REGISTER: gate_phase.register, Phase.GATE: gate_phase.gate,
                 Phase.AWAIT: gate_phase.await_decision}  # phase -> (controller, progress) -> next progress
 
-    def __init__(self, spec, job: Optional[str] = None, resume: bool = False, submission: Optional[str] = None):
+    def __init__(self, spec, job: Optional[str] = None, resume: bool = False, submission: Optional[str] = None,
+                 lease_token: Optional[str] = None):
         self.spec = spec
         self.job = job or uuid.uuid4().hex[:8]
+        self.lease_token = lease_token or uuid.uuid4().hex  # this controller's (kept by a Ray restart of it)
+        self.lease = None
         self.resume = resume
         self.submission = submission
         self.progress = Progress(spec.name, self.job)
@@ -54,8 +58,10 @@ class LadderController:
     def stop(self, now: bool = False) -> str:
         """Graceful: finish the step, checkpoint, stop. `now`: abort the step (its stage actors are killed)."""
         self._stop.set()
+        self.stages.guard.refuse()  # no stage actor starts from now on, a replacement of a dead one included
         if now:
             self._now.set()
+            self.stages.guard.kill_started()  # every stage actor started, gate workers and replacements too
             kill_all(self.actors)
         with self._lock:
             if self.progress.active:
@@ -131,7 +137,7 @@ class LadderController:
                 if self._stop.is_set():
                     p = self.save(p.to(state=State.STOPPED))
                     break
-                p = self.save(self.HANDLERS[p.phase](self, p))
+                p = self.save(self._transition(p))
             self._finish(p)
         except Exception as exc:  # the controller records why it failed and stays queryable
             exc = as_start_error(exc)  # an actor that could not start: its own error, not Ray's first line
@@ -141,7 +147,15 @@ class LadderController:
         finally:
             self._done.set()
             kill_all(self.actors)
+            self.stages.guard.kill_started()  # any started outside a phase's own cleanup (a start a stop refused)
             end_later()
+
+    def _transition(self, p: Progress) -> Progress:
+        """The next progress from `p`'s phase handler; a stop that refused an actor start stops at the last save."""
+        try:
+            return self.HANDLERS[p.phase](self, p)
+        except StopRequested:
+            return self.progress.to(state=State.STOPPED)
 
     def _begin(self) -> Progress:
         """A new job's progress, or the saved one of this job: on `resume`, and when Ray restarts a controller
@@ -149,11 +163,15 @@ class LadderController:
         saved = self.registry.load_progress(self.job)
         if saved is None:
             parent = self.registry.start_ladder_run(self.spec, self.job)
+            self.lease = take_lease(self.registry, parent, self.job, self.lease_token, self.submission, self.stop,
+                                    new=True)  # one controller per ladder: LeaseHeld when another runs it
             self.registry.save_spec(parent, self.spec)
             return self.save(Progress(self.spec.name, self.job, parent_run=parent, submission=self.submission)
                              .to(state=State.RUNNING))
         if not saved.active and not self.resume:  # a restart after the ladder had ended: nothing to do
             return saved
+        self.lease = take_lease(self.registry, saved.parent_run, self.job, self.lease_token, self.submission,
+                                self.stop)
         self.registry.reopen_run(saved.parent_run)
         if self.resume:  # a restarted controller keeps a stop someone asked for
             self.registry.clear_stop_request(saved.parent_run)
@@ -166,6 +184,8 @@ class LadderController:
         with self._lock:
             self.progress = p.to(phase=Phase.DONE) if p.state is State.COMPLETED else p
         self.registry_safely(lambda reg: reg.close_ladder(self.progress, str(Path(self.spec.workdir) / self.spec.name)))
+        if self.lease is not None:
+            self.lease.release()
 
     def registry_safely(self, write) -> None:
         """A last write to MLflow on the way out; MLflow (or the start itself) may be what failed."""
@@ -193,6 +213,7 @@ def start_controller(spec, job: Optional[str] = None, resume: bool = False, subm
     the controller's, and the controller ends itself once the ladder is stopped or done). If its process dies,
     Ray starts it again (`controller_restarts`) and the driver's `run` call is retried on it."""
     job = job or uuid.uuid4().hex[:8]  # chosen here: a restarted controller is built from these same arguments
-    return spawn(LadderController, spec, job, resume, submission, resources=spec.resources.controller, name=spec.name,
+    token = uuid.uuid4().hex  # the lease's: a restarted controller is this one, and keeps its lease
+    return spawn(LadderController, spec, job, resume, submission, token, resources=spec.resources.controller, name=spec.name,
                  namespace="ladder", detached=True, max_concurrency=4, max_restarts=spec.controller_restarts,
                  max_task_retries=-1 if spec.controller_restarts else 0)

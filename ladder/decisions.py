@@ -7,6 +7,9 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
+from ladder.progress import bounded
+from ladder.tracking import TAG_MAX_CHARS
+
 STATUS_TAG = "ladder.status"  # candidate / promoted / rejected
 ALIASES_MOVED_TAG = "ladder.aliases_moved"
 DECISION_ALIASES = ("judge", "champion")  # the aliases a promotion sets and a rejection takes back
@@ -58,7 +61,7 @@ def record_decision(reg, version: str, status: str, by: str, reason: str, extra:
     who = by if by != "human" else f"human:{getpass.getuser()}"
     for key, value in {**(extra or {}), "ladder.decided_by": who,
                        "ladder.decided_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                       "ladder.reason": reason or "-", STATUS_TAG: status}.items():
+                       "ladder.reason": bounded(reason, TAG_MAX_CHARS) or "-", STATUS_TAG: status}.items():
         reg.client.set_model_version_tag(reg.name, version, key, value)
     reg.describe(version)
 

@@ -23,6 +23,17 @@ class State(str, enum.Enum):
     FAILED = "failed"
 
 
+ERROR_MAX_CHARS = 2000  # a failure's text in the progress: the whole progress is one MLflow tag (5000 chars on
+#                         older servers), and a rung's error line needs no more
+
+
+def bounded(text: Optional[str], limit: int) -> Optional[str]:
+    """`text` cut to `limit` characters (the cut marked), None kept."""
+    if text is None or len(text) <= limit:
+        return text
+    return text[: limit - 15] + " ... (cut off)"
+
+
 ACTIVE = (State.PENDING, State.RUNNING, State.AWAITING_PROMOTION, State.STOPPING)
 
 
@@ -125,7 +136,9 @@ class Progress:
                       "inputs": RungInputs(**known["inputs"]) if known.get("inputs") else None})
 
     def to(self, **changes) -> "Progress":
-        """A copy with `changes` applied and the time stamped."""
+        """A copy with `changes` applied (an error bounded to `ERROR_MAX_CHARS`) and the time stamped."""
+        if changes.get("error"):
+            changes["error"] = bounded(changes["error"], ERROR_MAX_CHARS)
         return replace(self, **changes, updated_at=time.time())
 
     def next_rung(self) -> "Progress":

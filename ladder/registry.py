@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Optional
 
 from ladder.decisions import STATUS_TAG
+from ladder.runtime import first_line
 from ladder.tracking import Tracking
 from stages.models import RegistryError, fetch_model, is_model_uri, model_id_of, model_uri, if_exists, parse_model_uri
 
@@ -171,8 +172,15 @@ class Registry(Tracking):
         return log_chart(self, run_id, out_dir)
 
     def close_ladder(self, progress, chart_dir: str) -> None:
-        """The ladder's last writes: pending metrics, its final progress, the rung chart, its run ended."""
-        self.flush_writes()
+        """The ladder's last writes: pending metrics, its final progress, the rung chart, its run ended. The
+        progress is saved even when the metrics outbox has given up (its failure may be why the ladder failed)."""
+        try:
+            self.flush_writes()
+        except Exception as exc:  # metrics lost: said once, and the final state is saved all the same
+            import logging
+
+            logging.getLogger(__name__).warning("ladder %s: pending metrics not delivered (%s)", self.name,
+                                                first_line(exc, 200))
         self.save_progress(progress)
         if self.versions():
             self.log_ladder_chart(progress.parent_run, chart_dir)

@@ -96,6 +96,9 @@ def run_ladder(spec, as_json: bool = False, verbose: bool = False, poll_s: float
     from ladder.registry import Registry
     from ladder.runtime import start_ray
 
+    from ladder.lease import refuse_if_running
+
+    refuse_if_running(spec)  # another controller of this ladder runs now (anywhere, any Ray): one line
     start_ray(spec, verbose, address)
     claim_name(spec)
     controller = start_controller(spec, job, resume, submission)

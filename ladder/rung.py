@@ -156,7 +156,7 @@ class Rung:
                              f"(worker_replacements is {self.spec.worker_replacements}): a worker that keeps dying "
                              "is not replaced again")
         kill_all([self.rollout[k]], wait_s=5.0)
-        self.rollout[k] = self._start_rollout(k)
+        self.rollout[k] = self.stages.start(lambda: self._start_rollout(k))  # none once a stop was requested
         self.rollout_replaced += 1
         res = self.spec.resources
         wait_ready([("rollout", self.rollout[k], res.rollout)], res.placement_timeout_s)

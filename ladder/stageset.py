@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from stages.actors import StartGuard
+
 
 @dataclass
 class StageSet:
@@ -18,6 +20,11 @@ class StageSet:
     keys: dict[str, str] = field(default_factory=dict)
     reused: int = 0          # actors the current rung took over from the previous one
     started: int = 0         # actors the current rung had to start
+    guard: StartGuard = field(default_factory=StartGuard)  # every start goes through it: none after a stop
+
+    def start(self, spawn_one: Callable[[], object]):
+        """A new stage actor, `spawn_one()`, tracked (`stop --now` kills it); StopRequested once a stop was asked."""
+        return self.guard.start(spawn_one)
 
     def actors(self) -> list:
         return [a for role in self.actors_by_role.values() for a in role]
@@ -39,7 +46,8 @@ class StageSet:
             except (EngineMismatch, ray.exceptions.RayActorError):
                 pass  # another architecture, or an actor died meanwhile: new actors below
         kill_all(old)
-        new = [start(i) for i in range(n)]
+        self.guard.forget(old)
+        new = [self.start(lambda i=i: start(i)) for i in range(n)]
         self.actors_by_role[role], self.keys[role] = new, key
         self.started += n
         return new
@@ -48,7 +56,9 @@ class StageSet:
         """Stop the actors of a role the next rung does not use."""
         from stages.actors import kill_all
 
-        kill_all(self.actors_by_role.pop(role, []))
+        old = self.actors_by_role.pop(role, [])
+        kill_all(old)
+        self.guard.forget(old)
         self.keys.pop(role, None)
 
     def set(self, role: str, actors: list) -> None:
@@ -58,7 +68,9 @@ class StageSet:
     def release(self) -> None:
         from stages.actors import kill_all
 
-        kill_all(self.actors())
+        old = self.actors()
+        kill_all(old)
+        self.guard.forget(old)
         self.actors_by_role.clear()
         self.keys.clear()
 

@@ -15,6 +15,7 @@ from ladder.runtime import first_line
 
 PROGRESS_TAG = "ladder.progress"
 STOP_TAG = "ladder.stop_request"
+TAG_MAX_CHARS = 5000  # MLflow's limit on a tag's value (8000 on recent servers, 5000 on older ones)
 
 
 class Tracking:
@@ -117,7 +118,9 @@ class Tracking:
         self.client.set_tag(run_id, "ladder.judge_probe", json.dumps([round(s, 6) for s in scores]))
 
     def record_ended_by(self, run_id: str, reason: str) -> None:
-        self.client.set_tag(run_id, "ladder.ended_by", reason)
+        from ladder.progress import bounded
+
+        self.client.set_tag(run_id, "ladder.ended_by", bounded(reason, TAG_MAX_CHARS))
 
     def latest_metrics(self, run_id: Optional[str]) -> dict[str, float]:
         """A run's latest value of every metric, named as the step loop names them (`reward/mean`)."""

@@ -31,6 +31,54 @@ class ActorStartError(RuntimeError):
     and the constructor's own error."""
 
 
+class StopRequested(RuntimeError):
+    """A stop was asked for: no stage actor (a replacement of a dead one included) starts after it."""
+
+
+class StartGuard:
+    """The stage actors a ladder has started, and whether it may start more. After `refuse()` (any stop) no actor
+    starts; `kill_started()` (`stop --now`) kills every actor started so far, gate workers and replacements too,
+    since each is tracked the moment it is spawned."""
+
+    def __init__(self):
+        import threading
+
+        self._lock = threading.Lock()
+        self._refused = False
+        self._started: dict[str, object] = {}  # actor id -> handle
+
+    def start(self, spawn_one):
+        """`spawn_one()` (a spawn that returns a handle at once), tracked; StopRequested after a stop."""
+        with self._lock:
+            if self._refused:
+                raise StopRequested("a stop was requested: no stage actor is started after it")
+            actor = spawn_one()
+            self._started[actor._actor_id.hex()] = actor
+        return actor
+
+    def refuse(self) -> None:
+        with self._lock:
+            self._refused = True
+
+    @property
+    def refused(self) -> bool:
+        return self._refused
+
+    def forget(self, handles) -> None:
+        """Actors killed by their owner: no longer tracked."""
+        with self._lock:
+            for h in handles:
+                self._started.pop(h._actor_id.hex(), None)
+
+    def kill_started(self) -> None:
+        """Refuse further starts and kill every tracked actor."""
+        with self._lock:
+            self._refused = True
+            handles = list(self._started.values())
+            self._started.clear()
+        kill_all(handles)
+
+
 def as_start_error(exc: BaseException) -> BaseException:
     """An `ActorStartError` in place of `exc` when `exc` is Ray's word that an actor died of an error in its
     constructor (Ray sets `actor_init_failed` on the `ActorDiedError` of a failed creation task); else `exc`."""

@@ -187,23 +187,36 @@ def hf_files_uri(client, version) -> str:
     return f"{client.get_logged_model(model_id).artifact_location.rstrip('/')}/model"
 
 
+def cache_key(version) -> str:
+    """A cache folder name unique to a version's weights: its logged model's id (`m-...`, unique per server and
+    never reused); for a version of bare files, a digest of where its files are."""
+    import hashlib
+
+    model_id = model_id_of(version)
+    if model_id:
+        return model_id
+    return "files-" + hashlib.sha256((version.source or "").encode()).hexdigest()[:24]
+
+
 def fetch_model(uri: str, tracking_uri: str, cache_dir: str) -> str:
     """`models:/<name>/<version>` -> a local HF directory on *this* node (downloaded once, then cached).
 
     Stage actors call it themselves, so models never travel as paths from one node's disk to another's.
-    The download lands in a temporary folder renamed into place: a cached model is always complete.
+    The download lands in a temporary folder renamed into place: a cached model is always complete. The cache is
+    keyed by what names the weights (`cache_key`), never by `name-vN`: a model re-created under the same name, or
+    another MLflow server sharing the work directory, never gets the files of the first.
     """
     import mlflow
     from mlflow import MlflowClient
 
     name, version = astuple(parse_model_uri(uri))[:2]
-    out = Path(cache_dir) / f"{name}-v{version}"
-    if (out / "config.json").is_file():
-        return str(out)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     found = if_exists(lambda: client.get_model_version(name, version))
     if found is None:
         raise RegistryError(f"{uri}: no such model version")
+    out = Path(cache_dir) / cache_key(found)
+    if (out / "config.json").is_file():
+        return str(out)
     source = hf_files_uri(client, found)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{name}-v{version}-", dir=out.parent)

@@ -1,0 +1,169 @@
+"""One controller per ladder: a lease on the job's parent run in MLflow, renewed by the live controller. A second
+controller (another `run`, `submit` or `resume`, on any machine and any Ray) is refused in one line naming where
+the ladder runs; a stale lease is taken over; of two taken at once, one wins. Real MLflow on SQLite, no Ray."""
+import threading
+import time
+
+import pytest
+
+from ladder.lease import LEASE_TAG, LeaseHeld, LeaseKeeper, check_free
+from ladder.progress import Phase, State
+
+
+def parent(registry, job: str) -> str:
+    return registry.client.create_run(registry.experiment_id, tags={"ladder.kind": "ladder", "ladder.job": job}) \
+        .info.run_id
+
+
+def keeper(registry, job, **kw):
+    kw.setdefault("settle_s", 0.1)
+    return LeaseKeeper(registry, parent(registry, job), job, f"token-{job}", f"job {job} on hostA, pid 7{len(job)}",
+                       **kw)
+
+
+def test_a_fresh_lease_refuses_a_second_controller_in_one_line_naming_where(registry):
+    first = keeper(registry, "j1")
+    first.acquire()
+    with pytest.raises(LeaseHeld) as err:
+        keeper(registry, "j2").acquire()  # another `ladder run` of the same name: another job, same ladder
+    assert str(err.value).startswith(f"ladder {registry.name!r} is already running: job j1 on hostA, pid 72 (its "
+                                     "lease was renewed ") and "\n" not in str(err.value)
+    with pytest.raises(LeaseHeld, match="job j1 on hostA"):
+        check_free(registry)  # what `run`, `submit` and `resume` ask before they start anything
+    first.release()
+    check_free(registry)  # released at the controller's end: free again
+    assert registry.client.get_run(first.parent_run).data.tags[LEASE_TAG] == ""
+
+
+def test_the_live_controller_renews_its_lease_and_a_stale_one_is_taken_over(registry):
+    live = keeper(registry, "j1", renew_s=0.2, stale_after_s=0.6)
+    live.acquire()
+    time.sleep(1.0)  # renewed meanwhile: still fresh
+    with pytest.raises(LeaseHeld):
+        keeper(registry, "j2", stale_after_s=0.6).acquire()
+    live.release()
+    lost = threading.Event()
+    gone = keeper(registry, "j3", renew_s=0.3, stale_after_s=0.6, on_lost=lost.set)
+    gone.acquire()
+    gone._released.set()  # its process died: no more renewals
+    time.sleep(0.8)
+    taker = keeper(registry, "j4", stale_after_s=0.6)
+    taker.acquire()  # stale: taken over
+    with pytest.raises(LeaseHeld, match="job j4"):
+        check_free(registry, stale_after_s=0.6)  # the new holder's, the stale one no longer counts
+    taker.release()
+
+
+def test_a_controller_that_lost_its_lease_stops(registry):
+    lost = threading.Event()
+    slow = keeper(registry, "j1", renew_s=0.3, stale_after_s=5, on_lost=lost.set)
+    slow.acquire()
+    registry.client.set_tag(slow.parent_run, LEASE_TAG, '{"token": "other"}')  # another took it over
+    assert lost.wait(5)
+    slow.release()
+
+
+def test_of_two_leases_taken_at_once_one_wins(registry):
+    for round_ in range(4):
+        keepers = [keeper(registry, f"r{round_}{i}", settle_s=1.0) for i in range(2)]
+        barrier, won, refused = threading.Barrier(2), [], []
+
+        def take(k):
+            barrier.wait()
+            try:
+                k.acquire()
+                won.append(k)
+            except LeaseHeld:
+                refused.append(k)
+        threads = [threading.Thread(target=take, args=(k,)) for k in keepers]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        assert len(won) == 1 and len(refused) == 1, round_
+        won[0].release()
+
+
+def controller(registry, resume=False):
+    from ladder.controller import LadderController
+    from ladder.spec import parse_spec
+
+    spec = parse_spec({"name": registry.name, "student": {"base": "m"},
+                       "judge": {"initial": {"kind": "model", "path": "m"}}, "task": {"source": {"kind": "builtin"}}})
+    ctl = LadderController(spec, job="job", resume=resume)
+    ctl.registry = registry
+    ctl.prepare = lambda: None
+    return ctl
+
+
+def test_a_controller_refused_by_a_live_lease_trains_nothing_and_writes_nothing_of_the_live_job(registry):
+    live = keeper(registry, "live")
+    live.acquire()
+    trained = []
+    ctl = controller(registry)
+    ctl.HANDLERS = {Phase.TRAIN: lambda c, p: trained.append(1) or p.to(phase=Phase.DONE, state=State.COMPLETED)}
+    final = ctl.run()
+    assert trained == [] and final["state"] == "failed" and "is already running: job live on hostA" in final["error"]
+    assert registry.load_progress() is None  # the refused job saved no progress
+    live.release()
+    ok = controller(registry)  # the live one ended: the next one runs, and releases its lease at its end
+    ok.HANDLERS = {Phase.TRAIN: lambda c, p: trained.append(1) or p.to(phase=Phase.DONE, state=State.COMPLETED)}
+    assert ok.run()["state"] == "completed" and trained == [1]
+    check_free(registry)
+
+
+def test_run_submit_and_resume_refuse_a_ladder_whose_lease_is_fresh(registry, mlflow_store):
+    from ladder.control import LadderAccess, resumable
+    from ladder.lease import refuse_if_running
+    from ladder.progress import Progress
+    from ladder.runtime import Address
+    from ladder.spec import parse_spec
+
+    live = keeper(registry, "live")
+    registry.save_progress(Progress(registry.name, "live", state=State.STOPPED, parent_run=live.parent_run))
+    live.acquire()  # e.g. resumed meanwhile on a cluster, its progress not yet saved as running
+    spec = parse_spec({"name": registry.name, "student": {"base": "m"}, "mlflow": {"tracking_uri": mlflow_store[0]},
+                       "judge": {"initial": {"kind": "model", "path": "m"}}, "task": {"source": {"kind": "builtin"}}})
+    with pytest.raises(LeaseHeld, match="already running: job live on hostA"):
+        refuse_if_running(spec)  # `run` and `submit`
+    with pytest.raises(LeaseHeld, match="already running: job live on hostA"):
+        resumable(registry.name, LadderAccess(mlflow_store[0], Address(None)))  # `resume`
+    live.release()
+    refuse_if_running(spec)
+
+
+def test_stop_of_a_local_ladder_whose_process_is_gone_returns_at_once(registry, mlflow_store, tmp_path):
+    from ladder.control import LadderAccess, request_stop, status
+    from ladder.progress import Progress
+    from ladder.runtime import Address
+    from ladder.spec import parse_spec
+
+    spec = parse_spec({"name": registry.name, "student": {"base": "m"}, "workdir": str(tmp_path),
+                       "judge": {"initial": {"kind": "model", "path": "m"}}, "task": {"source": {"kind": "builtin"}}})
+    run = parent(registry, "gone")
+    registry.save_spec(run, spec)
+    registry.save_progress(Progress(registry.name, "gone", state=State.RUNNING, parent_run=run, rung=2, step=7))
+    where = LadderAccess(mlflow_store[0], Address(None))
+    lease = LeaseKeeper(registry, run, "gone", "t", "job gone on hostA, pid 1")
+    lease.acquire()  # while its controller renews the lease, the ladder counts as alive ...
+    assert status(registry.name, where)["live"] is True
+    lease._released.set()
+    registry.client.set_tag(run, LEASE_TAG, "")  # ... its process died: the lease is gone (or stale)
+    t0 = time.monotonic()
+    out = request_stop(registry.name, where, timeout_s=20)
+    assert time.monotonic() - t0 < 5 and out["state"] == "stopped" and (out["rung"], out["step"]) == (2, 7)
+    assert registry.load_progress("gone").state is State.STOPPED  # `resume` goes on from there
+
+
+def test_a_lease_of_a_process_gone_on_this_host_is_stale_at_once(registry):
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a `ladder run` killed with its local Ray: resume need not wait for the lease to go stale
+    gone = keeper(registry, "j1")
+    gone.acquire()
+    gone._released.set()
+    with pytest.raises(LeaseHeld):
+        check_free(registry)  # this process: alive
+    registry.client.set_tag(gone.parent_run, LEASE_TAG, gone.tracking.client.get_run(gone.parent_run).data.tags[
+        LEASE_TAG].replace(f'"pid": {gone.lease.pid}', f'"pid": {dead.pid}'))
+    check_free(registry)

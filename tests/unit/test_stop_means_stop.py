@@ -1,0 +1,119 @@
+"""Stop means stop: once a stop is requested no stage actor starts (a replacement of a dead rollout or judge worker
+included), `stop --now` kills every stage actor the ladder started (gate workers too, tracked when spawned), and a
+refused start stops the ladder where its progress was saved. A local Ray of this module's own, tiny actors."""
+from types import SimpleNamespace
+
+import pytest
+
+from ladder.progress import Phase, State
+from stages.actors import StopRequested
+
+
+class Worker:
+    def __init__(self, *args):
+        pass
+
+    def timed(self, method, items, *args):
+        return [0.5 for _ in items], 0.0
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import sys
+
+    import ray
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    if ray.is_initialized():
+        yield ray
+        return
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
+    yield ray
+    ray.shutdown()
+
+
+def dead(ray, actor) -> bool:
+    try:
+        ray.get(actor.__ray_ready__.remote(), timeout=30)
+    except ray.exceptions.RayActorError:
+        return True
+    return False
+
+
+def judge_spec():
+    from ladder.spec import parse_spec
+
+    return parse_spec({"name": "s", "student": {"base": "m"}, "judge": {"initial": {"kind": "model", "path": "m"}},
+                       "task": {"source": {"kind": "builtin"}}, "judge_pool": {"workers": 2},
+                       "resources": {"judge": {"cpus": 0}}})
+
+
+def test_stop_now_kills_the_gate_workers_and_no_judge_replacement_starts(ray_local, monkeypatch):
+    import stages.actors
+    from ladder.judges import ResolvedJudge
+    from ladder.rung_stages import build_judge_pool
+    from ladder.stageset import StageSet
+
+    spawned = []
+    monkeypatch.setattr("ladder.rung_stages.judge_prompts", lambda *a: (SimpleNamespace(user=str), 64))
+    monkeypatch.setattr("ladder.rung_stages.engine_config", lambda *a: "engine")
+    monkeypatch.setattr(stages.actors, "spawn", lambda *a, **k: spawned.append(1) or
+                        ray_local.remote(num_cpus=0)(Worker).remote())
+    stages = StageSet()
+    pool = build_judge_pool(judge_spec(), ResolvedJudge("model", "models:/s/1", "candidate"),
+                            SimpleNamespace(answer_pattern=None), 0, "s.job", stages)
+    assert len(spawned) == 2 and pool.map("score", [1, 2, 3]) == [0.5] * 3
+    workers = list(pool.workers)
+    stages.guard.kill_started()  # what the controller's `stop(now=True)` does: the workers are known before
+    assert all(dead(ray_local, w) for w in workers)  # the gate hands them to the stage set
+    with pytest.raises(StopRequested):
+        pool.map("score", [1, 2, 3])  # a dead worker: its replacement would start after the stop
+    assert len(spawned) == 2 and pool.replaced == 0
+
+
+def test_no_rollout_replacement_starts_once_a_stop_is_requested(ray_local):
+    from ladder.rung import Rung
+    from ladder.stageset import StageSet
+
+    rung = object.__new__(Rung)
+    started = []
+    rung.spec, rung.stages, rung.rollout_replaced, rung._weights = judge_spec(), StageSet(), 0, None
+    rung._start_rollout = lambda k: started.append(k) or ray_local.remote(num_cpus=0)(Worker).remote()
+    rung.rollout = [rung.stages.start(lambda: rung._start_rollout(0))]
+    rung._replace_rollout(0)  # before a stop: replaced
+    assert started == [0, 0] and rung.rollout_replaced == 1
+    rung.stages.guard.refuse()  # a graceful stop
+    with pytest.raises(StopRequested):
+        rung._replace_rollout(0)
+    assert started == [0, 0]
+    rung.stages.release()
+
+
+def test_a_start_refused_by_a_stop_stops_the_ladder_at_its_saved_progress(registry):
+    from ladder.controller import LadderController
+    from ladder.spec import parse_spec
+
+    spec = parse_spec({"name": registry.name, "student": {"base": "m"},
+                       "judge": {"initial": {"kind": "model", "path": "m"}}, "task": {"source": {"kind": "builtin"}}})
+    ctl = LadderController(spec, job="job")
+    ctl.registry = registry
+    ctl.prepare = lambda: None
+
+    def train(ctl, p):
+        ctl.stop()  # a graceful stop, asked while the rung starts its actors
+        return ctl.stages.start(lambda: pytest.fail("an actor started after the stop"))
+    ctl.HANDLERS = {Phase.TRAIN: train}
+    ctl.run()
+    saved = registry.load_progress("job")
+    assert saved.state is State.STOPPED and saved.phase is Phase.TRAIN and saved.error is None
+
+
+def test_stop_now_kills_every_stage_actor_the_controller_started(ray_local):
+    from ladder.controller import LadderController
+
+    ctl = LadderController(judge_spec(), job="job")
+    worker = ctl.stages.start(lambda: ray_local.remote(num_cpus=0)(Worker).remote())  # not yet in ctl.actors
+    ctl.stop(now=True)
+    assert dead(ray_local, worker) and ctl.stages.guard.refused
