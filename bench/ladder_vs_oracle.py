@@ -2,7 +2,7 @@
 
 Runs a ladder as written (default `examples/tiny.yaml`: rung 1 judged by the exact verifier, every later rung by
 the rung promoted before it), then, for every rung k judged by a model, the oracle rung: the same student start
-(the ladder's version k-1), the same task, settings and steps, judged by the task's own exact checker instead.
+(the ladder's version k-1, or the base model with `student.init: base`), the same task, settings and steps, judged by the task's own exact checker instead.
 Per rung: held-out accuracy at the start, after the model-judged rung and after the oracle rung, the judge's own
 accuracy at the task, and the performance gap recovered, PGR = (judged - start) / (oracle - start): 1 means the
 model judge taught as much as the truth would have, 0 nothing, below 0 harm. Prints a table, writes JSON
@@ -100,7 +100,9 @@ def main() -> None:
         if str(row["judged_by"]).startswith("verifier:"):
             entry.update(oracle=row["heldout_accuracy"], pgr=1.0, note="judged by the verifier: the oracle itself")
         else:
-            base = reg.download(str(promoted(judged, k - 1)["version"]), str(folder / f"v-rung{k - 1}"))
+            # the oracle rung starts where the judged rung did: the rung before's student, or the base model
+            base = spec.student.base if judged_spec.student.init == "base" else \
+                reg.download(str(promoted(judged, k - 1)["version"]), str(folder / f"v-rung{k - 1}"))
             oracle_rows = run_ladder(oracle_spec(judged_spec, k, base), folder, args.reuse)
             oracle = oracle_rows[0]
             entry.update(oracle=oracle["heldout_accuracy"], oracle_start=oracle["start_accuracy"],
