@@ -1,4 +1,5 @@
-"""The ladder chart: one PNG of held-out accuracy, judge accuracy / AUC and mean reward per rung.
+"""The ladder chart: one PNG of held-out accuracy (at each rung's start and end: in a curriculum every rung has a
+task of its own), judge accuracy / AUC and mean reward per rung.
 
 Reads `lineage_rows` dicts; matplotlib is imported inside `ladder_chart` so importing this is cheap.
 """
@@ -8,10 +9,11 @@ import os
 import tempfile
 from pathlib import Path
 
-SERIES = {"held-out accuracy": "heldout_accuracy", "judge accuracy": "judge_accuracy",
+SERIES = {"held-out accuracy": "heldout_accuracy", "held-out at the rung's start": "start_accuracy",
+          "judge accuracy": "judge_accuracy",
           "judge AUC": "judge_auc", "mean reward": "reward_mean",
           "its judge solves the task": "judge_task_accuracy"}
-SERIES_COLORS = {"held-out accuracy": "tab:blue", "judge accuracy": "tab:orange",
+SERIES_COLORS = {"held-out accuracy": "tab:blue", "held-out at the rung's start": "tab:cyan", "judge accuracy": "tab:orange",
                  "judge AUC": "tab:green", "mean reward": "tab:purple", "its judge solves the task": "tab:brown"}
 REJECTED_COLOR = "tab:red"
 

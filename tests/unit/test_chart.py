@@ -17,7 +17,7 @@ def three_rungs() -> list[dict]:
          "judge_accuracy": None, "judge_auc": None, "reward_mean": None},
         {"version": 2, "rung": 1, "status": "rejected", "heldout_accuracy": 0.38,
          "judge_accuracy": 0.61, "judge_auc": None, "reward_mean": 0.30},
-        {"version": 3, "rung": 2, "status": "candidate", "heldout_accuracy": 0.55,
+        {"version": 3, "rung": 2, "status": "candidate", "heldout_accuracy": 0.55, "start_accuracy": 0.31,
          "judge_accuracy": 0.66, "reward_mean": 0.47},
     ]
 
@@ -29,7 +29,8 @@ def test_chart_writes_png_with_one_point_per_rung(tmp_path):
     data = out.read_bytes()
     assert data.startswith(PNG_SIGNATURE)
     assert len(data) > 1000
-    expected = {"held-out accuracy": 3, "judge accuracy": 2, "mean reward": 2}
+    # a curriculum rung's start on its own task is plotted beside its end
+    expected = {"held-out accuracy": 3, "held-out at the rung's start": 1, "judge accuracy": 2, "mean reward": 2}
     assert counts == expected
     for name, key in [("held-out accuracy", "heldout_accuracy"), ("judge accuracy", "judge_accuracy"),
                       ("mean reward", "reward_mean")]:
