@@ -96,11 +96,13 @@ def resume(name: str = typer.Argument(..., help="Ladder name."),
            workdir: str = typer.Option(".ladder", help="Work directory of a local ladder."),
            wait: bool = typer.Option(False, "--wait", help="Follow the job's output until it ends."),
            python: str = typer.Option("python", help="Python on the cluster's head node."),
+           adopt_spec: bool = typer.Option(False, "--adopt-spec", help="Run the saved spec.json even though it was "
+                                                                      "changed since the ladder started."),
            as_json: bool = typer.Option(False, "--json", help="Print the submission as JSON.")):
     """Continue a stopped (or crashed) ladder from its last checkpoint, as the same job, with its saved spec."""
     from ladder.control import resumable
 
-    spec, job = guard(resumable, name, ladder_access(address, tracking_uri, workdir))
+    spec, job = guard(resumable, name, ladder_access(address, tracking_uri, workdir), adopt_spec)
     _submit(spec, job, True, address, wait, python, as_json)
 
 

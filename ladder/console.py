@@ -55,7 +55,11 @@ def ladder_access(address: Optional[str], tracking_uri: Optional[str], workdir: 
     from ladder.runtime import Address
     from ladder.control import LadderAccess
 
-    return LadderAccess(default_tracking_uri(workdir, tracking_uri), Address.resolve(address), workdir)
+    try:
+        uri = default_tracking_uri(workdir, tracking_uri)
+    except ValueError as exc:  # a password in the URI
+        fail(str(exc))
+    return LadderAccess(uri, Address.resolve(address), workdir)
 
 
 def guard(fn, *args, **kwargs):

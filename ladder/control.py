@@ -149,8 +149,9 @@ def gone_stopped(reg, p: Progress) -> dict:
             "actors_alive": [], "note": "its process was gone"}
 
 
-def resumable(name: str, where: LadderAccess):
-    """The spec and job of a stopped or crashed ladder; one line when there is nothing to resume."""
+def resumable(name: str, where: LadderAccess, adopt_spec: bool = False):
+    """The spec and job of a stopped or crashed ladder; one line when there is nothing to resume, or when its saved
+    spec was edited since the ladder started (unless `adopt_spec`: then the edited spec is the ladder's now)."""
     reg = open_registry(name, where)
     p = saved_progress(reg)
     if p.state is State.COMPLETED:
@@ -160,7 +161,14 @@ def resumable(name: str, where: LadderAccess):
     check_free(reg)  # a controller renews its lease: one anywhere, on any Ray, is found so
     if p.active and controller_alive(where, reg, p):
         raise ValueError(f"ladder {name!r} is already running (job {p.job}, {p.state.value})")
-    return reg.load_spec(p.parent_run), p.job
+    spec = reg.load_spec(p.parent_run)
+    started = reg.spec_changed(p.parent_run, spec)
+    if started and not adopt_spec:
+        raise ValueError(f"ladder {name!r}: its saved spec.json was changed since it started (sha256 "
+                         f"{spec.sha256()[:12]}, started with {started[:12]}); resume --adopt-spec to run it as saved")
+    if started:
+        reg.save_spec(p.parent_run, spec)  # adopted: the hash a later resume checks against
+    return spec, p.job
 
 
 def pending_version(name: str, where: LadderAccess) -> str:

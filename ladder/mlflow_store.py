@@ -12,11 +12,12 @@ def tracking_uri_for(spec) -> str:
 
 
 def default_tracking_uri(workdir: str = ".ladder", explicit: Optional[str] = None) -> str:
-    """The spec's (or the command's) URI, else MLFLOW_TRACKING_URI, else SQLite under the work directory."""
+    """The spec's (or the command's) URI, else MLFLOW_TRACKING_URI, else SQLite under the work directory; a URI
+    with a password in it is refused (ValueError)."""
     if explicit:
-        return explicit
+        return without_password(explicit, "the tracking URI")
     if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
+        return without_password(os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_TRACKING_URI")
     work = Path(workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{work / 'mlflow.db'}"
@@ -24,3 +25,23 @@ def default_tracking_uri(workdir: str = ".ladder", explicit: Optional[str] = Non
 
 def local_artifact_root(tracking_uri: str, workdir: str) -> Optional[str]:
     return (Path(workdir).resolve() / "mlartifacts").as_uri() if tracking_uri.startswith("sqlite:") else None
+
+
+PASSWORD_IN_URI = ("has a password in it; set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or "
+                   "MLFLOW_TRACKING_TOKEN) instead: a URI is copied into params, spec.json and job environments")
+
+
+def has_password(uri: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        return bool(urlsplit(uri).password)
+    except ValueError:  # a malformed port: not ours to judge here
+        return False
+
+
+def without_password(uri: str, source: str) -> str:
+    """`uri`, unless it carries a password (`http://user:secret@host`): then one line naming `source`."""
+    if has_password(uri):
+        raise ValueError(f"{source} {PASSWORD_IN_URI}")
+    return uri

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import yaml
-from pydantic import Field, SerializeAsAny, ValidationError, model_validator
+from pydantic import Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from ladder.spec_judge import ChatSpec, JudgeModeName, JudgeSpec
 from ladder.spec_task import TaskSource, TaskSpec
@@ -171,6 +171,15 @@ class MlflowSpec(Strict):
         None, description="MLflow tracking URI; default MLFLOW_TRACKING_URI or sqlite under the work directory.")
     retry_s: float = Field(600.0, gt=0, description="How long MLflow may be unreachable before the ladder fails; "
                            "calls retry with backoff meanwhile and training goes on (metrics are delivered later).")
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_password(cls, uri: Optional[str]) -> Optional[str]:
+        from ladder.mlflow_store import PASSWORD_IN_URI, has_password
+
+        if uri and has_password(uri):
+            raise ValueError(f"the URI {PASSWORD_IN_URI}")
+        return uri
 
 
 class LadderSpec(Strict):

@@ -18,6 +18,9 @@ STOP_TAG = "ladder.stop_request"
 TAG_MAX_CHARS = 5000  # MLflow's limit on a tag's value (8000 on recent servers, 5000 on older ones)
 
 
+SPEC_HASH_TAG = "ladder.spec_sha256"
+
+
 class Tracking:
     """The experiment `ladder/<name>` and its runs."""
 
@@ -178,7 +181,14 @@ class Tracking:
         return None
 
     def save_spec(self, run_id: str, spec) -> None:
+        """`spec.json`, and its hash as a tag: `resume` refuses a `spec.json` edited since (`spec_changed`)."""
         self.client.log_text(run_id, spec.model_dump_json(indent=1), "spec.json")
+        self.client.set_tag(run_id, SPEC_HASH_TAG, spec.sha256())
+
+    def spec_changed(self, run_id: str, spec) -> Optional[str]:
+        """The hash the job started with, when `spec` (its saved `spec.json`, read back) no longer has it."""
+        recorded = self.client.get_run(run_id).data.tags.get(SPEC_HASH_TAG)
+        return recorded if recorded and recorded != spec.sha256() else None
 
     def load_spec(self, run_id: str):
         """The spec a job was started with (resume runs exactly it)."""
