@@ -39,7 +39,10 @@ def run_submitted():
     quiet_libraries()
     from ladder.run_ladder import run_ladder
 
+    from ladder.train_rung import preflight
+
     spec = LadderSpec.model_validate_json(os.environ["LADDER_SPEC_JSON"])
+    guard(preflight, spec)  # on the cluster: every rung's task, the models and the work directory, as seen here
     final = guard(run_ladder, spec, as_json=False, job=os.environ["LADDER_JOB"],
                    resume=os.environ.get("LADDER_RESUME") == "1", submission=os.environ.get("LADDER_SUBMISSION"))
     if final["state"] == "failed":
@@ -81,12 +84,14 @@ def submit(spec: Path = typer.Argument(..., help="Ladder spec YAML file."),
 
     from cluster.submit import portable_spec
 
-    loaded = portable_spec(load_spec_file(spec))
     from ladder.train_rung import preflight
     from ladder.runtime import Address
 
-    if Address.resolve(address).local:
+    local = Address.resolve(address).local
+    loaded = guard(portable_spec, load_spec_file(spec), not local)
+    if local:
         guard(preflight, loaded)  # a local job sees this machine's models: check them before it starts
+    # a cluster job checks its models and datasets there, before its first actor (`run_submitted`)
     _submit(loaded, uuid.uuid4().hex[:8], False, address, wait, python, as_json)
 
 

@@ -51,3 +51,37 @@ def test_resume_refuses_a_spec_json_edited_since_the_start_unless_adopted(regist
     adopted, job = resumable(registry.name, where, adopt_spec=True)
     assert adopted.judge.initial.function == "os:system" and job == "j1"
     assert resumable(registry.name, where)[0] == adopted  # adopted: the ladder's spec from now on
+
+
+def test_a_remote_submission_carries_no_path_of_this_machine_and_needs_an_mlflow_server(tmp_path, monkeypatch):
+    from cluster.submit import portable_spec
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "models" / "base").mkdir(parents=True)  # exists here: a local job would pin its absolute path
+    raw = {**spec_dict(), "workdir": "work", "student": {"base": "models/base"},
+           "judge": {"initial": {"kind": "model", "path": "models/base"}}}
+    for uri in (None, "sqlite:///here/mlflow.db", "file:///here/mlruns", "./mlruns"):
+        spec = parse_spec({**raw, **({"mlflow": {"tracking_uri": uri}} if uri else {})})
+        with pytest.raises(ValueError, match="is a file on this machine, which the cluster cannot read; give an "
+                                             "MLflow server"):
+            portable_spec(spec, remote=True)
+    assert not (tmp_path / "work").exists()  # nothing made for a refused submission
+    remote = portable_spec(parse_spec({**raw, "mlflow": {"tracking_uri": "http://mlflow:5000"}}), remote=True)
+    text = remote.model_dump_json()
+    assert str(tmp_path) not in text and remote.workdir == "work" and remote.student.base == "models/base"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")  # the server may come from the environment
+    assert portable_spec(parse_spec(raw), remote=True).mlflow.tracking_uri == "http://mlflow:5000"
+    local = portable_spec(parse_spec(raw))  # a local job: this machine's paths, pinned
+    assert local.student.base == str(tmp_path / "models" / "base") and local.workdir == str(tmp_path / "work")
+
+
+def test_submit_to_a_cluster_with_a_file_store_is_one_line(tmp_path, monkeypatch):
+    import yaml
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({**spec_dict(), "workdir": str(tmp_path / "w")}))
+    res = CliRunner().invoke(app, ["submit", str(path), "--address", "127.0.0.1:1"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert res.output.strip().startswith("error: submit --address: MLflow at SQLite under the work directory")
