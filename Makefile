@@ -25,7 +25,8 @@ test: setup
 test-unit: setup
 	$(PY) -m pytest tests/unit -q
 
-# the curriculum demo's base model: 4-term problems, operands 0-5, and a quarter each with operands 0-7 and 0-9
+# the curriculum demo's base model (the bootstrap's defaults): 4-term problems, operands 0-5, and a quarter each
+# with operands 0-7 and 0-9
 DEMO_BASE := bootstrap --out $(WORK)/models/tiny-base --steps 1200 --level 4x7:0.25 --level 4x9:0.25
 
 demo: setup

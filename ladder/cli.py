@@ -55,7 +55,7 @@ def schema():
 @app.command()
 def bootstrap(out: Path = typer.Option(Path(".ladder/models/tiny-base"), help="Where to write the model."),
               size: str = typer.Option("micro", help="Model size: nano, micro, small, bench."),
-              steps: int = typer.Option(900, min=1, help="SFT steps (batches of 64)."),
+              steps: int = typer.Option(1200, min=1, help="SFT steps (batches of 64)."),
               terms: int = typer.Option(4, min=2, max=6, help="Operands per arithmetic problem."),
               max_operand: int = typer.Option(5, min=1, max=99, help="Largest operand."),
               direct_share: float = typer.Option(
@@ -65,9 +65,10 @@ def bootstrap(out: Path = typer.Option(Path(".ladder/models/tiny-base"), help="W
               judge_share: float = typer.Option(
                   0.0, min=0.0, max=1.0, help="Share of examples that teach yes/no judging (verdict-mode judges)."),
               level: list[str] = typer.Option(
-                  [], help="A harder level also taught, TERMSxMAX_OPERAND:SHARE (e.g. 4x9:0.25; repeat for more): that "
-                           "share of the examples comes from it, so a curriculum's later rungs meet problems the base "
-                           "model has seen but solves poorly."),
+                  ["4x7:0.25", "4x9:0.25"],
+                  help="A harder level also taught, TERMSxMAX_OPERAND:SHARE (repeat for more; `none` for none): that "
+                       "share of the examples comes from it, so a curriculum's later rungs meet problems the base "
+                       "model has seen but solves poorly. The default is the demo's curriculum."),
               threads: int = typer.Option(1, min=1, help="Torch threads (1 is as fast for a model this small and "
                                                          "does not slow to a crawl beside other work)."),
               seed: int = typer.Option(0, help="Seed."),
@@ -78,7 +79,7 @@ def bootstrap(out: Path = typer.Option(Path(".ladder/models/tiny-base"), help="W
 
     if size not in SIZES:
         fail(f"--size: unknown size {size!r}; choose one of {', '.join(SIZES)}")
-    levels = tuple(_level(text) for text in level)
+    levels = () if level == ["none"] else tuple(_level(text) for text in level)
     if sum(share for _, _, share in levels) >= 1:
         fail("--level: the shares of the harder levels add up to 1 or more; the task's own level needs some")
     report_file = out / "bootstrap.json"
@@ -128,8 +129,8 @@ def _describe_bootstrap(report: dict) -> str:
     judge = report.get("judge_accuracy")
     harder = "".join(f"; {lv['terms']} terms, operands 0-{lv['max_operand']}: {lv['answer_accuracy']:.2f}"
                      for lv in report.get("levels") or ())
-    return (f"held-out answer accuracy {report['answer_accuracy']:.2f} (greedy; {report.get('worked_share', 1.0):.0%} "
-            f"show their steps)" + harder + ("" if judge is None else f", judge accuracy {judge:.2f}"))
+    return (f"held-out answer accuracy {report['answer_accuracy']:.2f} ({report.get('terms', 3)} terms, operands "
+            f"0-{report.get('max_operand', 9)}; greedy; {report.get('worked_share', 1.0):.0%} show their steps)" + harder + ("" if judge is None else f", judge accuracy {judge:.2f}"))
 
 
 @app.command("train-rung")

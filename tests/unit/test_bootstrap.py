@@ -45,6 +45,6 @@ def test_a_model_is_reused_only_for_its_own_recipe(tmp_path):
     stamp = (out / "model.safetensors").stat().st_mtime_ns
     again = runner.invoke(app, [*base, "--level", "4x9:0.25"])
     assert again.exit_code == 0 and (out / "model.safetensors").stat().st_mtime_ns == stamp  # same recipe: kept
-    other = runner.invoke(app, base)  # no harder level: another recipe, rebuilt
+    other = runner.invoke(app, [*base, "--level", "none"])  # no harder level: another recipe, rebuilt
     assert other.exit_code == 0 and "another recipe; rebuilding" in other.output
     assert json.loads((out / "bootstrap.json").read_text())["recipe"]["levels"] == []
