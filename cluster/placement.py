@@ -55,12 +55,17 @@ def role_counts(spec) -> dict[str, int]:
     return {"rollout": spec.rollout.workers, "judge": spec.judge_pool.workers, "trainer": 1, "controller": 1}
 
 
+def asks(spec, role: str) -> dict[str, float]:
+    """What one actor of `role` asks for, per resource (CPU, GPU, custom)."""
+    res = getattr(spec.resources, role)
+    return {"CPU": res.cpus, "GPU": res.gpus, **res.custom}
+
+
 def asked_in_total(spec) -> dict[str, float]:
     """What the ladder's actors ask for together, per resource (CPU, GPU, custom)."""
     total: dict[str, float] = {}
     for role, count in role_counts(spec).items():
-        res = getattr(spec.resources, role)
-        for key, amount in {"CPU": res.cpus, "GPU": res.gpus, **res.custom}.items():
+        for key, amount in asks(spec, role).items():
             total[key] = total.get(key, 0.0) + count * amount
     return total
 
@@ -76,8 +81,7 @@ def over_capacity(spec, nodes: list[dict]) -> Optional[str]:
         if amount > 0 and have.get(key, 0.0) + 1e-9 < amount:
             parts = []
             for role, count in role_counts(spec).items():
-                res = getattr(spec.resources, role)
-                each = {"CPU": res.cpus, "GPU": res.gpus, **res.custom}.get(key, 0)
+                each = asks(spec, role).get(key, 0)
                 if each:
                     parts.append(f"{role} {count} x {each:g}")
             return (f"resources: the ladder asks for {amount:g} {key} in total ({', '.join(parts)}); the cluster has "

@@ -34,7 +34,6 @@ class StageSet:
         loaded in place with `load(actor)` (a remote call); else (or when a load refuses) `start(i)` for each."""
         import ray
 
-        from stages.actors import kill_all
         from stages.engine import EngineMismatch
 
         old = self.actors_by_role.get(role, [])
@@ -45,8 +44,7 @@ class StageSet:
                 return old
             except (EngineMismatch, ray.exceptions.RayActorError):
                 pass  # another architecture, or an actor died meanwhile: new actors below
-        kill_all(old)
-        self.guard.forget(old)
+        self._kill(old)
         new = [self.start(lambda i=i: start(i)) for i in range(n)]
         self.actors_by_role[role], self.keys[role] = new, key
         self.started += n
@@ -54,11 +52,7 @@ class StageSet:
 
     def drop(self, role: str) -> None:
         """Stop the actors of a role the next rung does not use."""
-        from stages.actors import kill_all
-
-        old = self.actors_by_role.pop(role, [])
-        kill_all(old)
-        self.guard.forget(old)
+        self._kill(self.actors_by_role.pop(role, []))
         self.keys.pop(role, None)
 
     def set(self, role: str, actors: list) -> None:
@@ -66,13 +60,16 @@ class StageSet:
         self.actors_by_role[role] = list(actors)
 
     def release(self) -> None:
-        from stages.actors import kill_all
-
-        old = self.actors()
-        kill_all(old)
-        self.guard.forget(old)
+        self._kill(self.actors())
         self.actors_by_role.clear()
         self.keys.clear()
+
+    def _kill(self, actors: list) -> None:
+        """Kill actors this set owns (awaited), and stop tracking them for `stop --now`."""
+        from stages.actors import kill_all
+
+        kill_all(actors)
+        self.guard.forget(actors)
 
 
 def settings_key(*parts) -> str:

@@ -7,6 +7,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+from local_ray import module_ray  # tests/unit/local_ray.py
 
 from ladder.train_phase import after_stage_death
 from stages.actors import ActorStartError, as_start_error, raise_if_start_failed
@@ -33,21 +34,7 @@ class Healthy(Broken):
 
 @pytest.fixture(scope="module")
 def ray_local():
-    """A local Ray of this module's own; in a full run, the integration tier's session Ray (one Ray per process).
-    This module's actor classes travel by value, so no worker needs to import it."""
-    import sys
-
-    import ray
-    from ray import cloudpickle
-
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    if ray.is_initialized():
-        yield ray
-        return
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
-    yield ray
-    ray.shutdown()
+    yield from module_ray(__name__)
 
 
 def died(ray, actor) -> Exception:

@@ -4,6 +4,7 @@ refused start stops the ladder where its progress was saved. A local Ray of this
 from types import SimpleNamespace
 
 import pytest
+from local_ray import module_ray  # tests/unit/local_ray.py
 
 from ladder.progress import Phase, State
 from stages.actors import StopRequested
@@ -19,19 +20,7 @@ class Worker:
 
 @pytest.fixture(scope="module")
 def ray_local():
-    import sys
-
-    import ray
-    from ray import cloudpickle
-
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    if ray.is_initialized():
-        yield ray
-        return
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
-    yield ray
-    ray.shutdown()
+    yield from module_ray(__name__)
 
 
 def dead(ray, actor) -> bool:
