@@ -19,8 +19,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec || true
 	touch $(STAMP)
 
+# two test processes (pytest-xdist), a module to each at a time, the longest modules first (tests/conftest.py):
+# engine starts, model loads and MLflow round trips of one leave a core idle that the other fills
+TEST_PROCS ?= 2
 test: setup
-	$(PY) -m pytest tests -v --timeout=3600 --durations=25
+	$(PY) -m pytest tests -v -n $(TEST_PROCS) --dist loadfile --no-loadscope-reorder --timeout=3600 --durations=30
 
 test-unit: setup
 	$(PY) -m pytest tests/unit -q

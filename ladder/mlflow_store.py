@@ -3,8 +3,9 @@ under the work directory, with a local artifact root beside it."""
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 
 def tracking_uri_for(spec) -> str:
@@ -21,6 +22,21 @@ def default_tracking_uri(workdir: str = ".ladder", explicit: Optional[str] = Non
     work = Path(workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{work / 'mlflow.db'}"
+
+
+@contextmanager
+def store_lock(tracking_uri: str, timeout_s: float = 300.0) -> Iterator[None]:
+    """For a SQLite store, a lock file beside the database, held while a process opens it (MLflow creates the
+    tables of a new one) and creates an experiment: two commands started at once on a new store (two `ladder run`
+    of one spec) would otherwise both create them, and one would end in "table ... already exists". A server
+    needs none."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    from filelock import FileLock
+
+    with FileLock(tracking_uri.removeprefix("sqlite:///") + ".lock", timeout=timeout_s):
+        yield
 
 
 def local_artifact_root(tracking_uri: str, workdir: str) -> Optional[str]:

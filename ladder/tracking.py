@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from ladder.mlflow_store import local_artifact_root, tracking_uri_for
+from ladder.mlflow_store import local_artifact_root, store_lock, tracking_uri_for
 from ladder.runtime import first_line
 
 PROGRESS_TAG = "ladder.progress"
@@ -32,12 +32,13 @@ class Tracking:
         self.name = name
         self.tracking_uri = tracking_uri  # never set globally: one process may hold several ladders
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in our output
-        self.raw = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-        self.client = RetryingClient(self.raw, retry_s)  # every call outlives an MLflow outage of `retry_s`
-        #                                                 (0, for commands: MLflow's own retries, then one line)
         self.retry_s = retry_s
         self.outbox = None                               # per-step writes go through a background outbox once set
-        self.experiment_id = self._experiment(f"ladder/{name}", artifact_root)
+        with store_lock(tracking_uri):  # a new SQLite store's tables and the experiment: created once
+            self.raw = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            self.client = RetryingClient(self.raw, retry_s)  # every call outlives an MLflow outage of `retry_s`
+            #                                                 (0, for commands: MLflow's own retries, then one line)
+            self.experiment_id = self._experiment(f"ladder/{name}", artifact_root)
 
     @classmethod
     def for_spec(cls, spec, retry_s: float = 0.0):
@@ -61,8 +62,9 @@ class Tracking:
         """The registry of an existing ladder, or None when MLflow has never seen one of that name."""
         from mlflow import MlflowClient
 
-        if MlflowClient(tracking_uri=tracking_uri).get_experiment_by_name(f"ladder/{name}") is None:
-            return None
+        with store_lock(tracking_uri):
+            if MlflowClient(tracking_uri=tracking_uri).get_experiment_by_name(f"ladder/{name}") is None:
+                return None
         return cls(name, tracking_uri)
 
     @staticmethod
@@ -70,7 +72,8 @@ class Tracking:
         """Every ladder MLflow knows (experiments named ladder/<name>)."""
         from mlflow import MlflowClient
 
-        found = MlflowClient(tracking_uri=tracking_uri).search_experiments(filter_string="name LIKE 'ladder/%'")
+        with store_lock(tracking_uri):
+            found = MlflowClient(tracking_uri=tracking_uri).search_experiments(filter_string="name LIKE 'ladder/%'")
         return sorted(e.name.removeprefix("ladder/") for e in found)
 
     def _experiment(self, name: str, artifact_root: Optional[str]) -> str:

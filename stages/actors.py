@@ -103,7 +103,8 @@ def start_failure(text: str) -> str:
     import re
 
     text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # Ray colours the task's name
-    who = re.search(r"ray::(\w+)\.__init__\(\)(?: \(pid=\d+, ip=([\w.:-]+))?", text)
+    # `ray::Class.__init__()`, or for a named actor `ray::<name>:Class.__init__()`
+    who = re.search(r"ray::(?:[^\s:]+:)?(\w+)\.__init__\(\)(?: \(pid=\d+, ip=([\w.:-]+))?", text)
     lines = text.splitlines()
     frames = [i for i, line in enumerate(lines) if line.startswith("  File ")]
     raised = next((line for line in lines[frames[-1] + 1:] if line and not line[0].isspace()), None) \

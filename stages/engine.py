@@ -45,11 +45,27 @@ def use_private_tmp() -> str:
     cannot clean up either, so every engine start and every rung's end sweeps the folders of dead processes."""
     path = os.path.join(_SYSTEM_TMP, f"{TMP_PREFIX}{os.getpid()}")
     if tempfile.tempdir != path:
+        keep_compiled_kernels()
         sweep_engine_tmp()
         os.makedirs(path, exist_ok=True)
         tempfile.tempdir = path
         atexit.register(shutil.rmtree, path, True)
     return path
+
+
+def keep_compiled_kernels() -> None:
+    """torch's compiled-kernel cache and precompiled headers stay where they are without a temp folder of our own
+    (in the system's): an engine compiles a few C++ kernels even in eager mode, at its first sampling call (~14 s
+    on 2 cores), and under the private folder every engine start compiled them again. Call before the temp folder
+    changes: torch fixes the headers' folder when `torch._inductor.codecache` is first imported."""
+    import importlib
+
+    try:
+        importlib.import_module("torch._inductor.codecache")  # its header folder, from the system temp folder
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:  # no torch here: nothing to keep
+        return
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
 
 
 def sweep_engine_tmp() -> list[str]:

@@ -1,6 +1,6 @@
 """Shared test setup: engine environment before vLLM is imported, tiers by folder.
 
-Two rules every test here keeps, because `make test` must pass on any fresh x86 machine, loaded or not:
+The rules every test here keeps, because `make test` must pass on any fresh x86 machine, loaded or not:
 
 1. A threshold in a learning test rests on an effect far larger than the spread between CPUs.
    Float results differ between CPUs, so two machines' training trajectories part after a few
@@ -17,6 +17,9 @@ Two rules every test here keeps, because `make test` must pass on any fresh x86 
    `mlflow server`) listen on 127.0.0.1 on free ports and are stopped by their process group id, and
    pytest keeps a lock on the session's temp dir (retention policy "failed", not "none", under which a
    second pytest run beside this one deletes its files mid-run).
+4. `make test` runs two test processes (pytest-xdist), each taking a whole module at a time (`MODULE_ORDER`
+   below): module fixtures stay in one process. The processes share only the test model (built once, under a
+   lock, by the first that asks) and the SmolLM2 folder; everything else a test starts is its own.
 """
 import os
 from pathlib import Path
@@ -25,10 +28,16 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one of a run's test processes (`make test` starts one per core): one torch thread in each process, its stage
+    # actors' included. Two threads beside another busy process spin at their barriers (a bootstrap step measured
+    # 2-5 s instead of 0.44 s)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("LADDER_THREADS", "1")
 
 import pytest  # noqa: E402  (after the engine environment above)
 
-FAULTS: list[tuple[str, str]] = []
+FAULT = "injected fault"  # the key of a fault's line among a test report's user properties
 SMOLLM2_CACHE = Path(__file__).resolve().parents[1] / ".ladder" / "test-cache" / "smollm2"  # .ladder is git-ignored
 
 
@@ -36,23 +45,53 @@ SMOLLM2_CACHE = Path(__file__).resolve().parents[1] / ".ladder" / "test-cache" /
 def smollm2_dir() -> str:
     """SmolLM2-135M-Instruct as a plain HF folder, built once (about 35 s) and kept under the repo's
     `.ladder/test-cache`, so later runs reuse it. Skips the test without the `smollm2` extra."""
+    from filelock import FileLock
+
     from ladder.models.smollm2 import SmolLM2Missing, build_smollm2
 
+    SMOLLM2_CACHE.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return build_smollm2(SMOLLM2_CACHE)
+        with FileLock(str(SMOLLM2_CACHE) + ".lock"):  # one build when the run's test processes all ask at once
+            return build_smollm2(SMOLLM2_CACHE)
     except SmolLM2Missing as err:
         pytest.skip(str(err))
 
 
 @pytest.fixture
-def fault_figures():
+def fault_figures(record_property):
     """`fault_figures(fault, figures)`: one line of the table of injected faults `make test` prints at its end
-    (what was injected and when, what the ladder did, its recovery time and the steps redone, from this run)."""
-    return lambda fault, figures: FAULTS.append((fault, figures))
+    (what was injected and when, what the ladder did, its recovery time and the steps redone, from this run).
+    Kept on the test's report, which a test process of a distributed run sends back to the one that prints."""
+    return lambda fault, figures: record_property(FAULT, (fault, figures))
+
+
+# The order a run's test processes (`make test` starts two, pytest-xdist, a module to one process) take the
+# modules in, with the seconds each took in a run on 2 cores. The longest first, so neither process waits alone at
+# the end, except that what needs no test model (the pretrained model's tests, the unit tests) comes right after the
+# first module: one process builds the test model (~4 min) while the other runs those. Unlisted modules run last.
+MODULE_ORDER = [
+    ("integration/test_service.py", 570), ("integration/test_pretrained.py", 180), ("unit", 90),
+    ("integration/test_rung.py", 330), ("integration/test_stages.py", 270), ("integration/test_ladder.py", 170),
+    ("integration/test_local_jobs.py", 145), ("integration/test_user_data.py", 90),
+    ("integration/test_placement.py", 90), ("integration/test_integrity.py", 40),
+    ("integration/test_mlflow_auth.py", 40), ("integration/test_mlflow_models.py", 20),
+]
+
+
+def module_rank(item) -> int:
+    path = Path(str(item.fspath)).relative_to(Path(__file__).parent).as_posix()
+    return next((i for i, (key, _) in enumerate(MODULE_ORDER) if path == key or path.startswith(key + "/")),
+                len(MODULE_ORDER))
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=module_rank)  # stable: a module's tests keep their order
 
 
 def pytest_terminal_summary(terminalreporter):
-    if FAULTS:
+    faults = [value for reports in terminalreporter.stats.values() for r in reports
+              for key, value in getattr(r, "user_properties", ()) if key == FAULT and r.when == "call"]
+    if faults:
         terminalreporter.section("faults injected in this run")
-        for fault, figures in FAULTS:
+        for fault, figures in faults:
             terminalreporter.line(f"{fault}: {figures}")

@@ -22,14 +22,22 @@ def ray_local():
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     """The demo's base model recipe (4-term arithmetic, operands 0-5; mostly one-shot answers, sometimes worked
-    steps; not taught to judge), about 5 minutes on 2 cores. LADDER_TEST_MODEL keeps it between runs."""
+    steps; not taught to judge), about 5 minutes on 2 cores. Built once per run: the test processes of a run
+    (pytest-xdist workers) share it, the first to need it builds it under a lock while the others wait.
+    LADDER_TEST_MODEL keeps it between runs."""
+    from filelock import FileLock
+
     if MODEL_CACHE and (Path(MODEL_CACHE) / "bootstrap.json").is_file():
         return MODEL_CACHE
     from ladder.bootstrap import bootstrap
 
-    out = Path(MODEL_CACHE) if MODEL_CACHE else tmp_path_factory.mktemp("models") / "tiny"
-    bootstrap(out, size="micro", steps=900, seed=0, terms=4, max_operand=5, direct_share=0.6, judge_share=0.0,
-              log=lambda m: None)
+    shared = tmp_path_factory.getbasetemp()
+    shared = shared.parent if os.environ.get("PYTEST_XDIST_WORKER") else shared  # the run's, above each worker's
+    out = Path(MODEL_CACHE) if MODEL_CACHE else shared / "tiny"
+    with FileLock(str(out) + ".lock"):
+        if not (out / "bootstrap.json").is_file():
+            bootstrap(out, size="micro", steps=900, seed=0, terms=4, max_operand=5, direct_share=0.6,
+                      judge_share=0.0, log=lambda m: None)
     return str(out)
 
 

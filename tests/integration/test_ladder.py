@@ -38,21 +38,30 @@ def ladder_spec(model, workdir, **overrides):
 
 @pytest.fixture(scope="module")
 def two_rungs(tiny_model, tmp_path_factory):
+    """The ladder, run by two `ladder run` of the same spec started at once, each with a Ray of its own (as on two
+    machines): one runs it, the other is refused in one line (the lease in MLflow); yields the winner's outcome."""
     work = tmp_path_factory.mktemp("ladder")
     path = work / "spec.yaml"
     path.write_text(yaml.safe_dump(ladder_spec(tiny_model, work / "w")))
-    # a temp folder of the ladder's own (its Ray and engines inherit TMPDIR): what is left there is the ladder's
-    tmp = tempfile.mkdtemp(prefix="lt-", dir="/tmp")  # short: Ray's socket paths live under it
-    res = subprocess.run([sys.executable, "-m", "ladder.cli", "run", str(path), "--json"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=1200,
-                         env={**os.environ, "RAY_ADDRESS": "", "TMPDIR": tmp})
-    assert res.returncode == 0, res.stderr[-3000:]
+    # a temp folder of each run's own (its Ray and engines inherit TMPDIR): what is left there is that ladder's
+    tmps = [tempfile.mkdtemp(prefix="lt-", dir="/tmp") for _ in range(2)]  # short: Ray's socket paths live under it
+    runs = [subprocess.Popen([sys.executable, "-m", "ladder.cli", "run", str(path), "--json"], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "RAY_ADDRESS": "", "TMPDIR": tmp}) for tmp in tmps]
+    outs = [run.communicate(timeout=1200) for run in runs]
+    codes = [run.returncode for run in runs]
+    assert sorted(codes) == [0, 2], [err[-3000:] for _, err in outs]
+    winner, loser = codes.index(0), codes.index(2)
+    refusal = outs[loser][1].strip().splitlines()
+    assert len(refusal) == 1 and "Traceback" not in outs[loser][1], outs[loser][1][-3000:]
+    assert refusal[0].startswith("error: ladder 'it-ladder' is already running: job "), refusal
     from ladder.registry import Registry
     from ladder.spec import load_spec
 
     spec = load_spec(path)
-    yield spec, Registry.for_spec(spec), json.loads(res.stdout.strip().splitlines()[-1]), tmp
-    shutil.rmtree(tmp, ignore_errors=True)
+    yield spec, Registry.for_spec(spec), json.loads(outs[winner][0].strip().splitlines()[-1]), tmps[winner]
+    for tmp in tmps:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_engines_leave_no_temp_folders(two_rungs):
@@ -166,6 +175,22 @@ def test_rung_two_judge_served_version_one(two_rungs, tiny_model, tmp_path):
     expected = [w for k in range(0, len(p), 2) for w in (pair_win(p[k], p[k + 1]), pair_win(p[k + 1], p[k]))]
     assert probe_rung2 == pytest.approx(expected, abs=1e-3)
     assert len({round(x, 3) for x in probe_rung2}) > 1
+
+
+def test_rejecting_an_auto_promoted_version_by_hand_moves_judge_and_champion_back(two_rungs):
+    """(Last of the module's tests on the ladder: it changes the store.) The gate promoted both rungs; `ladder
+    reject` of version 2 moves `judge` and `champion` back to version 1, so the live judge is never a rejected one."""
+    from ladder.mlflow_store import tracking_uri_for
+
+    spec, reg, _, _ = two_rungs
+    assert reg.aliases()["judge"] == reg.aliases()["champion"] == "2"
+    res = subprocess.run([sys.executable, "-m", "ladder.cli", "reject", spec.name, "2", "--reason", "wrong on sight",
+                          "--tracking-uri", tracking_uri_for(spec), "--json"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout)
+    assert out["status"] == "rejected" and out["aliases"]["judge"] == out["aliases"]["champion"] == "1", out
+    assert reg.alias("judge") == "1" and reg.status_of("2") == "rejected"
 
 
 def test_registration_is_idempotent(tiny_model, tmp_path):

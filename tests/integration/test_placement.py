@@ -1,5 +1,6 @@
 """Placement on a real multi-node Ray (several raylets on this machine): roles land where `spec.resources`
-says, and a spec asking for resources no node has is refused before anything starts, in one line."""
+says, and a spec asking for resources no node has, or more GPUs in total than the cluster has, is refused before
+anything starts, in one line."""
 import json
 import os
 import subprocess
@@ -23,6 +24,13 @@ def test_roles_land_on_the_nodes_the_spec_names(tiny_model):
     assert out["landed"] == out["expected"]  # rollout by custom resource, judge by label, trainer by GPU
     assert len(set(out["landed"].values())) == 3
     assert 0.0 <= out["reward"] <= 1.0
+    # a ladder each of whose roles fits a node, but that asks 2 GPUs in total of a cluster with 1, is refused in
+    # one line before anything starts
+    refused = out["too_many_gpus"]
+    lines = refused["stderr"].strip().splitlines()
+    assert refused["code"] == 2 and len(lines) == 1 and "Traceback" not in refused["stderr"], refused["stderr"]
+    assert lines[0].startswith("error: resources: the ladder asks for 2 GPU in total (rollout 1 x 1, trainer 1 x 1)")
+    assert "the cluster has 1 GPU on 4 live nodes" in lines[0] and not refused["stored"]
 
 
 def test_a_spec_no_node_can_host_is_refused_in_one_line(tiny_model, tmp_path):

@@ -138,12 +138,34 @@ def _sigkill(ray, actor, wait_dead) -> None:
     wait_dead(actor)
 
 
+def stop_now_during_a_replacement(rung, wait_dead) -> None:
+    """`stop --now` (the stage set's `kill_started`, as the controller calls it) while a dead rollout worker's
+    replacement is loading its engine: the step ends, and no actor of the rung outlives it, the replacement
+    included. The rung's rollout worker is dead when this is called."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    dead = rung.rollout[0]
+    rung.rollout_replaced = 0  # a fresh allowance: the next step replaces the dead worker again
+    with ThreadPoolExecutor(1) as pool:
+        step = pool.submit(rung.step)
+        deadline = time.monotonic() + 300
+        while rung.rollout[0] is dead:  # the replacement is spawned (its engine takes ~20 s to load)
+            assert time.monotonic() < deadline and not step.done(), "no replacement was started"
+            time.sleep(0.05)
+        rung.stages.guard.kill_started()
+        with pytest.raises(Exception):
+            step.result(timeout=300)
+    assert rung.rollout[0] is not dead and rung.step_no == 2
+    for actor in rung.actors():  # the replacement, the trainer and every other stage actor of the rung
+        wait_dead(actor)
+
+
 def test_a_dead_rollout_worker_is_replaced_and_resynced(ray_local, tiny_model, wait_dead, kill_when_busy,
                                                         fault_figures):
     """A rollout worker killed in the middle of a step (while it generates) is replaced within the step: the
     new engine loads the trainer's current weights before it serves, its part of the batch is redone, the step
     counts once, and the replacement is in the metrics. Past `worker_replacements` the rung fails with its
-    reason instead of replacing again."""
+    reason instead of replacing again. `stop --now` while a replacement loads leaves no actor of the rung alive."""
     from concurrent.futures import ThreadPoolExecutor
 
     from ladder.rung import ResolvedJudge, Rung, RungFailed
@@ -176,11 +198,42 @@ def test_a_dead_rollout_worker_is_replaced_and_resynced(ray_local, tiny_model, w
         with pytest.raises(RungFailed, match=r"rollout workers died 2 times in this rung \(worker_replacements is 1\)"):
             rung.step()
         assert rung.step_no == 2  # the failed step is not counted
+        stop_now_during_a_replacement(rung, wait_dead)
         fault_figures("rollout worker SIGKILL mid-generate", f"replaced and re-synced to weights v1 within the step, "
                       f"its part redone; step done {recovery:.1f} s after the kill and counted once; logprob "
                       f"mismatch after the replacement {metrics['train/logprob_mismatch']:.1e}")
     finally:
         rung.shutdown()
+
+
+def test_a_judge_engine_with_truncated_weights_fails_the_rung_at_once_with_the_loaders_message(ray_local, tiny_model,
+                                                                                                tmp_path):
+    """An actor that cannot start is not a stage death: a judge model folder whose weights file is cut in half
+    (the preflight, which would have refused it, is not in this path) fails `ready()` at once with the engine's
+    own message naming the file, in one line, instead of Ray's "died because of an error raised in its creation
+    task" after restarts."""
+    import shutil
+
+    from ladder.rung import ResolvedJudge, Rung
+    from ladder.spec import parse_spec
+    from ladder.tasks import build_task
+    from stages.actors import ActorStartError
+
+    bad = tmp_path / "judge"
+    shutil.copytree(tiny_model, bad)
+    weights = bad / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    spec = parse_spec(spec_dict(tiny_model, {"kind": "model", "path": str(bad)}))
+    rung = Rung(spec, build_task(spec.task, spec.seed), tiny_model, ResolvedJudge("model", str(bad), "broken"),
+                spec.seed, name_prefix="truncated.j")
+    try:
+        with pytest.raises(ActorStartError) as err:
+            rung.ready()
+    finally:
+        rung.shutdown()
+    message = str(err.value)
+    assert message.startswith("JudgeWorker") and "could not start" in message and "\n" not in message, message
+    assert f"{weights}: truncated safetensors file" in message and "creation task" not in message, message
 
 
 def test_overlap_trains_one_step_off_policy_and_resumes_exactly(ray_local, tiny_model, tmp_path):

@@ -66,7 +66,8 @@ def mlflow_server(mlflow_proc):
     return mlflow_proc.url
 
 
-def service_spec(model, workdir, name, tracking_uri, **overrides):
+def service_spec(model, workdir, name, tracking_uri, at=None, **overrides):
+    """The spec of a service test's ladder, written to `at` (default: `<workdir>/<name>.yaml`)."""
     spec = {
         "name": name, "seed": 0, "rungs": 3, "workdir": str(workdir), "checkpoint_every": 2,
         "student": {"base": model, "init": "previous"},
@@ -81,14 +82,14 @@ def service_spec(model, workdir, name, tracking_uri, **overrides):
         "mlflow": {"tracking_uri": tracking_uri},
     }
     spec.update(overrides)
-    path = Path(workdir) / f"{name}.yaml"
+    path = Path(at or Path(workdir) / f"{name}.yaml")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(spec))
     return path
 
 
-def ladder(env, *args, check: bool = True, timeout: float = 900):
-    res = subprocess.run([sys.executable, "-m", "ladder.cli", *args], cwd=ROOT, env=env, capture_output=True,
+def ladder(env, *args, check: bool = True, timeout: float = 900, cwd=ROOT):
+    res = subprocess.run([sys.executable, "-m", "ladder.cli", *args], cwd=cwd, env=env, capture_output=True,
                          text=True, timeout=timeout)
     if check:
         assert res.returncode == 0, f"ladder {' '.join(args)}: {res.stderr[-2000:]}"
@@ -167,14 +168,18 @@ def test_submit_jobstop_status_promote_stop_resume(tiny_model, ray_head, mlflow_
     and `promote` drive the manual gate; `ladder stop` mid-rung 2 and another `resume` finish it."""
     env, dashboard, gcs = ray_head
     name = "svc"
-    spec = service_spec(tiny_model, tmp_path / "w", name, mlflow_server, rungs=2)
+    # submitted from a folder of the submitter's own, with a relative work directory: on the cluster it is the
+    # job's working directory's, and nothing of the ladder lands in the submitter's folder
+    laptop = tmp_path / "laptop"
+    spec = service_spec(tiny_model, "w", name, mlflow_server, at=laptop / "svc.yaml", rungs=2)
+    cli = lambda *args, **kw: ladder(env, *args, cwd=laptop, **kw)  # noqa: E731
     at = ["--address", dashboard]
     track = ["--tracking-uri", mlflow_server]
-    sub = json.loads(ladder(env, "submit", str(spec), "--address", gcs, "--python", sys.executable,
+    sub = json.loads(cli("submit", str(spec), "--address", gcs, "--python", sys.executable,
                             "--json").stdout)
     assert sub["ladder"] == name and sub["submission"]
 
-    again = ladder(env, "submit", str(spec), *at, "--python", sys.executable, check=False)
+    again = cli("submit", str(spec), *at, "--python", sys.executable, check=False)
     assert_one_line_refusal(again, "already running")
 
     # `ray job stop` of the submission: a graceful stop, nothing left running
@@ -183,43 +188,48 @@ def test_submit_jobstop_status_promote_stop_resume(tiny_model, ray_head, mlflow_
     stopped = wait_for(name, mlflow_server, lambda p: p.state.value == "stopped", timeout_s=300)
     wait_gone(dashboard, env, name)
     assert stopped.rung == 1 and stopped.checkpoint
-    res = json.loads(ladder(env, "resume", name, *at, *track, "--python", sys.executable, "--json").stdout)
+    res = json.loads(cli("resume", name, *at, *track, "--python", sys.executable, "--json").stdout)
     assert res["job"] == sub["job"] and res["resumed"]
 
     # the manual gate: status, lineage, promote
     wait_for(name, mlflow_server, lambda p: p.state.value == "awaiting_promotion", timeout_s=600)
-    status = json.loads(ladder(env, "status", name, *at, *track, "--json").stdout)
+    status = json.loads(cli("status", name, *at, *track, "--json").stdout)
     assert status["state"] == "awaiting_promotion" and status["pending_decision"] == "1" and status["rung"] == 1
     assert status["job"] == sub["job"] and status["submission"] == res["submission"] and status["live"] is True
-    assert "decision pending on v1" in ladder(env, "status", name, *at, *track).stdout
-    live = json.loads(ladder(env, "status", name, "--address", gcs, *track, "--json").stdout)
+    assert "decision pending on v1" in cli("status", name, *at, *track).stdout
+    live = json.loads(cli("status", name, "--address", gcs, *track, "--json").stdout)
     assert live["source"] == "controller" and live["pending_decision"] == "1"  # asked of the controller itself
-    rows = json.loads(ladder(env, "lineage", name, *track, "--json").stdout)
+    rows = json.loads(cli("lineage", name, *track, "--json").stdout)
     assert [(r["version"], r["rung"], r["status"]) for r in rows] == [(1, 1, "candidate")]
     assert steps_logged(mlflow_server, name, 1) == list(range(1, 9))  # a graceful stop redoes no step
 
-    decided = json.loads(ladder(env, "promote", name, "1", *track, "--reason", "looks right", "--json").stdout)
+    decided = json.loads(cli("promote", name, "1", *track, "--reason", "looks right", "--json").stdout)
     assert decided["status"] == "promoted" and decided["aliases"]["judge"] == "1"
 
     # `ladder stop` mid-rung 2, then `resume` to the end
     wait_for(name, mlflow_server, lambda p: p.rung == 2 and p.phase.value == "train" and p.step >= 2)
-    out = json.loads(ladder(env, "stop", name, *at, *track, "--json").stdout)
+    out = json.loads(cli("stop", name, *at, *track, "--json").stdout)
     assert out["state"] == "stopped" and out["rung"] == 2
     assert alive(dashboard, env, name) == []  # controller and every stage actor are gone
     stopped = progress_of(name, mlflow_server)
     assert stopped.state.value == "stopped" and stopped.step >= 2 and stopped.checkpoint
 
-    res = json.loads(ladder(env, "resume", name, *at, *track, "--python", sys.executable, "--json").stdout)
+    res = json.loads(cli("resume", name, *at, *track, "--python", sys.executable, "--json").stdout)
     assert res["job"] == sub["job"] and res["resumed"]
     wait_for(name, mlflow_server, lambda p: p.state.value == "awaiting_promotion" and p.candidate == "2")
-    ladder(env, "promote", name, *track)  # the pending version
+    cli("promote", name, *track)  # the pending version
     done = wait_for(name, mlflow_server, lambda p: p.state.value == "completed")
     assert done.job == sub["job"]
-    rows = json.loads(ladder(env, "lineage", name, *track, "--json").stdout)
+    rows = json.loads(cli("lineage", name, *track, "--json").stdout)
     assert [(r["version"], r["rung"], r["status"]) for r in rows] == [(1, 1, "promoted"), (2, 2, "promoted")]
     assert {r["job"] for r in rows} == {sub["job"]}
     assert steps_logged(mlflow_server, name, 2) == list(range(1, 9))  # a graceful stop redoes no step
     wait_gone(dashboard, env, name)  # the controller ends itself once the ladder is over
+    assert [p.name for p in laptop.iterdir()] == ["svc.yaml"]  # no work directory, store or cache here
+    assert done.checkpoint and not done.checkpoint.startswith(str(tmp_path))
+    from ladder.registry import Registry
+
+    assert Registry.find(name, mlflow_server).load_spec(done.parent_run).workdir == "w"
 
 
 def test_cli_errors_are_one_line(tiny_model, ray_head, mlflow_server, tmp_path):
@@ -249,33 +259,6 @@ def test_cli_errors_are_one_line(tiny_model, ray_head, mlflow_server, tmp_path):
         assert res.returncode == 2, f"{what}: exit {res.returncode}: {res.stderr[-1500:]}"
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0] and "Traceback" not in res.stderr, f"{what}: {res.stderr}"
-
-
-def test_local_submit_stop_now_resume(tiny_model, tmp_path):
-    """Without a cluster: `submit` runs the ladder in the background on a Ray of its own, `stop --now` aborts
-    the step (progress goes back to the last checkpoint, the job's process ends), `resume --wait` finishes
-    it; the steps redone are at most one checkpoint interval."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    name, work = "svc-local", tmp_path / "w"
-    uri = f"sqlite:///{work / 'mlflow.db'}"
-    spec = service_spec(tiny_model, work, name, None, rungs=1, checkpoint_every=3,
-                        promotion={"policy": "auto", "tolerance": 1.0, "min_auc": 0.0, "collapse_share": 1.0})
-    sub = json.loads(ladder(env, "submit", str(spec), "--json").stdout)
-    assert sub["submission"].startswith("local-")
-    wait_for(name, uri, lambda p: p.step >= 3 and p.checkpoint)
-    out = json.loads(ladder(env, "stop", name, "--now", "--workdir", str(work), "--json").stdout)
-    assert out["state"] == "stopped"
-    stopped = progress_of(name, uri)
-    assert stopped.step % 3 == 0 and stopped.checkpoint.endswith(f"step-{stopped.step:05d}")
-    status = json.loads(ladder(env, "status", name, "--workdir", str(work), "--json").stdout)
-    assert status["state"] == "stopped" and status["live"] is None  # its local job's process has ended
-
-    ladder(env, "resume", name, "--workdir", str(work), "--wait")
-    done = progress_of(name, uri)
-    assert done.state.value == "completed" and done.job == sub["job"]
-    steps = steps_logged(uri, name, 1)
-    assert sorted(set(steps)) == list(range(1, 9))
-    assert len(steps) - 8 <= 3  # steps after the checkpoint were redone, no more
 
 
 PID = """

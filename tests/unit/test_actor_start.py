@@ -45,8 +45,9 @@ def died(ray, actor) -> Exception:
 
 @pytest.fixture(scope="module")
 def start_failure(ray_local):
-    """Ray's exception for an actor whose constructor raised."""
-    return died(ray_local, ray_local.remote(num_cpus=0)(Broken).remote())
+    """Ray's exception for an actor whose constructor raised; named, as every stage actor of a ladder is (Ray then
+    calls its task `ray::<name>:Broken.__init__()`)."""
+    return died(ray_local, ray_local.remote(num_cpus=0)(Broken).options(name="lad.job.judge0").remote())
 
 
 @pytest.fixture(scope="module")

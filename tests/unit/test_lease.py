@@ -1,6 +1,7 @@
 """One controller per ladder: a lease on the job's parent run in MLflow, renewed by the live controller. A second
 controller (another `run`, `submit` or `resume`, on any machine and any Ray) is refused in one line naming where
-the ladder runs; a stale lease is taken over; of two taken at once, one wins. Real MLflow on SQLite, no Ray."""
+the ladder runs; a stale lease is taken over; of two taken at once, one wins; commands that open a new store at
+once all get its one experiment. Real MLflow on SQLite, no Ray."""
 import threading
 import time
 
@@ -167,3 +168,21 @@ def test_a_lease_of_a_process_gone_on_this_host_is_stale_at_once(registry):
     registry.client.set_tag(gone.parent_run, LEASE_TAG, gone.tracking.client.get_run(gone.parent_run).data.tags[
         LEASE_TAG].replace(f'"pid": {gone.lease.pid}', f'"pid": {dead.pid}'))
     check_free(registry)
+
+
+OPEN_STORE = "import sys; from ladder.tracking import Tracking; print(Tracking('race', sys.argv[1]).experiment_id)"
+
+
+def test_commands_that_open_a_new_sqlite_store_at_once_all_get_the_one_experiment(tmp_path):
+    """Two `ladder run` of one spec started at once both open a store that does not exist yet: MLflow creates its
+    tables and migrates them on first open, and without a lock beside the database all but one of four such
+    processes failed in a traceback ("table ... already exists", an alembic migration that found no row)."""
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN_STORE, uri], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [err[-1000:] for _, err in outs]
+    assert {out.strip() for out, _ in outs} == {"1"}
