@@ -96,7 +96,7 @@ def run_ladder(spec, as_json: bool = False, verbose: bool = False, poll_s: float
     from ladder.registry import Registry
     from ladder.runtime import start_ray
 
-    from ladder.lease import refuse_if_running
+    from ladder.lease import LeaseHeld, refuse_if_running
 
     refuse_if_running(spec)  # another controller of this ladder runs now (anywhere, any Ray): one line
     start_ray(spec, verbose, address)
@@ -120,6 +120,10 @@ def run_ladder(spec, as_json: bool = False, verbose: bool = False, poll_s: float
             signal.signal(sig, handler)
     final = ray.get(done)
     ray.kill(controller)
+    refused = f"{LeaseHeld.__name__}: "
+    if final["state"] == "failed" and (final["error"] or "").startswith(refused):
+        # another controller took the lease as this one started (`run` of one ladder at once, anywhere): one line
+        raise LeaseHeld(final["error"].removeprefix(refused))
     registry = Registry.for_spec(spec)
     rows = registry.lineage()
     if as_json:

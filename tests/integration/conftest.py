@@ -1,10 +1,16 @@
 """Integration fixtures: one local Ray per session, one bootstrapped tiny model, shared engines."""
 import os
+import secrets
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+from servers import MlflowServer, free_port, stop_group, wait_http  # tests/integration/servers.py
 
 pytestmark = pytest.mark.integration
+BIN = Path(sys.executable).parent
 MODEL_CACHE = os.environ.get("LADDER_TEST_MODEL")  # reuse a bootstrapped model across runs, if given
 
 
@@ -124,3 +130,50 @@ def sigkill_when_busy(pid: int, actor, ticks: int = 10) -> float:
     killed = time.monotonic()
     wait_until_dead(actor)
     return killed
+
+
+# the service tests' servers: a module that asks gets its own (test_service.py and test_service_faults.py run side
+# by side in a run's two test processes)
+@pytest.fixture(scope="module")
+def ray_head():
+    """A Ray head on 127.0.0.1 with its dashboard and token authentication; yields (env, dashboard URL, GCS)."""
+    temp = tempfile.mkdtemp(prefix="/tmp/lt")  # short: Ray's socket paths must fit 107 characters
+    home = tempfile.mkdtemp(prefix="ladder-home-")  # no ~/.ray/auth_token of the machine's is seen
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16), "HOME": home,
+           "PATH": f"{BIN}:{os.environ['PATH']}",
+           # MLflow's own HTTP retries cut to one: the ladder's retries are what carry it through an outage
+           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+    env.pop("RAY_ADDRESS", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    port, dash = free_port(), free_port()
+    # every port on free ones: Ray's fixed defaults (the dashboard agent's 52365) are taken by any other Ray
+    # on the machine, such as the test session's own, and a head without its agent cannot take jobs
+    ports = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+             f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+             f"--ray-client-server-port={free_port()}"]
+    proc = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true", "--num-cpus=8",
+         f"--temp-dir={temp}", "--disable-usage-stats", *ports],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{dash}/api/version", proc)
+        yield env, f"http://127.0.0.1:{dash}", f"127.0.0.1:{port}"
+    finally:
+        stop_group(proc)
+        subprocess.run(["rm", "-rf", temp, home])
+
+
+@pytest.fixture(scope="module")
+def mlflow_proc(tmp_path_factory):
+    """The module's `mlflow server`; the fault scenario stops and starts it (an outage)."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"), str(BIN / "mlflow")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(mlflow_proc):
+    return mlflow_proc.url

@@ -1,11 +1,10 @@
 """A ladder as a local background job (no cluster): `submit` without an address, `stop --now`, `resume --wait`;
-a version promoted by hand while its controller is gone. Its own module, so a run's test processes can take it
-and the cluster scenarios of test_service.py side by side."""
+a version promoted by hand while its controller is gone."""
 import json
 import os
 
 import pytest
-from test_service import ladder, progress_of, service_spec, steps_logged, wait_for  # tests/integration/test_service.py
+from service import ladder, progress_of, service_spec, steps_logged, wait_for  # tests/integration/service.py
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,131 @@
+"""Helpers of the service tests (test_service.py, test_service_faults.py, test_local_jobs.py): a ladder's spec,
+the CLI as a user runs it, its saved progress and logged steps, and what Ray says of its actors."""
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def service_spec(model, workdir, name, tracking_uri, at=None, **overrides):
+    """The spec of a service test's ladder, written to `at` (default: `<workdir>/<name>.yaml`)."""
+    spec = {
+        "name": name, "seed": 0, "rungs": 3, "workdir": str(workdir), "checkpoint_every": 2,
+        "student": {"base": model, "init": "previous"},
+        "judge": {"initial": {"kind": "verifier", "function": "ladder.tasks.arithmetic:exact"},
+                  "mode": "solve", "solve_samples": 2, "solve_reward": "majority"},
+        "task": {"source": {"kind": "builtin", "name": "arithmetic", "terms": 4, "max_operand": 5,
+                            "train_size": 500}, "eval_size": 8},
+        "rollout": {"workers": 1, "group_size": 8, "max_tokens": 40, "kv_cache_gib": 0.25},
+        "train": {"lr": 1e-4, "kl_coef": 0.0, "steps": 8, "prompts_per_step": 16},
+        "eval": {"every": 4, "calibration_size": 8},
+        "promotion": {"policy": "manual", "tolerance": 1.0, "min_auc": 0.0, "collapse_share": 1.0},
+        "mlflow": {"tracking_uri": tracking_uri},
+    }
+    spec.update(overrides)
+    path = Path(at or Path(workdir) / f"{name}.yaml")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def ladder(env, *args, check: bool = True, timeout: float = 900, cwd=ROOT):
+    res = subprocess.run([sys.executable, "-m", "ladder.cli", *args], cwd=cwd, env=env, capture_output=True,
+                         text=True, timeout=timeout)
+    if check:
+        assert res.returncode == 0, f"ladder {' '.join(args)}: {res.stderr[-2000:]}"
+    return res
+
+
+def progress_of(name, tracking_uri):
+    from ladder.registry import Registry
+
+    reg = Registry.find(name, tracking_uri)
+    return reg.load_progress() if reg else None
+
+
+def wait_for(name, tracking_uri, what, timeout_s=900.0, poll_s=1.0):
+    """Poll the ladder's saved progress until `what(progress)` holds; fail with the last progress."""
+    deadline, p = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        p = progress_of(name, tracking_uri)
+        if p is not None and what(p):
+            return p
+        assert p is None or p.state.value != "failed", p.error
+        time.sleep(poll_s)
+    pytest.fail(f"{name}: condition not reached in {timeout_s:.0f} s; last progress {p}")
+
+
+ALIVE = """
+import json, sys
+from ray.util.state import list_actors
+actors = list_actors(address=sys.argv[1], filters=[("state", "=", "ALIVE")], limit=10000)
+print(json.dumps([a.name for a in actors if a.name == sys.argv[2] or (a.name or "").startswith(sys.argv[2] + ".")]))
+"""
+
+
+def alive(dashboard, env, name) -> list[str]:
+    """Names of live actors of ladder `name` (its controller and stage actors), asked of Ray's State API
+    (in a process of its own: Ray reads the authentication mode once per process)."""
+    res = subprocess.run([sys.executable, "-c", ALIVE, dashboard, name], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return json.loads(res.stdout)
+
+
+def wait_gone(dashboard, env, name, timeout_s: float = 120.0) -> None:
+    """Until Ray reports no live actor of ladder `name` (its controller and stage actors); fails past `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while alive(dashboard, env, name) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert alive(dashboard, env, name) == []
+
+
+def steps_logged(tracking_uri, name, rung):
+    """The step numbers of every reward.mean logged by rung `rung`'s run (a step logged twice appears twice)."""
+    from ladder.registry import Registry
+
+    reg = Registry.find(name, tracking_uri)
+    runs = reg.client.search_runs([reg.experiment_id], f"tags.`ladder.rung` = '{rung}'")
+    return sorted(m.step for r in runs for m in reg.client.get_metric_history(r.info.run_id, "reward.mean"))
+
+
+def ray_job_stop(env, dashboard, submission) -> None:
+    """`ray job stop` of a submission, as an operator would stop it."""
+    stop = subprocess.run([str(BIN / "ray"), "job", "stop", "--address", dashboard, submission], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert stop.returncode == 0, stop.stderr[-2000:]
+
+
+def assert_one_line_refusal(res, expected: str) -> None:
+    """Exit 2 with one line on stderr that says `expected`, and no traceback."""
+    assert res.returncode == 2 and expected in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
+
+
+PID = """
+import json, re, sys
+from ray.util.state import list_actors
+found = list_actors(address=sys.argv[1], filters=[("state", "=", "ALIVE")], limit=10000)
+print(json.dumps([a.pid for a in found if re.fullmatch(sys.argv[2], a.name or "")]))
+"""
+
+
+def actor_pid(dashboard, env, name_pattern, timeout_s=120.0) -> int:
+    """The process id of the live actor whose name matches `name_pattern`, as Ray reports it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        res = subprocess.run([sys.executable, "-c", PID, dashboard, name_pattern], env=env, capture_output=True,
+                             text=True, timeout=120)
+        assert res.returncode == 0, res.stderr[-2000:]
+        pids = json.loads(res.stdout)
+        if pids:
+            return pids[0]
+        time.sleep(1)
+    pytest.fail(f"no live actor named like {name_pattern}")
