@@ -129,3 +129,17 @@ def actor_pid(dashboard, env, name_pattern, timeout_s=120.0) -> int:
             return pids[0]
         time.sleep(1)
     pytest.fail(f"no live actor named like {name_pattern}")
+
+
+def promote_by_hand(env, name, uri, model_dir, *where) -> str:
+    """A version of `model_dir` registered by hand in the ladder's model (no rung made it), then promoted with
+    `ladder promote` (`where`: its `--workdir` or `--tracking-uri`): the aliases judge and champion move to it.
+    Returns its number."""
+    from ladder.registry import Registry
+
+    reg = Registry(name, uri)
+    run = reg.client.create_run(reg.experiment_id, run_name="by hand").info.run_id
+    version = reg.register(run, model_dir, {"ladder.rung_uid": "by-hand"})
+    out = json.loads(ladder(env, "promote", name, version, *where, "--json").stdout)
+    assert out["aliases"]["judge"] == version
+    return version

@@ -4,22 +4,9 @@ import json
 import os
 
 import pytest
-from service import ladder, progress_of, service_spec, steps_logged, wait_for  # tests/integration/service.py
+from service import ladder, progress_of, promote_by_hand, service_spec, steps_logged, wait_for  # tests/integration
 
 pytestmark = pytest.mark.integration
-
-
-def promote_by_hand(env, name, uri, work, model_dir) -> str:
-    """A version of `model_dir` registered by hand in the ladder's model (no rung made it), then promoted with
-    `ladder promote`: the aliases judge and champion move to it. Returns its number."""
-    from ladder.registry import Registry
-
-    reg = Registry(name, uri)
-    run = reg.client.create_run(reg.experiment_id, run_name="by hand").info.run_id
-    version = reg.register(run, model_dir, {"ladder.rung_uid": "by-hand"})
-    out = json.loads(ladder(env, "promote", name, version, "--workdir", str(work), "--json").stdout)
-    assert out["aliases"]["judge"] == version
-    return version
 
 
 def test_local_submit_stop_now_resume(tiny_model, tmp_path):
@@ -41,7 +28,7 @@ def test_local_submit_stop_now_resume(tiny_model, tmp_path):
     assert stopped.step % 3 == 0 and stopped.checkpoint.endswith(f"step-{stopped.step:05d}")
     status = json.loads(ladder(env, "status", name, "--workdir", str(work), "--json").stdout)
     assert status["state"] == "stopped" and status["live"] is None  # its local job's process has ended
-    hand = promote_by_hand(env, name, uri, work, tiny_model)  # `judge` now names a model, not the verifier
+    hand = promote_by_hand(env, name, uri, tiny_model, "--workdir", str(work))  # `judge` now names a model, not the verifier
 
     ladder(env, "resume", name, "--workdir", str(work), "--wait")
     done = progress_of(name, uri)
