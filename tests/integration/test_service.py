@@ -12,6 +12,24 @@ from service import (alive, assert_one_line_refusal, ladder, progress_of, ray_jo
 pytestmark = pytest.mark.integration
 
 
+def manual_gate(cli, name, sub, res, at, track, gcs, uri) -> None:
+    """Rung 1 of the service ladder at its manual gate: `status` (from MLflow and from the controller itself) and
+    `lineage` show the pending decision, then `promote` makes version 1 the judge."""
+    wait_for(name, uri, lambda p: p.state.value == "awaiting_promotion", timeout_s=600)
+    status = json.loads(cli("status", name, *at, *track, "--json").stdout)
+    assert status["state"] == "awaiting_promotion" and status["pending_decision"] == "1" and status["rung"] == 1
+    assert status["job"] == sub["job"] and status["submission"] == res["submission"] and status["live"] is True
+    assert "decision pending on v1" in cli("status", name, *at, *track).stdout
+    live = json.loads(cli("status", name, "--address", gcs, *track, "--json").stdout)
+    assert live["source"] == "controller" and live["pending_decision"] == "1"  # asked of the controller itself
+    rows = json.loads(cli("lineage", name, *track, "--json").stdout)
+    assert [(r["version"], r["rung"], r["status"]) for r in rows] == [(1, 1, "candidate")]
+    assert steps_logged(uri, name, 1) == list(range(1, 9))  # a graceful stop redoes no step
+
+    decided = json.loads(cli("promote", name, "1", *track, "--reason", "looks right", "--json").stdout)
+    assert decided["status"] == "promoted" and decided["aliases"]["judge"] == "1"
+
+
 def test_submit_jobstop_status_promote_stop_resume(tiny_model, ray_head, mlflow_server, tmp_path):
     """One ladder through the service's whole life: submitted as a Ray job; `ray job stop` mid-rung stops it
     gracefully (the controller and every stage actor end); `resume` continues the same job; `status`, `lineage`
@@ -25,8 +43,7 @@ def test_submit_jobstop_status_promote_stop_resume(tiny_model, ray_head, mlflow_
     cli = lambda *args, **kw: ladder(env, *args, cwd=laptop, **kw)  # noqa: E731
     at = ["--address", dashboard]
     track = ["--tracking-uri", mlflow_server]
-    sub = json.loads(cli("submit", str(spec), "--address", gcs, "--python", sys.executable,
-                            "--json").stdout)
+    sub = json.loads(cli("submit", str(spec), "--address", gcs, "--python", sys.executable, "--json").stdout)
     assert sub["ladder"] == name and sub["submission"]
 
     again = cli("submit", str(spec), *at, "--python", sys.executable, check=False)
@@ -41,20 +58,7 @@ def test_submit_jobstop_status_promote_stop_resume(tiny_model, ray_head, mlflow_
     res = json.loads(cli("resume", name, *at, *track, "--python", sys.executable, "--json").stdout)
     assert res["job"] == sub["job"] and res["resumed"]
 
-    # the manual gate: status, lineage, promote
-    wait_for(name, mlflow_server, lambda p: p.state.value == "awaiting_promotion", timeout_s=600)
-    status = json.loads(cli("status", name, *at, *track, "--json").stdout)
-    assert status["state"] == "awaiting_promotion" and status["pending_decision"] == "1" and status["rung"] == 1
-    assert status["job"] == sub["job"] and status["submission"] == res["submission"] and status["live"] is True
-    assert "decision pending on v1" in cli("status", name, *at, *track).stdout
-    live = json.loads(cli("status", name, "--address", gcs, *track, "--json").stdout)
-    assert live["source"] == "controller" and live["pending_decision"] == "1"  # asked of the controller itself
-    rows = json.loads(cli("lineage", name, *track, "--json").stdout)
-    assert [(r["version"], r["rung"], r["status"]) for r in rows] == [(1, 1, "candidate")]
-    assert steps_logged(mlflow_server, name, 1) == list(range(1, 9))  # a graceful stop redoes no step
-
-    decided = json.loads(cli("promote", name, "1", *track, "--reason", "looks right", "--json").stdout)
-    assert decided["status"] == "promoted" and decided["aliases"]["judge"] == "1"
+    manual_gate(cli, name, sub, res, at, track, gcs, mlflow_server)
 
     # `ladder stop` mid-rung 2, then `resume` to the end
     wait_for(name, mlflow_server, lambda p: p.rung == 2 and p.phase.value == "train" and p.step >= 2)
