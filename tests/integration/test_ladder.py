@@ -45,23 +45,30 @@ def two_rungs(tiny_model, tmp_path_factory):
     path.write_text(yaml.safe_dump(ladder_spec(tiny_model, work / "w")))
     # a temp folder of each run's own (its Ray and engines inherit TMPDIR): what is left there is that ladder's
     tmps = [tempfile.mkdtemp(prefix="lt-", dir="/tmp") for _ in range(2)]  # short: Ray's socket paths live under it
-    runs = [subprocess.Popen([sys.executable, "-m", "ladder.cli", "run", str(path), "--json"], cwd=ROOT,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, "RAY_ADDRESS": "", "TMPDIR": tmp}) for tmp in tmps]
-    outs = [run.communicate(timeout=1200) for run in runs]
-    codes = [run.returncode for run in runs]
-    assert sorted(codes) == [0, 2], [err[-3000:] for _, err in outs]
-    winner, loser = codes.index(0), codes.index(2)
-    refusal = outs[loser][1].strip().splitlines()
-    assert len(refusal) == 1 and "Traceback" not in outs[loser][1], outs[loser][1][-3000:]
-    assert refusal[0].startswith("error: ladder 'it-ladder' is already running: job "), refusal
-    from ladder.registry import Registry
-    from ladder.spec import load_spec
+    runs = []
+    try:
+        runs += [subprocess.Popen([sys.executable, "-m", "ladder.cli", "run", str(path), "--json"], cwd=ROOT,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env={**os.environ, "RAY_ADDRESS": "", "TMPDIR": tmp}) for tmp in tmps]
+        outs = [run.communicate(timeout=1200) for run in runs]
+        codes = [run.returncode for run in runs]
+        assert sorted(codes) == [0, 2], [err[-3000:] for _, err in outs]
+        winner, loser = codes.index(0), codes.index(2)
+        refusal = outs[loser][1].strip().splitlines()
+        assert len(refusal) == 1 and "Traceback" not in outs[loser][1], outs[loser][1][-3000:]
+        assert refusal[0].startswith("error: ladder 'it-ladder' is already running: job "), refusal
+        from ladder.registry import Registry
+        from ladder.spec import load_spec
 
-    spec = load_spec(path)
-    yield spec, Registry.for_spec(spec), json.loads(outs[winner][0].strip().splitlines()[-1]), tmps[winner]
-    for tmp in tmps:
-        shutil.rmtree(tmp, ignore_errors=True)
+        spec = load_spec(path)
+        yield spec, Registry.for_spec(spec), json.loads(outs[winner][0].strip().splitlines()[-1]), tmps[winner]
+    finally:  # a run that outlived its deadline is stopped by its pid, and the temp folders go either way
+        for run in runs:
+            if run.poll() is None:
+                run.kill()
+                run.wait(60)
+        for tmp in tmps:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_engines_leave_no_temp_folders(two_rungs):
