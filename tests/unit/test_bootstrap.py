@@ -48,3 +48,31 @@ def test_a_model_is_reused_only_for_its_own_recipe(tmp_path):
     other = runner.invoke(app, [*base, "--level", "none"])  # no harder level: another recipe, rebuilt
     assert other.exit_code == 0 and "another recipe; rebuilding" in other.output
     assert json.loads((out / "bootstrap.json").read_text())["recipe"]["levels"] == []
+
+
+def test_a_step_in_runs_of_similar_length_has_the_whole_batchs_gradient(tmp_path):
+    """The bootstrap pads a bare answer only to its own run's length (`_by_length`), and each run's loss divides by
+    the whole batch's token counts: the runs' gradients add up to the one-batch gradient (a run's own count in
+    the denominator would not)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ladder.bootstrap import _backward, _by_length
+    from ladder.models.tiny import build_tiny_model
+
+    build_tiny_model(tmp_path / "m", size="nano", seed=0)
+    tok = AutoTokenizer.from_pretrained(tmp_path / "m")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "m", dtype=torch.float64)
+    task = build(terms=4, max_operand=5, train_size=200, eval_size=8, seed=1)
+    pairs = _examples(task, "{prompt}{response}\nok?", random.Random(0), 32, "yes", "no", 0.3, 0.6)
+
+    def grad(parts):
+        model.zero_grad()
+        loss = _backward(model, tok, pairs, parts)
+        return loss, torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    short, long = _by_length(pairs)
+    assert max(len(a) + len(b) for a, b, _ in short) <= min(len(a) + len(b) for a, b, _ in long)
+    (loss_runs, runs), (loss_whole, whole) = grad(2), grad(1)
+    assert loss_runs == pytest.approx(loss_whole, rel=1e-9)
+    assert torch.allclose(runs, whole, rtol=1e-9, atol=1e-12)
