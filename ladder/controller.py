@@ -151,10 +151,17 @@ class LadderController:
             end_later()
 
     def _transition(self, p: Progress) -> Progress:
-        """The next progress from `p`'s phase handler; a stop that refused an actor start stops at the last save."""
+        """The next progress from `p`'s phase handler; a stop that refused an actor start stops at the last save, and
+        so does a call to a stage actor that `stop --now` killed meanwhile (in any phase: the gate's too)."""
+        import ray
+
         try:
             return self.HANDLERS[p.phase](self, p)
         except StopRequested:
+            return self.progress.to(state=State.STOPPED)
+        except ray.exceptions.RayActorError:
+            if not self.aborted():
+                raise
             return self.progress.to(state=State.STOPPED)
 
     def _begin(self) -> Progress:

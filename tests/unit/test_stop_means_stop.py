@@ -106,3 +106,45 @@ def test_stop_now_kills_every_stage_actor_the_controller_started(ray_local):
     worker = ctl.stages.start(lambda: ray_local.remote(num_cpus=0)(Worker).remote())  # not yet in ctl.actors
     ctl.stop(now=True)
     assert dead(ray_local, worker) and ctl.stages.guard.refused
+
+
+def test_stop_now_in_the_middle_of_a_call_stops_the_ladder_it_does_not_fail_it(ray_local, registry):
+    """`stop --now` kills the stage actors in the middle of whatever phase runs (the gate's measurement, say): the
+    call to a killed worker raises Ray's actor death, and the ladder ends stopped at its saved progress, not failed."""
+    from ladder.controller import LadderController
+    from ladder.spec import parse_spec
+
+    spec = parse_spec({"name": registry.name, "student": {"base": "m"},
+                       "judge": {"initial": {"kind": "model", "path": "m"}}, "task": {"source": {"kind": "builtin"}}})
+    ctl = LadderController(spec, job="job")
+    ctl.registry = registry
+    ctl.prepare = lambda: None
+
+    def gate(ctl, p):
+        worker = ctl.stages.start(lambda: ray_local.remote(num_cpus=0)(Worker).remote())
+        ctl.stop(now=True)  # as `ladder stop --now` does from another thread, while the gate waits on its workers
+        return ray_local.get(worker.timed.remote("score", [1]))
+    ctl.HANDLERS = {Phase.TRAIN: lambda ctl, p: p.to(phase=Phase.GATE), Phase.GATE: gate}
+    ctl.run()
+    saved = registry.load_progress("job")
+    assert saved.state is State.STOPPED and saved.phase is Phase.GATE and saved.error is None, saved
+
+
+def test_an_actor_death_without_a_stop_still_fails_the_ladder(ray_local, registry):
+    from ladder.controller import LadderController
+    from ladder.spec import parse_spec
+
+    spec = parse_spec({"name": registry.name, "student": {"base": "m"},
+                       "judge": {"initial": {"kind": "model", "path": "m"}}, "task": {"source": {"kind": "builtin"}}})
+    ctl = LadderController(spec, job="job")
+    ctl.registry = registry
+    ctl.prepare = lambda: None
+
+    def gate(ctl, p):
+        worker = ray_local.remote(num_cpus=0)(Worker).remote()
+        ray_local.kill(worker)
+        return ray_local.get(worker.timed.remote("score", [1]))
+    ctl.HANDLERS = {Phase.TRAIN: gate}
+    ctl.run()
+    saved = registry.load_progress("job")
+    assert saved.state is State.FAILED and "Actor" in saved.error, saved
