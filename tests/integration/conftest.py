@@ -160,7 +160,7 @@ def ray_head():
         wait_http(f"http://127.0.0.1:{dash}/api/version", proc)
         yield env, f"http://127.0.0.1:{dash}", f"127.0.0.1:{port}"
     finally:
-        stop_group(proc)
+        stop_group(proc, grace_s=3)  # a head asked to stop takes ~20 s; nothing of it outlives its group
         subprocess.run(["rm", "-rf", temp, home])
 
 
