@@ -6,8 +6,8 @@ import sys
 
 import pytest
 from servers import free_port  # tests/integration/servers.py
-from service import (alive, assert_one_line_refusal, ladder, progress_of, ray_job_stop, service_spec, steps_logged,
-                     wait_for, wait_gone)
+from service import (alive, assert_one_line_refusal, ladder, progress_of, promote_by_hand, ray_job_stop, service_spec,
+                     steps_logged, wait_for, wait_gone)
 
 pytestmark = pytest.mark.integration
 
@@ -30,16 +30,39 @@ def manual_gate(cli, name, sub, res, at, track, gcs, uri) -> None:
     assert decided["status"] == "promoted" and decided["aliases"]["judge"] == "1"
 
 
+def untrained_model(path) -> str:
+    """A model of the test model's shape that was never trained: as a judge it answers nothing parsable."""
+    from ladder.models.tiny import build_tiny_model
+
+    return str(build_tiny_model(path, size="micro", seed=1))
+
+
+def judged_by_version_one(uri, name) -> None:
+    """Rung 2 trained against the judge pinned at its start (version 1) through its stop and resume, not the
+    untrained version promoted by hand meanwhile: version 1's answers parse, the untrained model's do not (most of
+    them, each step), so a step judged by it would show parse failures far above the bar."""
+    from ladder.registry import Registry
+
+    reg = Registry.find(name, uri)
+    rung2 = next(v for v in reg.versions() if v.tags.get("ladder.rung") == "2")
+    assert rung2.tags["ladder.judge"] == f"{name}/v1"
+    failures = {m.step: m.value for m in reg.client.get_metric_history(rung2.run_id, "judge.parse_failure_rate")}
+    assert sorted(failures) == list(range(1, 13)) and max(failures.values()) < 0.5, failures
+
+
 def test_submit_jobstop_status_promote_stop_resume(tiny_model, ray_head, mlflow_server, tmp_path):
     """One ladder through the service's whole life: submitted as a Ray job; `ray job stop` mid-rung stops it
     gracefully (the controller and every stage actor end); `resume` continues the same job; `status`, `lineage`
-    and `promote` drive the manual gate; `ladder stop` mid-rung 2 and another `resume` finish it."""
+    and `promote` drive the manual gate; `ladder stop` mid-rung 2 and another `resume` finish it. A version
+    promoted by hand while the ladder is stopped does not change rung 2's judge: it was pinned at the rung's start."""
     env, dashboard, gcs = ray_head
     name = "svc"
     # submitted from a folder of the submitter's own, with a relative work directory: on the cluster it is the
     # job's working directory's, and nothing of the ladder lands in the submitter's folder
     laptop = tmp_path / "laptop"
-    spec = service_spec(tiny_model, "w", name, mlflow_server, at=laptop / "svc.yaml", rungs=2)
+    # rung 2 is longer: the `ladder stop` below (a CLI process, seconds on a busy machine) lands well inside it
+    spec = service_spec(tiny_model, "w", name, mlflow_server, at=laptop / "svc.yaml", rungs=2,
+                        schedule=[{"rung": 2, "train": {"steps": 12}}])
     cli = lambda *args, **kw: ladder(env, *args, cwd=laptop, **kw)  # noqa: E731
     at = ["--address", dashboard]
     track = ["--tracking-uri", mlflow_server]
@@ -61,23 +84,29 @@ def test_submit_jobstop_status_promote_stop_resume(tiny_model, ray_head, mlflow_
     manual_gate(cli, name, sub, res, at, track, gcs, mlflow_server)
 
     # `ladder stop` mid-rung 2, then `resume` to the end
-    wait_for(name, mlflow_server, lambda p: p.rung == 2 and p.phase.value == "train" and p.step >= 2)
+    wait_for(name, mlflow_server, lambda p: p.rung == 2 and p.phase.value == "train" and steps_logged(mlflow_server,
+                                                                                                       name, 2))
     out = json.loads(cli("stop", name, *at, *track, "--json").stdout)
     assert out["state"] == "stopped" and out["rung"] == 2
     assert alive(dashboard, env, name) == []  # controller and every stage actor are gone
     stopped = progress_of(name, mlflow_server)
-    assert stopped.state.value == "stopped" and stopped.step >= 2 and stopped.checkpoint
+    assert stopped.state.value == "stopped" and stopped.phase.value == "train" and 1 <= stopped.step < 12
+    assert stopped.checkpoint
+    # while it is stopped, someone promotes an untrained model by hand: `judge` now names version 2
+    hand = promote_by_hand(env, name, mlflow_server, untrained_model(tmp_path / "untrained"), *track)
 
     res = json.loads(cli("resume", name, *at, *track, "--python", sys.executable, "--json").stdout)
     assert res["job"] == sub["job"] and res["resumed"]
-    wait_for(name, mlflow_server, lambda p: p.state.value == "awaiting_promotion" and p.candidate == "2")
+    wait_for(name, mlflow_server, lambda p: p.state.value == "awaiting_promotion" and p.candidate == "3")
     cli("promote", name, *track)  # the pending version
     done = wait_for(name, mlflow_server, lambda p: p.state.value == "completed")
     assert done.job == sub["job"]
     rows = json.loads(cli("lineage", name, *track, "--json").stdout)
-    assert [(r["version"], r["rung"], r["status"]) for r in rows] == [(1, 1, "promoted"), (2, 2, "promoted")]
-    assert {r["job"] for r in rows} == {sub["job"]}
-    assert steps_logged(mlflow_server, name, 2) == list(range(1, 9))  # a graceful stop redoes no step
+    assert [(r["version"], r["rung"], r["status"]) for r in rows] == [(1, 1, "promoted"), (int(hand), 0, "promoted"),
+                                                                         (3, 2, "promoted")]
+    assert {r["job"] for r in rows if r["rung"]} == {sub["job"]}
+    assert steps_logged(mlflow_server, name, 2) == list(range(1, 13))  # a graceful stop redoes no step
+    judged_by_version_one(mlflow_server, name)
     wait_gone(dashboard, env, name)  # the controller ends itself once the ladder is over
     assert [p.name for p in laptop.iterdir()] == ["svc.yaml"]  # no work directory, store or cache here
     assert done.checkpoint and not done.checkpoint.startswith(str(tmp_path))
