@@ -18,7 +18,7 @@ from ladder.live_status import LiveStatus
 from ladder.progress import Phase, Progress, State
 from ladder.runtime import first_line
 from ladder.stageset import StageSet
-from stages.actors import StopRequested, as_start_error, kill_all, spawn
+from stages.actors import StopRequested, actor_died, as_start_error, kill_all, spawn
 
 
 class LadderController:
@@ -33,16 +33,13 @@ class LadderController:
         self.job = job or uuid.uuid4().hex[:8]
         self.lease_token = lease_token or uuid.uuid4().hex  # this controller's (kept by a Ray restart of it)
         self.lease = None
-        self.resume = resume
-        self.submission = submission
+        self.resume, self.submission = resume, submission
         self.progress = Progress(spec.name, self.job)
         self.live = LiveStatus()
         self.stages = StageSet()  # stage actors kept from rung to rung (models loaded in place)
         self.actors: list = []    # the stage actors of the phase now running (`stop --now` kills them)
-        self._stop = threading.Event()
-        self._now = threading.Event()
-        self._lock = threading.Lock()
-        self._running = threading.Lock()
+        self._stop, self._now = threading.Event(), threading.Event()  # a stop asked for; a stop --now
+        self._lock, self._running = threading.Lock(), threading.Lock()
         self._ran = False
         if restarted_by_ray():  # whoever called `run` may be gone with the old process: go on by ourselves
             threading.Thread(target=self.run, daemon=True).start()
@@ -153,16 +150,12 @@ class LadderController:
     def _transition(self, p: Progress) -> Progress:
         """The next progress from `p`'s phase handler; a stop that refused an actor start stops at the last save, and
         so does a call to a stage actor that `stop --now` killed meanwhile (in any phase: the gate's too)."""
-        import ray
-
         try:
             return self.HANDLERS[p.phase](self, p)
-        except StopRequested:
-            return self.progress.to(state=State.STOPPED)
-        except ray.exceptions.RayActorError:
-            if not self.aborted():
-                raise
-            return self.progress.to(state=State.STOPPED)
+        except Exception as err:
+            if isinstance(err, StopRequested) or (self.aborted() and actor_died(err)):
+                return self.progress.to(state=State.STOPPED)
+            raise
 
     def _begin(self) -> Progress:
         """A new job's progress, or the saved one of this job: on `resume`, and when Ray restarts a controller

@@ -79,6 +79,13 @@ class StartGuard:
         kill_all(handles)
 
 
+def actor_died(exc: BaseException) -> bool:
+    """Ray's error for a call to an actor that died (or was killed) before it answered."""
+    import ray
+
+    return isinstance(exc, ray.exceptions.RayActorError)
+
+
 def as_start_error(exc: BaseException) -> BaseException:
     """An `ActorStartError` in place of `exc` when `exc` is Ray's word that an actor died of an error in its
     constructor (Ray sets `actor_init_failed` on the `ActorDiedError` of a failed creation task); else `exc`."""
