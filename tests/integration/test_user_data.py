@@ -16,14 +16,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def write_questions(path: Path, n: int, answers: bool = True) -> None:
-    """Arithmetic questions as a user would bring them: `question` / `answer` fields, no solutions."""
+    """Arithmetic questions as a user would bring them: `question` / `answer` fields, no solutions. Of the test
+    model's own kind (4 terms, operands 0-5), so its rungs' candidates solve some of them as judges: a judge that
+    solves none gives every calibration item one score, and the gate rejects it as collapsed (it did, on 3-term
+    problems with operands to 9 and a test model whose greedy accuracy was 0.19)."""
     import random
 
     from ladder.tasks.arithmetic import make_example
 
     rng, seen, rows = random.Random(3), set(), []
     while len(rows) < n:
-        ex = make_example(rng, 3, 9)
+        ex = make_example(rng, 4, 5)
         if ex.prompt not in seen:
             seen.add(ex.prompt)
             rows.append({"question": ex.prompt, **({"answer": int(ex.answer)} if answers else {}), "id": len(rows)})
@@ -39,7 +42,7 @@ def jsonl_spec(model: str, data: Path, workdir: Path) -> dict:
                  "eval_size": 16},
         "rollout": {"workers": 1, "group_size": 4, "max_tokens": 32, "kv_cache_gib": 0.25},
         "train": {"lr": 1e-4, "kl_coef": 0.0, "steps": 2, "prompts_per_step": 4},
-        "eval": {"every": 2, "calibration_size": 16},
+        "eval": {"every": 2, "calibration_size": 48},  # 24 prompts: a judge right on none is far-fetched
         "promotion": {"policy": "auto", "tolerance": 1.0, "collapse_share": 1.0, "min_auc": 0.0},
     }
 
@@ -52,7 +55,7 @@ def ladder_cli(*args, tmp: str, timeout: int = 1200):
 @pytest.fixture(scope="module")
 def jsonl_ladder(tiny_model, tmp_path_factory):
     work = tmp_path_factory.mktemp("jsonl")
-    write_questions(work / "questions.jsonl", 200)
+    write_questions(work / "questions.jsonl", 400)
     path = work / "spec.yaml"
     path.write_text(yaml.safe_dump(jsonl_spec(tiny_model, work / "questions.jsonl", work / "w")))
     tmp = tempfile.mkdtemp(prefix="lj-", dir="/tmp")
