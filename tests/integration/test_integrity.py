@@ -15,7 +15,8 @@ def wrong_on_purpose(prompt, response, reference):
 def test_the_collapse_guard_stops_a_rung_taught_wrong_answers_and_keeps_its_best(ray_local, tiny_model):
     """Measured on the demo's base model (greedy held-out accuracy ~0.34, 128 prompts): rewarded for wrong answers
     at lr 5e-4, its held-out accuracy fell from 0.336 to 0.008 by the first evaluation (step 4), far past the 0.1
-    tolerance (the start is the best); without the guard the rung would run its 24 steps. Broken on purpose (no
+    tolerance (the start is the best); without the guard the rung would run its 24 steps. A build of the same
+    recipe starting at 0.19 (another float trajectory) passes too. Broken on purpose (no
     restore), the final accuracy stays at the collapsed level and the test fails."""
     from ladder.judges import ResolvedJudge
     from ladder.rung import Rung, train_steps

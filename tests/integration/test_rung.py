@@ -58,8 +58,10 @@ def test_grpo_learns_against_the_verifier(ray_local, tiny_model, stage_set):
     sometimes writes its steps, which are right far more often. GRPO must find that out from rewards
     alone. Measured here (same settings, 128 held-out prompts, standard error <= 4.5 points): greedy
     answers go from 0% to ~100% worked, held-out greedy accuracy 0.34 -> 0.94 in 40 steps (with
-    operands up to 9 instead of 5: 0.23 -> 0.45). The thresholds (worked share from < 0.2 to > 0.7;
-    accuracy +15 points) sit far inside that effect and far outside sampling noise, so CPU-to-CPU
+    operands up to 9 instead of 5: 0.23 -> 0.45). A build of the same recipe whose steps were summed in
+    another order (the same gradient, another float trajectory) starts at 0.19 instead and passes too: the
+    base's accuracy is a trajectory's, the gain from worked answers is the effect. The thresholds (worked
+    share from < 0.2 to > 0.7; accuracy +15 points) sit far inside that effect and far outside sampling noise, so CPU-to-CPU
     float differences cannot decide the outcome. A flipped advantage fails it (checked by breaking
     the trainer on purpose), and so does a learning rate of 0.
     """
