@@ -80,7 +80,9 @@ def test_no_rollout_replacement_starts_once_a_stop_is_requested(ray_local):
     rung.stages.release()
 
 
-def test_a_start_refused_by_a_stop_stops_the_ladder_at_its_saved_progress(registry):
+def run_offline(registry, handlers):
+    """A controller over `registry` (no Ray actor of its own, nothing prepared) run through the phase `handlers`;
+    returns its saved progress."""
     from ladder.controller import LadderController
     from ladder.spec import parse_spec
 
@@ -89,13 +91,16 @@ def test_a_start_refused_by_a_stop_stops_the_ladder_at_its_saved_progress(regist
     ctl = LadderController(spec, job="job")
     ctl.registry = registry
     ctl.prepare = lambda: None
+    ctl.HANDLERS = handlers
+    ctl.run()
+    return registry.load_progress("job")
 
+
+def test_a_start_refused_by_a_stop_stops_the_ladder_at_its_saved_progress(registry):
     def train(ctl, p):
         ctl.stop()  # a graceful stop, asked while the rung starts its actors
         return ctl.stages.start(lambda: pytest.fail("an actor started after the stop"))
-    ctl.HANDLERS = {Phase.TRAIN: train}
-    ctl.run()
-    saved = registry.load_progress("job")
+    saved = run_offline(registry, {Phase.TRAIN: train})
     assert saved.state is State.STOPPED and saved.phase is Phase.TRAIN and saved.error is None
 
 
@@ -111,40 +116,18 @@ def test_stop_now_kills_every_stage_actor_the_controller_started(ray_local):
 def test_stop_now_in_the_middle_of_a_call_stops_the_ladder_it_does_not_fail_it(ray_local, registry):
     """`stop --now` kills the stage actors in the middle of whatever phase runs (the gate's measurement, say): the
     call to a killed worker raises Ray's actor death, and the ladder ends stopped at its saved progress, not failed."""
-    from ladder.controller import LadderController
-    from ladder.spec import parse_spec
-
-    spec = parse_spec({"name": registry.name, "student": {"base": "m"},
-                       "judge": {"initial": {"kind": "model", "path": "m"}}, "task": {"source": {"kind": "builtin"}}})
-    ctl = LadderController(spec, job="job")
-    ctl.registry = registry
-    ctl.prepare = lambda: None
-
     def gate(ctl, p):
         worker = ctl.stages.start(lambda: ray_local.remote(num_cpus=0)(Worker).remote())
         ctl.stop(now=True)  # as `ladder stop --now` does from another thread, while the gate waits on its workers
         return ray_local.get(worker.timed.remote("score", [1]))
-    ctl.HANDLERS = {Phase.TRAIN: lambda ctl, p: p.to(phase=Phase.GATE), Phase.GATE: gate}
-    ctl.run()
-    saved = registry.load_progress("job")
+    saved = run_offline(registry, {Phase.TRAIN: lambda ctl, p: p.to(phase=Phase.GATE), Phase.GATE: gate})
     assert saved.state is State.STOPPED and saved.phase is Phase.GATE and saved.error is None, saved
 
 
 def test_an_actor_death_without_a_stop_still_fails_the_ladder(ray_local, registry):
-    from ladder.controller import LadderController
-    from ladder.spec import parse_spec
-
-    spec = parse_spec({"name": registry.name, "student": {"base": "m"},
-                       "judge": {"initial": {"kind": "model", "path": "m"}}, "task": {"source": {"kind": "builtin"}}})
-    ctl = LadderController(spec, job="job")
-    ctl.registry = registry
-    ctl.prepare = lambda: None
-
     def gate(ctl, p):
         worker = ray_local.remote(num_cpus=0)(Worker).remote()
         ray_local.kill(worker)
         return ray_local.get(worker.timed.remote("score", [1]))
-    ctl.HANDLERS = {Phase.TRAIN: gate}
-    ctl.run()
-    saved = registry.load_progress("job")
+    saved = run_offline(registry, {Phase.TRAIN: gate})
     assert saved.state is State.FAILED and "Actor" in saved.error, saved
