@@ -83,10 +83,10 @@ def _encode(tokenizer, pairs):
     return ids, attn, labels
 
 
-def _balanced_loss(logits, labels, is_solve, tokens=None):
+def _balanced_loss(logits, labels, is_solve, tokens: dict):
     """Mean token loss of solving plus mean token loss of judging, so one-token verdicts are not drowned.
-    `tokens`: each kind's count of target tokens over the whole batch when these rows are one part of it (the
-    parts' losses then add up to the whole batch's)."""
+    `tokens`: each kind's count of target tokens over the whole batch these rows are a part of (the parts'
+    losses then add up to the whole batch's)."""
     import torch.nn.functional as F
 
     tok_loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:], reduction="none", ignore_index=-100)
@@ -94,7 +94,7 @@ def _balanced_loss(logits, labels, is_solve, tokens=None):
     total = 0.0
     for kind, rows in ((True, is_solve), (False, ~is_solve)):
         if rows.any():
-            total = total + (tok_loss[rows] * valid[rows]).sum() / (tokens[kind] if tokens else valid[rows].sum())
+            total = total + (tok_loss[rows] * valid[rows]).sum() / tokens[kind]
     return total
 
 
