@@ -61,8 +61,8 @@ def test_grpo_learns_against_the_verifier(ray_local, tiny_model, stage_set):
     operands up to 9 instead of 5: 0.23 -> 0.45). A build of the same recipe whose steps were summed in
     another order (the same gradient, another float trajectory) starts at 0.19 instead and passes too: the
     base's accuracy is a trajectory's, the gain from worked answers is the effect. The thresholds (worked
-    share from < 0.2 to > 0.7; accuracy +15 points) sit far inside that effect and far outside sampling noise, so CPU-to-CPU
-    float differences cannot decide the outcome. A flipped advantage fails it (checked by breaking
+    share from < 0.2 to > 0.7; accuracy +15 points) sit far inside that effect and far outside sampling
+    noise, so CPU-to-CPU float differences cannot decide the outcome. A flipped advantage fails it (checked by breaking
     the trainer on purpose), and so does a learning rate of 0.
     """
     from ladder.rung import ResolvedJudge, Rung

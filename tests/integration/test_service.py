@@ -37,6 +37,19 @@ def untrained_model(path) -> str:
     return str(build_tiny_model(path, size="micro", seed=1))
 
 
+def stop_mid_rung_two_and_promote_by_hand(cli, env, name, at, track, dashboard, uri, untrained_dir) -> str:
+    """`ladder stop` once rung 2 has logged a step: it ends mid-rung with a checkpoint and no actor alive. While it
+    is stopped, someone promotes an untrained model by hand (`judge` names it now); returns its version."""
+    wait_for(name, uri, lambda p: p.rung == 2 and p.phase.value == "train" and steps_logged(uri, name, 2))
+    out = json.loads(cli("stop", name, *at, *track, "--json").stdout)
+    assert out["state"] == "stopped" and out["rung"] == 2
+    assert alive(dashboard, env, name) == []  # controller and every stage actor are gone
+    stopped = progress_of(name, uri)
+    assert stopped.state.value == "stopped" and stopped.phase.value == "train" and 1 <= stopped.step < 12
+    assert stopped.checkpoint
+    return promote_by_hand(env, name, uri, untrained_model(untrained_dir), *track)
+
+
 def judged_by_version_one(uri, name) -> None:
     """Rung 2 trained against the judge pinned at its start (version 1) through its stop and resume, not the
     untrained version promoted by hand meanwhile: version 1's answers parse, the untrained model's do not (most of
@@ -83,18 +96,9 @@ def test_submit_jobstop_status_promote_stop_resume(tiny_model, ray_head, mlflow_
 
     manual_gate(cli, name, sub, res, at, track, gcs, mlflow_server)
 
-    # `ladder stop` mid-rung 2, then `resume` to the end
-    wait_for(name, mlflow_server, lambda p: p.rung == 2 and p.phase.value == "train" and steps_logged(mlflow_server,
-                                                                                                       name, 2))
-    out = json.loads(cli("stop", name, *at, *track, "--json").stdout)
-    assert out["state"] == "stopped" and out["rung"] == 2
-    assert alive(dashboard, env, name) == []  # controller and every stage actor are gone
-    stopped = progress_of(name, mlflow_server)
-    assert stopped.state.value == "stopped" and stopped.phase.value == "train" and 1 <= stopped.step < 12
-    assert stopped.checkpoint
-    # while it is stopped, someone promotes an untrained model by hand: `judge` now names version 2
-    hand = promote_by_hand(env, name, mlflow_server, untrained_model(tmp_path / "untrained"), *track)
-
+    # `ladder stop` mid-rung 2, a version promoted by hand meanwhile, then `resume` to the end
+    hand = stop_mid_rung_two_and_promote_by_hand(cli, env, name, at, track, dashboard, mlflow_server,
+                                                 tmp_path / "untrained")
     res = json.loads(cli("resume", name, *at, *track, "--python", sys.executable, "--json").stdout)
     assert res["job"] == sub["job"] and res["resumed"]
     wait_for(name, mlflow_server, lambda p: p.state.value == "awaiting_promotion" and p.candidate == "3")
