@@ -6,8 +6,8 @@ import sys
 
 import pytest
 from servers import free_port  # tests/integration/servers.py
-from service import (alive, assert_one_line_refusal, ladder, progress_of, promote_by_hand, ray_job_stop, service_spec,
-                     steps_logged, wait_for, wait_gone)
+from service import (alive, assert_one_line_refusal, judged_by_version_one, ladder, progress_of, promote_by_hand,
+                     ray_job_stop, service_spec, steps_logged, untrained_model, wait_for, wait_gone)
 
 pytestmark = pytest.mark.integration
 
@@ -30,13 +30,6 @@ def manual_gate(cli, name, sub, res, at, track, gcs, uri) -> None:
     assert decided["status"] == "promoted" and decided["aliases"]["judge"] == "1"
 
 
-def untrained_model(path) -> str:
-    """A model of the test model's shape that was never trained: as a judge it answers nothing parsable."""
-    from ladder.models.tiny import build_tiny_model
-
-    return str(build_tiny_model(path, size="micro", seed=1))
-
-
 def stop_mid_rung_two_and_promote_by_hand(cli, env, name, at, track, dashboard, uri, untrained_dir) -> str:
     """`ladder stop` once rung 2 has logged a step: it ends mid-rung with a checkpoint and no actor alive. While it
     is stopped, someone promotes an untrained model by hand (`judge` names it now); returns its version."""
@@ -48,19 +41,6 @@ def stop_mid_rung_two_and_promote_by_hand(cli, env, name, at, track, dashboard, 
     assert stopped.state.value == "stopped" and stopped.phase.value == "train" and 1 <= stopped.step < 12
     assert stopped.checkpoint
     return promote_by_hand(env, name, uri, untrained_model(untrained_dir), *track)
-
-
-def judged_by_version_one(uri, name) -> None:
-    """Rung 2 trained against the judge pinned at its start (version 1) through its stop and resume, not the
-    untrained version promoted by hand meanwhile: version 1's answers parse, the untrained model's do not (most of
-    them, each step), so a step judged by it would show parse failures far above the bar."""
-    from ladder.registry import Registry
-
-    reg = Registry.find(name, uri)
-    rung2 = next(v for v in reg.versions() if v.tags.get("ladder.rung") == "2")
-    assert rung2.tags["ladder.judge"] == f"{name}/v1"
-    failures = {m.step: m.value for m in reg.client.get_metric_history(rung2.run_id, "judge.parse_failure_rate")}
-    assert sorted(failures) == list(range(1, 13)) and max(failures.values()) < 0.5, failures
 
 
 def test_submit_jobstop_status_promote_stop_resume(tiny_model, ray_head, mlflow_server, tmp_path):
@@ -110,7 +90,7 @@ def test_submit_jobstop_status_promote_stop_resume(tiny_model, ray_head, mlflow_
                                                                          (3, 2, "promoted")]
     assert {r["job"] for r in rows if r["rung"]} == {sub["job"]}
     assert steps_logged(mlflow_server, name, 2) == list(range(1, 13))  # a graceful stop redoes no step
-    judged_by_version_one(mlflow_server, name)
+    judged_by_version_one(mlflow_server, name, rung=2, steps=12)
     wait_gone(dashboard, env, name)  # the controller ends itself once the ladder is over
     assert [p.name for p in laptop.iterdir()] == ["svc.yaml"]  # no work directory, store or cache here
     assert done.checkpoint and not done.checkpoint.startswith(str(tmp_path))

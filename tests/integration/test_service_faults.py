@@ -1,6 +1,6 @@
 """Faults in a ladder run as a service (a real `ray start --head` and `mlflow server`, as in test_service.py, in a
-module of its own so a run's two test processes take the two side by side): a killed driver, controller and
-trainer, and an MLflow outage."""
+module of its own so a run's two test processes take the two side by side): a killed driver, trainer and
+controller, an MLflow outage, and a version promoted by hand that the rung in progress does not train against."""
 import json
 import os
 import signal
@@ -9,7 +9,8 @@ import sys
 import time
 
 import pytest
-from service import ROOT, actor_pid, ladder, service_spec, steps_logged, wait_for
+from service import (ROOT, actor_pid, judged_by_version_one, ladder, promote_by_hand, service_spec, steps_logged,
+                     untrained_model, wait_for)
 
 pytestmark = pytest.mark.integration
 
@@ -42,52 +43,71 @@ def steps_redone(uri, name, rung, steps, every) -> int:
     return len(logged) - steps
 
 
-def test_killed_driver_killed_controller_killed_trainer_and_an_mlflow_outage(tiny_model, ray_head, mlflow_proc,
-                                                                            tmp_path, fault_figures):
-    """Four faults in one ladder. SIGKILL the driver of a `ladder run`: the ladder goes on. SIGKILL its controller
-    mid-rung: Ray restarts it and it re-enters the saved phase from the last checkpoint. SIGKILL the `mlflow
-    server` (its process group) at rung 2's first logged step and start it again 30 s later on the same port and
-    store (MLflow's own HTTP retries are cut to one, so the ladder's retries carry it): training goes on
-    meanwhile and every metric arrives. SIGKILL the trainer in rung 2: the rung restarts from its checkpoint on
-    fresh actors. No step is logged twice beyond one checkpoint interval; one version per rung."""
+def kill_driver(driver, dashboard, env, name, uri, every):
+    """SIGKILL the driver of `ladder run` at rung 1's first checkpoint: the ladder goes on without it. Returns (the
+    step it was killed at, the progress saved after it, the seconds until then)."""
+    at_kill = wait_for(name, uri, lambda p: p.rung == 1 and p.step >= every).step
+    driver.kill()
+    assert driver.wait(60) == -signal.SIGKILL
+    killed = time.monotonic()
+    status = json.loads(ladder(env, "status", name, "--address", dashboard, "--tracking-uri", uri, "--json").stdout)
+    assert status["live"] is True and status["state"] == "running"
+    after = wait_for(name, uri, lambda p: p.rung == 1 and p.step > at_kill)  # went on without it
+    return at_kill, after, time.monotonic() - killed
+
+
+def kill_trainer(dashboard, env, name, uri, job, rung):
+    """SIGKILL the trainer mid-rung `rung`: the rung restarts from its checkpoint on fresh actors. Returns (the
+    checkpoint it restarted from, the seconds until the restarted rung's next checkpoint or its end)."""
+    pid = actor_pid(dashboard, env, rf"{name}\.{job}\.trainer\..*")
+    os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    restarted = wait_for(name, uri, lambda p: p.rung > rung or p.results.stage_restarts >= 1)
+    wait_for(name, uri, lambda p: p.rung > rung or p.phase.value != "train" or p.step > restarted.step)
+    return restarted.step, time.monotonic() - killed
+
+
+def promote_then_kill_controller(dashboard, env, name, uri, every, untrained_dir):
+    """Early in rung 2 an untrained model is promoted by hand (`judge` names it from then on); at the rung's first
+    checkpoint the controller is SIGKILLed: Ray restarts it, and it re-enters the rung from that checkpoint against
+    the judge pinned at the rung's start, whatever the alias says by then. Returns (the step it was killed at, when,
+    as `time.time()`, the seconds until the restarted controller's next checkpoint, the version promoted by hand)."""
+    pid = actor_pid(dashboard, env, name)
+    hand = promote_by_hand(env, name, uri, untrained_model(untrained_dir), "--tracking-uri", uri)
+    at_kill = wait_for(name, uri, lambda p: p.rung == 2 and p.step >= every, poll_s=0.2).step
+    os.kill(pid, signal.SIGKILL)
+    killed, killed_at = time.monotonic(), time.time()
+    wait_for(name, uri, lambda p: p.rung > 2 or p.phase.value != "train" or p.step > at_kill)
+    recovery = time.monotonic() - killed
+    assert actor_pid(dashboard, env, name) != pid  # Ray started a new controller process
+    return at_kill, killed_at, recovery, hand
+
+
+def test_killed_driver_trainer_and_controller_an_mlflow_outage_and_a_promotion_by_hand(tiny_model, ray_head,
+                                                                                     mlflow_proc, tmp_path,
+                                                                                     fault_figures):
+    """Five faults in one ladder. SIGKILL the driver of a `ladder run`: the ladder goes on. SIGKILL the trainer in
+    rung 1: the rung restarts from its checkpoint on fresh actors. SIGKILL the `mlflow server` (its process group)
+    at rung 2's first logged step and start it again 30 s later on the same port and store (MLflow's own HTTP
+    retries are cut to one, so the ladder's retries carry it): training goes on meanwhile and every metric arrives.
+    Promote an untrained model by hand mid-rung 2, then SIGKILL the controller: Ray restarts it, it re-enters the
+    rung from the last checkpoint, and the rung keeps the judge pinned at its start. No step is logged twice beyond
+    one checkpoint interval; one version per rung."""
     env, dashboard, gcs = ray_head
-    mlflow_server = mlflow_proc.url
+    uri = mlflow_proc.url
     name, steps, every = "svc-faults", 12, 4
-    spec = service_spec(tiny_model, tmp_path / "w", name, mlflow_server, rungs=2, checkpoint_every=every,
+    spec = service_spec(tiny_model, tmp_path / "w", name, uri, rungs=2, checkpoint_every=every,
                         train={"lr": 1e-4, "kl_coef": 0.0, "steps": steps, "prompts_per_step": 16},
                         promotion={"policy": "auto", "tolerance": 1.0, "min_auc": 0.0, "collapse_share": 1.0})
     driver = subprocess.Popen([sys.executable, "-m", "ladder.cli", "run", str(spec), "--address", gcs], cwd=ROOT,
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        at_driver_kill = wait_for(name, mlflow_server, lambda p: p.rung == 1 and p.step >= every).step
-        pid = actor_pid(dashboard, env, name)  # looked up now: the kill below must land mid-rung
-        driver.kill()
-        assert driver.wait(60) == -signal.SIGKILL
-        driver_killed = time.monotonic()
-        status = json.loads(ladder(env, "status", name, "--address", dashboard, "--tracking-uri", mlflow_server,
-                                   "--json").stdout)
-        assert status["live"] is True and status["state"] == "running"
-        before = wait_for(name, mlflow_server, lambda p: p.rung == 1 and p.step > at_driver_kill)  # went on without it
-        driver_gap = time.monotonic() - driver_killed
-
-        os.kill(pid, signal.SIGKILL)
-        killed_at, killed_step = time.monotonic(), before.step
-        back = wait_for(name, mlflow_server, lambda p: p.rung > 1 or p.step > killed_step)
-        recovery = time.monotonic() - killed_at
-        assert actor_pid(dashboard, env, name) != pid  # Ray started a new controller process
-
-        trainer_pattern = rf"{name}\.{back.job}\.trainer\..*"
-        down, up, trainer = outage_from_first_step(mlflow_proc, name, 2, lambda: actor_pid(dashboard, env,
-                                                                                           trainer_pattern))
-        at_trainer_kill = wait_for(name, mlflow_server, lambda p: p.rung == 2 and p.step >= every).step
-        os.kill(trainer, signal.SIGKILL)  # the rung starts again from its checkpoint on fresh actors
-        trainer_killed = time.monotonic()
-        restarted = wait_for(name, mlflow_server, lambda p: p.results.stage_restarts >= 1
-                             or p.state.value == "completed")
-        wait_for(name, mlflow_server, lambda p: p.state.value == "completed" or p.phase.value != "train"
-                 or p.step > restarted.step)  # the restarted rung's next checkpoint (or its end)
-        trainer_recovery = time.monotonic() - trainer_killed
-        wait_for(name, mlflow_server, lambda p: p.state.value == "completed")
+        at_driver_kill, before, driver_gap = kill_driver(driver, dashboard, env, name, uri, every)
+        restarted_at, trainer_recovery = kill_trainer(dashboard, env, name, uri, before.job, rung=1)
+        down, up, _ = outage_from_first_step(mlflow_proc, name, 2, lambda: None)
+        at_controller_kill, killed_at, recovery, hand = promote_then_kill_controller(dashboard, env, name, uri, every,
+                                                                                     tmp_path / "untrained")
+        wait_for(name, uri, lambda p: p.state.value == "completed")
     finally:
         if driver.poll() is None:
             driver.kill()
@@ -95,28 +115,30 @@ def test_killed_driver_killed_controller_killed_trainer_and_an_mlflow_outage(tin
             mlflow_proc.start()  # the module's later tests need it
     from ladder.registry import Registry
 
-    reg = Registry.find(name, mlflow_server)
+    reg = Registry.find(name, uri)
     versions = reg.versions()
-    assert [(v.version, v.tags["ladder.rung"]) for v in versions] == [("1", "1"), ("2", "2")]
-    redone1 = steps_redone(mlflow_server, name, 1, steps, every)
-    redone2 = steps_redone(mlflow_server, name, 2, steps, every)
-    rung2 = reg.client.get_run(versions[1].run_id)
-    assert rung2.data.metrics["faults.stage_restarts"] == 1.0  # the trainer's death is on record
-    during = sorted({m.step for m in reg.client.get_metric_history(versions[1].run_id, "reward.mean")
-                     if down * 1000 <= m.timestamp <= up * 1000})
+    assert [(v.version, v.tags.get("ladder.rung")) for v in versions] == [("1", "1"), (hand, None), ("3", "2")]
+    redone1 = steps_redone(uri, name, 1, steps, every)
+    redone2 = steps_redone(uri, name, 2, steps, every)
+    assert reg.client.get_run(versions[0].run_id).data.metrics["faults.stage_restarts"] == 1.0  # on record
+    judged_by_version_one(uri, name, rung=2, steps=steps)
+    trained = reg.client.get_metric_history(versions[2].run_id, "reward.mean")
+    assert max(m.timestamp for m in trained) > killed_at * 1000  # the restarted controller trained rung-2 steps
+    during = sorted({m.step for m in trained if down * 1000 <= m.timestamp <= up * 1000})
     assert during, "no step ran while MLflow was down: training waited for it"
-    retries = reg.client.get_metric_history(versions[1].run_id, "faults.mlflow_retries")
+    retries = reg.client.get_metric_history(versions[2].run_id, "faults.mlflow_retries")
     assert retries and max(m.value for m in retries) >= 1
     fault_figures(f"driver of `ladder run` SIGKILL at rung 1 step >= {at_driver_kill}",
                   f"the ladder went on without it: checkpoint step {before.step} saved {driver_gap:.0f} s after the kill")
-    fault_figures(f"controller actor SIGKILL at rung 1 step >= {killed_step}",
-                  f"Ray restarted it; it re-entered the rung from its last checkpoint; progress at checkpoint step "
-                  f"{back.step} {recovery:.0f} s after the kill; rung-1 steps logged twice: {redone1} "
-                  f"(checkpoint interval {every}); one version per rung")
-    fault_figures(f"trainer SIGKILL at rung 2 step >= {at_trainer_kill}",
-                  f"the rung restarted from its checkpoint at step {restarted.step} on new actors and saved its next "
-                  f"checkpoint {trainer_recovery:.0f} s after the kill; faults.stage_restarts = 1")
+    fault_figures(f"trainer SIGKILL at rung 1 step >= {before.step}",
+                  f"the rung restarted from its checkpoint at step {restarted_at} on new actors and saved its next "
+                  f"checkpoint {trainer_recovery:.0f} s after the kill; rung-1 steps logged twice: {redone1} "
+                  f"(checkpoint interval {every}); faults.stage_restarts = 1")
     fault_figures(f"MLflow server SIGKILL for {OUTAGE_S:.0f} s from rung 2's first logged step, then started on "
                   "the same port and store",
-                  f"steps {during} ran meanwhile; {int(max(m.value for m in retries))} delivery retries; rung-2 steps "
-                  f"logged twice: {redone2} (the trainer kill's redone interval); one version per rung")
+                  f"steps {during} ran meanwhile; {int(max(m.value for m in retries))} delivery retries")
+    fault_figures(f"an untrained version promoted by hand, then the controller actor SIGKILL, at rung 2 step >= "
+                  f"{at_controller_kill}",
+                  f"Ray restarted it; it re-entered the rung from its last checkpoint against the pinned judge v1 "
+                  f"(parse failures < 0.5 every step); checkpoint {recovery:.0f} s after the kill; rung-2 steps "
+                  f"logged twice: {redone2} (checkpoint interval {every}); one version per rung")
