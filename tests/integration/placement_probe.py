@@ -6,13 +6,12 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import yaml
 
 
-def main(model: str) -> None:
+def main(model: str, work: str) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
@@ -44,18 +43,17 @@ def main(model: str) -> None:
         step = rung.step()  # and they work together there
     finally:
         rung.shutdown()
-    refused = too_many_gpus(model, cluster.address)
+    refused = too_many_gpus(model, cluster.address, Path(work))
     print(json.dumps({"landed": landed, "expected": {k: nodes[k].node_id for k in landed},
                       "reward": step["reward/mean"], "too_many_gpus": refused}))
     ray.shutdown()
     cluster.shutdown()
 
 
-def too_many_gpus(model: str, address: str) -> dict:
+def too_many_gpus(model: str, address: str, work: Path) -> dict:
     """`ladder run --address` of a spec whose rollout worker and trainer each ask for the one GPU the cluster has:
     each fits the GPU node alone, the two together do not. Returns its exit code, stderr and whether anything was
-    written to its MLflow store."""
-    work = Path(tempfile.mkdtemp(prefix="too-many-gpus-"))
+    written to its MLflow store (under `work`, the test's own folder)."""
     spec = {"name": "too-many-gpus", "workdir": str(work / "w"), "student": {"base": model},
             "judge": {"initial": {"kind": "verifier", "function": "ladder.tasks.arithmetic:exact"}},
             "task": {"source": {"kind": "builtin", "train_size": 50}},
@@ -70,4 +68,4 @@ def too_many_gpus(model: str, address: str) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2])

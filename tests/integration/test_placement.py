@@ -14,10 +14,11 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_roles_land_on_the_nodes_the_spec_names(tiny_model):
+def test_roles_land_on_the_nodes_the_spec_names(tiny_model, tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
-    res = subprocess.run([sys.executable, str(Path(__file__).with_name("placement_probe.py")), tiny_model],
+    res = subprocess.run([sys.executable, str(Path(__file__).with_name("placement_probe.py")), tiny_model,
+                          str(tmp_path)],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
