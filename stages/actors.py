@@ -64,6 +64,11 @@ class StartGuard:
     def refused(self) -> bool:
         return self._refused
 
+    def tracked(self) -> list:
+        """The actors started and not yet killed or forgotten."""
+        with self._lock:
+            return list(self._started.values())
+
     def forget(self, handles) -> None:
         """Actors killed by their owner: no longer tracked."""
         with self._lock:

@@ -4,6 +4,7 @@ import random
 
 import pytest
 
+from stages.actors import StopRequested
 from stages.batches import JudgedBatch, RolloutBatch
 
 pytestmark = pytest.mark.integration
@@ -302,6 +303,46 @@ def test_a_judge_worker_killed_mid_call_is_replaced_and_its_chunk_retried(ray_lo
         spent.score_items(PROMPTS * 3, ["1+1=2#2"] * 12)
     fault_figures("judge worker SIGKILL mid-call", f"replaced, its chunk of 80 scored again; scores back {recovery:.1f} "
                   "s after the kill; scores equal one worker's")
+
+
+def test_stop_now_while_a_judge_worker_is_replaced_leaves_no_engine_alive(ray_local, tiny_model, wait_dead):
+    """`stop --now` while the judge pool starts a replacement for a dead worker (the new engine still loading): the
+    replacement, tracked since it was spawned, is killed with the rest, the pool's call ends in the stop (no further
+    replacement starts), and Ray has no actor of the ladder left."""
+    import signal
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ladder.judges import ResolvedJudge
+    from ladder.rung_stages import build_judge_pool
+    from ladder.spec import parse_spec
+    from ladder.stageset import StageSet
+    from ladder.tasks import build_task
+
+    ray = ray_local
+    spec = parse_spec({"name": "stop-now", "student": {"base": tiny_model}, "task": {"source": {"kind": "builtin"}},
+                       "judge": {"initial": {"kind": "model", "path": tiny_model}}, "judge_pool": {"workers": 1},
+                       "rollout": {"kv_cache_gib": 0.25}})
+    stages = StageSet()
+    pool = build_judge_pool(spec, ResolvedJudge("model", tiny_model, "initial"), build_task(spec.task, 0), 0,
+                            "stop-now.j", stages)
+    first = pool.workers[0]
+    os.kill(ray.get(first.__ray_call__.remote(lambda self: os.getpid())), signal.SIGKILL)
+    wait_dead(first)
+    with ThreadPoolExecutor(1) as threads:
+        scoring = threads.submit(pool.score_items, PROMPTS, ["1+1=2#2"] * len(PROMPTS))
+        deadline = time.monotonic() + 300
+        while len(stages.guard.tracked()) < 2:  # the replacement is spawned: its engine starts now
+            assert time.monotonic() < deadline and not scoring.done(), "no replacement was started"
+            time.sleep(0.05)
+        replacement = stages.guard.tracked()[-1]
+        stages.guard.kill_started()  # what the controller's `stop(now=True)` does
+        with pytest.raises((ray.exceptions.RayActorError, StopRequested)):
+            scoring.result(timeout=300)
+    wait_dead(replacement)
+    assert pool.replaced <= 1 and stages.guard.tracked() == []
+    left = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith("stop-now.")]
+    assert left == []
 
 
 def test_score_mode_counts_unparsable_outputs_and_uses_the_fallback(ray_local, engine_cfg):
