@@ -62,21 +62,27 @@ def wait_for(name, tracking_uri, what, timeout_s=900.0, poll_s=1.0):
     pytest.fail(f"{name}: condition not reached in {timeout_s:.0f} s; last progress {p}")
 
 
-ALIVE = """
-import json, sys
-from ray.util.state import list_actors
-actors = list_actors(address=sys.argv[1], filters=[("state", "=", "ALIVE")], limit=10000)
-print(json.dumps([a.name for a in actors if a.name == sys.argv[2] or (a.name or "").startswith(sys.argv[2] + ".")]))
-"""
+def live_actors(dashboard, env) -> list[dict]:
+    """The live actors of the Ray cluster, asked of its State API over HTTP (`/api/v0/actors`, as
+    `ray.util.state.list_actors` does) with the head's token: in this process, where Ray's own client would need a
+    process of its own (Ray reads the authentication mode once per process)."""
+    import urllib.parse
+    import urllib.request
+
+    query = urllib.parse.urlencode({"limit": 10000, "filter_keys": "state", "filter_predicates": "=",
+                                    "filter_values": "ALIVE", "detail": "false"})
+    request = urllib.request.Request(f"{dashboard}/api/v0/actors?{query}",
+                                     headers={"Authorization": f"Bearer {env['RAY_AUTH_TOKEN']}"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        answer = json.loads(response.read())
+    assert answer["result"], answer.get("msg")
+    return answer["data"]["result"]["result"]
 
 
 def alive(dashboard, env, name) -> list[str]:
-    """Names of live actors of ladder `name` (its controller and stage actors), asked of Ray's State API
-    (in a process of its own: Ray reads the authentication mode once per process)."""
-    res = subprocess.run([sys.executable, "-c", ALIVE, dashboard, name], env=env, capture_output=True, text=True,
-                         timeout=120)
-    assert res.returncode == 0, res.stderr[-2000:]
-    return json.loads(res.stdout)
+    """Names of live actors of ladder `name` (its controller and stage actors), as Ray's State API reports them."""
+    return [a["name"] for a in live_actors(dashboard, env) if a.get("name") == name
+            or (a.get("name") or "").startswith(name + ".")]
 
 
 def wait_gone(dashboard, env, name, timeout_s: float = 120.0) -> None:
@@ -109,22 +115,13 @@ def assert_one_line_refusal(res, expected: str) -> None:
     assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
 
 
-PID = """
-import json, re, sys
-from ray.util.state import list_actors
-found = list_actors(address=sys.argv[1], filters=[("state", "=", "ALIVE")], limit=10000)
-print(json.dumps([a.pid for a in found if re.fullmatch(sys.argv[2], a.name or "")]))
-"""
-
-
 def actor_pid(dashboard, env, name_pattern, timeout_s=120.0) -> int:
     """The process id of the live actor whose name matches `name_pattern`, as Ray reports it."""
+    import re
+
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        res = subprocess.run([sys.executable, "-c", PID, dashboard, name_pattern], env=env, capture_output=True,
-                             text=True, timeout=120)
-        assert res.returncode == 0, res.stderr[-2000:]
-        pids = json.loads(res.stdout)
+        pids = [a["pid"] for a in live_actors(dashboard, env) if re.fullmatch(name_pattern, a.get("name") or "")]
         if pids:
             return pids[0]
         time.sleep(1)
