@@ -22,8 +22,10 @@ $(STAMP): pyproject.toml
 # two test processes (pytest-xdist), a module to each at a time, the longest modules first (tests/conftest.py):
 # engine starts, model loads and MLflow round trips of one leave a core idle that the other fills
 TEST_PROCS ?= 2
+PYTEST_ARGS ?=  # more pytest options, e.g. PYTEST_ARGS=--durations=0
 test: setup
-	$(PY) -m pytest tests -v -n $(TEST_PROCS) --dist loadfile --no-loadscope-reorder --timeout=3600 --durations=30
+	$(PY) -m pytest tests -v -n $(TEST_PROCS) --dist loadfile --no-loadscope-reorder --timeout=3600 --durations=30 \
+	  $(PYTEST_ARGS)
 
 test-unit: setup
 	$(PY) -m pytest tests/unit -q
