@@ -85,3 +85,22 @@ def test_submit_to_a_cluster_with_a_file_store_is_one_line(tmp_path, monkeypatch
     res = CliRunner().invoke(app, ["submit", str(path), "--address", "127.0.0.1:1"])
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert res.output.strip().startswith("error: submit --address: MLflow at SQLite under the work directory")
+
+
+def test_a_submitted_job_checks_every_rungs_dataset_on_the_cluster_before_anything_starts(tmp_path, monkeypatch):
+    """The driver of a submitted job (`ladder run-submitted`, on the cluster, in the job's working directory)
+    checks the spec as the cluster sees it before Ray or MLflow is touched: rung 2's dataset (from the schedule),
+    a relative path the submitter had but the cluster's working directory lacks, fails in one line naming it."""
+    monkeypatch.chdir(tmp_path)  # the job's working directory on the cluster: no data/ here
+    for var in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(var, raising=False)
+    spec = parse_spec({**spec_dict(), "rungs": 2, "workdir": "work", "mlflow": {"tracking_uri": "http://mlflow:5000"},
+                       "schedule": [{"rung": 2, "task": {"kind": "jsonl", "path": "data/harder.jsonl",
+                                                         "answer_pattern": "hash"}}]})
+    monkeypatch.setenv("LADDER_SPEC_JSON", spec.model_dump_json())
+    monkeypatch.setenv("LADDER_JOB", "j1")
+    res = CliRunner().invoke(app, ["run-submitted"])
+    lines = res.output.strip().splitlines()
+    assert res.exit_code == 2 and len(lines) == 1 and "Traceback" not in res.output, res.output
+    assert lines[0].startswith("error: ") and "data/harder.jsonl" in lines[0], lines
+    assert not (tmp_path / "work" / "mlflow.db").exists()
