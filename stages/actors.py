@@ -189,7 +189,7 @@ def kill_all(handles, wait_s: float = 30.0) -> None:
     from stages.engine import sweep_engine_tmp
 
     handles = list(handles)
-    pids = local_pids(handles)
+    pids = local_pids(handles) if handles else []  # no Ray call for nothing: one would start a Ray of its own
     for h in handles:
         try:
             ray.kill(h)
@@ -214,6 +214,8 @@ def local_pids(handles) -> list[int]:
     """Process ids of the actors that run on this node, from Ray's actor table (empty where it cannot say)."""
     import ray
 
+    if not ray.is_initialized():  # get_runtime_context() would start a Ray (a bare `ray.init()`, joining any)
+        return []
     try:
         from ray._private.state import actors as actor_table
 

@@ -81,3 +81,20 @@ def test_placement_refuses_before_any_actor_starts(monkeypatch):
     monkeypatch.setattr(ray, "nodes", lambda: [node(2, gpus=1), node(2, gpus=1)])
     with pytest.raises(PlacementError, match="asks for 3 GPU in total"):
         check_placement(spec(resources={"rollout": {"gpus": 1}, "judge": {"gpus": 1}, "trainer": {"gpus": 1}}))
+
+
+def test_a_controllers_cleanup_with_no_actors_starts_no_ray():
+    """What a controller's end runs (`kill_all` of its actors, `kill_started`), with no actor to kill (a ladder run
+    in-process that failed before any started, a CLI process): no Ray is started or joined. Ray starts one at the
+    first call that needs it, a bare `ray.init()` that joins any Ray of the machine; it did, in a test process that
+    had none yet, and the next `ray.init` of that process failed ("called ray.init twice"). In a process of its own:
+    one with a Ray already up could not tell."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("from stages.actors import StartGuard, kill_all; kill_all([]); StartGuard().kill_started(); "
+            "import ray; print(ray.is_initialized())")
+    res = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "False", res.stderr[-2000:]
