@@ -128,15 +128,20 @@ def actor_pid(dashboard, env, name_pattern, timeout_s=120.0) -> int:
     pytest.fail(f"no live actor named like {name_pattern}")
 
 
-def promote_by_hand(env, name, uri, model_dir, *where) -> str:
-    """A version of `model_dir` registered by hand in the ladder's model (no rung made it), then promoted with
-    `ladder promote` (`where`: its `--workdir` or `--tracking-uri`): the aliases judge and champion move to it.
-    Returns its number."""
+def register_by_hand(name, uri, model_dir) -> str:
+    """A version of `model_dir` registered by hand in the ladder's model (no rung made it, no alias names it yet);
+    returns its number."""
     from ladder.registry import Registry
 
     reg = Registry(name, uri)
     run = reg.client.create_run(reg.experiment_id, run_name="by hand").info.run_id
-    version = reg.register(run, model_dir, {"ladder.rung_uid": "by-hand"})
+    return reg.register(run, model_dir, {"ladder.rung_uid": "by-hand"})
+
+
+def promote_by_hand(env, name, uri, model_dir, *where) -> str:
+    """A version of `model_dir` registered by hand, then promoted with `ladder promote` (`where`: its `--workdir`
+    or `--tracking-uri`): the aliases judge and champion move to it. Returns its number."""
+    version = register_by_hand(name, uri, model_dir)
     out = json.loads(ladder(env, "promote", name, version, *where, "--json").stdout)
     assert out["aliases"]["judge"] == version
     return version

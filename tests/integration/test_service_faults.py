@@ -9,8 +9,8 @@ import sys
 import time
 
 import pytest
-from service import (ROOT, actor_pid, judged_by_version_one, ladder, promote_by_hand, service_spec, steps_logged,
-                     untrained_model, wait_for)
+from service import (ROOT, actor_pid, judged_by_version_one, ladder, progress_of, register_by_hand, service_spec,
+                     steps_logged, untrained_model, wait_for)
 
 pytestmark = pytest.mark.integration
 
@@ -43,52 +43,59 @@ def steps_redone(uri, name, rung, steps, every) -> int:
     return len(logged) - steps
 
 
-def kill_driver(driver, dashboard, env, name, uri, every):
-    """SIGKILL the driver of `ladder run` at rung 1's first checkpoint: the ladder goes on without it. Returns (the
-    step it was killed at, the progress saved after it, the seconds until then)."""
-    at_kill = wait_for(name, uri, lambda p: p.rung == 1 and p.step >= every).step
+def kill_trainer(dashboard, env, name, uri, steps, every):
+    """SIGKILL the trainer at rung 1's first checkpoint (its pid looked up before, so the kill lands mid-rung on a
+    busy machine too): the rung restarts from that checkpoint on fresh actors. Returns (the step it was killed at,
+    the checkpoint it restarted from, the seconds until the restarted rung's next checkpoint or its end)."""
+    job = wait_for(name, uri, lambda p: p.rung == 1 and p.phase.value == "train").job
+    pid = actor_pid(dashboard, env, rf"{name}\.{job}\.trainer\..*")
+    at = wait_for(name, uri, lambda p: p.rung == 1 and p.step >= every, poll_s=0.2)
+    assert at.phase.value == "train" and at.step < steps, f"rung 1 ended its steps before the kill: {at}"
+    os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    restarted = wait_for(name, uri, lambda p: p.rung > 1 or p.results.stage_restarts >= 1)
+    wait_for(name, uri, lambda p: p.rung > 1 or p.phase.value != "train" or p.step > restarted.step)
+    return at.step, restarted.step, time.monotonic() - killed
+
+
+def kill_driver(driver, dashboard, env, name, uri):
+    """SIGKILL the driver of `ladder run`: the ladder goes on without it. Returns (the progress when it was killed,
+    the progress saved after it, the seconds until then)."""
+    at = progress_of(name, uri)
     driver.kill()
     assert driver.wait(60) == -signal.SIGKILL
     killed = time.monotonic()
     status = json.loads(ladder(env, "status", name, "--address", dashboard, "--tracking-uri", uri, "--json").stdout)
     assert status["live"] is True and status["state"] == "running"
-    after = wait_for(name, uri, lambda p: p.rung == 1 and p.step > at_kill)  # went on without it
-    return at_kill, after, time.monotonic() - killed
+    after = wait_for(name, uri, lambda p: (p.rung, p.step) > (at.rung, at.step))  # went on without it
+    return at, after, time.monotonic() - killed
 
 
-def kill_trainer(dashboard, env, name, uri, job, rung):
-    """SIGKILL the trainer mid-rung `rung`: the rung restarts from its checkpoint on fresh actors. Returns (the
-    checkpoint it restarted from, the seconds until the restarted rung's next checkpoint or its end)."""
-    pid = actor_pid(dashboard, env, rf"{name}\.{job}\.trainer\..*")
-    os.kill(pid, signal.SIGKILL)
-    killed = time.monotonic()
-    restarted = wait_for(name, uri, lambda p: p.rung > rung or p.results.stage_restarts >= 1)
-    wait_for(name, uri, lambda p: p.rung > rung or p.phase.value != "train" or p.step > restarted.step)
-    return restarted.step, time.monotonic() - killed
+def promote_then_kill_controller(dashboard, env, name, uri, hand, steps, every):
+    """Early in rung 2 a version registered by hand is promoted (`judge` names it from then on); at the rung's
+    first checkpoint the controller is SIGKILLed: Ray restarts it, and it re-enters the rung from that checkpoint
+    against the judge pinned at the rung's start, whatever the alias says by then. Returns (the step it was killed
+    at, when, as `time.time()`, the seconds until the restarted controller's next checkpoint)."""
+    from ladder.registry import Registry
 
-
-def promote_then_kill_controller(dashboard, env, name, uri, every, untrained_dir):
-    """Early in rung 2 an untrained model is promoted by hand (`judge` names it from then on); at the rung's first
-    checkpoint the controller is SIGKILLed: Ray restarts it, and it re-enters the rung from that checkpoint against
-    the judge pinned at the rung's start, whatever the alias says by then. Returns (the step it was killed at, when,
-    as `time.time()`, the seconds until the restarted controller's next checkpoint, the version promoted by hand)."""
     pid = actor_pid(dashboard, env, name)
-    hand = promote_by_hand(env, name, uri, untrained_model(untrained_dir), "--tracking-uri", uri)
-    at_kill = wait_for(name, uri, lambda p: p.rung == 2 and p.step >= every, poll_s=0.2).step
+    Registry(name, uri).promote(hand, by="someone", reason="by hand, mid-rung")  # judge and champion move to it
+    at = wait_for(name, uri, lambda p: p.rung == 2 and p.step >= every, poll_s=0.2)
+    assert at.phase.value == "train" and at.step < steps, f"rung 2 ended its steps before the kill: {at}"
     os.kill(pid, signal.SIGKILL)
     killed, killed_at = time.monotonic(), time.time()
-    wait_for(name, uri, lambda p: p.rung > 2 or p.phase.value != "train" or p.step > at_kill)
+    wait_for(name, uri, lambda p: p.rung > 2 or p.phase.value != "train" or p.step > at.step)
     recovery = time.monotonic() - killed
     assert actor_pid(dashboard, env, name) != pid  # Ray started a new controller process
-    return at_kill, killed_at, recovery, hand
+    return at.step, killed_at, recovery
 
 
 def test_killed_driver_trainer_and_controller_an_mlflow_outage_and_a_promotion_by_hand(tiny_model, ray_head,
                                                                                      mlflow_proc, tmp_path,
                                                                                      fault_figures):
-    """Five faults in one ladder. SIGKILL the driver of a `ladder run`: the ladder goes on. SIGKILL the trainer in
-    rung 1: the rung restarts from its checkpoint on fresh actors. SIGKILL the `mlflow server` (its process group)
-    at rung 2's first logged step and start it again 30 s later on the same port and store (MLflow's own HTTP
+    """Five faults in one ladder. SIGKILL the trainer in rung 1: the rung restarts from its checkpoint on fresh
+    actors. SIGKILL the driver of the `ladder run`: the ladder goes on. SIGKILL the `mlflow server` (its process
+    group) at rung 2's first logged step and start it again 30 s later on the same port and store (MLflow's own HTTP
     retries are cut to one, so the ladder's retries carry it): training goes on meanwhile and every metric arrives.
     Promote an untrained model by hand mid-rung 2, then SIGKILL the controller: Ray restarts it, it re-enters the
     rung from the last checkpoint, and the rung keeps the judge pinned at its start. No step is logged twice beyond
@@ -102,11 +109,13 @@ def test_killed_driver_trainer_and_controller_an_mlflow_outage_and_a_promotion_b
     driver = subprocess.Popen([sys.executable, "-m", "ladder.cli", "run", str(spec), "--address", gcs], cwd=ROOT,
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        at_driver_kill, before, driver_gap = kill_driver(driver, dashboard, env, name, uri, every)
-        restarted_at, trainer_recovery = kill_trainer(dashboard, env, name, uri, before.job, rung=1)
+        at_trainer_kill, restarted_at, trainer_recovery = kill_trainer(dashboard, env, name, uri, steps, every)
+        at_driver_kill, after_driver, driver_gap = kill_driver(driver, dashboard, env, name, uri)
+        wait_for(name, uri, lambda p: p.rung == 2)
+        hand = register_by_hand(name, uri, untrained_model(tmp_path / "untrained"))  # not promoted yet
         down, up, _ = outage_from_first_step(mlflow_proc, name, 2, lambda: None)
-        at_controller_kill, killed_at, recovery, hand = promote_then_kill_controller(dashboard, env, name, uri, every,
-                                                                                     tmp_path / "untrained")
+        at_controller_kill, killed_at, recovery = promote_then_kill_controller(dashboard, env, name, uri, hand,
+                                                                               steps, every)
         wait_for(name, uri, lambda p: p.state.value == "completed")
     finally:
         if driver.poll() is None:
@@ -128,12 +137,13 @@ def test_killed_driver_trainer_and_controller_an_mlflow_outage_and_a_promotion_b
     assert during, "no step ran while MLflow was down: training waited for it"
     retries = reg.client.get_metric_history(versions[2].run_id, "faults.mlflow_retries")
     assert retries and max(m.value for m in retries) >= 1
-    fault_figures(f"driver of `ladder run` SIGKILL at rung 1 step >= {at_driver_kill}",
-                  f"the ladder went on without it: checkpoint step {before.step} saved {driver_gap:.0f} s after the kill")
-    fault_figures(f"trainer SIGKILL at rung 1 step >= {before.step}",
+    fault_figures(f"trainer SIGKILL at rung 1 step >= {at_trainer_kill}",
                   f"the rung restarted from its checkpoint at step {restarted_at} on new actors and saved its next "
                   f"checkpoint {trainer_recovery:.0f} s after the kill; rung-1 steps logged twice: {redone1} "
                   f"(checkpoint interval {every}); faults.stage_restarts = 1")
+    fault_figures(f"driver of `ladder run` SIGKILL at rung {at_driver_kill.rung} step >= {at_driver_kill.step}",
+                  f"the ladder went on without it: rung {after_driver.rung} step {after_driver.step} saved "
+                  f"{driver_gap:.0f} s after the kill")
     fault_figures(f"MLflow server SIGKILL for {OUTAGE_S:.0f} s from rung 2's first logged step, then started on "
                   "the same port and store",
                   f"steps {during} ran meanwhile; {int(max(m.value for m in retries))} delivery retries")
