@@ -189,7 +189,7 @@ def kill_all(handles, wait_s: float = 30.0) -> None:
     from stages.engine import sweep_engine_tmp
 
     handles = list(handles)
-    pids = local_pids(handles) if handles else []  # no Ray call for nothing: one would start a Ray of its own
+    pids = local_pids(handles)
     for h in handles:
         try:
             ray.kill(h)
