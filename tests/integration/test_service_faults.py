@@ -18,21 +18,20 @@ pytestmark = pytest.mark.integration
 OUTAGE_S = 30.0
 
 
-def outage_from_first_step(mlflow_proc, name, rung, meanwhile):
+def outage_from_first_step(mlflow_proc, name, rung):
     """SIGKILL the MLflow server as soon as rung `rung` has logged a step (before its first checkpoint, which
-    waits for MLflow), call `meanwhile()` during the outage, start the server again OUTAGE_S later on the same
-    port and store; returns (down, up, what `meanwhile` returned), times as `time.time()`."""
+    waits for MLflow), start it again OUTAGE_S later on the same port and store; returns (down, up), times as
+    `time.time()`."""
     deadline = time.monotonic() + 600
     while not steps_logged(mlflow_proc.url, name, rung):
         assert time.monotonic() < deadline, f"rung {rung} logged no step"
         time.sleep(0.1)
     mlflow_proc.stop(grace_s=0)  # MLflow goes away mid-rung, at once
     down = time.time()
-    found = meanwhile()
     time.sleep(max(0.0, down + OUTAGE_S - time.time()))  # the outage itself
     up = time.time()
     mlflow_proc.start()
-    return down, up, found
+    return down, up
 
 
 def steps_redone(uri, name, rung, steps, every) -> int:
@@ -56,6 +55,12 @@ def kill_trainer(dashboard, env, name, uri, steps, every):
     restarted = wait_for(name, uri, lambda p: p.rung > 1 or p.results.stage_restarts >= 1)
     wait_for(name, uri, lambda p: p.rung > 1 or p.phase.value != "train" or p.step > restarted.step)
     return at.step, restarted.step, time.monotonic() - killed
+
+
+def register_untrained_in_rung_two(name, uri, folder) -> str:
+    """Once rung 2 has begun (its judge pinned), an untrained model is registered by hand, not promoted yet."""
+    wait_for(name, uri, lambda p: p.rung == 2)
+    return register_by_hand(name, uri, untrained_model(folder))
 
 
 def kill_driver(driver, dashboard, env, name, uri):
@@ -90,9 +95,7 @@ def promote_then_kill_controller(dashboard, env, name, uri, hand, steps, every):
     return at.step, killed_at, recovery
 
 
-def test_killed_driver_trainer_and_controller_an_mlflow_outage_and_a_promotion_by_hand(tiny_model, ray_head,
-                                                                                     mlflow_proc, tmp_path,
-                                                                                     fault_figures):
+def test_five_faults_in_one_service_ladder(tiny_model, ray_head, mlflow_proc, tmp_path, fault_figures):
     """Five faults in one ladder. SIGKILL the trainer in rung 1: the rung restarts from its checkpoint on fresh
     actors. SIGKILL the driver of the `ladder run`: the ladder goes on. SIGKILL the `mlflow server` (its process
     group) at rung 2's first logged step and start it again 30 s later on the same port and store (MLflow's own HTTP
@@ -111,9 +114,8 @@ def test_killed_driver_trainer_and_controller_an_mlflow_outage_and_a_promotion_b
     try:
         at_trainer_kill, restarted_at, trainer_recovery = kill_trainer(dashboard, env, name, uri, steps, every)
         at_driver_kill, after_driver, driver_gap = kill_driver(driver, dashboard, env, name, uri)
-        wait_for(name, uri, lambda p: p.rung == 2)
-        hand = register_by_hand(name, uri, untrained_model(tmp_path / "untrained"))  # not promoted yet
-        down, up, _ = outage_from_first_step(mlflow_proc, name, 2, lambda: None)
+        hand = register_untrained_in_rung_two(name, uri, tmp_path / "untrained")
+        down, up = outage_from_first_step(mlflow_proc, name, 2)
         at_controller_kill, killed_at, recovery = promote_then_kill_controller(dashboard, env, name, uri, hand,
                                                                                steps, every)
         wait_for(name, uri, lambda p: p.state.value == "completed")
