@@ -154,14 +154,16 @@ def untrained_model(path) -> str:
     return str(build_tiny_model(path, size="micro", seed=1))
 
 
-def judged_by_version_one(uri, name, rung: int, steps: int) -> None:
-    """Rung `rung` trained against the judge pinned at its start (version 1) through a restart, not an untrained
-    version promoted by hand before it: version 1's answers parse, the untrained model's do not (most of them, each
-    step), so a step it judged would show parse failures far above the bar (with the pin removed: 0.875)."""
+def judged_by_rung_one(uri, name, rung: int, steps: int) -> None:
+    """Rung `rung` trained against the judge pinned at its start (rung 1's version) through a restart, not an
+    untrained version promoted by hand before it: rung 1's answers parse, the untrained model's do not (most of
+    them, each step), so a step it judged would show parse failures far above the bar (with the pin removed: 0.875)."""
     from ladder.registry import Registry
 
     reg = Registry.find(name, uri)
-    run = next(v for v in reg.versions() if v.tags.get("ladder.rung") == str(rung))
-    assert run.tags["ladder.judge"] == f"{name}/v1"
+    versions = reg.versions()
+    first = next(v.version for v in versions if v.tags.get("ladder.rung") == "1")
+    run = next(v for v in versions if v.tags.get("ladder.rung") == str(rung))
+    assert run.tags["ladder.judge"] == f"{name}/v{first}"
     history = reg.client.get_metric_history(run.run_id, "judge.parse_failure_rate")
     assert {m.step for m in history} == set(range(1, steps + 1)) and max(m.value for m in history) < 0.5, history

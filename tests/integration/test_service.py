@@ -6,7 +6,7 @@ import sys
 
 import pytest
 from servers import free_port  # tests/integration/servers.py
-from service import (alive, assert_one_line_refusal, judged_by_version_one, ladder, progress_of, promote_by_hand,
+from service import (alive, assert_one_line_refusal, judged_by_rung_one, ladder, progress_of, promote_by_hand,
                      ray_job_stop, service_spec, steps_logged, untrained_model, wait_for, wait_gone)
 
 pytestmark = pytest.mark.integration
@@ -90,7 +90,7 @@ def test_submit_jobstop_status_promote_stop_resume(tiny_model, ray_head, mlflow_
                                                                          (3, 2, "promoted")]
     assert {r["job"] for r in rows if r["rung"]} == {sub["job"]}
     assert steps_logged(mlflow_server, name, 2) == list(range(1, 13))  # a graceful stop redoes no step
-    judged_by_version_one(mlflow_server, name, rung=2, steps=12)
+    judged_by_rung_one(mlflow_server, name, rung=2, steps=12)
     wait_gone(dashboard, env, name)  # the controller ends itself once the ladder is over
     assert [p.name for p in laptop.iterdir()] == ["svc.yaml"]  # no work directory, store or cache here
     assert done.checkpoint and not done.checkpoint.startswith(str(tmp_path))

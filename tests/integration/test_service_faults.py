@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from service import (ROOT, actor_pid, judged_by_version_one, ladder, progress_of, register_by_hand, service_spec,
+from service import (ROOT, actor_pid, judged_by_rung_one, ladder, progress_of, register_by_hand, service_spec,
                      steps_logged, untrained_model, wait_for)
 
 pytestmark = pytest.mark.integration
@@ -55,12 +55,6 @@ def kill_trainer(dashboard, env, name, uri, steps, every):
     restarted = wait_for(name, uri, lambda p: p.rung > 1 or p.results.stage_restarts >= 1)
     wait_for(name, uri, lambda p: p.rung > 1 or p.phase.value != "train" or p.step > restarted.step)
     return at.step, restarted.step, time.monotonic() - killed
-
-
-def register_untrained_in_rung_two(name, uri, folder) -> str:
-    """Once rung 2 has begun (its judge pinned), an untrained model is registered by hand, not promoted yet."""
-    wait_for(name, uri, lambda p: p.rung == 2)
-    return register_by_hand(name, uri, untrained_model(folder))
 
 
 def kill_driver(driver, dashboard, env, name, uri):
@@ -109,12 +103,14 @@ def test_five_faults_in_one_service_ladder(tiny_model, ray_head, mlflow_proc, tm
     spec = service_spec(tiny_model, tmp_path / "w", name, uri, rungs=2, checkpoint_every=every,
                         train={"lr": 1e-4, "kl_coef": 0.0, "steps": steps, "prompts_per_step": 16},
                         promotion={"policy": "auto", "tolerance": 1.0, "min_auc": 0.0, "collapse_share": 1.0})
+    # registered by hand before the ladder starts (version 1, no alias names it): mid-rung 2 only its promotion
+    # remains, a few MLflow calls, so the kill after it lands inside the rung on a loaded machine too
+    hand = register_by_hand(name, uri, untrained_model(tmp_path / "untrained"))
     driver = subprocess.Popen([sys.executable, "-m", "ladder.cli", "run", str(spec), "--address", gcs], cwd=ROOT,
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         at_trainer_kill, restarted_at, trainer_recovery = kill_trainer(dashboard, env, name, uri, steps, every)
         at_driver_kill, after_driver, driver_gap = kill_driver(driver, dashboard, env, name, uri)
-        hand = register_untrained_in_rung_two(name, uri, tmp_path / "untrained")
         down, up = outage_from_first_step(mlflow_proc, name, 2)
         at_controller_kill, killed_at, recovery = promote_then_kill_controller(dashboard, env, name, uri, hand,
                                                                                steps, every)
@@ -128,11 +124,11 @@ def test_five_faults_in_one_service_ladder(tiny_model, ray_head, mlflow_proc, tm
 
     reg = Registry.find(name, uri)
     versions = reg.versions()
-    assert [(v.version, v.tags.get("ladder.rung")) for v in versions] == [("1", "1"), (hand, None), ("3", "2")]
+    assert [(v.version, v.tags.get("ladder.rung")) for v in versions] == [(hand, None), ("2", "1"), ("3", "2")]
     redone1 = steps_redone(uri, name, 1, steps, every)
     redone2 = steps_redone(uri, name, 2, steps, every)
-    assert reg.client.get_run(versions[0].run_id).data.metrics["faults.stage_restarts"] == 1.0  # on record
-    judged_by_version_one(uri, name, rung=2, steps=steps)
+    assert reg.client.get_run(versions[1].run_id).data.metrics["faults.stage_restarts"] == 1.0  # on record
+    judged_by_rung_one(uri, name, rung=2, steps=steps)
     trained = reg.client.get_metric_history(versions[2].run_id, "reward.mean")
     assert max(m.timestamp for m in trained) > killed_at * 1000  # the restarted controller trained rung-2 steps
     during = sorted({m.step for m in trained if down * 1000 <= m.timestamp <= up * 1000})
@@ -151,6 +147,6 @@ def test_five_faults_in_one_service_ladder(tiny_model, ray_head, mlflow_proc, tm
                   f"steps {during} ran meanwhile; {int(max(m.value for m in retries))} delivery retries")
     fault_figures(f"an untrained version promoted by hand, then the controller actor SIGKILL, at rung 2 step >= "
                   f"{at_controller_kill}",
-                  f"Ray restarted it; it re-entered the rung from its last checkpoint against the pinned judge v1 "
+                  f"Ray restarted it; it re-entered the rung from its last checkpoint against the pinned judge, rung 1's version "
                   f"(parse failures < 0.5 every step); checkpoint {recovery:.0f} s after the kill; rung-2 steps "
                   f"logged twice: {redone2} (checkpoint interval {every}); one version per rung")
