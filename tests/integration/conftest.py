@@ -141,6 +141,8 @@ def ray_head():
     temp = tempfile.mkdtemp(prefix="/tmp/lt")  # short: Ray's socket paths must fit 107 characters
     home = tempfile.mkdtemp(prefix="ladder-home-")  # no ~/.ray/auth_token of the machine's is seen
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16), "HOME": home,
+           # vLLM's cache of model facts stays the machine's: a fresh one costs a process inspecting the model
+           "VLLM_CACHE_ROOT": os.environ.get("VLLM_CACHE_ROOT") or os.path.expanduser("~/.cache/vllm"),
            "PATH": f"{BIN}:{os.environ['PATH']}",
            # MLflow's own HTTP retries cut to one: the ladder's retries are what carry it through an outage
            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}

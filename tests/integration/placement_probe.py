@@ -1,7 +1,8 @@
 """Run by test_placement.py in its own process: a multi-node Ray on this machine (`ray.cluster_utils.Cluster`,
 each node with its own custom resources, labels and a fake GPU count), one rung's stage actors started on it
 by the spec's `resources`, and the node each actor landed on printed as JSON; then `ladder run` of a spec each of
-whose roles fits a node but that asks more GPUs in total than the cluster has, and what it said."""
+whose roles fits a node but that asks more GPUs in total than the cluster has, and of one whose trainer no node can
+host, and what each said."""
 import json
 import os
 import subprocess
@@ -43,27 +44,29 @@ def main(model: str, work: str) -> None:
         step = rung.step()  # and they work together there
     finally:
         rung.shutdown()
-    refused = too_many_gpus(model, cluster.address, Path(work))
+    # the rollout worker and the trainer each fit the GPU node alone, the two together do not
+    too_many = refused(model, cluster.address, Path(work) / "too-many-gpus", "too-many-gpus",
+                       {"rollout": {"cpus": 1, "gpus": 1}, "trainer": {"cpus": 1, "gpus": 1}})
+    too_big = refused(model, cluster.address, Path(work) / "too-big", "too-big", {"trainer": {"cpus": 1, "gpus": 8}})
     print(json.dumps({"landed": landed, "expected": {k: nodes[k].node_id for k in landed},
-                      "reward": step["reward/mean"], "too_many_gpus": refused}))
+                      "reward": step["reward/mean"], "too_many_gpus": too_many, "too_big": too_big}))
     ray.shutdown()
     cluster.shutdown()
 
 
-def too_many_gpus(model: str, address: str, work: Path) -> dict:
-    """`ladder run --address` of a spec whose rollout worker and trainer each ask for the one GPU the cluster has:
-    each fits the GPU node alone, the two together do not. Returns its exit code, stderr and whether anything was
-    written to its MLflow store (under `work`, the test's own folder)."""
-    spec = {"name": "too-many-gpus", "workdir": str(work / "w"), "student": {"base": model},
+def refused(model: str, address: str, work: Path, name: str, resources: dict) -> dict:
+    """`ladder run --address` of a spec asking `resources` of the cluster. Returns its exit code, stderr and
+    whether anything was written to its MLflow store (under `work`, in the test's own folder)."""
+    spec = {"name": name, "workdir": str(work / "w"), "student": {"base": model},
             "judge": {"initial": {"kind": "verifier", "function": "ladder.tasks.arithmetic:exact"}},
-            "task": {"source": {"kind": "builtin", "train_size": 50}},
-            "resources": {"rollout": {"cpus": 1, "gpus": 1}, "trainer": {"cpus": 1, "gpus": 1}}}
+            "task": {"source": {"kind": "builtin", "train_size": 50}}, "resources": resources}
+    work.mkdir(parents=True)
     (work / "spec.yaml").write_text(yaml.safe_dump(spec))
     res = subprocess.run([sys.executable, "-m", "ladder.cli", "run", str(work / "spec.yaml"), "--address", address],
                          env={**os.environ, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True, timeout=300)
     from ladder.registry import Registry
 
-    found = Registry.find("too-many-gpus", f"sqlite:///{work / 'w' / 'mlflow.db'}")
+    found = Registry.find(name, f"sqlite:///{work / 'w' / 'mlflow.db'}")
     return {"code": res.returncode, "stderr": res.stderr, "stored": found is not None}
 
 

@@ -1,6 +1,8 @@
-"""Helpers of the service tests (test_service.py, test_service_faults.py, test_local_jobs.py): a ladder's spec,
-the CLI as a user runs it, its saved progress and logged steps, and what Ray says of its actors."""
+"""Helpers of the service tests (test_service.py, test_user_data.py): a ladder's spec, the CLI as a user runs it, its
+saved progress and logged steps, what Ray says of its actors, and the faults the service scenario injects."""
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -167,3 +169,78 @@ def judged_by_rung_one(uri, name, rung: int, steps: int) -> None:
     assert run.tags["ladder.judge"] == f"{name}/v{first}"
     history = reg.client.get_metric_history(run.run_id, "judge.parse_failure_rate")
     assert {m.step for m in history} == set(range(1, steps + 1)) and max(m.value for m in history) < 0.5, history
+
+
+# the faults of test_service.py's fault scenario ----------------------------------------------------------------
+OUTAGE_S = 30.0
+
+
+def outage_from_first_step(mlflow_proc, name, rung):
+    """SIGKILL the MLflow server as soon as rung `rung` has logged a step (before its first checkpoint, which
+    waits for MLflow), start it again OUTAGE_S later on the same port and store; returns (down, up), times as
+    `time.time()`."""
+    deadline = time.monotonic() + 600
+    while not steps_logged(mlflow_proc.url, name, rung):
+        assert time.monotonic() < deadline, f"rung {rung} logged no step"
+        time.sleep(0.1)
+    mlflow_proc.stop(grace_s=0)  # MLflow goes away mid-rung, at once
+    down = time.time()
+    time.sleep(max(0.0, down + OUTAGE_S - time.time()))  # the outage itself
+    up = time.time()
+    mlflow_proc.start()
+    return down, up
+
+
+def steps_redone(uri, name, rung, steps, every) -> int:
+    """Rung `rung` logged each of its `steps` steps, and again at most one checkpoint interval (`every`) of
+    them; returns how many were logged twice."""
+    logged = steps_logged(uri, name, rung)
+    assert sorted(set(logged)) == list(range(1, steps + 1)) and len(logged) - steps <= every  # one interval redone
+    return len(logged) - steps
+
+
+def kill_trainer(dashboard, env, name, uri, steps, every):
+    """SIGKILL the trainer at rung 1's first checkpoint (its pid looked up before, so the kill lands mid-rung on a
+    busy machine too): the rung restarts from that checkpoint on fresh actors. Returns (the step it was killed at,
+    the checkpoint it restarted from, the seconds until the restarted rung's next checkpoint or its end)."""
+    job = wait_for(name, uri, lambda p: p.rung == 1 and p.phase.value == "train").job
+    pid = actor_pid(dashboard, env, rf"{name}\.{job}\.trainer\..*")
+    at = wait_for(name, uri, lambda p: p.rung == 1 and p.step >= every, poll_s=0.2)
+    assert at.phase.value == "train" and at.step < steps, f"rung 1 ended its steps before the kill: {at}"
+    os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    restarted = wait_for(name, uri, lambda p: p.rung > 1 or p.results.stage_restarts >= 1)
+    wait_for(name, uri, lambda p: p.rung > 1 or p.phase.value != "train" or p.step > restarted.step)
+    return at.step, restarted.step, time.monotonic() - killed
+
+
+def kill_driver(driver, dashboard, env, name, uri):
+    """SIGKILL the driver of `ladder run`: the ladder goes on without it. Returns (the progress when it was killed,
+    the progress saved after it, the seconds until then)."""
+    at = progress_of(name, uri)
+    driver.kill()
+    assert driver.wait(60) == -signal.SIGKILL
+    killed = time.monotonic()
+    status = json.loads(ladder(env, "status", name, "--address", dashboard, "--tracking-uri", uri, "--json").stdout)
+    assert status["live"] is True and status["state"] == "running"
+    after = wait_for(name, uri, lambda p: (p.rung, p.step) > (at.rung, at.step))  # went on without it
+    return at, after, time.monotonic() - killed
+
+
+def promote_then_kill_controller(dashboard, env, name, uri, hand, steps, every):
+    """Early in rung 2 a version registered by hand is promoted (`judge` names it from then on); at the rung's
+    first checkpoint the controller is SIGKILLed: Ray restarts it, and it re-enters the rung from that checkpoint
+    against the judge pinned at the rung's start, whatever the alias says by then. Returns (the step it was killed
+    at, when, as `time.time()`, the seconds until the restarted controller's next checkpoint)."""
+    from ladder.registry import Registry
+
+    pid = actor_pid(dashboard, env, name)
+    Registry(name, uri).promote(hand, by="someone", reason="by hand, mid-rung")  # judge and champion move to it
+    at = wait_for(name, uri, lambda p: p.rung == 2 and p.step >= every, poll_s=0.2)
+    assert at.phase.value == "train" and at.step < steps, f"rung 2 ended its steps before the kill: {at}"
+    os.kill(pid, signal.SIGKILL)
+    killed, killed_at = time.monotonic(), time.time()
+    wait_for(name, uri, lambda p: p.rung > 2 or p.phase.value != "train" or p.step > at.step)
+    recovery = time.monotonic() - killed
+    assert actor_pid(dashboard, env, name) != pid  # Ray started a new controller process
+    return at.step, killed_at, recovery

@@ -1,13 +1,18 @@
 """The ladder as a service, driven through the CLI as a user would, against a real Ray head (`ray start --head`,
 dashboard on, token authentication on) and a real `mlflow server` (artifacts proxied), both on 127.0.0.1 and
-stopped by process id: submit, status, lineage, promote, stop, resume; `ray job stop`; one-line CLI errors."""
+stopped by process id, shared by the module's ladders: submit, status, lineage, promote, stop, resume; `ray job
+stop`; one-line CLI errors; and faults in a ladder run on that cluster (a killed driver, trainer and controller, an
+MLflow outage, and a version promoted by hand that the rung in progress does not train against)."""
 import json
+import subprocess
 import sys
 
 import pytest
 from servers import free_port  # tests/integration/servers.py
-from service import (alive, assert_one_line_refusal, judged_by_rung_one, ladder, progress_of, promote_by_hand,
-                     ray_job_stop, service_spec, steps_logged, untrained_model, wait_for, wait_gone)
+from service import (OUTAGE_S, ROOT, alive, assert_one_line_refusal, judged_by_rung_one, kill_driver, kill_trainer,
+                     ladder, outage_from_first_step, progress_of, promote_by_hand, promote_then_kill_controller,
+                     ray_job_stop, register_by_hand, service_spec, steps_logged, steps_redone, untrained_model,
+                     wait_for, wait_gone)
 
 pytestmark = pytest.mark.integration
 
@@ -126,3 +131,66 @@ def test_cli_errors_are_one_line(tiny_model, ray_head, mlflow_server, tmp_path):
         assert res.returncode == 2, f"{what}: exit {res.returncode}: {res.stderr[-1500:]}"
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0] and "Traceback" not in res.stderr, f"{what}: {res.stderr}"
+
+
+def test_five_faults_in_one_service_ladder(tiny_model, ray_head, mlflow_proc, tmp_path, fault_figures):
+    """Five faults in one ladder. SIGKILL the trainer in rung 1: the rung restarts from its checkpoint on fresh
+    actors. SIGKILL the driver of the `ladder run`: the ladder goes on. SIGKILL the `mlflow server` (its process
+    group) at rung 2's first logged step and start it again 30 s later on the same port and store (MLflow's own HTTP
+    retries are cut to one, so the ladder's retries carry it): training goes on meanwhile and every metric arrives.
+    Promote an untrained model by hand mid-rung 2, then SIGKILL the controller: Ray restarts it, it re-enters the
+    rung from the last checkpoint, and the rung keeps the judge pinned at its start. No step is logged twice beyond
+    one checkpoint interval; one version per rung."""
+    env, dashboard, gcs = ray_head
+    uri = mlflow_proc.url
+    name, steps, every = "svc-faults", 12, 4
+    spec = service_spec(tiny_model, tmp_path / "w", name, uri, rungs=2, checkpoint_every=every,
+                        train={"lr": 1e-4, "kl_coef": 0.0, "steps": steps, "prompts_per_step": 16},
+                        promotion={"policy": "auto", "tolerance": 1.0, "min_auc": 0.0, "collapse_share": 1.0})
+    # registered by hand before the ladder starts (version 1, no alias names it): mid-rung 2 only its promotion
+    # remains, a few MLflow calls, so the kill after it lands inside the rung on a loaded machine too
+    hand = register_by_hand(name, uri, untrained_model(tmp_path / "untrained"))
+    driver = subprocess.Popen([sys.executable, "-m", "ladder.cli", "run", str(spec), "--address", gcs], cwd=ROOT,
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        at_trainer_kill, restarted_at, trainer_recovery = kill_trainer(dashboard, env, name, uri, steps, every)
+        at_driver_kill, after_driver, driver_gap = kill_driver(driver, dashboard, env, name, uri)
+        down, up = outage_from_first_step(mlflow_proc, name, 2)
+        at_controller_kill, killed_at, recovery = promote_then_kill_controller(dashboard, env, name, uri, hand,
+                                                                               steps, every)
+        wait_for(name, uri, lambda p: p.state.value == "completed")
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        if mlflow_proc.proc.poll() is not None:
+            mlflow_proc.start()  # the module's later tests need it
+    from ladder.registry import Registry
+
+    reg = Registry.find(name, uri)
+    versions = reg.versions()
+    assert [(v.version, v.tags.get("ladder.rung")) for v in versions] == [(hand, None), ("2", "1"), ("3", "2")]
+    redone1 = steps_redone(uri, name, 1, steps, every)
+    redone2 = steps_redone(uri, name, 2, steps, every)
+    assert reg.client.get_run(versions[1].run_id).data.metrics["faults.stage_restarts"] == 1.0  # on record
+    judged_by_rung_one(uri, name, rung=2, steps=steps)
+    trained = reg.client.get_metric_history(versions[2].run_id, "reward.mean")
+    assert max(m.timestamp for m in trained) > killed_at * 1000  # the restarted controller trained rung-2 steps
+    during = sorted({m.step for m in trained if down * 1000 <= m.timestamp <= up * 1000})
+    assert during, "no step ran while MLflow was down: training waited for it"
+    retries = reg.client.get_metric_history(versions[2].run_id, "faults.mlflow_retries")
+    assert retries and max(m.value for m in retries) >= 1
+    fault_figures(f"trainer SIGKILL at rung 1 step >= {at_trainer_kill}",
+                  f"the rung restarted from its checkpoint at step {restarted_at} on new actors and saved its next "
+                  f"checkpoint {trainer_recovery:.0f} s after the kill; rung-1 steps logged twice: {redone1} "
+                  f"(checkpoint interval {every}); faults.stage_restarts = 1")
+    fault_figures(f"driver of `ladder run` SIGKILL at rung {at_driver_kill.rung} step >= {at_driver_kill.step}",
+                  f"the ladder went on without it: rung {after_driver.rung} step {after_driver.step} saved "
+                  f"{driver_gap:.0f} s after the kill")
+    fault_figures(f"MLflow server SIGKILL for {OUTAGE_S:.0f} s from rung 2's first logged step, then started on "
+                  "the same port and store",
+                  f"steps {during} ran meanwhile; {int(max(m.value for m in retries))} delivery retries")
+    fault_figures(f"an untrained version promoted by hand, then the controller actor SIGKILL, at rung 2 step >= "
+                  f"{at_controller_kill}",
+                  f"Ray restarted it; it re-entered the rung from its last checkpoint against the pinned judge, rung 1's version "
+                  f"(parse failures < 0.5 every step); checkpoint {recovery:.0f} s after the kill; rung-2 steps "
+                  f"logged twice: {redone2} (checkpoint interval {every}); one version per rung")

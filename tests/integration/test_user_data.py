@@ -1,5 +1,6 @@
 """A user's dataset as a whole ladder: a JSONL file with its own field names, reference answers and no worked
-solutions, the task's checker as rung 1's judge, the gate's calibration set sampled by the student."""
+solutions, the task's checker as rung 1's judge, the gate's calibration set sampled by the student. The ladder runs
+as a local background job (no cluster): `submit` without an address, `stop --now`, `resume --wait`."""
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from service import ladder, progress_of, steps_logged, wait_for  # tests/integration/service.py
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,8 +35,8 @@ def write_questions(path: Path, n: int, answers: bool = True) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def jsonl_spec(model: str, data: Path, workdir: Path) -> dict:
-    return {
+def jsonl_spec(model: str, data: Path, workdir: Path, **overrides) -> dict:
+    return {**{
         "name": "jsonl-ladder", "seed": 0, "rungs": 2, "workdir": str(workdir),
         "student": {"base": model, "init": "previous"},
         "judge": {"initial": {"kind": "task"}, "mode": "solve", "solve_samples": 4, "solve_reward": "majority"},
@@ -44,7 +46,7 @@ def jsonl_spec(model: str, data: Path, workdir: Path) -> dict:
         "train": {"lr": 1e-4, "kl_coef": 0.0, "steps": 2, "prompts_per_step": 4},
         "eval": {"every": 2, "calibration_size": 48},  # 24 prompts: a judge right on none is far-fetched
         "promotion": {"policy": "auto", "tolerance": 1.0, "collapse_share": 1.0, "min_auc": 0.0},
-    }
+    }, **overrides}
 
 
 def ladder_cli(*args, tmp: str, timeout: int = 1200):
@@ -54,26 +56,60 @@ def ladder_cli(*args, tmp: str, timeout: int = 1200):
 
 @pytest.fixture(scope="module")
 def jsonl_ladder(tiny_model, tmp_path_factory):
+    """The JSONL ladder as a local background job (no cluster): `submit` runs it on a Ray of its own, `stop --now`
+    mid-rung 1 aborts the step (progress goes back to the last checkpoint, the job's process ends), `resume --wait`
+    finishes it; the steps redone are at most one checkpoint interval."""
     work = tmp_path_factory.mktemp("jsonl")
     write_questions(work / "questions.jsonl", 400)
     path = work / "spec.yaml"
-    path.write_text(yaml.safe_dump(jsonl_spec(tiny_model, work / "questions.jsonl", work / "w")))
+    # rung 1 is longer: the `stop --now` below (a CLI process, seconds on a busy machine) lands well inside it
+    path.write_text(yaml.safe_dump(jsonl_spec(tiny_model, work / "questions.jsonl", work / "w", checkpoint_every=3,
+                                              schedule=[{"rung": 1, "train": {"steps": 12}}])))
     tmp = tempfile.mkdtemp(prefix="lj-", dir="/tmp")
-    checked = ladder_cli("validate", str(path), tmp=tmp)
-    assert checked.returncode == 0, checked.stderr
-    res = ladder_cli("run", str(path), "--json", tmp=tmp)
-    assert res.returncode == 0, res.stderr[-3000:]
-    from ladder.registry import Registry
-    from ladder.spec import load_spec
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env["TMPDIR"] = tmp  # short: Ray's socket paths live under it
+    at = ["--workdir", str(work / "w")]
+    try:
+        assert ladder_cli("validate", str(path), tmp=tmp).returncode == 0
+        sub = json.loads(ladder(env, "submit", str(path), "--json").stdout)
+        assert sub["submission"].startswith("local-")
+        stopped = stop_now_at_first_checkpoint(env, "jsonl-ladder", f"sqlite:///{work / 'w' / 'mlflow.db'}", at)
+        ladder(env, "resume", "jsonl-ladder", *at, "--wait")
+        from ladder.registry import Registry
+        from ladder.spec import load_spec
 
-    spec = load_spec(path)
-    yield spec, Registry.for_spec(spec), json.loads(res.stdout.strip().splitlines()[-1]), work
-    shutil.rmtree(tmp, ignore_errors=True)
+        spec = load_spec(path)
+        yield spec, Registry.for_spec(spec), sub, stopped, work
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def stop_now_at_first_checkpoint(env, name, uri, at):
+    """`stop --now` once rung 1 has a checkpoint: the step in flight is aborted, progress goes back to that
+    checkpoint, and the job's process has ended (`status` shows no live controller). Returns the progress."""
+    wait_for(name, uri, lambda p: p.step >= 3 and p.checkpoint, poll_s=0.2)
+    out = json.loads(ladder(env, "stop", name, "--now", *at, "--json").stdout)
+    assert out["state"] == "stopped"
+    stopped = progress_of(name, uri)
+    assert stopped.rung == 1 and stopped.phase.value == "train", f"rung 1 ended before the stop: {stopped}"
+    assert stopped.step % 3 == 0 and stopped.checkpoint.endswith(f"step-{stopped.step:05d}")
+    status = json.loads(ladder(env, "status", name, *at, "--json").stdout)
+    assert status["state"] == "stopped" and status["live"] is None  # its local job's process has ended
+    return stopped
+
+
+def test_a_stopped_local_job_resumes_where_its_checkpoint_left_it(jsonl_ladder):
+    spec, reg, sub, stopped, _ = jsonl_ladder
+    done = reg.load_progress()
+    assert done.state.value == "completed" and done.job == sub["job"]
+    steps = steps_logged(reg.tracking_uri, spec.name, 1)
+    assert sorted(set(steps)) == list(range(1, 13))
+    assert len(steps) - 12 <= 3  # steps after the checkpoint were redone, no more
 
 
 def test_a_jsonl_ladder_without_solutions_runs_through_the_gate(jsonl_ladder):
-    spec, reg, summary, work = jsonl_ladder
-    assert summary["status"]["state"] == "completed"
+    spec, reg, _, _, work = jsonl_ladder
+    assert reg.load_progress().state.value == "completed"
     v1, v2 = reg.versions()
     assert v1.tags["ladder.judge"] == "verifier:task" and v2.tags["ladder.judge"] == f"{spec.name}/v1"
     assert v1.tags["ladder.task"] == "jsonl questions.jsonl"
