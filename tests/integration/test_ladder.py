@@ -214,13 +214,26 @@ def test_registration_is_idempotent(tiny_model, tmp_path):
     assert third == "2" and len(reg.versions()) == 2
 
 
-def _controller_with_candidate(spec_dict, model_dir, tmp_path):
-    """A controller whose progress is at the gate of rung 1, with `model_dir` registered as the candidate."""
+@pytest.fixture(scope="module")
+def gate_stages(ray_local):
+    """The judge workers the module's gates measure on, kept from one test's controller to the next (the candidate
+    loaded in place, as a ladder's next gate does) instead of an engine start each."""
+    from ladder.stageset import StageSet
+
+    stages = StageSet()
+    yield stages
+    stages.release()
+
+
+def _controller_with_candidate(spec_dict, model_dir, tmp_path, stages):
+    """A controller whose progress is at the gate of rung 1, with `model_dir` registered as the candidate; its
+    stage actors are `stages`'."""
     from ladder.controller import LadderController
     from ladder.progress import JudgeQuality, Phase, Progress, RungResults
     from ladder.spec import parse_spec
 
     ctl = LadderController(parse_spec(spec_dict))
+    ctl.stages = stages
     ctl.prepare()
     parent = ctl.registry.start_ladder_run(ctl.spec, "job")
     run = ctl.registry.start_rung_run(parent, 1, "job")
@@ -245,7 +258,7 @@ def corrupted_copy(model_dir, out):
     return str(out)
 
 
-def test_gate_rejects_a_corrupted_candidate(ray_local, tiny_model, tmp_path):
+def test_gate_rejects_a_corrupted_candidate(ray_local, tiny_model, tmp_path, gate_stages):
     """A candidate whose verdicts are all 0.5 is measured on real judge workers and refused as collapsed."""
 
     from ladder.progress import Phase, State
@@ -253,7 +266,7 @@ def test_gate_rejects_a_corrupted_candidate(ray_local, tiny_model, tmp_path):
     spec = ladder_spec(tiny_model, tmp_path / "w", promotion={"policy": "auto", "tolerance": 0.05,
                                                               "collapse_share": 0.9})
     bad = corrupted_copy(tiny_model, tmp_path / "bad")
-    ctl, run, version, progress = _controller_with_candidate(spec, bad, tmp_path)
+    ctl, run, version, progress = _controller_with_candidate(spec, bad, tmp_path, gate_stages)
     ctl.registry.promote("1", by="setup")  # pretend an earlier judge: alias judge -> 1
     bad_v = ctl.registry.register(run, bad, {"ladder.rung": "2", "ladder.rung_uid": "job-bad"})
     after = gate_phase.gate(ctl, progress.to(candidate=bad_v))  # the candidate is fetched from MLflow by the judge worker
@@ -265,12 +278,12 @@ def test_gate_rejects_a_corrupted_candidate(ray_local, tiny_model, tmp_path):
     assert ctl.registry.alias("judge") == "1"
 
 
-def test_manual_policy_waits_for_a_decision(ray_local, tiny_model, tmp_path):
+def test_manual_policy_waits_for_a_decision(ray_local, tiny_model, tmp_path, gate_stages):
     from ladder.controller import State
     from ladder.progress import Phase
 
     spec = ladder_spec(tiny_model, tmp_path / "w", promotion={"policy": "manual"})
-    ctl, run, version, progress = _controller_with_candidate(spec, tiny_model, tmp_path)
+    ctl, run, version, progress = _controller_with_candidate(spec, tiny_model, tmp_path, gate_stages)
     waiting = gate_phase.gate(ctl, progress)
     assert waiting.phase is Phase.AWAIT and ctl.registry.alias("judge") is None
     result = {}

@@ -62,9 +62,10 @@ def jsonl_ladder(tiny_model, tmp_path_factory):
     work = tmp_path_factory.mktemp("jsonl")
     write_questions(work / "questions.jsonl", 400)
     path = work / "spec.yaml"
-    # rung 1 is longer: the `stop --now` below (a CLI process, seconds on a busy machine) lands well inside it
+    # rung 1 is longer, and its steps larger: the `stop --now` below (a CLI process, seconds on a busy machine) lands
+    # well inside it (with rung 2's steps, 4 prompts, a loaded run saw rung 1's 12 steps end before it)
     path.write_text(yaml.safe_dump(jsonl_spec(tiny_model, work / "questions.jsonl", work / "w", checkpoint_every=3,
-                                              schedule=[{"rung": 1, "train": {"steps": 12}}])))
+                                              schedule=[{"rung": 1, "train": {"steps": 12, "prompts_per_step": 16}}])))
     tmp = tempfile.mkdtemp(prefix="lj-", dir="/tmp")
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     env["TMPDIR"] = tmp  # short: Ray's socket paths live under it
