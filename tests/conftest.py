@@ -73,11 +73,11 @@ def fault_figures(record_property):
 # the end, except that what needs no test model (the pretrained model's tests, the unit tests) comes right after the
 # first module: one process builds the test model (~4 min) while the other runs those. Unlisted modules run last.
 MODULE_ORDER = [
-    ("integration/test_service.py", 600), ("integration/test_pretrained.py", 180), ("unit", 90),
-    ("integration/test_rung.py", 330), ("integration/test_stages.py", 270), ("integration/test_ladder.py", 170),
-    ("integration/test_user_data.py", 150), ("integration/test_placement.py", 90),
-    ("integration/test_integrity.py", 40), ("integration/test_mlflow_auth.py", 40),
-    ("integration/test_mlflow_models.py", 20),
+    ("integration/test_service.py", 770), ("integration/test_pretrained.py", 210), ("unit", 90),
+    ("integration/test_rung.py", 270), ("integration/test_stages.py", 245), ("integration/test_user_data.py", 210),
+    ("integration/test_ladder.py", 150), ("integration/test_placement.py", 80),
+    ("integration/test_mlflow_auth.py", 35), ("integration/test_integrity.py", 25),
+    ("integration/test_mlflow_models.py", 25),
 ]
 
 

@@ -133,8 +133,8 @@ def sigkill_when_busy(pid: int, actor, ticks: int = 10) -> float:
     return killed
 
 
-# the service tests' servers: a module that asks gets its own (test_service.py and test_service_faults.py run side
-# by side in a run's two test processes)
+# the service tests' servers: a module that asks gets its own (test_service.py's ladders share them, one after the
+# other; a Ray head and an MLflow server cost ~45 CPU-seconds over their life)
 @pytest.fixture(scope="module")
 def ray_head():
     """A Ray head on 127.0.0.1 with its dashboard and token authentication; yields (env, dashboard URL, GCS)."""
