@@ -141,8 +141,7 @@ def test_five_faults_in_one_service_ladder(tiny_model, ray_head, mlflow_proc, tm
     Promote an untrained model by hand mid-rung 2, then SIGKILL the controller: Ray restarts it, it re-enters the
     rung from the last checkpoint, and the rung keeps the judge pinned at its start. No step is logged twice beyond
     one checkpoint interval; one version per rung."""
-    env, dashboard, gcs = ray_head
-    uri = mlflow_proc.url
+    (env, dashboard, gcs), uri = ray_head, mlflow_proc.url
     name, steps, every = "svc-faults", 12, 4
     spec = service_spec(tiny_model, tmp_path / "w", name, uri, rungs=2, checkpoint_every=every,
                         train={"lr": 1e-4, "kl_coef": 0.0, "steps": steps, "prompts_per_step": 16},
