@@ -49,7 +49,8 @@ class LadderController:
         step, latest, history = self.live.snapshot()
         with self._lock:
             p = self.progress
-            return {**p.summary(), "step": max(step, p.step), "steps_per_rung": self.spec.train.steps,
+            steps = self.spec.for_rung(max(p.rung, 1)).train.steps  # the schedule may change them from rung to rung
+            return {**p.summary(), "step": max(step, p.step), "steps_per_rung": steps,
                     "rungs": self.spec.rungs, "latest": latest, "history": history, "source": "controller"}
 
     def stop(self, now: bool = False) -> str:

@@ -96,6 +96,16 @@ def test_schedule_changes_trainer_fields_and_keeps_the_rest():
     assert spec.for_rung(3).train.kl_coef == 0.05 and spec.for_rung(3).train.lr == 2e-4
 
 
+def test_the_live_status_counts_the_steps_of_the_rung_it_is_in():
+    from ladder.controller import LadderController
+    from ladder.progress import Phase
+
+    ctl = LadderController(_spec(train={"steps": 30}, schedule=[{"rung": 2, "train": {"steps": 5}}]), job="job")
+    assert ctl.status()["steps_per_rung"] == 30  # not started yet: rung 1's
+    ctl.progress = ctl.progress.to(rung=2, phase=Phase.TRAIN, step=3)
+    assert ctl.status()["steps_per_rung"] == 5 and ctl.status()["step"] == 3
+
+
 def test_bad_scores_get_the_fallback_or_are_dropped_and_are_counted():
     import math
 
