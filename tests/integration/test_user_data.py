@@ -1,12 +1,15 @@
 """A user's dataset as a whole ladder: a JSONL file with its own field names, reference answers and no worked
 solutions, the task's checker as rung 1's judge, the gate's calibration set sampled by the student. The ladder runs
 as a local background job (no cluster): `submit` without an address, `stop --now`, `resume --wait`."""
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,7 @@ from service import ladder, progress_of, steps_logged, wait_for  # tests/integra
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
+RUNG1_STEPS = 9
 
 
 def write_questions(path: Path, n: int, answers: bool = True) -> None:
@@ -62,10 +66,10 @@ def jsonl_ladder(tiny_model, tmp_path_factory):
     work = tmp_path_factory.mktemp("jsonl")
     write_questions(work / "questions.jsonl", 400)
     path = work / "spec.yaml"
-    # rung 1 is longer, and its steps larger: the `stop --now` below (a CLI process, seconds on a busy machine) lands
-    # well inside it (with rung 2's steps, 4 prompts, a loaded run saw rung 1's 12 steps end before it)
+    # rung 1 is longer: three checkpoints, the `stop --now` below lands after the first
     path.write_text(yaml.safe_dump(jsonl_spec(tiny_model, work / "questions.jsonl", work / "w", checkpoint_every=3,
-                                              schedule=[{"rung": 1, "train": {"steps": 12, "prompts_per_step": 16}}])))
+                                              schedule=[{"rung": 1, "train": {"steps": RUNG1_STEPS}},
+                                                        {"rung": 2, "train": {"steps": 2}}])))
     tmp = tempfile.mkdtemp(prefix="lj-", dir="/tmp")
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     env["TMPDIR"] = tmp  # short: Ray's socket paths live under it
@@ -87,10 +91,18 @@ def jsonl_ladder(tiny_model, tmp_path_factory):
 
 def stop_now_at_first_checkpoint(env, name, uri, at):
     """`stop --now` once rung 1 has a checkpoint: the step in flight is aborted, progress goes back to that
-    checkpoint, and the job's process has ended (`status` shows no live controller). Returns the progress."""
-    wait_for(name, uri, lambda p: p.step >= 3 and p.checkpoint, poll_s=0.2)
-    out = json.loads(ladder(env, "stop", name, "--now", *at, "--json").stdout)
-    assert out["state"] == "stopped"
+    checkpoint, and the job's process has ended (`status` shows no live controller). Returns the progress.
+
+    The controller's process is paused (SIGSTOP) from the checkpoint until the CLI's request is in MLflow: the
+    CLI takes seconds to start, a step of rung 1 a fraction of one (a run saw the rung end before the stop)."""
+    p = wait_for(name, uri, lambda p: p.step >= 3 and p.checkpoint, poll_s=0.2)
+    with paused(controller_pid(uri, p.parent_run), Path(uri.removeprefix("sqlite:///"))):
+        cmd = [sys.executable, "-m", "ladder.cli", "stop", name, "--now", *at, "--json"]
+        stop = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for_stop_request(uri, p.parent_run, stop)
+    out, err = stop.communicate(timeout=900)
+    assert stop.returncode == 0, err[-2000:]
+    assert json.loads(out)["state"] == "stopped"
     stopped = progress_of(name, uri)
     assert stopped.rung == 1 and stopped.phase.value == "train", f"rung 1 ended before the stop: {stopped}"
     assert stopped.step % 3 == 0 and stopped.checkpoint.endswith(f"step-{stopped.step:05d}")
@@ -99,13 +111,77 @@ def stop_now_at_first_checkpoint(env, name, uri, at):
     return stopped
 
 
+def controller_pid(uri, parent_run) -> int:
+    """The process of the ladder's controller, from the lease it holds (on this host: a local job)."""
+    import socket
+
+    from mlflow import MlflowClient
+
+    from ladder.lease import LEASE_TAG, Lease
+
+    lease = Lease(**json.loads(MlflowClient(uri).get_run(parent_run).data.tags[LEASE_TAG]))
+    assert lease.host == socket.gethostname() and lease.pid > 0, lease
+    return lease.pid
+
+
+@contextlib.contextmanager
+def paused(pid: int, store: Path):
+    """The process `pid` stopped (SIGSTOP, awaited in /proc) for the block, at a moment it holds no lock on the
+    SQLite file `store` (the CLI's write would wait on it); continued after the block, whatever happens."""
+    try:
+        for _ in range(200):
+            os.kill(pid, signal.SIGSTOP)
+            wait_until_stopped(pid)
+            if not locks_held(pid, store):
+                break
+            os.kill(pid, signal.SIGCONT)  # in the middle of a write: let it end
+            time.sleep(0.01)
+        else:
+            pytest.fail(f"process {pid} held a lock on {store.name} at each of 200 pauses")
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def wait_until_stopped(pid: int, timeout_s: float = 30.0) -> None:
+    """Every thread of `pid` in the stopped state (T)."""
+    deadline = time.monotonic() + timeout_s
+    while any(stat.read_text().rsplit(")", 1)[1].split()[0] not in "Tt"
+              for stat in Path(f"/proc/{pid}/task").glob("*/stat")):
+        assert time.monotonic() < deadline, f"process {pid} did not stop"
+        time.sleep(0.005)
+
+
+def locks_held(pid: int, store: Path) -> bool:
+    """Does `pid` hold a POSIX lock (/proc/locks) on the SQLite file `store` or its journal?"""
+    inodes = {f.stat().st_ino for f in store.parent.glob(store.name + "*")}
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.replace("->", "").split()  # "1: POSIX ADVISORY WRITE <pid> <major>:<minor>:<inode> ..."
+        if fields[1] == "POSIX" and fields[4] == str(pid) and int(fields[5].rsplit(":", 1)[1]) in inodes:
+            return True
+    return False
+
+
+def wait_for_stop_request(uri, parent_run, cli, timeout_s: float = 120.0) -> None:
+    """Until `ladder stop` (the process `cli`) has written its request to the ladder's run."""
+    from mlflow import MlflowClient
+
+    from ladder.tracking import STOP_TAG
+
+    client, deadline = MlflowClient(uri), time.monotonic() + timeout_s
+    while client.get_run(parent_run).data.tags.get(STOP_TAG) != "now":
+        assert cli.poll() is None, f"ladder stop ended first: {cli.communicate()[1][-2000:]}"
+        assert time.monotonic() < deadline, "ladder stop wrote no request"
+        time.sleep(0.1)
+
+
 def test_a_stopped_local_job_resumes_where_its_checkpoint_left_it(jsonl_ladder):
     spec, reg, sub, stopped, _ = jsonl_ladder
     done = reg.load_progress()
     assert done.state.value == "completed" and done.job == sub["job"]
     steps = steps_logged(reg.tracking_uri, spec.name, 1)
-    assert sorted(set(steps)) == list(range(1, 13))
-    assert len(steps) - 12 <= 3  # steps after the checkpoint were redone, no more
+    assert sorted(set(steps)) == list(range(1, RUNG1_STEPS + 1))
+    assert len(steps) - RUNG1_STEPS <= 3  # steps after the checkpoint were redone, no more
 
 
 def test_a_jsonl_ladder_without_solutions_runs_through_the_gate(jsonl_ladder):
