@@ -182,6 +182,7 @@ def test_a_stopped_local_job_resumes_where_its_checkpoint_left_it(jsonl_ladder):
     steps = steps_logged(reg.tracking_uri, spec.name, 1)
     assert sorted(set(steps)) == list(range(1, RUNG1_STEPS + 1))
     assert len(steps) - RUNG1_STEPS <= 3  # steps after the checkpoint were redone, no more
+    assert all(steps.count(s) == 1 for s in range(1, stopped.step + 1))  # it went on from the checkpoint
 
 
 def test_a_jsonl_ladder_without_solutions_runs_through_the_gate(jsonl_ladder):
