@@ -1,4 +1,5 @@
 """Servers a test starts itself: free ports on 127.0.0.1, readiness awaited over HTTP, stopped by process group."""
+import contextlib
 import os
 import signal
 import socket
@@ -15,6 +16,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def refusing_port():
+    """A port of 127.0.0.1 held bound, never listening, for the block: a connection to it is refused, and no server
+    another test starts meanwhile can take it (a free port let go of was once taken by an auth-protected one)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
 
 
 def wait_http(url: str, proc, timeout_s: float = 180.0) -> None:

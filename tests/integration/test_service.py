@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from servers import free_port  # tests/integration/servers.py
+from servers import refusing_port  # tests/integration/servers.py
 from service import (OUTAGE_S, ROOT, alive, assert_one_line_refusal, judged_by_rung_one, kill_driver, kill_trainer,
                      ladder, outage_from_first_step, progress_of, promote_by_hand, promote_then_kill_controller,
                      ray_job_stop, register_by_hand, service_spec, steps_logged, steps_redone, untrained_model,
@@ -114,23 +114,24 @@ def test_cli_errors_are_one_line(tiny_model, ray_head, mlflow_server, tmp_path):
     reg = Registry("svc-done", mlflow_server)  # a ladder that has ended: nothing is pending
     parent = reg.start_ladder_run(__import__("ladder.spec", fromlist=["load_spec"]).load_spec(spec), "j1")
     reg.save_progress(Progress("svc-done", "j1", state=State.COMPLETED, parent_run=parent))
-    cases = {
-        "unknown ladder": (["status", "no-such-ladder", *track], "no ladder named 'no-such-ladder'"),
-        "unknown version": (["promote", "svc-done", "99", *track], "has no version 99"),
-        "no decision pending": (["promote", "svc-done", *track], "no decision pending"),
-        "not running": (["stop", "svc-done", *track], "is not running"),
-        "unreachable": (["submit", str(spec), "--address", f"http://127.0.0.1:{free_port()}"], "unreachable"),
-        "wrong token": (["submit", str(spec), "--address", dashboard], "refused the token"),
-        "no token": (["submit", str(spec), "--address", dashboard], "none was given"),
-        "dashboard address for run": (["run", str(spec), "--address", dashboard], "dashboard's address"),
-    }
-    for what, (args, expected) in cases.items():
-        run_env = {**env, "RAY_AUTH_TOKEN": "wrong"} if what == "wrong token" else \
-            {k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN"} if what == "no token" else env
-        res = ladder(run_env, *args, check=False, timeout=300)
-        assert res.returncode == 2, f"{what}: exit {res.returncode}: {res.stderr[-1500:]}"
-        lines = res.stderr.strip().splitlines()
-        assert len(lines) == 1 and expected in lines[0] and "Traceback" not in res.stderr, f"{what}: {res.stderr}"
+    with refusing_port() as closed:  # nothing answers there, and no server another test starts can take it
+        cases = {
+            "unknown ladder": (["status", "no-such-ladder", *track], "no ladder named 'no-such-ladder'"),
+            "unknown version": (["promote", "svc-done", "99", *track], "has no version 99"),
+            "no decision pending": (["promote", "svc-done", *track], "no decision pending"),
+            "not running": (["stop", "svc-done", *track], "is not running"),
+            "unreachable": (["submit", str(spec), "--address", f"http://127.0.0.1:{closed}"], "unreachable"),
+            "wrong token": (["submit", str(spec), "--address", dashboard], "refused the token"),
+            "no token": (["submit", str(spec), "--address", dashboard], "none was given"),
+            "dashboard address for run": (["run", str(spec), "--address", dashboard], "dashboard's address"),
+        }
+        for what, (args, expected) in cases.items():
+            run_env = {**env, "RAY_AUTH_TOKEN": "wrong"} if what == "wrong token" else \
+                {k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN"} if what == "no token" else env
+            res = ladder(run_env, *args, check=False, timeout=300)
+            assert res.returncode == 2, f"{what}: exit {res.returncode}: {res.stderr[-1500:]}"
+            lines = res.stderr.strip().splitlines()
+            assert len(lines) == 1 and expected in lines[0] and "Traceback" not in res.stderr, f"{what}: {res.stderr}"
 
 
 def test_five_faults_in_one_service_ladder(tiny_model, ray_head, mlflow_proc, tmp_path, fault_figures):
