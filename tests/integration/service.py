@@ -1,5 +1,7 @@
 """Helpers of the service tests (test_service.py, test_user_data.py): a ladder's spec, the CLI as a user runs it, its
-saved progress and logged steps, what Ray says of its actors, and the faults the service scenario injects."""
+saved progress and logged steps, what Ray says of its actors, the faults the service scenario injects, and a process
+paused while a command that takes seconds lands."""
+import contextlib
 import json
 import os
 import signal
@@ -7,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import yaml
@@ -244,3 +247,47 @@ def promote_then_kill_controller(dashboard, env, name, uri, hand, steps, every):
     recovery = time.monotonic() - killed
     assert actor_pid(dashboard, env, name) != pid  # Ray started a new controller process
     return at.step, killed_at, recovery
+
+
+@contextlib.contextmanager
+def paused(pid: int, store: Optional[Path] = None):
+    """The process `pid` stopped (SIGSTOP, awaited in /proc) for the block, at a moment it holds no lock on the
+    SQLite file `store` if one is given (another process's write would wait on it); continued after the block,
+    whatever happens."""
+    try:
+        for _ in range(200):
+            os.kill(pid, signal.SIGSTOP)
+            wait_until_stopped(pid)
+            if store is None or not locks_held(pid, store):
+                break
+            os.kill(pid, signal.SIGCONT)  # in the middle of a write: let it end
+            time.sleep(0.01)
+        else:
+            pytest.fail(f"process {pid} held a lock on {store.name} at each of 200 pauses")
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def wait_until_stopped(pid: int, timeout_s: float = 30.0) -> None:
+    """Every thread of `pid` in the stopped state (T)."""
+    def running(stat: Path) -> bool:
+        try:
+            return stat.read_text().rsplit(")", 1)[1].split()[0] not in "Tt"
+        except FileNotFoundError:  # a thread that ended meanwhile
+            return False
+
+    deadline = time.monotonic() + timeout_s
+    while any(running(stat) for stat in Path(f"/proc/{pid}/task").glob("*/stat")):
+        assert time.monotonic() < deadline, f"process {pid} did not stop"
+        time.sleep(0.005)
+
+
+def locks_held(pid: int, store: Path) -> bool:
+    """Does `pid` hold a POSIX lock (/proc/locks) on the SQLite file `store` or its journal?"""
+    inodes = {f.stat().st_ino for f in store.parent.glob(store.name + "*")}
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.replace("->", "").split()  # "1: POSIX ADVISORY WRITE <pid> <major>:<minor>:<inode> ..."
+        if fields[1] == "POSIX" and fields[4] == str(pid) and int(fields[5].rsplit(":", 1)[1]) in inodes:
+            return True
+    return False

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 from servers import refusing_port  # tests/integration/servers.py
-from service import (OUTAGE_S, ROOT, alive, assert_one_line_refusal, judged_by_rung_one, kill_driver, kill_trainer,
-                     ladder, outage_from_first_step, progress_of, promote_by_hand, promote_then_kill_controller,
-                     ray_job_stop, register_by_hand, service_spec, steps_logged, steps_redone, untrained_model,
-                     wait_for, wait_gone)
+from service import (OUTAGE_S, ROOT, actor_pid, alive, assert_one_line_refusal, judged_by_rung_one, kill_driver,
+                     kill_trainer, ladder, outage_from_first_step, paused, progress_of, promote_by_hand,
+                     promote_then_kill_controller, ray_job_stop, register_by_hand, service_spec, steps_logged,
+                     steps_redone, untrained_model, wait_for, wait_gone)
 
 pytestmark = pytest.mark.integration
 
@@ -48,6 +48,19 @@ def stop_mid_rung_two_and_promote_by_hand(cli, env, name, at, track, dashboard, 
     return promote_by_hand(env, name, uri, untrained_model(untrained_dir), *track)
 
 
+def job_stop_mid_rung_one(env, name, sub, dashboard, uri) -> None:
+    """`ray job stop` of the submission while rung 1 trains: a graceful stop (the step in flight ends and is
+    checkpointed), nothing left running. The rung's trainer is paused (SIGSTOP) from its second step until the job
+    has stopped: `ray job stop` takes seconds, a step of rung 1 under one (a run saw the stop land after the rung)."""
+    p = wait_for(name, uri, lambda p: p.rung == 1 and p.step >= 2, poll_s=0.2)
+    with paused(actor_pid(dashboard, env, rf"{name}\.{p.job}\.trainer\..*")):
+        ray_job_stop(env, dashboard, sub["submission"])
+    stopped = wait_for(name, uri, lambda p: p.state.value == "stopped", timeout_s=300)
+    wait_gone(dashboard, env, name)
+    assert stopped.rung == 1 and stopped.phase.value == "train" and 2 <= stopped.step < 8, stopped
+    assert stopped.checkpoint.endswith(f"step-{stopped.step:05d}")  # the step it ended checkpointed
+
+
 def test_submit_jobstop_status_promote_stop_resume(tiny_model, ray_head, mlflow_server, tmp_path):
     """One ladder through the service's whole life: submitted as a Ray job; `ray job stop` mid-rung stops it
     gracefully (the controller and every stage actor end); `resume` continues the same job; `status`, `lineage`
@@ -70,12 +83,7 @@ def test_submit_jobstop_status_promote_stop_resume(tiny_model, ray_head, mlflow_
     again = cli("submit", str(spec), *at, "--python", sys.executable, check=False)
     assert_one_line_refusal(again, "already running")
 
-    # `ray job stop` of the submission: a graceful stop, nothing left running
-    wait_for(name, mlflow_server, lambda p: p.rung == 1 and p.step >= 2)
-    ray_job_stop(env, dashboard, sub["submission"])
-    stopped = wait_for(name, mlflow_server, lambda p: p.state.value == "stopped", timeout_s=300)
-    wait_gone(dashboard, env, name)
-    assert stopped.rung == 1 and stopped.checkpoint
+    job_stop_mid_rung_one(env, name, sub, dashboard, mlflow_server)
     res = json.loads(cli("resume", name, *at, *track, "--python", sys.executable, "--json").stdout)
     assert res["job"] == sub["job"] and res["resumed"]
 

@@ -1,11 +1,9 @@
 """A user's dataset as a whole ladder: a JSONL file with its own field names, reference answers and no worked
 solutions, the task's checker as rung 1's judge, the gate's calibration set sampled by the student. The ladder runs
 as a local background job (no cluster): `submit` without an address, `stop --now`, `resume --wait`."""
-import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -14,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from service import ladder, progress_of, steps_logged, wait_for  # tests/integration/service.py
+from service import ladder, paused, progress_of, steps_logged, wait_for  # tests/integration/service.py
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,44 +120,6 @@ def controller_pid(uri, parent_run) -> int:
     lease = Lease(**json.loads(MlflowClient(uri).get_run(parent_run).data.tags[LEASE_TAG]))
     assert lease.host == socket.gethostname() and lease.pid > 0, lease
     return lease.pid
-
-
-@contextlib.contextmanager
-def paused(pid: int, store: Path):
-    """The process `pid` stopped (SIGSTOP, awaited in /proc) for the block, at a moment it holds no lock on the
-    SQLite file `store` (the CLI's write would wait on it); continued after the block, whatever happens."""
-    try:
-        for _ in range(200):
-            os.kill(pid, signal.SIGSTOP)
-            wait_until_stopped(pid)
-            if not locks_held(pid, store):
-                break
-            os.kill(pid, signal.SIGCONT)  # in the middle of a write: let it end
-            time.sleep(0.01)
-        else:
-            pytest.fail(f"process {pid} held a lock on {store.name} at each of 200 pauses")
-        yield
-    finally:
-        os.kill(pid, signal.SIGCONT)
-
-
-def wait_until_stopped(pid: int, timeout_s: float = 30.0) -> None:
-    """Every thread of `pid` in the stopped state (T)."""
-    deadline = time.monotonic() + timeout_s
-    while any(stat.read_text().rsplit(")", 1)[1].split()[0] not in "Tt"
-              for stat in Path(f"/proc/{pid}/task").glob("*/stat")):
-        assert time.monotonic() < deadline, f"process {pid} did not stop"
-        time.sleep(0.005)
-
-
-def locks_held(pid: int, store: Path) -> bool:
-    """Does `pid` hold a POSIX lock (/proc/locks) on the SQLite file `store` or its journal?"""
-    inodes = {f.stat().st_ino for f in store.parent.glob(store.name + "*")}
-    for line in Path("/proc/locks").read_text().splitlines():
-        fields = line.replace("->", "").split()  # "1: POSIX ADVISORY WRITE <pid> <major>:<minor>:<inode> ..."
-        if fields[1] == "POSIX" and fields[4] == str(pid) and int(fields[5].rsplit(":", 1)[1]) in inodes:
-            return True
-    return False
 
 
 def wait_for_stop_request(uri, parent_run, cli, timeout_s: float = 120.0) -> None:
