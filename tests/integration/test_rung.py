@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from service import wait_until_stopped  # tests/integration/service.py
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -176,8 +178,20 @@ def stop_now_during_a_replacement(rung, wait_dead) -> None:
         wait_dead(actor)
 
 
-def test_a_dead_rollout_worker_is_replaced_and_resynced(ray_local, tiny_model, wait_dead, kill_when_busy,
-                                                        fault_figures):
+def wait_until_running(fn, timeout_s: float = 300.0) -> None:
+    """Until a thread of this process is inside `fn` (its code object on the thread's stack)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for frame in sys._current_frames().values():
+            while frame is not None and frame.f_code is not fn.__code__:
+                frame = frame.f_back
+            if frame is not None:
+                return
+        assert time.monotonic() < deadline, f"no thread entered {fn.__qualname__}"
+        time.sleep(0.005)
+
+
+def test_a_dead_rollout_worker_is_replaced_and_resynced(ray_local, tiny_model, wait_dead, fault_figures):
     """A rollout worker killed in the middle of a step (while it generates) is replaced within the step: the
     new engine loads the trainer's current weights before it serves, its part of the batch is redone, the step
     counts once, and the replacement is in the metrics. Past `worker_replacements` the rung fails with its
@@ -199,9 +213,14 @@ def test_a_dead_rollout_worker_is_replaced_and_resynced(ray_local, tiny_model, w
         assert rung.weights_version == 1
         first = rung.rollout[0]
         pid = ray_local.get(first.__ray_call__.remote(lambda self: os.getpid()))  # asked while it is idle
-        with ThreadPoolExecutor(1) as pool:
+        with ThreadPoolExecutor(1) as pool:  # its generate call of the next step waits on it, paused, then it dies
+            os.kill(pid, signal.SIGSTOP)  # (a kill timed by the worker's CPU once landed after a fast step's end)
+            wait_until_stopped(pid)
             step = pool.submit(rung.step)
-            killed = kill_when_busy(pid, first)
+            wait_until_running(Rung.generate)
+            os.kill(pid, signal.SIGKILL)
+            killed = time.monotonic()
+            wait_dead(first)
             metrics = step.result(timeout=600)
             recovery = time.monotonic() - killed
         assert rung.rollout[0] is not first and rung.step_no == 2
