@@ -94,10 +94,10 @@ def stop_now_at_first_checkpoint(env, name, uri, at):
     The controller's process is paused (SIGSTOP) from the checkpoint until the CLI's request is in MLflow: the
     CLI takes seconds to start, a step of rung 1 a fraction of one (a run saw the rung end before the stop)."""
     p = wait_for(name, uri, lambda p: p.step >= 3 and p.checkpoint, poll_s=0.2)
-    with paused(controller_pid(uri, p.parent_run), Path(uri.removeprefix("sqlite:///"))):
+    with paused(controller_pid(name, uri, p.parent_run), Path(uri.removeprefix("sqlite:///"))):
         cmd = [sys.executable, "-m", "ladder.cli", "stop", name, "--now", *at, "--json"]
         stop = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        wait_for_stop_request(uri, p.parent_run, stop)
+        wait_for_stop_request(name, uri, p.parent_run, stop)
     out, err = stop.communicate(timeout=900)
     assert stop.returncode == 0, err[-2000:]
     assert json.loads(out)["state"] == "stopped"
@@ -109,27 +109,24 @@ def stop_now_at_first_checkpoint(env, name, uri, at):
     return stopped
 
 
-def controller_pid(uri, parent_run) -> int:
+def controller_pid(name, uri, parent_run) -> int:
     """The process of the ladder's controller, from the lease it holds (on this host: a local job)."""
     import socket
 
-    from mlflow import MlflowClient
+    from ladder.lease import leases
+    from ladder.registry import Registry
 
-    from ladder.lease import LEASE_TAG, Lease
-
-    lease = Lease(**json.loads(MlflowClient(uri).get_run(parent_run).data.tags[LEASE_TAG]))
+    (lease,) = [lease for run, lease in leases(Registry.find(name, uri)) if run == parent_run]
     assert lease.host == socket.gethostname() and lease.pid > 0, lease
     return lease.pid
 
 
-def wait_for_stop_request(uri, parent_run, cli, timeout_s: float = 120.0) -> None:
+def wait_for_stop_request(name, uri, parent_run, cli, timeout_s: float = 120.0) -> None:
     """Until `ladder stop` (the process `cli`) has written its request to the ladder's run."""
-    from mlflow import MlflowClient
+    from ladder.registry import Registry
 
-    from ladder.tracking import STOP_TAG
-
-    client, deadline = MlflowClient(uri), time.monotonic() + timeout_s
-    while client.get_run(parent_run).data.tags.get(STOP_TAG) != "now":
+    reg, deadline = Registry.find(name, uri), time.monotonic() + timeout_s
+    while reg.stop_request(parent_run) != "now":
         assert cli.poll() is None, f"ladder stop ended first: {cli.communicate()[1][-2000:]}"
         assert time.monotonic() < deadline, "ladder stop wrote no request"
         time.sleep(0.1)
