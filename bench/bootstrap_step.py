@@ -25,7 +25,7 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ladder.bootstrap import _backward, _examples
+    from ladder.models.bootstrap import _backward, _examples
     from ladder.models.tiny import build_tiny_model
     from ladder.tasks.arithmetic import build
 

@@ -57,9 +57,9 @@ class LadderSteps:
     construction and run one step at a time."""
 
     def __init__(self, model: str, workdir: str, steps: int, overrides: list[str]):
-        from ladder.judges import resolve_judge
-        from ladder.rung import Rung
-        from ladder.runtime import start_ray
+        from ladder.judging.resolve import resolve_judge
+        from ladder.rung.driver import Rung
+        from cluster.connect import start_ray
         from ladder.tasks import build_task
 
         spec = ladder_spec(model, workdir, steps, overrides)
@@ -106,7 +106,7 @@ def run_trl(model: str, workdir: str, steps: int, turns=None) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from ladder.bootstrap import verdicts
+    from ladder.models.bootstrap import verdicts
     from ladder.tasks.arithmetic import build
     from stages.judge import JudgeConfig
 

@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_ladder(spec: dict, folder: Path, reuse: bool) -> list[dict]:
     """`ladder run` of `spec` (unless `reuse` and a completed ladder of its name exists); its lineage rows."""
-    from ladder.lineage import lineage_rows
-    from ladder.mlflow_store import tracking_uri_for
-    from ladder.registry import Registry
+    from ladder.registry.lineage import lineage_rows
+    from ladder.registry.store import tracking_uri_for
+    from ladder.registry.registry import Registry
     from ladder.spec import load_spec
 
     path = folder / f"{spec['name']}.yaml"
@@ -77,7 +77,7 @@ def main() -> None:
     args = ap.parse_args()
     args.spec, args.out = str(Path(args.spec).resolve()), str(Path(args.out).resolve())
     os.chdir(ROOT)  # a spec's relative paths (workdir, models) are read from the repository root, as `make` does
-    from ladder.registry import Registry
+    from ladder.registry.registry import Registry
     from ladder.spec import load_spec
 
     spec = load_spec(args.spec)

@@ -30,10 +30,10 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
-    from ladder.judges import ResolvedJudge
+    from ladder.progress import ResolvedJudge
     from ladder.models.tiny import build_tiny_model
-    from ladder.rung import Rung
-    from ladder.runtime import start_ray
+    from ladder.rung.driver import Rung
+    from cluster.connect import start_ray
     from ladder.tasks import build_task
 
     from grpo_vs_trl import ladder_spec  # the same rung as the GRPO benchmark

@@ -45,9 +45,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "verifier_rung.json"))
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    from ladder.rung import Rung
-    from ladder.train_rung import preflight
-    from ladder.runtime import start_ray
+    from ladder.rung.driver import Rung
+    from ladder.control.preflight import preflight
+    from cluster.connect import start_ray
     from ladder.spec import load_spec
     from ladder.tasks import build_task
 

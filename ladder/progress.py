@@ -87,6 +87,18 @@ class RungResults:
         return cls(**known)
 
 
+TASK_CHECKER = "task"  # the location of `judge.initial: {kind: task}`: the rung's task checks the answers
+
+
+@dataclass(frozen=True)
+class ResolvedJudge:
+    """A judge ready to start, as plain data a rung is handed: a model location (directory or models:/ URI), or a
+    verifier import path (`judging.resolve` makes them)."""
+    kind: str                     # "model" | "verifier"
+    location: str                 # directory, models:/<name>/<version>, or module:function
+    label: str                    # what lineage records (a version, a path, a function)
+
+
 @dataclass(frozen=True)
 class RungInputs:
     """What a rung trains against and from, pinned in the progress when its train phase first starts: a restart

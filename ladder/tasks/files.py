@@ -11,7 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Iterator, Optional
 
-from ladder.runtime import first_line
+from ladder.errors import first_line
 from ladder.tasks.base import AnswerChecker, Example, Task, TaskError
 from stages.answers import extract_answer, same_answer
 

@@ -9,7 +9,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from ladder.runtime import first_line
+from ladder.errors import first_line
 from ladder.tasks.base import Example, Task, TaskError
 from stages.answers import extract_answer
 

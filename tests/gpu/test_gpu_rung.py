@@ -12,7 +12,7 @@ def test_two_step_rung_on_cuda(tmp_path):
     import ray
 
     from ladder.models.tiny import build_tiny_model
-    from ladder.rung import ResolvedJudge, Rung
+    from ladder.rung.driver import ResolvedJudge, Rung
     from ladder.spec import parse_spec
     from ladder.tasks import build_task
 

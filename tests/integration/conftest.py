@@ -36,7 +36,7 @@ def tiny_model(tmp_path_factory) -> str:
 
     if MODEL_CACHE and (Path(MODEL_CACHE) / "bootstrap.json").is_file():
         return MODEL_CACHE
-    from ladder.bootstrap import bootstrap
+    from ladder.models.bootstrap import bootstrap
 
     shared = tmp_path_factory.getbasetemp()
     shared = shared.parent if os.environ.get("PYTEST_XDIST_WORKER") else shared  # the run's, above each worker's

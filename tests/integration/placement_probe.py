@@ -16,7 +16,7 @@ def main(model: str, work: str) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
-    from ladder.rung import ResolvedJudge, Rung
+    from ladder.rung.driver import ResolvedJudge, Rung
     from ladder.spec import parse_spec
     from ladder.tasks import build_task
 
@@ -64,7 +64,7 @@ def refused(model: str, address: str, work: Path, name: str, resources: dict) ->
     (work / "spec.yaml").write_text(yaml.safe_dump(spec))
     res = subprocess.run([sys.executable, "-m", "ladder.cli", "run", str(work / "spec.yaml"), "--address", address],
                          env={**os.environ, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True, timeout=300)
-    from ladder.registry import Registry
+    from ladder.registry.registry import Registry
 
     found = Registry.find(name, f"sqlite:///{work / 'w' / 'mlflow.db'}")
     return {"code": res.returncode, "stderr": res.stderr, "stored": found is not None}

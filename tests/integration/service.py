@@ -49,7 +49,7 @@ def ladder(env, *args, check: bool = True, timeout: float = 900, cwd=ROOT):
 
 
 def progress_of(name, tracking_uri):
-    from ladder.registry import Registry
+    from ladder.registry.registry import Registry
 
     reg = Registry.find(name, tracking_uri)
     return reg.load_progress() if reg else None
@@ -100,7 +100,7 @@ def wait_gone(dashboard, env, name, timeout_s: float = 120.0) -> None:
 
 def steps_logged(tracking_uri, name, rung):
     """The step numbers of every reward.mean logged by rung `rung`'s run (a step logged twice appears twice)."""
-    from ladder.registry import Registry
+    from ladder.registry.registry import Registry
 
     reg = Registry.find(name, tracking_uri)
     runs = reg.client.search_runs([reg.experiment_id], f"tags.`ladder.rung` = '{rung}'")
@@ -136,7 +136,7 @@ def actor_pid(dashboard, env, name_pattern, timeout_s=120.0) -> int:
 def register_by_hand(name, uri, model_dir) -> str:
     """A version of `model_dir` registered by hand in the ladder's model (no rung made it, no alias names it yet);
     returns its number."""
-    from ladder.registry import Registry
+    from ladder.registry.registry import Registry
 
     reg = Registry(name, uri)
     run = reg.client.create_run(reg.experiment_id, run_name="by hand").info.run_id
@@ -163,7 +163,7 @@ def judged_by_rung_one(uri, name, rung: int, steps: int) -> None:
     """Rung `rung` trained against the judge pinned at its start (rung 1's version) through a restart, not an
     untrained version promoted by hand before it: rung 1's answers parse, the untrained model's do not (most of
     them, each step), so a step it judged would show parse failures far above the bar (with the pin removed: 0.875)."""
-    from ladder.registry import Registry
+    from ladder.registry.registry import Registry
 
     reg = Registry.find(name, uri)
     versions = reg.versions()
@@ -235,7 +235,7 @@ def promote_then_kill_controller(dashboard, env, name, uri, hand, steps, every):
     first checkpoint the controller is SIGKILLed: Ray restarts it, and it re-enters the rung from that checkpoint
     against the judge pinned at the rung's start, whatever the alias says by then. Returns (the step it was killed
     at, when, as `time.time()`, the seconds until the restarted controller's next checkpoint)."""
-    from ladder.registry import Registry
+    from ladder.registry.registry import Registry
 
     pid = actor_pid(dashboard, env, name)
     Registry(name, uri).promote(hand, by="someone", reason="by hand, mid-rung")  # judge and champion move to it

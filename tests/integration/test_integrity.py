@@ -18,8 +18,8 @@ def test_the_collapse_guard_stops_a_rung_taught_wrong_answers_and_keeps_its_best
     tolerance (the start is the best); without the guard the rung would run its 24 steps. A build of the same
     recipe starting at 0.19 (another float trajectory) passes too. Broken on purpose (no
     restore), the final accuracy stays at the collapsed level and the test fails."""
-    from ladder.judges import ResolvedJudge
-    from ladder.rung import Rung, train_steps
+    from ladder.progress import ResolvedJudge
+    from ladder.rung.driver import Rung, train_steps
     from ladder.spec import parse_spec
     from ladder.tasks import build_task
 

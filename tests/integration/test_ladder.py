@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ladder import gate_phase
+from ladder.control import gate_phase
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,7 +57,7 @@ def two_rungs(tiny_model, tmp_path_factory):
         refusal = outs[loser][1].strip().splitlines()
         assert len(refusal) == 1 and "Traceback" not in outs[loser][1], outs[loser][1][-3000:]
         assert refusal[0].startswith("error: ladder 'it-ladder' is already running: job "), refusal
-        from ladder.registry import Registry
+        from ladder.registry.registry import Registry
         from ladder.spec import load_spec
 
         spec = load_spec(path)
@@ -131,7 +131,7 @@ def test_schedule_changes_task_and_judge_mode_per_rung(two_rungs, tmp_path):
     health = reg.client.get_metric_history(v2.run_id, "judge.tokens_per_sample")
     assert [m.step for m in health] == [1, 2] and health[0].value > 1.0  # pairwise: several comparisons per sample
     # the lineage shows each rung's own task, and each rung's judge measured at that task
-    from ladder.lineage import lineage_rows
+    from ladder.registry.lineage import lineage_rows
 
     rows = lineage_rows(reg)
     assert [(r["rung"], r["task"], r["judge_mode"]) for r in rows] == [
@@ -145,8 +145,8 @@ def test_rung_two_judge_served_version_one(two_rungs, tiny_model, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ladder.bootstrap import verdicts
-    from ladder.controller import LadderController
+    from ladder.models.bootstrap import verdicts
+    from ladder.control.controller import LadderController
     from stages.scoring import pair_win
 
     spec, reg, _, _ = two_rungs
@@ -163,8 +163,8 @@ def test_rung_two_judge_served_version_one(two_rungs, tiny_model, tmp_path):
         return verdicts(model, tok, texts, "yes", "no")
 
     # the judge's own accuracy at rung 1's task, recorded at the rung's start, is transformers' greedy on the base
-    from ladder.bootstrap import greedy_accuracy
-    from ladder.lineage import lineage_rows
+    from ladder.models.bootstrap import greedy_accuracy
+    from ladder.registry.lineage import lineage_rows
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
     expected_skill = greedy_accuracy(base, AutoTokenizer.from_pretrained(tiny_model), ctl.tasks.task(1),
@@ -187,7 +187,7 @@ def test_rung_two_judge_served_version_one(two_rungs, tiny_model, tmp_path):
 def test_rejecting_an_auto_promoted_version_by_hand_moves_judge_and_champion_back(two_rungs):
     """(Last of the module's tests on the ladder: it changes the store.) The gate promoted both rungs; `ladder
     reject` of version 2 moves `judge` and `champion` back to version 1, so the live judge is never a rejected one."""
-    from ladder.mlflow_store import tracking_uri_for
+    from ladder.registry.store import tracking_uri_for
 
     spec, reg, _, _ = two_rungs
     assert reg.aliases()["judge"] == reg.aliases()["champion"] == "2"
@@ -201,7 +201,7 @@ def test_rejecting_an_auto_promoted_version_by_hand_moves_judge_and_champion_bac
 
 
 def test_registration_is_idempotent(tiny_model, tmp_path):
-    from ladder.registry import Registry
+    from ladder.registry.registry import Registry
 
     reg = Registry("idem", f"sqlite:///{tmp_path / 'm.db'}", (tmp_path / "art").as_uri())
     run = reg.client.create_run(reg.experiment_id).info.run_id
@@ -218,7 +218,7 @@ def test_registration_is_idempotent(tiny_model, tmp_path):
 def gate_stages(ray_local):
     """The judge workers the module's gates measure on, kept from one test's controller to the next (the candidate
     loaded in place, as a ladder's next gate does) instead of an engine start each."""
-    from ladder.stageset import StageSet
+    from ladder.rung.stageset import StageSet
 
     stages = StageSet()
     yield stages
@@ -228,7 +228,7 @@ def gate_stages(ray_local):
 def _controller_with_candidate(spec_dict, model_dir, tmp_path, stages):
     """A controller whose progress is at the gate of rung 1, with `model_dir` registered as the candidate; its
     stage actors are `stages`'."""
-    from ladder.controller import LadderController
+    from ladder.control.controller import LadderController
     from ladder.progress import JudgeQuality, Phase, Progress, RungResults
     from ladder.spec import parse_spec
 
@@ -279,7 +279,7 @@ def test_gate_rejects_a_corrupted_candidate(ray_local, tiny_model, tmp_path, gat
 
 
 def test_manual_policy_waits_for_a_decision(ray_local, tiny_model, tmp_path, gate_stages):
-    from ladder.controller import State
+    from ladder.control.controller import State
     from ladder.progress import Phase
 
     spec = ladder_spec(tiny_model, tmp_path / "w", promotion={"policy": "manual"})

@@ -45,7 +45,7 @@ def ladder(*args, **env):
 
 
 def test_credentials_from_mlflows_environment(auth_server, tiny_model, monkeypatch):
-    from ladder.registry import Registry
+    from ladder.registry.registry import Registry
 
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)

@@ -26,9 +26,10 @@ def tags(rung: int, judge: str) -> dict[str, str]:
 def store(tiny_model, tmp_path_factory):
     """Two rungs recorded as the controller records them: rung 1 judged by a model directory, gated and
     promoted; rung 2 judged by the registered rung 1 (`models:/mm@judge`)."""
-    from ladder.gate import GateResult, JudgeQuality
-    from ladder.judges import ResolvedJudge, registered_judge
-    from ladder.registry import Registry
+    from ladder.judging.gate import GateResult, JudgeQuality
+    from ladder.progress import ResolvedJudge
+    from ladder.judging.resolve import registered_judge
+    from ladder.registry.registry import Registry
 
     root = tmp_path_factory.mktemp("models-store")
     reg = Registry("mm", f"sqlite:///{root / 'mlflow.db'}", (root / "art").as_uri())
@@ -62,7 +63,7 @@ def greedy(model_dir: str, prompt: str, new_tokens: int = 12) -> str:
 def test_a_rung_loads_as_a_transformers_pipeline(store, tiny_model):
     import mlflow
 
-    from ladder.mlmodels import global_tracking_uri
+    from ladder.registry.mlmodels import global_tracking_uri
 
     reg = store[0]
     before = os.environ.get("MLFLOW_TRACKING_URI")
@@ -138,7 +139,7 @@ def test_mlflow_models_serve_answers(store):
 
 def test_a_store_written_before_models_still_reads(tiny_model, tmp_path):
     """Versions of bare HF files under the run (the format before MLflow models): lineage and fetch still work."""
-    from ladder.registry import Registry
+    from ladder.registry.registry import Registry
 
     reg = Registry("old", f"sqlite:///{tmp_path / 'mlflow.db'}", (tmp_path / "art").as_uri())
     reg.client.create_registered_model("old")
@@ -152,6 +153,6 @@ def test_a_store_written_before_models_still_reads(tiny_model, tmp_path):
         (1, "base", "tag", None), (2, "old/v1", "tag", None)]
     local = Path(reg.download("2", str(tmp_path / "dl")))
     assert (local / "model.safetensors").read_bytes() == (Path(tiny_model) / "model.safetensors").read_bytes()
-    from ladder.run_ladder import format_table
+    from ladder.cli.run import format_table
 
     assert "old/v1" in format_table(rows, reg.aliases())

@@ -29,8 +29,8 @@ def smol_spec(model: str, workdir: Path, judge: dict, **judge_fields) -> object:
 
 @pytest.fixture(scope="module")
 def task_rung(ray_local, smollm2_dir, tmp_path_factory):
-    from ladder.judges import resolve_judge
-    from ladder.rung import Rung
+    from ladder.judging.resolve import resolve_judge
+    from ladder.rung.driver import Rung
     from ladder.tasks import build_task
 
     spec = smol_spec(smollm2_dir, tmp_path_factory.mktemp("smol"), {"kind": "task"})
@@ -75,8 +75,8 @@ def test_the_pretrained_model_judges_itself_in_verdict_mode(task_rung, smollm2_d
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ladder.judges import resolve_judge
-    from ladder.rung import Rung
+    from ladder.judging.resolve import resolve_judge
+    from ladder.rung.driver import Rung
 
     spec = smol_spec(smollm2_dir, Path(task_rung.spec.workdir), {"kind": "model", "path": smollm2_dir},
                      mode="verdict", prompt_template=JUDGE_PROMPT, yes_token="Yes", no_token="No")

@@ -36,7 +36,7 @@ def stage_set(ray_local):
     The tests that kill actors or stop a rung keep sets of their own, and so does the overlap test: on actors
     taken over from the GRPO test, its second step's logprob mismatch came out ~4e-7 instead of > 1e-3 (not yet
     understood)."""
-    from ladder.stageset import StageSet
+    from ladder.rung.stageset import StageSet
 
     stages = StageSet()
     yield stages
@@ -67,7 +67,7 @@ def test_grpo_learns_against_the_verifier(ray_local, tiny_model, stage_set):
     noise, so CPU-to-CPU float differences cannot decide the outcome. A flipped advantage fails it (checked by breaking
     the trainer on purpose), and so does a learning rate of 0.
     """
-    from ladder.rung import ResolvedJudge, Rung
+    from ladder.rung.driver import ResolvedJudge, Rung
     from ladder.spec import parse_spec
     from ladder.tasks import build_task
 
@@ -198,7 +198,7 @@ def test_a_dead_rollout_worker_is_replaced_and_resynced(ray_local, tiny_model, w
     reason instead of replacing again. `stop --now` while a replacement loads leaves no actor of the rung alive."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from ladder.rung import ResolvedJudge, Rung, RungFailed
+    from ladder.rung.driver import ResolvedJudge, Rung, RungFailed
     from ladder.spec import parse_spec
     from ladder.tasks import build_task
 
@@ -249,7 +249,7 @@ def test_a_judge_engine_with_truncated_weights_fails_the_rung_at_once_with_the_l
     task" after restarts."""
     import shutil
 
-    from ladder.rung import ResolvedJudge, Rung
+    from ladder.rung.driver import ResolvedJudge, Rung
     from ladder.spec import parse_spec
     from ladder.tasks import build_task
     from stages.actors import ActorStartError
@@ -276,7 +276,7 @@ def test_overlap_trains_one_step_off_policy_and_resumes_exactly(ray_local, tiny_
     update (staleness 1 from the second step on; the first batch is on-policy); after each step the rollout
     workers serve the trainer's weights; a checkpoint taken while a batch waits saves the cursor before it, so a
     resumed rung draws the same prompts again."""
-    from ladder.rung import PromptCursor, ResolvedJudge, Rung
+    from ladder.rung.driver import PromptCursor, ResolvedJudge, Rung
     from ladder.spec import parse_spec
     from ladder.tasks import build_task
 
@@ -310,9 +310,9 @@ def test_a_disk_that_fills_while_checkpointing_leaves_nothing_half_written(ray_l
     import resource
 
     from ladder.progress import Progress
-    from ladder.registry import Registry
-    from ladder.rung import ResolvedJudge, Rung
-    from ladder.rung_store import CheckpointError, RungStore
+    from ladder.registry.registry import Registry
+    from ladder.rung.driver import ResolvedJudge, Rung
+    from ladder.control.rung_store import CheckpointError, RungStore
     from ladder.spec import parse_spec
     from ladder.tasks import build_task
 
@@ -363,7 +363,7 @@ def test_a_sharded_checkpoint_restores_the_trainer_and_the_rollout_workers(ray_l
     from dataclasses import replace
 
     from stages.batches import PromptBatch
-    from ladder.rung import ResolvedJudge, Rung
+    from ladder.rung.driver import ResolvedJudge, Rung
     from ladder.spec import parse_spec
     from ladder.tasks import build_task
     from stages.train import TrainConfig

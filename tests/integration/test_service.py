@@ -107,14 +107,14 @@ def test_submit_jobstop_status_promote_stop_resume(tiny_model, ray_head, mlflow_
     wait_gone(dashboard, env, name)  # the controller ends itself once the ladder is over
     assert [p.name for p in laptop.iterdir()] == ["svc.yaml"]  # no work directory, store or cache here
     assert done.checkpoint and not done.checkpoint.startswith(str(tmp_path))
-    from ladder.registry import Registry
+    from ladder.registry.registry import Registry
 
     assert Registry.find(name, mlflow_server).load_spec(done.parent_run).workdir == "w"
 
 
 def test_cli_errors_are_one_line(tiny_model, ray_head, mlflow_server, tmp_path):
     from ladder.progress import Progress, State
-    from ladder.registry import Registry
+    from ladder.registry.registry import Registry
 
     env, dashboard, gcs = ray_head
     track = ["--tracking-uri", mlflow_server]
@@ -172,7 +172,7 @@ def test_five_faults_in_one_service_ladder(tiny_model, ray_head, mlflow_proc, tm
             driver.kill()
         if mlflow_proc.proc.poll() is not None:
             mlflow_proc.start()  # the module's later tests need it
-    from ladder.registry import Registry
+    from ladder.registry.registry import Registry
 
     reg = Registry.find(name, uri)
     versions = reg.versions()

@@ -102,7 +102,7 @@ def test_a_compiled_engine_serves_the_synced_weights(ray_local, tiny_model, tmp_
     that froze the weights would keep sampling from the old ones)."""
     import torch
 
-    from ladder.rung_stages import engine_config
+    from ladder.rung.roles import engine_config
     from ladder.spec import parse_spec
     from stages.actors import kill_all, spawn
     from stages.rollout import RolloutWorker
@@ -146,7 +146,7 @@ def test_verdict_scores_equal_transformers(ray_local, tiny_model, judge_worker):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ladder.bootstrap import verdicts
+    from ladder.models.bootstrap import verdicts
     from ladder.tasks.arithmetic import build
     from stages.judge import JudgeConfig, JudgePool
 
@@ -190,7 +190,7 @@ def test_a_verdict_reads_two_logprobs_whatever_the_vocabulary(ray_local, tmp_pat
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ladder.bootstrap import verdicts
+    from ladder.models.bootstrap import verdicts
     from ladder.models.tiny import build_tiny_model
     from stages.actors import kill_all, spawn
     from stages.engine import EngineConfig
@@ -226,9 +226,9 @@ def test_engines_take_a_new_rungs_models_in_place(ray_local, tiny_model, engine_
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ladder.bootstrap import verdicts
+    from ladder.models.bootstrap import verdicts
     from ladder.models.tiny import build_tiny_model
-    from ladder.stageset import StageSet
+    from ladder.rung.stageset import StageSet
     from stages.actors import spawn
     from stages.engine import architecture_difference
     from stages.judge import JudgeConfig
@@ -313,10 +313,10 @@ def test_stop_now_while_a_judge_worker_is_replaced_leaves_no_engine_alive(ray_lo
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    from ladder.judges import ResolvedJudge
-    from ladder.rung_stages import build_judge_pool
+    from ladder.progress import ResolvedJudge
+    from ladder.rung.roles import build_judge_pool
     from ladder.spec import parse_spec
-    from ladder.stageset import StageSet
+    from ladder.rung.stageset import StageSet
     from ladder.tasks import build_task
 
     ray = ray_local

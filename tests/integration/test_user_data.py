@@ -78,7 +78,7 @@ def jsonl_ladder(tiny_model, tmp_path_factory):
         assert sub["submission"].startswith("local-")
         stopped = stop_now_at_first_checkpoint(env, "jsonl-ladder", f"sqlite:///{work / 'w' / 'mlflow.db'}", at)
         ladder(env, "resume", "jsonl-ladder", *at, "--wait")
-        from ladder.registry import Registry
+        from ladder.registry.registry import Registry
         from ladder.spec import load_spec
 
         spec = load_spec(path)
@@ -113,8 +113,8 @@ def controller_pid(name, uri, parent_run) -> int:
     """The process of the ladder's controller, from the lease it holds (on this host: a local job)."""
     import socket
 
-    from ladder.lease import leases
-    from ladder.registry import Registry
+    from ladder.control.lease import leases
+    from ladder.registry.registry import Registry
 
     (lease,) = [lease for run, lease in leases(Registry.find(name, uri)) if run == parent_run]
     assert lease.host == socket.gethostname() and lease.pid > 0, lease
@@ -123,7 +123,7 @@ def controller_pid(name, uri, parent_run) -> int:
 
 def wait_for_stop_request(name, uri, parent_run, cli, timeout_s: float = 120.0) -> None:
     """Until `ladder stop` (the process `cli`) has written its request to the ladder's run."""
-    from ladder.registry import Registry
+    from ladder.registry.registry import Registry
 
     reg, deadline = Registry.find(name, uri), time.monotonic() + timeout_s
     while reg.stop_request(parent_run) != "now":

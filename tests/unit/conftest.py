@@ -16,6 +16,6 @@ def mlflow_store(tmp_path_factory):
 @pytest.fixture
 def registry(mlflow_store):
     """A `Registry` of a ladder name of its own in the shared store."""
-    from ladder.registry import Registry
+    from ladder.registry.registry import Registry
 
     return Registry(next(_NAMES), *mlflow_store)

@@ -5,7 +5,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from ladder.cli import app
+from ladder.cli.app import app
 from ladder.progress import Progress, State
 from ladder.spec import SpecError, parse_spec
 
@@ -33,8 +33,8 @@ def test_a_tracking_uri_with_a_password_is_refused_in_one_line(tmp_path, monkeyp
 
 
 def test_resume_refuses_a_spec_json_edited_since_the_start_unless_adopted(registry, mlflow_store):
-    from ladder.control import LadderAccess, resumable
-    from ladder.runtime import Address
+    from ladder.cli.remote import LadderAccess, resumable
+    from cluster.connect import Address
 
     spec = parse_spec({**spec_dict(registry.name), "mlflow": {"tracking_uri": mlflow_store[0]}})
     run = registry.start_ladder_run(spec, "j1")
@@ -54,7 +54,7 @@ def test_resume_refuses_a_spec_json_edited_since_the_start_unless_adopted(regist
 
 
 def test_a_remote_submission_carries_no_path_of_this_machine_and_needs_an_mlflow_server(tmp_path, monkeypatch):
-    from cluster.submit import portable_spec
+    from ladder.cli.job_spec import portable_spec
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

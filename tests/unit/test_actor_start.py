@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 from local_ray import module_ray  # tests/unit/local_ray.py
 
-from ladder.train_phase import after_stage_death
+from ladder.control.train_phase import after_stage_death
 from stages.actors import ActorStartError, as_start_error, raise_if_start_failed
 
 
@@ -90,7 +90,7 @@ def rung_of(trainer, rollout, placement_timeout_s: float = 1800.0):
 
 
 def test_rung_ready_raises_the_start_failure(ray_local):
-    from ladder.rung import Rung
+    from ladder.rung.driver import Rung
 
     fake = rung_of(ray_local.remote(num_cpus=0)(Healthy).remote(), [ray_local.remote(num_cpus=0)(Broken).remote()])
     with pytest.raises(ActorStartError, match="Broken .* could not start: OSError: Can't load tokenizer"):
@@ -106,7 +106,7 @@ class Loading:
 
 def test_an_actor_no_node_can_take_fails_in_one_line_naming_its_resources(ray_local):
     from cluster.placement import PlacementError, actor_options
-    from ladder.rung import Rung
+    from ladder.rung.driver import Rung
     from ladder.spec import RoleResources
 
     gpu = RoleResources(cpus=0, gpus=1)  # this Ray has no GPU
@@ -165,7 +165,7 @@ def test_a_judge_worker_that_cannot_start_is_not_replaced(ray_local):
 
 
 def controller(registry):
-    from ladder.controller import LadderController
+    from ladder.control.controller import LadderController
     from ladder.progress import Progress, State
     from ladder.spec import parse_spec
 

@@ -5,8 +5,8 @@ import random
 import pytest
 from typer.testing import CliRunner
 
-from ladder.bootstrap import _examples
-from ladder.cli import app
+from ladder.models.bootstrap import _examples
+from ladder.cli.app import app
 from ladder.tasks.arithmetic import build
 
 runner = CliRunner()
@@ -57,7 +57,7 @@ def test_a_step_in_runs_of_similar_length_has_the_whole_batchs_gradient(tmp_path
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ladder.bootstrap import _backward, _by_length
+    from ladder.models.bootstrap import _backward, _by_length
     from ladder.models.tiny import build_tiny_model
 
     build_tiny_model(tmp_path / "m", size="nano", seed=0)

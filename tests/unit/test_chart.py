@@ -5,7 +5,7 @@ import struct
 
 import pytest
 
-from ladder.chart import ladder_chart
+from ladder.registry.chart import ladder_chart
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -2,9 +2,9 @@
 verdict tokens checked against the tokenizer; the engines' context length measured on rendered prompts."""
 import pytest
 
-from ladder.prompts import PromptError, fit_context, judge_context, renderer, student_context
+from ladder.rung.prompts import PromptError, fit_context, judge_context, renderer, student_context
 from ladder.spec import ChatSpec, parse_spec
-from ladder.spec_judge import JudgeSpec
+from ladder.spec.judge import JudgeSpec
 from ladder.tasks.base import Example, Task
 from stages.judge import JudgeConfig, JudgeError, _single_token
 from stages.scoring import Pairs, PairwiseMode

@@ -1,10 +1,10 @@
 """Controller decisions that need no Ray: saturation, gate arithmetic, judge health, prompt cursor."""
 import pytest
 
-from ladder.gate import auc
-from ladder.prompt_cursor import PromptCursor
-from ladder.rung import split
-from ladder.rung_metrics import judge_health, saturated
+from ladder.judging.gate import auc
+from ladder.rung.prompt_cursor import PromptCursor
+from ladder.rung.driver import split
+from ladder.rung.metrics import judge_health, saturated
 from ladder.spec import SaturationSpec
 
 
@@ -66,7 +66,7 @@ class _Rung:
 
 
 def test_steps_in_a_row_without_an_update_fail_the_rung():
-    from ladder.rung import RungFailed, train_steps
+    from ladder.rung.driver import RungFailed, train_steps
     from ladder.spec import parse_spec
 
     spec = parse_spec({"name": "x", "student": {"base": "m"}, "judge": {"initial": {"kind": "model", "path": "m"}},

@@ -2,7 +2,7 @@
 the aliases the version held, and a gate re-entered after a crash uses the decision or verdict already recorded."""
 import pytest
 
-from ladder import gate_phase
+from ladder.control import gate_phase
 from ladder.progress import Phase, Progress, State
 from registries import add_versions  # tests/unit/registries.py
 
@@ -46,14 +46,15 @@ def spec_of(name: str, policy: str = "auto"):
                        "promotion": {"policy": policy}})
 
 
-def controller_at_gate(reg, policy: str = "auto"):
+def controller_at_gate(reg, monkeypatch, policy: str = "auto"):
     """A controller (in this process, no Ray) whose rung 1 registered version 1 and crashed in its gate phase;
     measuring the candidate again would fail the test."""
-    from ladder.controller import LadderController
+    from ladder.control.controller import LadderController
 
     ctl = LadderController(spec_of(reg.name, policy), job="job")
     ctl.registry = reg
-    ctl.gate = lambda *a, **k: pytest.fail("the gate was measured again")
+    monkeypatch.setattr("ladder.judging.gate.candidate_quality",
+                        lambda *a, **k: pytest.fail("the gate was measured again"))
     parent = reg.client.create_run(reg.experiment_id, tags={"ladder.kind": "ladder"}).info.run_id
     rung_run = reg.start_rung_run(parent, 1, "job")
     (version,) = add_versions(reg, 1, rung_run)
@@ -61,18 +62,18 @@ def controller_at_gate(reg, policy: str = "auto"):
                          parent_run=parent, rung_run=rung_run)
 
 
-def test_a_gate_reentered_after_a_promotion_keeps_it(registry):
-    ctl, p = controller_at_gate(registry)
+def test_a_gate_reentered_after_a_promotion_keeps_it(registry, monkeypatch):
+    ctl, p = controller_at_gate(registry, monkeypatch)
     registry.promote(p.candidate, by="auto", reason="gate passed")  # then the controller died before saving
     after = gate_phase.gate(ctl, p)
     assert after.rung == 2 and after.phase is Phase.TRAIN
     assert registry.status_of(p.candidate) == "promoted" and registry.alias("judge") == p.candidate
 
 
-def test_a_gate_reentered_after_its_verdict_applies_the_recorded_verdict(registry):
-    from ladder.gate import GateResult, JudgeQuality
+def test_a_gate_reentered_after_its_verdict_applies_the_recorded_verdict(registry, monkeypatch):
+    from ladder.judging.gate import GateResult, JudgeQuality
 
-    ctl, p = controller_at_gate(registry)
+    ctl, p = controller_at_gate(registry, monkeypatch)
     bad = JudgeQuality(accuracy=0.5, auc=0.41, identical_share=0.2)
     registry.record_gate(p.candidate, GateResult(bad, bad, False, "AUC 0.410 < 0.6"))  # died before rejecting
     after = gate_phase.gate(ctl, p)
@@ -81,10 +82,10 @@ def test_a_gate_reentered_after_its_verdict_applies_the_recorded_verdict(registr
     assert registry.version(p.candidate).tags["ladder.reason"] == "AUC 0.410 < 0.6"
 
 
-def test_a_manual_ladder_reentering_its_gate_after_the_verdict_waits(registry):
-    from ladder.gate import GateResult, JudgeQuality
+def test_a_manual_ladder_reentering_its_gate_after_the_verdict_waits(registry, monkeypatch):
+    from ladder.judging.gate import GateResult, JudgeQuality
 
-    ctl, p = controller_at_gate(registry, policy="manual")
+    ctl, p = controller_at_gate(registry, monkeypatch, policy="manual")
     good = JudgeQuality(accuracy=0.9, auc=0.95, identical_share=0.1)
     registry.record_gate(p.candidate, GateResult(good, good, True, "AUC 0.950 >= 0.6"))
     after = gate_phase.gate(ctl, p)
@@ -123,7 +124,7 @@ def test_the_rungs_judge_is_measured_on_the_items_the_candidate_will_be(tmp_path
 
     from ladder.spec import parse_spec
     from ladder.tasks.sets import TaskSets
-    from ladder.train_phase import leave_rung
+    from ladder.control.train_phase import leave_rung
 
     task = {"kind": "builtin", "name": "arithmetic", "terms": 3, "max_operand": 5, "train_size": 50}
     spec = parse_spec({"name": "x", "rungs": 2, "student": {"base": "m"}, "judge": {"initial": {"kind": "model",

@@ -6,7 +6,7 @@ from ladder.progress import ERROR_MAX_CHARS, Phase, State
 
 
 def failing_controller(registry, handler):
-    from ladder.controller import LadderController
+    from ladder.control.controller import LadderController
     from ladder.spec import parse_spec
 
     spec = parse_spec({"name": registry.name, "student": {"base": "m"},
@@ -31,7 +31,7 @@ def test_a_failed_state_is_saved_when_the_metrics_outbox_has_given_up(registry):
 
 
 def test_error_texts_fit_mlflow_tags(registry):
-    from ladder.tracking import TAG_MAX_CHARS
+    from ladder.registry.tracking import TAG_MAX_CHARS
 
     def train(ctl, p):
         raise RuntimeError("x" * 20000)

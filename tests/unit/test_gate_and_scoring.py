@@ -1,8 +1,8 @@
 """Gate rules (chance, collapse, behind the judge, student accuracy), reasoning-judge arithmetic, schedule."""
 import pytest
 
-from ladder.gate import JudgeQuality, decide_gate, quality
-from ladder.rung_metrics import pearson
+from ladder.judging.gate import JudgeQuality, decide_gate, quality
+from ladder.rung.metrics import pearson
 from ladder.spec import PromotionSpec, SpecError, parse_spec
 from stages.scoring import agreement, extract, pair_win
 
@@ -97,7 +97,7 @@ def test_schedule_changes_trainer_fields_and_keeps_the_rest():
 
 
 def test_the_live_status_counts_the_steps_of_the_rung_it_is_in():
-    from ladder.controller import LadderController
+    from ladder.control.controller import LadderController
     from ladder.progress import Phase
 
     ctl = LadderController(_spec(train={"steps": 30}, schedule=[{"rung": 2, "train": {"steps": 5}}]), job="job")
@@ -138,7 +138,7 @@ def test_majority_accuracy_counts_by_hand():
     """The judge's majority answer per prompt (same numbers count as one, unreadable answers ignored) against
     the reference: prompt 1 right (7 twice, 8 once), prompt 2 wrong (a tie goes to the first written, 3), prompt 3
     right ('1,000' = '1000.0'), prompt 4 nothing readable: 2 of 4."""
-    from ladder.judge_skill import majority_accuracy
+    from ladder.judging.skill import majority_accuracy
 
     answers = [["7", "8", "7.0"], ["3", "4"], ["1,000", "1000.0", "5"], [None, None]]
     assert majority_accuracy(answers, ["7", "4", "1000", "2"]) == 0.5

@@ -2,9 +2,9 @@
 the collapse guard's verdicts in the step loop (a stand-in rung records which weights it keeps and restores)."""
 import pytest
 
-from ladder.guard import CollapseGuard
-from ladder.rung import train_steps
-from ladder.rung_metrics import answer_consistency, flips, reward_truth
+from ladder.rung.guard import CollapseGuard
+from ladder.rung.driver import train_steps
+from ladder.rung.metrics import answer_consistency, flips, reward_truth
 from ladder.spec import parse_spec
 from ladder.tasks.base import Example, Task
 from stages.batches import JudgedBatch, RolloutBatch, Sample

@@ -7,7 +7,7 @@ import pytest
 from pydantic import Field, TypeAdapter, ValidationError
 
 from ladder.spec import TrainSpec
-from ladder.spec_judge import JudgeSpec
+from ladder.spec.judge import JudgeSpec
 from stages.judge import JudgeConfig, JudgePool
 from stages.scoring import JUDGE_MODES, JUDGE_SCORERS, JudgeMode, ModeSettings, Pairs, Scored, ScoreMode, SolveMode
 from stages.train import TrainConfig
@@ -57,7 +57,7 @@ def test_a_modes_settings_size_the_judge_engines_context():
     """The judge's context length is measured on what the mode's settings say the judge reads and writes."""
     from types import SimpleNamespace
 
-    from ladder.prompts import MARGIN, judge_context
+    from ladder.rung.prompts import MARGIN, judge_context
     from ladder.tasks import Example
 
     chars = SimpleNamespace(user=lambda text: text, n_tokens=lambda texts: [len(t) for t in texts])  # 1 char: 1 token

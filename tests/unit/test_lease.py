@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from ladder.lease import LEASE_TAG, LeaseHeld, LeaseKeeper, check_free
+from ladder.control.lease import LeaseHeld, LeaseKeeper, check_free
+from ladder.registry.tags import Tag
 from ladder.progress import Phase, State
 
 
@@ -33,7 +34,7 @@ def test_a_fresh_lease_refuses_a_second_controller_in_one_line_naming_where(regi
         check_free(registry)  # what `run`, `submit` and `resume` ask before they start anything
     first.release()
     check_free(registry)  # released at the controller's end: free again
-    assert registry.client.get_run(first.parent_run).data.tags[LEASE_TAG] == ""
+    assert registry.client.get_run(first.parent_run).data.tags[Tag.LEASE] == ""
 
 
 def test_the_live_controller_renews_its_lease_and_a_stale_one_is_taken_over(registry):
@@ -59,7 +60,7 @@ def test_a_controller_that_lost_its_lease_stops(registry):
     lost = threading.Event()
     slow = keeper(registry, "j1", renew_s=0.3, stale_after_s=5, on_lost=lost.set)
     slow.acquire()
-    registry.client.set_tag(slow.parent_run, LEASE_TAG, '{"token": "other"}')  # another took it over
+    registry.client.set_tag(slow.parent_run, Tag.LEASE, '{"token": "other"}')  # another took it over
     assert lost.wait(5)
     slow.release()
 
@@ -84,7 +85,7 @@ def test_of_two_leases_taken_at_once_one_wins(registry):
 
 
 def controller(registry, resume=False):
-    from ladder.controller import LadderController
+    from ladder.control.controller import LadderController
     from ladder.spec import parse_spec
 
     spec = parse_spec({"name": registry.name, "student": {"base": "m"},
@@ -112,10 +113,10 @@ def test_a_controller_refused_by_a_live_lease_trains_nothing_and_writes_nothing_
 
 
 def test_run_submit_and_resume_refuse_a_ladder_whose_lease_is_fresh(registry, mlflow_store):
-    from ladder.control import LadderAccess, resumable
-    from ladder.lease import refuse_if_running
+    from ladder.cli.remote import LadderAccess, resumable
+    from ladder.control.lease import refuse_if_running
     from ladder.progress import Progress
-    from ladder.runtime import Address
+    from cluster.connect import Address
     from ladder.spec import parse_spec
 
     live = keeper(registry, "live")
@@ -132,9 +133,9 @@ def test_run_submit_and_resume_refuse_a_ladder_whose_lease_is_fresh(registry, ml
 
 
 def test_stop_of_a_local_ladder_whose_process_is_gone_returns_at_once(registry, mlflow_store, tmp_path):
-    from ladder.control import LadderAccess, request_stop, status
+    from ladder.cli.remote import LadderAccess, request_stop, status
     from ladder.progress import Progress
-    from ladder.runtime import Address
+    from cluster.connect import Address
     from ladder.spec import parse_spec
 
     spec = parse_spec({"name": registry.name, "student": {"base": "m"}, "workdir": str(tmp_path),
@@ -147,7 +148,7 @@ def test_stop_of_a_local_ladder_whose_process_is_gone_returns_at_once(registry, 
     lease.acquire()  # while its controller renews the lease, the ladder counts as alive ...
     assert status(registry.name, where)["live"] is True
     lease._released.set()
-    registry.client.set_tag(run, LEASE_TAG, "")  # ... its process died: the lease is gone (or stale)
+    registry.client.set_tag(run, Tag.LEASE, "")  # ... its process died: the lease is gone (or stale)
     t0 = time.monotonic()
     out = request_stop(registry.name, where, timeout_s=20)
     assert time.monotonic() - t0 < 5 and out["state"] == "stopped" and (out["rung"], out["step"]) == (2, 7)
@@ -165,12 +166,12 @@ def test_a_lease_of_a_process_gone_on_this_host_is_stale_at_once(registry):
     gone._released.set()
     with pytest.raises(LeaseHeld):
         check_free(registry)  # this process: alive
-    registry.client.set_tag(gone.parent_run, LEASE_TAG, gone.tracking.client.get_run(gone.parent_run).data.tags[
-        LEASE_TAG].replace(f'"pid": {gone.lease.pid}', f'"pid": {dead.pid}'))
+    registry.client.set_tag(gone.parent_run, Tag.LEASE, gone.tracking.client.get_run(gone.parent_run).data.tags[
+        Tag.LEASE].replace(f'"pid": {gone.lease.pid}', f'"pid": {dead.pid}'))
     check_free(registry)
 
 
-OPEN_STORE = "import sys; from ladder.tracking import Tracking; print(Tracking('race', sys.argv[1]).experiment_id)"
+OPEN_STORE = "import sys; from ladder.registry.tracking import Tracking; print(Tracking('race', sys.argv[1]).experiment_id)"
 
 
 def test_commands_that_open_a_new_sqlite_store_at_once_all_get_the_one_experiment(tmp_path):

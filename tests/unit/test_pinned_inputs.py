@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from ladder.progress import Phase, Progress, RungInputs, State
-from ladder.train_phase import train
+from ladder.control.train_phase import train
 from registries import add_versions  # tests/unit/registries.py
 
 
@@ -18,15 +18,15 @@ class Started(Exception):
 def controller(reg, monkeypatch, seen: list):
     """A controller (in this process) of a 3-rung ladder whose student starts from the previous rung; starting a
     rung records its student and judge and stops there."""
-    import ladder.rung
-    from ladder.controller import LadderController
+    import ladder.rung.driver
+    from ladder.control.controller import LadderController
     from ladder.spec import parse_spec
 
     def rung(spec, task, student, judge, seed, **kwargs):
         seen.append((student, judge.location, judge.label))
         raise Started()
 
-    monkeypatch.setattr(ladder.rung, "Rung", rung)
+    monkeypatch.setattr(ladder.rung.driver, "Rung", rung)
     spec = parse_spec({"name": reg.name, "rungs": 3, "student": {"base": "base-dir", "init": "previous"},
                        "judge": {"initial": {"kind": "model", "path": "judge-dir"}},
                        "task": {"source": {"kind": "builtin"}}})

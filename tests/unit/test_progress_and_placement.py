@@ -3,7 +3,7 @@ import pytest
 
 from cluster.placement import actor_options, unplaceable
 from ladder.progress import JudgeQuality, Phase, Progress, RungResults, State
-from ladder.runtime import Address, ClusterError
+from cluster.connect import Address, ClusterError
 from ladder.spec import SpecError, parse_spec
 
 

@@ -3,7 +3,7 @@
 import pytest
 from mlflow.exceptions import RestException
 
-from ladder.retrying import MlflowUnavailable
+from ladder.registry.retrying import MlflowUnavailable
 from registries import add_versions  # tests/unit/registries.py
 
 DENIED = RestException({"error_code": "PERMISSION_DENIED", "message": "Permission denied for user alice"})
@@ -41,7 +41,7 @@ def test_a_refused_or_unreachable_mlflow_is_an_error_not_a_missing_alias(registr
 
 
 def test_student_init_previous_fails_on_a_403_instead_of_starting_from_base(registry, monkeypatch):
-    from ladder.judges import student_init
+    from ladder.judging.resolve import student_init
     from ladder.spec import parse_spec
 
     spec = parse_spec({"name": registry.name, "student": {"base": "m", "init": "previous"},

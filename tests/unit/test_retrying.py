@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from ladder.retrying import MlflowUnavailable, Outbox, transient, with_retry
+from ladder.registry.retrying import MlflowUnavailable, Outbox, transient, with_retry
 
 DOWN = ConnectionError("API request to http://127.0.0.1:5000/api/2.0/mlflow/runs/get failed with exception "
                        "HTTPConnectionPool(host='127.0.0.1', port=5000): Max retries exceeded with url")
@@ -22,15 +22,15 @@ def flaky(failures: int, exc=DOWN):
 
 
 def test_transient_errors_are_retried_until_they_pass(monkeypatch):
-    monkeypatch.setattr("ladder.retrying.time.sleep", lambda s: None)
+    monkeypatch.setattr("ladder.registry.retrying.time.sleep", lambda s: None)
     fn, calls = flaky(3)
     assert with_retry(fn, budget_s=60) == "ok" and calls["n"] == 4
 
 
 def test_a_spent_budget_ends_in_one_line(monkeypatch):
     clock = {"t": 0.0}
-    monkeypatch.setattr("ladder.retrying.time.monotonic", lambda: clock["t"])
-    monkeypatch.setattr("ladder.retrying.time.sleep", lambda s: clock.__setitem__("t", clock["t"] + s))
+    monkeypatch.setattr("ladder.registry.retrying.time.monotonic", lambda: clock["t"])
+    monkeypatch.setattr("ladder.registry.retrying.time.sleep", lambda s: clock.__setitem__("t", clock["t"] + s))
     fn, calls = flaky(10**6)
     with pytest.raises(MlflowUnavailable, match=r"MLflow unreachable for 20 s \(get_run\)") as err:
         with_retry(fn, budget_s=20, what="get_run")
@@ -45,7 +45,7 @@ def test_a_wrong_request_is_not_retried():
 
 
 def test_the_outbox_delivers_in_order_without_waiting(monkeypatch):
-    monkeypatch.setattr("ladder.retrying.time.sleep", lambda s: None)
+    monkeypatch.setattr("ladder.registry.retrying.time.sleep", lambda s: None)
     gate, got = threading.Event(), []
     box = Outbox(budget_s=60)
     box.put("first", lambda: (gate.wait(10), got.append(1)))

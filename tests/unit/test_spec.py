@@ -142,7 +142,7 @@ def test_help_and_validate_do_not_import_heavy_libraries(tmp_path):
 
 def test_trust_remote_code_is_off_unless_the_spec_says_so():
     """Engines and the trainer run a model's own Python code only when the spec turns it on."""
-    from ladder.rung_stages import engine_config
+    from ladder.rung.roles import engine_config
     from stages.train import TrainConfig
 
     for value in (False, True):

@@ -41,13 +41,13 @@ def judge_spec():
 
 def test_stop_now_kills_the_gate_workers_and_no_judge_replacement_starts(ray_local, monkeypatch):
     import stages.actors
-    from ladder.judges import ResolvedJudge
-    from ladder.rung_stages import build_judge_pool
-    from ladder.stageset import StageSet
+    from ladder.progress import ResolvedJudge
+    from ladder.rung.roles import build_judge_pool
+    from ladder.rung.stageset import StageSet
 
     spawned = []
-    monkeypatch.setattr("ladder.rung_stages.judge_prompts", lambda *a: (SimpleNamespace(user=str), 64))
-    monkeypatch.setattr("ladder.rung_stages.engine_config", lambda *a: "engine")
+    monkeypatch.setattr("ladder.rung.roles.judge_prompts", lambda *a: (SimpleNamespace(user=str), 64))
+    monkeypatch.setattr("ladder.rung.roles.engine_config", lambda *a: "engine")
     monkeypatch.setattr(stages.actors, "spawn", lambda *a, **k: spawned.append(1) or
                         ray_local.remote(num_cpus=0)(Worker).remote())
     stages = StageSet()
@@ -63,8 +63,8 @@ def test_stop_now_kills_the_gate_workers_and_no_judge_replacement_starts(ray_loc
 
 
 def test_no_rollout_replacement_starts_once_a_stop_is_requested(ray_local):
-    from ladder.rung import Rung
-    from ladder.stageset import StageSet
+    from ladder.rung.driver import Rung
+    from ladder.rung.stageset import StageSet
 
     rung = object.__new__(Rung)
     started = []
@@ -83,7 +83,7 @@ def test_no_rollout_replacement_starts_once_a_stop_is_requested(ray_local):
 def run_offline(registry, handlers):
     """A controller over `registry` (no Ray actor of its own, nothing prepared) run through the phase `handlers`;
     returns its saved progress."""
-    from ladder.controller import LadderController
+    from ladder.control.controller import LadderController
     from ladder.spec import parse_spec
 
     spec = parse_spec({"name": registry.name, "student": {"base": "m"},
@@ -105,7 +105,7 @@ def test_a_start_refused_by_a_stop_stops_the_ladder_at_its_saved_progress(regist
 
 
 def test_stop_now_kills_every_stage_actor_the_controller_started(ray_local):
-    from ladder.controller import LadderController
+    from ladder.control.controller import LadderController
 
     ctl = LadderController(judge_spec(), job="job")
     worker = ctl.stages.start(lambda: ray_local.remote(num_cpus=0)(Worker).remote())  # not yet in ctl.actors

@@ -157,7 +157,7 @@ def test_a_verifier_that_raises_is_named_in_one_line():
 def test_a_work_directory_that_cannot_be_written_is_refused_in_one_line(tmp_path):
     import pytest
 
-    from ladder.train_rung import WorkdirError, check_workdir
+    from ladder.control.preflight import WorkdirError, check_workdir
 
     check_workdir(str(tmp_path / "fresh" / "work"))  # created
     blocker = tmp_path / "a-file"

@@ -1,0 +1,61 @@
+"""The checks before a ladder (or a single rung) starts, in one place: `validate`, `run`, `submit`, the submitted
+job's driver and `train-rung` all call `preflight`, so a bad dataset, model or work directory fails in one line."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ladder.judging.resolve import resolve_judge
+
+
+def preflight(spec, gate: bool = True, offline: bool = False):
+    """Fail in one line, before Ray starts, on a dataset that cannot be used (`gate`: a ladder, whose gate needs
+    reference answers), a missing or broken student or judge model, or a work directory that cannot be written;
+    returns the rung-1 judge. `offline` (`ladder validate`): the files alone, nothing created, MLflow not asked."""
+    from ladder.tasks.sets import check_tasks
+
+    if offline:
+        check_tasks(spec, gate)
+        return check_local_models(spec)
+    check_workdir(spec.workdir)
+    check_tasks(spec, gate)
+    judge = resolve_judge(spec)
+    for model in [spec.student.base] + ([judge.location] if judge.kind == "model" else []):
+        check_model(model, spec)
+    return judge
+
+
+def check_local_models(spec) -> None:
+    """The spec's model directories (student base, a directory judge), read without MLflow or Ray: one line naming
+    the file when one is missing or broken (`ladder validate`)."""
+    from stages.models import check_model_dir, is_model_uri
+
+    initial = spec.judge.initial
+    for model in [spec.student.base] + ([initial.path] if initial.kind == "model" else []):
+        if not is_model_uri(model):
+            check_model_dir(model)
+
+
+class WorkdirError(ValueError):
+    """A work directory the ladder cannot write (one line)."""
+
+
+def check_workdir(workdir: str) -> None:
+    import tempfile
+
+    try:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise WorkdirError(f"workdir {workdir}: not writable ({exc.strerror or exc})") from None
+
+
+def check_model(location: str, spec) -> None:
+    """A model directory that holds an HF model, or a `models:/<name>/<version>` that MLflow has."""
+    from ladder.registry.mlmodels import check_model_uri
+    from ladder.registry.store import tracking_uri_for
+    from stages.models import check_model_dir, is_model_uri
+
+    if is_model_uri(location):
+        return check_model_uri(location, tracking_uri_for(spec))
+    return check_model_dir(location)

@@ -1,0 +1,139 @@
+"""How a rung's stage actors are configured and started, in one place (`start_roles`): the trainer, the rollout
+workers and the judge pool (a verifier, or judge workers), their engine settings, where models are fetched, and the
+chat renderers and context lengths of the student and the judge."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from ladder.progress import TASK_CHECKER, ResolvedJudge
+from ladder.tasks.base import Task
+
+
+def model_store(spec):
+    """Where stage actors fetch `models:/` locations: the ladder's MLflow, cached under its work directory."""
+    from ladder.registry.store import tracking_uri_for
+    from stages.models import ModelStore
+
+    return ModelStore(tracking_uri_for(spec), str(Path(spec.workdir).resolve() / spec.name / "model-cache"))
+
+
+def engine_config(spec, model: str, seed: int, max_model_len: int = 512):
+    from stages.engine import EngineConfig
+
+    ro = spec.rollout
+    return EngineConfig(model, seed=seed, kv_cache_gib=ro.kv_cache_gib, max_model_len=max_model_len, dtype=ro.dtype,
+                        compiled=ro.compiled, gpu_memory_utilization=ro.gpu_memory_utilization,
+                        store=model_store(spec), trust_remote_code=spec.trust_remote_code)
+
+
+def model_prompts(spec, location: str, chat_spec, field: str):
+    """The chat renderer of the model at `location` (its tokenizer, `chat_spec`) and the model's context limit."""
+    from ladder.rung.prompts import load_tokenizer, model_limit, renderer
+
+    store = model_store(spec)
+    chat = renderer(load_tokenizer(location, store, spec.trust_remote_code), chat_spec, field)
+    return chat, model_limit(location, store)
+
+
+def student_prompts(spec, task, location: str):
+    """The student's chat renderer and its engines' context length (the rendered prompts measured)."""
+    from ladder.rung.prompts import student_context
+
+    chat, limit = model_prompts(spec, location, spec.student.chat, "student.chat")
+    return chat, student_context(spec, task, chat, limit)
+
+
+def judge_prompts(spec, cfg, task, location: str):
+    """The judge's chat renderer and its engines' context length, in `cfg`'s mode."""
+    from ladder.rung.prompts import judge_context
+    from stages.judge import verdict_token_ids
+
+    chat, limit = model_prompts(spec, location, spec.judge.chat, "judge.chat")
+    verdict_token_ids(chat.tokenizer, cfg)  # a verdict word that is not one token: one line, before any engine
+    return chat, judge_context(spec, cfg, task, chat, limit)
+
+
+def actor_name(prefix: Optional[str], role: str) -> Optional[str]:
+    """`<ladder>.<job>.<role>.<random>`: stage actors carry their ladder's name (never reused)."""
+    import uuid
+
+    return f"{prefix}.{role}.{uuid.uuid4().hex[:6]}" if prefix else None
+
+
+@dataclass
+class RungRoles:
+    """The three roles of a rung, started (or taken over from the previous rung's `StageSet`)."""
+    chat: object             # the student's chat renderer (what the rollout workers are prompted with)
+    pool: object             # the JudgePool: a verifier, or judge workers
+    trainer: object          # the Trainer actor
+    rollout: list            # the RolloutWorker actors
+    start_rollout: Callable  # i -> a new rollout worker i (a dead one's replacement)
+
+
+def start_roles(spec, task: Task, student_path: str, judge: ResolvedJudge, seed: int, name_prefix: Optional[str],
+                stages) -> RungRoles:
+    """Every stage actor of a rung, from `stages` where its settings allow (the model loaded in place), else new.
+    Prompts that cannot be rendered or cannot fit are refused first, before any actor starts."""
+    from ladder.rung.stageset import settings_key
+    from stages.actors import spawn
+    from stages.rollout import RolloutWorker
+    from stages.train import TrainConfig, Trainer
+
+    res = spec.resources
+    stages.reused = stages.started = 0
+    chat, context = student_prompts(spec, task, student_path)
+    pool = build_judge_pool(spec, judge, task, seed, name_prefix, stages)
+    train_cfg = TrainConfig.from_spec(spec.train, spec.trust_remote_code)
+    start_trainer = lambda i=0: spawn(  # noqa: E731
+        Trainer, student_path, train_cfg, seed, model_store(spec), resources=res.trainer,
+        name=actor_name(name_prefix, "trainer"), namespace="ladder")
+    trainer = stages.take("trainer", settings_key(res.trainer, spec.trust_remote_code), 1,
+                          lambda t: t.reset.remote(student_path, train_cfg, seed), start_trainer)[0]
+    start_rollout = lambda i: spawn(  # noqa: E731
+        RolloutWorker, engine_config(spec, student_path, seed + i, context), resources=res.rollout,
+        name=actor_name(name_prefix, f"rollout{i}"), namespace="ladder")
+    rollout = list(stages.take("rollout", settings_key(engine_config(spec, student_path, seed, context), res.rollout),
+                               spec.rollout.workers, lambda w: w.load_model.remote(student_path), start_rollout))
+    return RungRoles(chat, pool, trainer, rollout, start_rollout)
+
+
+def build_judge_pool(spec, judge: ResolvedJudge, task: Task, seed: int, name_prefix: Optional[str] = None,
+                     stages=None):
+    """A `JudgePool` for `judge` in `spec.judge`'s mode: a verifier (a function, or the task's own checker), or
+    judge workers (one engine each), taken over from `stages` (a `StageSet`) with the judge loaded in place when
+    they can be."""
+    from ladder.rung.stageset import StageSet, settings_key
+    from stages.actors import spawn, wait_ready
+    from stages.judge import JudgeConfig, JudgePool, JudgeWorker
+
+    stages = stages if stages is not None else StageSet()
+    if judge.kind == "verifier":
+        stages.drop("judges")
+        return JudgePool([], spec.judge_pool.batch_size, verifier=verifier_of(judge, task))
+    cfg = JudgeConfig.from_spec(spec.judge, task.answer_pattern)
+    chat, context = judge_prompts(spec, cfg, task, judge.location)
+    engine = engine_config(spec, judge.location, seed, context)
+    start = lambda i=0: spawn(JudgeWorker, engine, cfg, resources=spec.resources.judge,  # noqa: E731
+                              name=actor_name(name_prefix, "judge"), namespace="ladder")
+
+    def started(actor):  # a replacement, used at once: placed and up, or a one-line failure
+        wait_ready([("judge", actor, spec.resources.judge)], spec.resources.placement_timeout_s)
+        return actor
+
+    workers = stages.take("judges", settings_key(engine, spec.resources.judge), spec.judge_pool.workers,
+                          lambda w: w.load_model.remote(judge.location, cfg), start)
+    return JudgePool(workers, spec.judge_pool.batch_size, respawn=lambda: started(stages.start(start)), cfg=cfg,
+                     max_replacements=spec.worker_replacements, chat=chat.user)
+
+
+def verifier_of(judge: ResolvedJudge, task: Task):
+    """The function a verifier judge scores with: an imported `module:function`, or the task's own checker."""
+    from stages.judge import JudgeError, load_verifier
+
+    if judge.location != TASK_CHECKER:
+        return load_verifier(judge.location)
+    if task.verifier is None:
+        raise JudgeError(f"judge.initial: kind task needs reference answers, and task {task.name}'s rows have none")
+    return task.verifier

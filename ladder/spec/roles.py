@@ -1,0 +1,73 @@
+"""The sections of the ladder spec for the roles of a rung: the student, its rollout workers, the judge pool,
+the trainer and evaluation."""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field
+
+from ladder.spec.judge import ChatSpec
+from stages.settings import Strict
+
+class StudentSpec(Strict):
+    base: str = Field(description="HF-format directory (or hub id) of the student's base model.")
+    init: Literal["base", "previous"] = Field(
+        "base", description="Where each rung's student starts: the base model, or the last promoted rung.")
+    chat: ChatSpec = Field(default_factory=ChatSpec, description="How the student's prompts are rendered.")
+
+class RolloutSpec(Strict):
+    workers: int = Field(1, ge=1, le=512, description="Rollout workers, one vLLM engine each.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Engine dtype (rollout and judge): auto is float32 on CPU and bfloat16 on GPU.")
+    gpu_memory_utilization: float = Field(
+        0.5, gt=0, le=1, description="Share of its GPU an engine may take (GPU engines; two roles may share one).")
+    group_size: int = Field(4, ge=2, le=256, description="Samples per prompt (the GRPO group).")
+    max_tokens: int = Field(32, ge=1, le=32768, description="Most tokens generated per sample.")
+    max_model_len: Optional[int] = Field(
+        None, ge=16, description="Context length of the engines (prompt + generated tokens). Default: the longest "
+                                 "rendered prompt (student's or judge's) plus what is generated after it, within the "
+                                 "model's own limit; a prompt that cannot fit is refused in one line.")
+    temperature: float = Field(1.0, gt=0, le=5, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    kv_cache_gib: float = Field(0.5, gt=0, description="KV cache per engine in GiB (CPU engines).")
+    compiled: bool = Field(
+        False, description="Engines (rollout and judge) run vLLM's compiled model, not eager mode: faster steps, a "
+                           "start slower by tens of seconds.")
+
+class JudgePoolSpec(Strict):
+    workers: int = Field(1, ge=1, le=512, description="Judge workers, one vLLM engine each.")
+    batch_size: int = Field(64, ge=1, description="Pairs scored per request to one worker.")
+
+class TrainSpec(Strict):
+    lr: float = Field(1e-5, gt=0, lt=1, description="AdamW learning rate.")
+    kl_coef: float = Field(0.02, ge=0, description="Weight of the KL penalty to the reference model.")
+    clip_eps: float = Field(0.2, gt=0, lt=1, description="PPO ratio clip range.")
+    steps: int = Field(20, ge=1, description="Training steps per rung (at most).")
+    prompts_per_step: int = Field(8, ge=1, description="Prompts per step; samples = prompts * group_size.")
+    epochs_per_step: int = Field(1, ge=1, le=16, description="Optimizer passes over each step's batch.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    micro_batch_tokens: int = Field(
+        4096, ge=0, description="Tokens per forward pass: samples are packed end to end into rows as wide as the "
+                                "longest, and the rows grouped into micro-batches of at most this many tokens "
+                                "(gradients accumulate; the loss is that of the whole batch). 0: the whole batch in "
+                                "one pass.")
+    overlap: bool = Field(
+        False, description="Generate and judge step n+1's batch while step n trains: one step off-policy, the ratio "
+                           "taken against the sampling engine's logprobs. It pays where rollout, judge and trainer "
+                           "have devices of their own; on one CPU they share its cores.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="The trainer's compute dtype (mixed precision: the student's weights and updates stay "
+                            "float32, the forward and the frozen reference use this): auto is bfloat16 on a GPU that "
+                            "supports it, float32 on CPU (where bf16 is slow and the engines' float32 logprobs then "
+                            "agree).")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass instead of keeping them: less memory for "
+                           "long sequences and large models, about a third more compute.")
+    max_skipped_steps: int = Field(
+        5, ge=1, description="Steps in a row without an update (non-finite loss or gradients, or no sample left to "
+                             "train on) after which the rung fails, with the reason in MLflow.")
+
+class EvalSpec(Strict):
+    every: int = Field(10, ge=1, description="Evaluate every this many steps (and at rung end).")
+    calibration_size: int = Field(64, ge=4, description="Items in the judge calibration set of the gate.")
