@@ -1,5 +1,5 @@
 """The `ladder` command line: validate, schema, bootstrap, train-rung here; the commands of a ladder job
-(`cli_jobs`) and of its model versions (`cli_versions`) are registered after them.
+(`jobs.py`) and of its model versions (`versions.py`) are registered after them.
 
 Imports stay cheap: torch, vLLM and Ray are imported inside the commands that need them.
 """

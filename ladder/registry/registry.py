@@ -123,7 +123,7 @@ class Registry(Tracking):
         found = if_exists(lambda: self.client.get_model_version_by_alias(self.name, alias))
         return str(found.version) if found else None
 
-    # decisions (ladder/decisions.py) --------------------------------------------------------
+    # decisions (decisions.py) --------------------------------------------------------
     def promote(self, version: str, by: str = "auto", reason: str = "") -> None:
         """Move `judge` and `champion` to `version`; record who/when/why on the version."""
         from ladder.registry.decisions import promote

@@ -1,7 +1,7 @@
 """The tracking side of a ladder in MLflow: its experiment, the parent and rung runs, per-step metrics (through an
 outbox that outlives MLflow outages), the saved progress and spec, stop requests, and checkpoints as artifacts.
 
-`Registry` (ladder/registry.py) adds the model registry: versions, aliases and decisions.
+`Registry` (registry.py) adds the model registry: versions, aliases and decisions.
 """
 from __future__ import annotations
 
