@@ -64,6 +64,8 @@ class RungResults:
     judge_is_verifier: bool = False              # the rung trains against a verifier function, not a model
     start_accuracy: Optional[float] = None       # the student's held-out accuracy at step 0
     final_accuracy: Optional[float] = None       # ... after the rung's last step
+    yardstick_start: Optional[float] = None      # the student's accuracy on the ladder's yardstick at step 0
+    yardstick: Optional[float] = None            # ... after the rung's last step (the candidate's)
     current_judge: Optional[JudgeQuality] = None  # the rung's judge on the calibration set (the gate's baseline)
     judge_auc: Optional[float] = None            # the candidate's AUC as a judge (set by the gate)
     stage_restarts: int = 0                      # times the rung went back to its checkpoint on fresh actors

@@ -20,6 +20,8 @@ def format_table(rows: list[dict], aliases: dict[str, str]) -> str:
                      f"{str(r['status']):<9} {_from_to(r.get('start_accuracy'), r['heldout_accuracy']):>14} {fmt(r['judge_accuracy']):>9} "
                      f"{fmt(r['judge_auc']):>9} {fmt(r['reward_mean']):>6}  {names}")
         lines.append(f"{'':>15}task: {r['task'] or '-'}{_judge_solves(r)};  gate: {r['reason'] or '-'}")
+        lines.append(f"{'':>15}climb: yardstick {_from_to(r.get('yardstick_start'), r.get('yardstick'))}, "
+                     f"beats its judge by {_signed(r.get('beats_judge'))} on its task, ended by {r.get('ended_by') or '-'}")
         lines.append(f"{'':>15}health: length {fmt(r['response_tokens'])} tok, length~reward r={fmt(r['length_reward_corr'])}, "
                      f"approval {fmt(r['approval'])}, identical {fmt(r['identical_share'])}, "
                      f"parse failures {fmt(r['parse_failure_rate'])}, judge tok/sample {fmt(r['judge_tokens_per_sample'])}")
@@ -28,6 +30,10 @@ def format_table(rows: list[dict], aliases: dict[str, str]) -> str:
                          f"{fmt(r['sample_accuracy'])}, held-out flips right->wrong {fmt(r.get('flip_rate'))}, "
                          f"answer consistency {fmt(r.get('answer_consistency'))}")
     return "\n".join(lines)
+
+
+def _signed(x) -> str:
+    return "-" if x is None else f"{x:+.3f}"
 
 
 def _judge_solves(r: dict) -> str:

@@ -57,7 +57,10 @@ def measure_candidate(ctl: PhaseContext, p: Progress):
     finally:
         ctl.hold(ctl.stages.actors())
     baseline = baseline_accuracy(ctl.registry, r.start_accuracy, ctl.spec.for_rung(p.rung).task_label())
-    result = decide_gate(quality, r.current_judge, ctl.spec.promotion, r.judge_is_verifier, r.final_accuracy, baseline)
+    champion = ctl.registry.alias("champion")
+    champion_yardstick = ctl.registry.yardstick(champion) if champion is not None else None
+    result = decide_gate(quality, r.current_judge, ctl.spec.promotion, r.judge_is_verifier, r.final_accuracy, baseline,
+                         r.yardstick, champion_yardstick)
     ctl.registry.log_metrics(p.rung_run, result.metrics(), p.step)
     ctl.live.add(result.metrics())
     ctl.registry.record_gate(p.candidate, result)

@@ -12,6 +12,8 @@ from ladder.errors import first_line
 from ladder.registry.registry import version_tags
 from stages.actors import raise_if_start_failed
 
+YARDSTICK_METRIC = "eval/yardstick_accuracy"  # logged at a rung's step 0 and at its end
+
 
 def train(ctl: PhaseContext, p: Progress) -> Progress:
     """Train the rung from its last checkpoint (or its start) to the end, checkpointing on the way."""
@@ -100,11 +102,13 @@ def leave_rung(ctl: PhaseContext, rung, p: Progress, ended: str) -> Progress:
     if ended in ("saturation", "collapse"):  # the collapse guard put the rung's best weights back
         ctl.registry.record_ended_by(p.rung_run, rung.ended_why or ended)
     final = rung.evaluate()
-    ctl.registry.log_metrics(p.rung_run, final, rung.step_no)
+    yardstick = measure_yardstick(ctl, rung)
+    ctl.registry.log_metrics(p.rung_run, {**final, **yardstick}, rung.step_no)
     # the rung's judge measured on the items the gate measures the candidate on: the next rung's task
     current = measure(rung.pool, ctl.tasks.calibration(min(p.rung + 1, ctl.spec.rungs), rung))
     p = ctl.store.log_candidate(rung, p, version_tags(ctl.spec, p))
     return p.to(phase=Phase.REGISTER, results=p.results.to(final_accuracy=final.get("eval/accuracy"),
+                                                            yardstick=yardstick.get(YARDSTICK_METRIC),
                                                             current_judge=current))
 
 
@@ -132,8 +136,16 @@ def start_rung(ctl: PhaseContext, rung, p: Progress, calibration) -> Progress:
     rows = rung.task.eval
     start.update(judge_task_accuracy(rung.pool, rung.task, [r.prompt for r in rows], [r.answer for r in rows],
                                      rung.spec.rollout.max_tokens))
+    start.update(measure_yardstick(ctl, rung))
     ctl.registry.log_metrics(p.rung_run, start, 0)
-    return ctl.save(p.to(results=p.results.to(start_accuracy=start.get("eval/accuracy"))))
+    return ctl.save(p.to(results=p.results.to(start_accuracy=start.get("eval/accuracy"),
+                                              yardstick_start=start.get(YARDSTICK_METRIC))))
+
+
+def measure_yardstick(ctl: PhaseContext, rung) -> dict[str, float]:
+    """The student's greedy accuracy on the ladder's one yardstick (`eval.yardstick`); {} when there is none."""
+    task = ctl.tasks.yardstick()
+    return {} if task is None else {YARDSTICK_METRIC: rung.accuracy_on(task)}
 
 
 def restore(ctl: PhaseContext, rung, p: Progress) -> Progress:

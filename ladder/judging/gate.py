@@ -18,9 +18,11 @@ class GateResult:
     current: JudgeQuality
     passed: bool
     reason: str
-    rule: str = "passed"                  # which rule decided: collapse | chance | behind_judge | student_accuracy
+    rule: str = "passed"  # which rule decided: collapse | chance | behind_judge | student_accuracy | yardstick
     student_accuracy: Optional[float] = None
     baseline_accuracy: Optional[float] = None
+    yardstick: Optional[float] = None            # the candidate's accuracy on the ladder's one yardstick
+    champion_yardstick: Optional[float] = None   # ... and the champion's (the last promoted version)
 
     def metrics(self) -> dict[str, float]:
         out = {}
@@ -30,6 +32,8 @@ class GateResult:
         out["gate/passed"] = float(self.passed)
         if self.student_accuracy is not None and self.baseline_accuracy is not None:
             out.update({"gate/student_accuracy": self.student_accuracy, "gate/baseline_accuracy": self.baseline_accuracy})
+        if self.yardstick is not None and self.champion_yardstick is not None:
+            out.update({"gate/yardstick": self.yardstick, "gate/champion_yardstick": self.champion_yardstick})
         return out
 
 
@@ -84,11 +88,12 @@ def candidate_quality(spec, tasks, stages, candidate: str, k: int, name_prefix: 
 
 
 def decide_gate(candidate: JudgeQuality, current: JudgeQuality, promotion, current_is_verifier: bool,
-                student_accuracy: Optional[float] = None, baseline_accuracy: Optional[float] = None) -> GateResult:
+                student_accuracy: Optional[float] = None, baseline_accuracy: Optional[float] = None,
+                yardstick: Optional[float] = None, champion_yardstick: Optional[float] = None) -> GateResult:
     """Apply the gate's rules in order; the first that fails is the reason."""
     p = promotion
     result = lambda passed, rule, reason: GateResult(candidate, current, passed, reason, rule,  # noqa: E731
-                                                     student_accuracy, baseline_accuracy)
+                                                     student_accuracy, baseline_accuracy, yardstick, champion_yardstick)
     if candidate.identical_share >= p.collapse_share:
         return result(False, "collapse", f"judge collapsed: {candidate.identical_share:.0%} of calibration items "
                                          f"got one score (limit {p.collapse_share:.0%})")
@@ -101,6 +106,12 @@ def decide_gate(candidate: JudgeQuality, current: JudgeQuality, promotion, curre
             and student_accuracy < baseline_accuracy - p.tolerance:
         return result(False, "student_accuracy", f"student lost accuracy: held-out {student_accuracy:.3f} < "
                                                  f"{baseline_accuracy:.3f} - tolerance {p.tolerance}")
+    if yardstick is not None and champion_yardstick is not None \
+            and yardstick < champion_yardstick - p.yardstick_tolerance:
+        return result(False, "yardstick", f"below the champion on the yardstick: {yardstick:.3f} < "
+                                          f"{champion_yardstick:.3f} - yardstick_tolerance {p.yardstick_tolerance}")
     vs = "verifier (exact; not a bar for a learned judge)" if current_is_verifier else f"{current.auc:.3f}"
     acc = "" if student_accuracy is None else f"; held-out {student_accuracy:.3f} vs {baseline_accuracy:.3f}"
-    return result(True, "passed", f"AUC {candidate.auc:.3f} (min {p.min_auc}) vs current {vs}{acc}")
+    yard = "" if yardstick is None else f"; yardstick {yardstick:.3f}" + (
+        "" if champion_yardstick is None else f" vs champion {champion_yardstick:.3f}")
+    return result(True, "passed", f"AUC {candidate.auc:.3f} (min {p.min_auc}) vs current {vs}{acc}{yard}")

@@ -1,5 +1,6 @@
-"""The ladder chart: one PNG of held-out accuracy (at each rung's start and end: in a curriculum every rung has a
-task of its own), judge accuracy / AUC and mean reward per rung.
+"""The ladder chart: one PNG of two panels. First, every version on the ladder's one yardstick, beside its judge's
+and rung 1's student's (does the chain climb?); then, per rung, held-out accuracy on the rung's own task (at its
+start and end: in a curriculum every rung has a task of its own), judge accuracy / AUC and mean reward.
 
 Reads `lineage_rows` dicts; matplotlib is imported inside `ladder_chart` so importing this is cheap.
 """
@@ -15,7 +16,23 @@ SERIES = {"held-out accuracy": "heldout_accuracy", "held-out at the rung's start
           "its judge solves the task": "judge_task_accuracy"}
 SERIES_COLORS = {"held-out accuracy": "tab:blue", "held-out at the rung's start": "tab:cyan", "judge accuracy": "tab:orange",
                  "judge AUC": "tab:green", "mean reward": "tab:purple", "its judge solves the task": "tab:brown"}
+SERIES_COLORS.update({"each version": "tab:blue", "its judge": "tab:orange"})
 REJECTED_COLOR = "tab:red"
+LINESTYLES = ("-", "--", "-.", ":")  # series that coincide stay visible: each its own dash and a small x offset
+
+
+def yardstick_points(rows: list[dict]) -> dict[str, list[tuple[int, float, str | None]]]:
+    """The yardstick panel's series: every version's accuracy on the yardstick, and its judge's (the version
+    promoted before it, at the rung it judged)."""
+    ordered = sorted(rows, key=lambda r: (r["rung"], r["version"]))
+    versions = series_points(rows, "yardstick")
+    judges, champion = [], None
+    for r in ordered:
+        if champion is not None and r.get("yardstick") is not None:
+            judges.append((r["rung"], champion, None))
+        if r.get("status") == "promoted" and r.get("yardstick") is not None:
+            champion = float(r["yardstick"])
+    return {name: pts for name, pts in (("each version", versions), ("its judge", judges)) if pts}
 
 
 def series_points(rows: list[dict], key: str) -> list[tuple[int, float, str | None]]:
@@ -24,17 +41,19 @@ def series_points(rows: list[dict], key: str) -> list[tuple[int, float, str | No
     return [(r["rung"], float(r[key]), r.get("status")) for r in ordered if r.get(key) is not None]
 
 
-def _plot_series(ax, name: str, points: list[tuple[int, float, str | None]]) -> None:
-    """A line through all points; promoted filled, rejected a red x, others hollow."""
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
+def _plot_series(ax, name: str, points: list[tuple[int, float, str | None]], index: int = 0) -> None:
+    """A line through all points; promoted filled, rejected a red x, others hollow; shifted a little on x and
+    dashed by `index` so a series that coincides with another stays visible."""
+    dx = 0.04 * index
+    xs, ys = [p[0] + dx for p in points], [p[1] for p in points]
     color = SERIES_COLORS[name]
-    ax.plot(xs, ys, "-", color=color, linewidth=1.5, label=name)
+    ax.plot(xs, ys, LINESTYLES[index % len(LINESTYLES)], color=color, linewidth=1.5, label=name)
     for x, y, status in points:
         if status == "rejected":
-            ax.plot(x, y, "x", color=REJECTED_COLOR, markersize=10, markeredgewidth=2.5, zorder=3)
+            ax.plot(x + dx, y, "x", color=REJECTED_COLOR, markersize=10, markeredgewidth=2.5, zorder=3)
         else:
             face = color if status == "promoted" else "white"
-            ax.plot(x, y, "o", color=color, markerfacecolor=face, markersize=7, zorder=3)
+            ax.plot(x + dx, y, "o", color=color, markerfacecolor=face, markersize=7, zorder=3)
 
 
 def _status_legend_handles():
@@ -53,32 +72,52 @@ def _draw(rows: list[dict], title: str):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
-    counts = {}
-    for name, key in SERIES.items():
+    fig, (yard, ax) = plt.subplots(2, 1, figsize=(8, 9), dpi=100)
+    counts = _draw_yardstick(yard, rows)
+    for index, (name, key) in enumerate(SERIES.items()):
         points = series_points(rows, key)
         if points:
-            _plot_series(ax, name, points)
+            _plot_series(ax, name, points, index)
             counts[name] = len(points)
     ax.axhline(0.5, color="gray", linestyle="--", linewidth=1, label="chance (judge)")
-    rungs = sorted({r["rung"] for r in rows})
     first = min(rows, key=lambda r: (r["rung"], r["version"]))
     if first.get("start_accuracy") is not None:  # the model rung 1 started from, at x = 0
         ax.plot([0], [first["start_accuracy"]], "s", color=SERIES_COLORS["held-out accuracy"], markersize=7,
                 label="base model (held-out)")
-        rungs = [0] + rungs
+    _axes(ax, rows, first.get("start_accuracy") is not None, "each rung on its own task")
+    handles, _ = ax.get_legend_handles_labels()
+    ax.legend(handles=handles + _status_legend_handles(), loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=9)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig, counts
+
+
+def _draw_yardstick(ax, rows: list[dict]) -> dict:
+    """The first panel: every version on the one yardstick, its judge's, rung 1's student's and the base's."""
+    counts = {}
+    for index, (name, points) in enumerate(yardstick_points(rows).items()):
+        _plot_series(ax, name, points, index)
+        counts[f"yardstick: {name}"] = len(points)
+    first = min(rows, key=lambda r: (r["rung"], r["version"]))
+    if first.get("yardstick") is not None:
+        ax.axhline(float(first["yardstick"]), color="tab:gray", linestyle=":", linewidth=1.2, label="rung 1's student")
+    base = first.get("yardstick_start")
+    if base is not None:
+        ax.plot([0], [float(base)], "s", color="tab:gray", markersize=7, label="base model")
+    _axes(ax, rows, base is not None, "every version on one yardstick")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=9)
+    return counts
+
+
+def _axes(ax, rows: list[dict], with_base: bool, title: str) -> None:
+    rungs = ([0] if with_base else []) + sorted({r["rung"] for r in rows})
     ax.set_xticks(rungs, [("base" if r == 0 else str(r)) for r in rungs])
     ax.set_xlim(rungs[0] - 0.5, rungs[-1] + 0.5)
     ax.set_ylim(0, 1)
     ax.set_xlabel("rung")
-    ax.set_ylabel("value")
-    ax.set_title(title)
+    ax.set_ylabel("accuracy" if "yardstick" in title else "value")
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    handles, _ = ax.get_legend_handles_labels()
-    ax.legend(handles=handles + _status_legend_handles(), loc="center left",
-              bbox_to_anchor=(1.01, 0.5), fontsize=9)
-    fig.tight_layout()
-    return fig, counts
 
 
 def _save_atomically(fig, out: Path) -> None:

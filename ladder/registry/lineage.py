@@ -43,8 +43,21 @@ def lineage_rows(reg) -> list[dict]:
                      # the rung's judge solving the rung's task itself (greedy; solve mode: its majority answer)
                      "judge_task_accuracy": at_start(reg, v.run_id, "judge.task_accuracy"),
                      "judge_majority_accuracy": at_start(reg, v.run_id, "judge.task_majority_accuracy"),
-                     **rung_means(reg, v.run_id)})
+                     **climb(reg, v, run), **rung_means(reg, v.run_id)})
     return rows
+
+
+def climb(reg, version, run) -> dict:
+    """Where a version stands: on the ladder's one yardstick (at its rung's start and end), by how much its student
+    beats its judge on the rung's own task (held-out greedy accuracy, both), and why its rung ended."""
+    t = version.tags
+    final = run.data.metrics.get("eval.accuracy") if run else None
+    judge = at_start(reg, version.run_id, "judge.task_accuracy")
+    yardstick = float(t[Tag.YARDSTICK]) if Tag.YARDSTICK in t else (
+        run.data.metrics.get("eval.yardstick_accuracy") if run else None)
+    return {"yardstick": yardstick, "yardstick_start": at_start(reg, version.run_id, "eval.yardstick_accuracy"),
+            "beats_judge": None if final is None or judge is None else final - judge,
+            "ended_by": (run.data.tags.get(Tag.ENDED_BY) if run else None) or "steps"}
 
 
 def judge_model_id(run) -> Optional[str]:

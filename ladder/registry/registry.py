@@ -27,7 +27,10 @@ def version_tags(spec, p: Progress) -> dict[str, str]:
     """The lineage tags of rung `p.rung`'s model version."""
     rspec = spec.for_rung(p.rung)
     mode = "verifier" if p.results.judge_is_verifier else rspec.judge.mode
-    return rung_tags(p, spec.sha256(), rspec.task_label(), mode)
+    tags = rung_tags(p, spec.sha256(), rspec.task_label(), mode)
+    if p.results.yardstick is not None:
+        tags[Tag.YARDSTICK] = f"{p.results.yardstick:.4f}"
+    return tags
 
 
 class Registry(Tracking):
@@ -159,6 +162,11 @@ class Registry(Tracking):
         """The student's held-out accuracy at the end of the version's rung (None if not recorded)."""
         run_id = self.version(version).run_id
         return self.client.get_run(run_id).data.metrics.get("eval.accuracy") if run_id else None
+
+    def yardstick(self, version: str) -> Optional[float]:
+        """The version's accuracy on the ladder's one yardstick (None if not recorded)."""
+        value = self.version(version).tags.get(Tag.YARDSTICK)
+        return float(value) if value else None
 
     def status_of(self, version: str) -> str:
         return self.version(version).tags.get(Tag.STATUS, "candidate")

@@ -20,6 +20,7 @@ class Tag:
     JUDGE_MODE = "ladder.judge_mode"
     STUDENT_INIT = "ladder.student_init"
     TASK = "ladder.task"
+    YARDSTICK = "ladder.yardstick"          # the version's greedy accuracy on the ladder's one yardstick
     STATUS = "ladder.status"                # candidate / promoted / rejected
     DECIDED_BY = "ladder.decided_by"
     DECIDED_AT = "ladder.decided_at"

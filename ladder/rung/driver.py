@@ -246,6 +246,13 @@ class Rung:
                                               zip(batch.prompts, rollout.responses, batch.references)) / len(rows)
         return out
 
+    def accuracy_on(self, task: Task) -> float:
+        """The student's greedy accuracy on another task's held-out prompts (the ladder's yardstick)."""
+        rows = task.eval
+        batch = PromptBatch(tuple(r.prompt for r in rows), tuple(r.answer for r in rows))
+        rollout = self.generate(batch, 1, 0.0)
+        return sum(task.correct(rollout.responses, batch.references, batch.prompts)) / len(rows)
+
     def last_accuracy(self) -> Optional[float]:
         """Held-out accuracy at the last evaluation (None before one)."""
         return sum(self.eval_right.values()) / len(self.eval_right) if self.eval_right else None

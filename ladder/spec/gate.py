@@ -17,6 +17,10 @@ class PromotionSpec(Strict):
         0.6, ge=0, le=1, description="A candidate judge must separate right from wrong calibration answers with at "
                                      "least this AUC (0.5 is chance; 0 turns the rule off).")
     collapse_share: float = Field(0.9, gt=0, le=1, description="A judge giving this share of samples one score has collapsed.")
+    yardstick_tolerance: float = Field(
+        0.02, ge=0, le=1, description="How far a candidate may fall below the champion (the last promoted version) "
+                                      "on the ladder's one yardstick (`eval.yardstick`): a chain cannot promote its "
+                                      "way down (1 turns the rule off).")
     on_reject: Literal["stop", "retry"] = Field("stop", description="After a rejected rung: stop the ladder or retry the rung.")
     max_retries: int = Field(1, ge=0, description="Retries of a rejected rung when on_reject is retry.")
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, SerializeAsAny
 
 from ladder.spec.judge import ChatSpec
+from ladder.spec.task import TaskSource
 from stages.settings import Strict
 
 class StudentSpec(Strict):
@@ -71,3 +72,10 @@ class TrainSpec(Strict):
 class EvalSpec(Strict):
     every: int = Field(10, ge=1, description="Evaluate every this many steps (and at rung end).")
     calibration_size: int = Field(64, ge=4, description="Items in the judge calibration set of the gate.")
+    yardstick: Optional[SerializeAsAny[TaskSource]] = Field(
+        None, description="The one fixed task every version of the ladder is measured on (greedy accuracy on its "
+                          "held-out prompts), so the chart shows whether the chain climbs; default: the task of the "
+                          "ladder's last rung (its hardest, in a curriculum).")
+    yardstick_size: int = Field(
+        512, ge=0, description="Held-out prompts of the yardstick (0: no yardstick); >= 512 tells a 3-point gain "
+                               "from noise.")

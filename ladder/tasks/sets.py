@@ -14,6 +14,7 @@ from typing import Optional
 from ladder.tasks.base import CalibrationItem, Task
 
 SAMPLES_PER_PROMPT = 4  # responses the student writes per held-out prompt for a sampled calibration set
+YARDSTICK_SEED = 9973  # added to the ladder's seed: the yardstick's prompts are drawn apart from the rungs'
 
 
 class TaskSets:
@@ -52,6 +53,20 @@ class TaskSets:
                 self._save(key, items)
         self._calibration[key] = items
         return items
+
+    def yardstick(self) -> Optional[Task]:
+        """The one fixed task every version is measured on (`eval.yardstick`, default the last rung's task), its
+        held-out prompts drawn with a seed of their own (other prompts than any rung's evaluation); None when off."""
+        from ladder.tasks import build_task
+
+        if self.spec.eval.yardstick_size == 0:
+            return None
+        if "yardstick" not in self._tasks:
+            source = self.spec.eval.yardstick or self.spec.for_rung(self.spec.rungs).task.source
+            task_spec = self.spec.task.model_copy(update={"source": source, "eval_size": self.spec.eval.yardstick_size})
+            self._tasks["yardstick"] = build_task(task_spec, self.spec.seed + YARDSTICK_SEED)
+        task = self._tasks["yardstick"]
+        return task if task.verifier is not None and task.eval else None
 
     def _key(self, k: int) -> str:
         return hashlib.sha256(self.spec.for_rung(k).task.model_dump_json().encode()).hexdigest()[:16]
