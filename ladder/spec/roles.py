@@ -75,7 +75,8 @@ class EvalSpec(Strict):
     yardstick: Optional[SerializeAsAny[TaskSource]] = Field(
         None, description="The one fixed task every version of the ladder is measured on (greedy accuracy on its "
                           "held-out prompts), so the chart shows whether the chain climbs; default: the task of the "
-                          "ladder's last rung (its hardest, in a curriculum).")
+                          "ladder's last rung (its hardest, in a curriculum): a built-in generator's own prompts, or "
+                          "a file's held-out rows.")
     yardstick_size: int = Field(
         512, ge=0, description="Held-out prompts of the yardstick (0: no yardstick); >= 512 tells a 3-point gain "
-                               "from noise.")
+                               "from noise. A file yardstick needs more rows than this.")

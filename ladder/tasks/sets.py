@@ -55,16 +55,13 @@ class TaskSets:
         return items
 
     def yardstick(self) -> Optional[Task]:
-        """The one fixed task every version is measured on (`eval.yardstick`, default the last rung's task), its
-        held-out prompts drawn with a seed of their own (other prompts than any rung's evaluation); None when off."""
-        from ladder.tasks import build_task
-
+        """The one fixed task every version is measured on (None when off, or when it has no answers): `eval.yardstick`
+        with `eval.yardstick_size` held-out prompts; by default the last rung's task, as a generator of its own prompts
+        (other prompts than any rung's evaluation) or, for a file or other fixed source, that rung's held-out rows."""
         if self.spec.eval.yardstick_size == 0:
             return None
         if "yardstick" not in self._tasks:
-            source = self.spec.eval.yardstick or self.spec.for_rung(self.spec.rungs).task.source
-            task_spec = self.spec.task.model_copy(update={"source": source, "eval_size": self.spec.eval.yardstick_size})
-            self._tasks["yardstick"] = build_task(task_spec, self.spec.seed + YARDSTICK_SEED)
+            self._tasks["yardstick"] = build_yardstick(self.spec, lambda: self.task(self.spec.rungs))
         task = self._tasks["yardstick"]
         return task if task.verifier is not None and task.eval else None
 
@@ -101,6 +98,19 @@ def sample_responses(rung, task: Task, size: int) -> list[tuple[str, str]]:
     return list(zip(rollout.prompts, rollout.responses))
 
 
+def build_yardstick(spec, last_rung_task) -> Task:
+    """The yardstick's Task (`TaskSets.yardstick`); `last_rung_task()` gives the last rung's own task."""
+    from ladder.tasks import build_task
+
+    source = spec.eval.yardstick
+    if source is None:
+        source = spec.for_rung(spec.rungs).task.source
+        if source.kind != "builtin":
+            return last_rung_task()
+    task_spec = spec.task.model_copy(update={"source": source, "eval_size": spec.eval.yardstick_size})
+    return build_task(task_spec, spec.seed + YARDSTICK_SEED)
+
+
 class MissingAnswers(ValueError):
     """A task without reference answers where something needs them (one line)."""
 
@@ -111,6 +121,8 @@ def check_tasks(spec, gate: bool) -> None:
     (`gate`: a ladder; `ladder train-rung` has none)."""
     from ladder.tasks import build_task
 
+    if spec.eval.yardstick is not None and spec.eval.yardstick_size:  # a yardstick named in the spec: its file
+        build_yardstick(spec, None)
     seen = set()
     for k in range(1, spec.rungs + 1):
         rspec = spec.for_rung(k)

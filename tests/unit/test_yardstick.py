@@ -81,3 +81,20 @@ def test_lineage_says_how_far_each_student_beats_its_judge_and_why_its_rung_ende
     assert row["yardstick"] == 0.42 and row["yardstick_start"] == 0.30
     assert abs(row["beats_judge"] - 0.06) < 1e-9
     assert row["ended_by"].startswith("collapse")
+
+
+def test_a_file_tasks_yardstick_is_its_held_out_rows(tmp_path):
+    """A file has no prompts to spare: the default yardstick is the last rung's own held-out rows (a larger
+    yardstick_size than the file allows is no error), never rows the rung trains on."""
+    import json
+
+    from ladder.tasks.sets import TaskSets
+
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"Q:{i}+1\nA:", "answer": i + 1}) + "\n" for i in range(40)))
+    spec = parse_spec({**curriculum(yardstick_size=512), "rungs": 1, "schedule": [],
+                       "task": {"source": {"kind": "jsonl", "path": str(path)}, "eval_size": 8}})
+    sets = TaskSets(spec, tmp_path)
+    yard, task = sets.yardstick(), sets.task(1)
+    assert [r.prompt for r in yard.eval] == [r.prompt for r in task.eval] and len(yard.eval) == 8
+    assert not {r.prompt for r in yard.eval} & {r.prompt for r in task.train}
