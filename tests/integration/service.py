@@ -29,8 +29,9 @@ def service_spec(model, workdir, name, tracking_uri, at=None, **overrides):
                             "train_size": 500}, "eval_size": 8},
         "rollout": {"workers": 1, "group_size": 8, "max_tokens": 40, "kv_cache_gib": 0.25},
         "train": {"lr": 1e-4, "kl_coef": 0.0, "steps": 8, "prompts_per_step": 16},
-        "eval": {"every": 4, "calibration_size": 8},
-        "promotion": {"policy": "manual", "tolerance": 1.0, "min_auc": 0.0, "collapse_share": 1.0},
+        "eval": {"every": 4, "calibration_size": 8, "yardstick_size": 16},
+        "promotion": {"policy": "manual", "tolerance": 1.0, "min_auc": 0.0, "collapse_share": 1.0,
+                      "yardstick_tolerance": 1.0},
         "mlflow": {"tracking_uri": tracking_uri},
     }
     spec.update(overrides)

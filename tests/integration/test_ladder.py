@@ -26,8 +26,9 @@ def ladder_spec(model, workdir, **overrides):
         "task": {"source": {"kind": "builtin", "name": "arithmetic", "train_size": 500}, "eval_size": 16},
         "rollout": {"workers": 1, "group_size": 4, "max_tokens": 32, "kv_cache_gib": 0.25},
         "train": {"lr": 1e-3, "kl_coef": 0.0, "steps": 2, "prompts_per_step": 4},
-        "eval": {"every": 2, "calibration_size": 16},
-        "promotion": {"policy": "auto", "tolerance": 1.0, "collapse_share": 1.0, "min_auc": 0.0},
+        "eval": {"every": 2, "calibration_size": 16, "yardstick_size": 32},
+        "promotion": {"policy": "auto", "tolerance": 1.0, "collapse_share": 1.0, "min_auc": 0.0,
+                      "yardstick_tolerance": 1.0},
         # rung 2 trains on longer problems and is judged pairwise by rung 1's student
         "schedule": [{"rung": 2, "task": {"kind": "builtin", "name": "arithmetic", "terms": 4, "train_size": 500},
                       "judge_mode": "pairwise"}],
@@ -108,6 +109,13 @@ def test_two_rung_lineage(two_rungs, tmp_path):
     assert model_id_of(v1) and model_id_of(v2)
     assert [m.model_id for m in reg.client.get_run(v2.run_id).inputs.model_inputs] == [model_id_of(v1)]
     assert "Gate: pass" in v1.description and "Decision: promoted by auto" in v1.description
+    # every version on the one yardstick (rung 2's task, 32 prompts of its own): at its rung's start and end
+    rows = {r["version"]: r for r in reg.lineage()}
+    for v in versions:
+        start_end = [m.step for m in reg.client.get_metric_history(v.run_id, "eval.yardstick_accuracy")]
+        assert start_end == [0, 2], start_end
+        assert float(v.tags["ladder.yardstick"]) == rows[int(v.version)]["yardstick"]
+        assert 32 * rows[int(v.version)]["yardstick"] == round(32 * rows[int(v.version)]["yardstick"])
     # engines persist across rungs: rung 1 started its trainer, rollout and judge workers; the gate loaded the
     # candidate into that judge worker and rung 2 took all three over, its models loaded in place
     started = {str(v.version): reg.client.get_metric_history(v.run_id, "rung.actors_started") for v in versions}

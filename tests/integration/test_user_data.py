@@ -47,7 +47,8 @@ def jsonl_spec(model: str, data: Path, workdir: Path, **overrides) -> dict:
         "rollout": {"workers": 1, "group_size": 4, "max_tokens": 32, "kv_cache_gib": 0.25},
         "train": {"lr": 1e-4, "kl_coef": 0.0, "steps": 2, "prompts_per_step": 4},
         "eval": {"every": 2, "calibration_size": 48},  # 24 prompts: a judge right on none is far-fetched
-        "promotion": {"policy": "auto", "tolerance": 1.0, "collapse_share": 1.0, "min_auc": 0.0},
+        "promotion": {"policy": "auto", "tolerance": 1.0, "collapse_share": 1.0, "min_auc": 0.0,
+                      "yardstick_tolerance": 1.0},
     }, **overrides}
 
 
