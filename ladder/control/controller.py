@@ -13,7 +13,7 @@ from typing import Optional
 
 from ladder.control import gate_phase, train_phase
 from ladder.control.lifetime import end_later, restarted_by_ray
-from ladder.control.lease import take_lease
+from ladder.control.lease import LeaseLost, take_lease
 from ladder.control.live_status import LiveStatus
 from ladder.progress import Phase, Progress, State
 from ladder.errors import first_line
@@ -140,7 +140,8 @@ class LadderController:
         except Exception as exc:  # the controller records why it failed and stays queryable
             exc = as_start_error(exc)  # an actor that could not start: its own error, not Ray's first line
             p = self.progress.to(state=State.FAILED, error=f"{type(exc).__name__}: {first_line(exc, None)}")
-            self.registry_safely(lambda reg: p.rung_run and reg.fail_run(p.rung_run, f"failed: {p.error}"))
+            if not isinstance(exc, LeaseLost):  # a controller whose lease was taken: no writes
+                self.registry_safely(lambda reg: p.rung_run and reg.fail_run(p.rung_run, f"failed: {p.error}"))
             self._finish(p)
         finally:
             self._done.set()
