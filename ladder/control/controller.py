@@ -18,7 +18,7 @@ from ladder.control.live_status import LiveStatus
 from ladder.progress import Phase, Progress, State
 from ladder.errors import first_line
 from ladder.rung.stageset import StageSet
-from stages.actors import StopRequested, actor_died, as_start_error, kill_all, spawn
+from stages.actors import StopRequested, actor_died, as_start_error, kill_all, real_error, spawn
 
 
 class LadderController:
@@ -136,7 +136,7 @@ class LadderController:
                 p = self.save(self._transition(p))
             self._finish(p)
         except Exception as exc:  # the controller records why it failed and stays queryable
-            exc = as_start_error(exc)  # an actor that could not start: its own error, not Ray's first line
+            exc = real_error(as_start_error(exc))  # an actor's own error (a start's too), not Ray's header
             p = self.progress.to(state=State.FAILED, error=f"{type(exc).__name__}: {first_line(exc, None)}")
             if not isinstance(exc, LeaseLost):  # a controller whose lease was taken: no writes
                 self.registry_safely(lambda reg: p.rung_run and reg.fail_run(p.rung_run, f"failed: {p.error}"))
