@@ -102,6 +102,24 @@ def as_start_error(exc: BaseException) -> BaseException:
     return exc
 
 
+def real_error(exc: BaseException) -> BaseException:
+    """The exception an actor method raised, in place of Ray's wrapper of it (`RayTaskError(OutOfMemoryError)`,
+    whose text is a coloured `ray::Trainer.step() (pid=...)` header and a traceback); nested wrappers unwrapped.
+    When Ray could not carry the exception itself, one built from its traceback's last line; else `exc`."""
+    import re
+    import sys
+
+    ray = sys.modules.get("ray")
+    while ray is not None and isinstance(exc, ray.exceptions.RayTaskError):
+        cause = getattr(exc, "cause", None)
+        if cause is None or cause is exc:
+            lines = [x for x in re.sub(r"\x1b\[[0-9;]*m", "", getattr(exc, "traceback_str", "") or "").splitlines()
+                     if x.strip()]
+            return RuntimeError(lines[-1].strip()) if lines else exc
+        exc = cause
+    return exc
+
+
 def raise_if_start_failed(exc: BaseException) -> None:
     """Raise `as_start_error(exc)` when it is an `ActorStartError`; a death at runtime returns."""
     err = as_start_error(exc)

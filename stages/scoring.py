@@ -16,7 +16,7 @@ from pydantic import Field, field_validator
 
 from stages.answers import normalized, same_answer
 from stages.answers import extract_answer as extract
-from stages.settings import Strict, has_placeholders, one_group_regex
+from stages.settings import Strict, fill, has_placeholders, one_group_regex
 
 VERDICT_TEMPLATE = "{prompt}{response}\nok?"             # verdict and score modes: the judge's prompt
 PAIR_TEMPLATE = "{prompt}1:{first}\n2:{second}\nfirst?"  # pairwise mode: yes means the first is better
@@ -69,7 +69,7 @@ class JudgePrompt(ModeSettings):
         return has_placeholders(v, "{prompt}", "{response}")
 
     def render(self, prompt: str, response: str) -> str:
-        return self.prompt_template.replace("{prompt}", prompt).replace("{response}", response)
+        return fill(self.prompt_template, prompt=prompt, response=response)
 
     def bare_prompt(self, prompt: str) -> str:
         return self.render(prompt, "")
@@ -155,7 +155,7 @@ class SolveMode(ModeSettings):
         return has_placeholders(v, "{prompt}")
 
     def render_solve(self, prompt: str) -> str:
-        return self.solve_template.replace("{prompt}", prompt)
+        return fill(self.solve_template, prompt=prompt)
 
     def bare_prompt(self, prompt: str) -> str:
         return self.render_solve(prompt)
@@ -208,7 +208,7 @@ class PairwiseMode(VerdictTokens):
         return has_placeholders(v, "{prompt}", "{first}", "{second}")
 
     def render_pair(self, prompt: str, first: str, second: str) -> str:
-        return self.pair_template.replace("{prompt}", prompt).replace("{first}", first).replace("{second}", second)
+        return fill(self.pair_template, prompt=prompt, first=first, second=second)
 
     def bare_prompt(self, prompt: str) -> str:
         return self.render_pair(prompt, "", "")

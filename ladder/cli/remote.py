@@ -69,10 +69,10 @@ def controller_alive(where: LadderAccess, reg, progress: Progress) -> Optional[b
         return reg.name in actors
     from cluster.submit import local_running
 
-    from ladder.control.lease import held_by_other
+    from ladder.control.lease import looks_alive
 
     spec = reg.load_spec(progress.parent_run)
-    return True if local_running(spec) or held_by_other(reg) else None  # a controller renews its lease
+    return True if local_running(spec) or looks_alive(reg) else None  # a controller renews its lease
 
 
 def live_status(name: str, where: LadderAccess) -> Optional[dict]:

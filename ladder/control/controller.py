@@ -11,14 +11,14 @@ import uuid
 from pathlib import Path
 from typing import Optional
 
-from ladder.control import gate_phase, train_phase
+from ladder.control import gate_phase, stops, train_phase
 from ladder.control.lifetime import end_later, restarted_by_ray
-from ladder.control.lease import take_lease
+from ladder.control.lease import LeaseLost, take_lease
 from ladder.control.live_status import LiveStatus
 from ladder.progress import Phase, Progress, State
 from ladder.errors import first_line
 from ladder.rung.stageset import StageSet
-from stages.actors import StopRequested, actor_died, as_start_error, kill_all, spawn
+from stages.actors import StopRequested, actor_died, as_start_error, kill_all, real_error, spawn
 
 
 class LadderController:
@@ -41,7 +41,8 @@ class LadderController:
         self._stop, self._now = threading.Event(), threading.Event()  # a stop asked for; a stop --now
         self._lock, self._running = threading.Lock(), threading.Lock()
         self._ran = False
-        if restarted_by_ray():  # whoever called `run` may be gone with the old process: go on by ourselves
+        self.restarted = restarted_by_ray()
+        if self.restarted:  # whoever called `run` may be gone with the old process: go on by ourselves
             threading.Thread(target=self.run, daemon=True).start()
 
     # control ------------------------------------------------------------------------------
@@ -53,8 +54,11 @@ class LadderController:
             return {**p.summary(), "step": max(step, p.step), "steps_per_rung": steps,
                     "rungs": self.spec.rungs, "latest": latest, "history": history, "source": "controller"}
 
-    def stop(self, now: bool = False) -> str:
-        """Graceful: finish the step, checkpoint, stop. `now`: abort the step (its stage actors are killed)."""
+    def stop(self, now: bool = False, saved: bool = False) -> str:
+        """Graceful: finish the step, checkpoint, stop. `now`: abort the step (its stage actors are killed). Saved
+        to MLflow first (unless read from there: `saved`), so a controller restarted by Ray keeps it."""
+        if not saved:
+            stops.record(self, now)
         self._stop.set()
         self.stages.guard.refuse()  # no stage actor starts from now on, a replacement of a dead one included
         if now:
@@ -65,6 +69,10 @@ class LadderController:
             if self.progress.active:
                 self.progress = self.progress.to(state=State.STOPPING)
             return self.progress.state.value
+
+    def lost(self) -> None:
+        """The lease was taken over: stop, writing nothing (not even the stop request: the run is another's now)."""
+        self.stop(saved=True)
 
     def stopping(self) -> bool:
         """A stop was asked for (the handlers end at the next step boundary)."""
@@ -91,16 +99,6 @@ class LadderController:
             self.progress = progress
         self.registry.save_progress(progress)
         return progress
-
-    def _watch_requests(self, poll_s: float = 2.0) -> None:
-        """Stop requests written to MLflow by `ladder stop` (which may have no Ray connection)."""
-        while not self._done.wait(poll_s):
-            try:
-                request = self.registry.stop_request(self.progress.parent_run)
-            except Exception:  # MLflow briefly unreachable: ask again at the next poll
-                continue
-            if request and not self._stop.is_set():
-                self.stop(now=request == "now")
 
     # the transition function --------------------------------------------------------------
     def prepare(self) -> None:
@@ -130,7 +128,7 @@ class LadderController:
         try:
             self.prepare()
             p = self._begin()
-            threading.Thread(target=self._watch_requests, daemon=True).start()
+            threading.Thread(target=stops.watch, args=(self, self._done), daemon=True).start()
             while p.active and p.phase is not Phase.DONE:
                 if self._stop.is_set():
                     p = self.save(p.to(state=State.STOPPED))
@@ -138,9 +136,10 @@ class LadderController:
                 p = self.save(self._transition(p))
             self._finish(p)
         except Exception as exc:  # the controller records why it failed and stays queryable
-            exc = as_start_error(exc)  # an actor that could not start: its own error, not Ray's first line
+            exc = real_error(as_start_error(exc))  # an actor's own error (a start's too), not Ray's header
             p = self.progress.to(state=State.FAILED, error=f"{type(exc).__name__}: {first_line(exc, None)}")
-            self.registry_safely(lambda reg: p.rung_run and reg.fail_run(p.rung_run, f"failed: {p.error}"))
+            if not isinstance(exc, LeaseLost):  # a controller whose lease was taken: no writes
+                self.registry_safely(lambda reg: p.rung_run and reg.fail_run(p.rung_run, f"failed: {p.error}"))
             self._finish(p)
         finally:
             self._done.set()
@@ -164,7 +163,7 @@ class LadderController:
         saved = self.registry.load_progress(self.job)
         if saved is None:
             parent = self.registry.start_ladder_run(self.spec, self.job)
-            self.lease = take_lease(self.registry, parent, self.job, self.lease_token, self.submission, self.stop,
+            self.lease = take_lease(self.registry, parent, self.job, self.lease_token, self.submission, self.lost,
                                     new=True)  # one controller per ladder: LeaseHeld when another runs it
             self.registry.save_spec(parent, self.spec)
             return self.save(Progress(self.spec.name, self.job, parent_run=parent, submission=self.submission)
@@ -172,10 +171,11 @@ class LadderController:
         if not saved.active and not self.resume:  # a restart after the ladder had ended: nothing to do
             return saved
         self.lease = take_lease(self.registry, saved.parent_run, self.job, self.lease_token, self.submission,
-                                self.stop)
+                                self.lost)
         self.registry.reopen_run(saved.parent_run)
-        if self.resume:  # a restarted controller keeps a stop someone asked for
+        if self.resume and not self.restarted:  # a restart (of a resumed one too) keeps a stop asked for
             self.registry.clear_stop_request(saved.parent_run)
+        stops.act_on(self, self.registry.stop_request(saved.parent_run))  # saved before a restart: acted on now
         if saved.phase is Phase.DONE and saved.results.ended == "rejected":
             saved = saved.to(phase=Phase.AWAIT)  # a decision by hand since the rejection is read again
         self.live.resume(saved.results.history)

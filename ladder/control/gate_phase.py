@@ -39,6 +39,9 @@ def gate(ctl: PhaseContext, p: Progress) -> Progress:
         return decide(ctl, p, decided)
     if ctl.spec.promotion.policy == "manual":
         return p.to(phase=Phase.AWAIT, state=State.AWAITING_PROMOTION)
+    decided = ctl.registry.decision(p.candidate)  # read again: a person may have decided while the gate measured
+    if decided is not None:
+        return decide(ctl, p, decided)
     record = ctl.registry.promote if verdict.passed else ctl.registry.reject
     record(p.candidate, by="auto", reason=verdict.reason)
     return decide(ctl, p, "promoted" if verdict.passed else "rejected")

@@ -1,9 +1,13 @@
 """One controller per ladder: a lease in MLflow, a heartbeat tag on the job's parent run that the live controller
-renews; `run`, `submit` and `resume` refuse a ladder whose lease is fresh, and a stale one is taken over.
+renews, and a fence (a generation counter on the ladder's experiment) that every progress save and alias move checks;
+`run`, `submit` and `resume` refuse a ladder whose lease is alive, and a stale one is taken over.
 
-A lease is fresh while renewed within `STALE_AFTER_S` (three renewals); the controller renews it every `RENEW_S`.
-Two controllers that write theirs at once both read back after `SETTLE_S`: the earlier keeps it, the later gives up
-(earlier by the writers' clocks: hosts are assumed to keep time within a second)."""
+Staleness is judged on the observer's own clock (as Kubernetes leader election does): a lease is stale once the
+observer has watched its heartbeat stay unchanged for `STALE_AFTER_S` of its own monotonic time (or its process is
+seen gone on this host); the writer's timestamps are never compared with the reader's clock. Taking the lease bumps
+the fence's generation; of two controllers that take it at once (two `resume`s of one job included) the one whose
+write the fence holds after `SETTLE_S` runs and the other is refused. A controller whose generation is no longer the
+fence's (its lease was taken over during an outage or a pause) gets `LeaseLost` before its next write."""
 from __future__ import annotations
 
 import json
@@ -18,11 +22,15 @@ from ladder.registry.tags import Tag
 
 RENEW_S = 30.0
 STALE_AFTER_S = 3 * RENEW_S
-SETTLE_S = 1.0  # between writing a lease and reading the others back: a write begun at the same time lands
+SETTLE_S = 1.0  # between writing a lease and reading the fence back: a write begun at the same time lands
 
 
 class LeaseHeld(ValueError):
     """Another controller holds the ladder's lease; one line naming where it runs."""
+
+
+class LeaseLost(RuntimeError):
+    """This controller's lease was taken over: it writes nothing of the ladder from now on."""
 
 
 @dataclass(frozen=True)
@@ -30,18 +38,36 @@ class Lease:
     token: str          # the controller's own (a Ray restart of it keeps it: built from the same arguments)
     job: str
     where: str          # "job <job> (<submission>) on <host>, pid <pid>"
-    acquired_at: float
+    acquired_at: float  # the writer's clock: shown, never compared with another host's
     renewed_at: float
     host: str = ""      # where the controller's process runs ...
     pid: int = 0        # ... and its id: one on this host that is gone holds nothing, however recent
+    beat: int = 0       # bumped at every renewal: what an observer watches change
+    generation: int = 0  # the fence's generation this controller took
 
-    def fresh(self, now: Optional[float] = None, stale_after_s: float = STALE_AFTER_S) -> bool:
+    def gone(self) -> bool:
+        """Its process is seen gone on this host (it holds nothing, however recent its heartbeat)."""
         if self.host == socket.gethostname() and self.pid:
             from cluster.processes import pid_alive
 
-            if not pid_alive(self.pid):
-                return False
-        return (now or time.time()) - self.renewed_at < stale_after_s
+            return not pid_alive(self.pid)
+        return False
+
+
+_SEEN: dict[tuple[str, str], tuple[int, float]] = {}  # (run, token) -> (beat, when this process saw it change)
+_SEEN_LOCK = threading.Lock()
+
+
+def unchanged_for(run: str, lease: Lease) -> Optional[float]:
+    """Seconds of this process' monotonic clock the lease's heartbeat has stayed as it is now; None when it has
+    changed since last seen (alive). A lease seen for the first time has stayed so for 0 s."""
+    now = time.monotonic()
+    with _SEEN_LOCK:
+        seen = _SEEN.get((run, lease.token))
+        if seen is None or seen[0] != lease.beat:
+            _SEEN[(run, lease.token)] = (lease.beat, now)
+            return 0.0 if seen is None else None
+        return now - seen[1]
 
 
 def here(job: str, submission: Optional[str]) -> str:
@@ -61,28 +87,74 @@ def leases(tracking) -> list[tuple[str, Lease]]:
     return found
 
 
-def held_by_other(tracking, token: Optional[str] = None, stale_after_s: float = STALE_AFTER_S) -> Optional[Lease]:
-    """The fresh lease of another controller of this ladder (earliest taken first), else None."""
+def held_by_other(tracking, token: Optional[str] = None, stale_after_s: float = STALE_AFTER_S, watch_s: float = 0.0,
+                  poll_s: float = 2.0) -> Optional[Lease]:
+    """The lease of another controller of this ladder not seen stale (earliest taken first), else None. Watched for
+    up to `watch_s`: until each either beats (alive: returned at once) or stays unchanged for `stale_after_s` of
+    this process' clock (stale); one not yet watched that long counts as held."""
+    deadline = time.monotonic() + watch_s
+    while True:
+        alive, unsure = [], []
+        for run, lease in leases(tracking):
+            if lease.token == token or lease.gone():
+                continue
+            age = unchanged_for(run, lease)
+            if age is None:
+                alive.append(lease)
+            elif age < stale_after_s:
+                unsure.append(lease)
+        held = alive or unsure
+        if alive or not unsure or time.monotonic() >= deadline:
+            return min(held, key=lambda x: (x.acquired_at, x.token)) if held else None
+        time.sleep(poll_s)
+
+
+def looks_alive(tracking, stale_after_s: float = STALE_AFTER_S) -> Optional[Lease]:
+    """A quick hint for commands (`status`, the checks before a start), on the writer's clock: a lease renewed within
+    `stale_after_s` of this host's time, and not later than that (a writer's clock far ahead is not trusted). Never
+    what decides: the controller's own `acquire` watches on its own clock."""
     now = time.time()
-    others = [lease for _, lease in leases(tracking) if lease.token != token and lease.fresh(now, stale_after_s)]
-    return min(others, key=lambda x: (x.acquired_at, x.token)) if others else None
+    for _, lease in leases(tracking):
+        if not lease.gone() and abs(now - lease.renewed_at) < stale_after_s:
+            return lease
+    return None
 
 
 def refusal(name: str, lease: Lease) -> LeaseHeld:
-    ago = max(0.0, time.time() - lease.renewed_at)
-    return LeaseHeld(f"ladder {name!r} is already running: {lease.where} (its lease was renewed {ago:.0f} s ago); "
-                     f"see `ladder status {name}` or stop it with `ladder stop {name}`")
+    return LeaseHeld(f"ladder {name!r} is already running: {lease.where} (its lease is renewed every {RENEW_S:.0f} "
+                     f"s); see `ladder status {name}` or stop it with `ladder stop {name}`")
 
 
 def check_free(tracking, token: Optional[str] = None, stale_after_s: float = STALE_AFTER_S) -> None:
-    """Refuse, in one line, a ladder another controller runs now (a fresh lease)."""
-    other = held_by_other(tracking, token, stale_after_s)
-    if other is not None:
+    """Refuse, in one line, a ladder another controller seems to run now (`looks_alive`: a hint, before a start)."""
+    other = looks_alive(tracking, stale_after_s)
+    if other is not None and other.token != token:
         raise refusal(tracking.name, other)
 
 
+def read_fence(tracking) -> tuple[int, str]:
+    """(generation, token) of the ladder's fence: the controller that took its lease last; (0, "") before any."""
+    text = tracking.client.get_experiment(tracking.experiment_id).tags.get(Tag.FENCE, "")
+    try:
+        found = json.loads(text)
+        return int(found["generation"]), str(found["token"])
+    except (ValueError, TypeError, KeyError):
+        return 0, ""
+
+
+def twice(write: Callable[[], None]) -> None:
+    """A tag's first write, made by two controllers at once: a SQL store inserts the row once (the other gets a
+    unique-key error) and updates it after that; the loser writes again."""
+    try:
+        write()
+    except Exception:
+        time.sleep(0.1)
+        write()
+
+
 class LeaseKeeper:
-    """The lease of one controller on its job's parent run: taken, renewed in the background, released."""
+    """The lease of one controller on its job's parent run: taken (the fence's generation bumped), renewed in the
+    background, checked before every write of the ladder's state (`check`), released."""
 
     def __init__(self, tracking, parent_run: str, job: str, token: str, where: str, renew_s: float = RENEW_S,
                  stale_after_s: float = STALE_AFTER_S, on_lost: Optional[Callable[[], None]] = None,
@@ -94,30 +166,49 @@ class LeaseKeeper:
         self._released = threading.Event()
 
     def acquire(self) -> None:
-        """Take the lease (a stale one of another is taken over); LeaseHeld when another controller's is fresh,
-        or when another took it at the same moment, earlier."""
-        check_free(self.tracking, self.lease.token, self.stale_after_s)
-        now = time.time()
-        self.lease = Lease(**{**asdict(self.lease), "acquired_at": now, "renewed_at": now})
-        self._write()
-        time.sleep(self.settle_s)  # one taken at the same moment is written by now: the earlier one keeps it
-        other = held_by_other(self.tracking, self.lease.token, self.stale_after_s)
-        if other is not None and (other.acquired_at, other.token) < (self.lease.acquired_at, self.lease.token):
-            self.release()
+        """Take the lease once no other is alive (one is watched until it beats or goes stale on this process'
+        clock); LeaseHeld when another's is alive, or when another took the fence at the same moment, last."""
+        other = held_by_other(self.tracking, self.lease.token, self.stale_after_s,
+                              watch_s=self.stale_after_s + self.renew_s, poll_s=max(0.05, min(2.0, self.renew_s / 3)))
+        if other is not None:
             raise refusal(self.tracking.name, other)
+        now, generation = time.time(), read_fence(self.tracking)[0] + 1
+        self.lease = Lease(**{**asdict(self.lease), "acquired_at": now, "renewed_at": now, "generation": generation})
+        self._write()
+        self._write_fence(generation)
+        time.sleep(self.settle_s)  # one taken at the same moment is written by now: the fence holds one of them
+        if not self.holds():
+            self.release()
+            winner = [lease for _, lease in leases(self.tracking) if lease.token == read_fence(self.tracking)[1]]
+            raise refusal(self.tracking.name, winner[0] if winner else self.lease)
+        self._write()  # a same-job rival may have written the run's tag after ours
         threading.Thread(target=self._renew, name="ladder-lease", daemon=True).start()
 
+    def _write_fence(self, generation: int) -> None:
+        text = json.dumps({"generation": generation, "token": self.lease.token, "where": self.lease.where})
+        twice(lambda: self.tracking.client.set_experiment_tag(self.tracking.experiment_id, Tag.FENCE, text))
+
+    def holds(self) -> bool:
+        """Whether the fence still names this controller's generation."""
+        return read_fence(self.tracking) == (self.lease.generation, self.lease.token)
+
+    def check(self) -> None:
+        """Before a write of the ladder's state (progress, aliases, checkpoints): LeaseLost once it was taken over."""
+        if not self.holds():
+            raise LeaseLost(f"ladder {self.tracking.name!r}: this controller's lease (generation "
+                            f"{self.lease.generation}) was taken over by another; it writes nothing more")
+
     def _write(self) -> None:
-        self.tracking.client.set_tag(self.parent_run, Tag.LEASE, json.dumps(asdict(self.lease)))
+        text = json.dumps(asdict(self.lease))
+        twice(lambda: self.tracking.client.set_tag(self.parent_run, Tag.LEASE, text))
 
     def _renew(self) -> None:
         while not self._released.wait(self.renew_s):
             try:
-                current = self.tracking.client.get_run(self.parent_run).data.tags.get(Tag.LEASE, "")
-                if current and json.loads(current).get("token") != self.lease.token:
+                if not self.holds():
                     self.on_lost()  # another controller took it over (ours had gone stale): this one stops
                     return
-                self.lease = Lease(**{**asdict(self.lease), "renewed_at": time.time()})
+                self.lease = Lease(**{**asdict(self.lease), "renewed_at": time.time(), "beat": self.lease.beat + 1})
                 self._write()
             except Exception:  # MLflow briefly away: renewed at the next beat, or found stale by others
                 continue
@@ -133,7 +224,8 @@ class LeaseKeeper:
 
 
 def refuse_if_running(spec) -> None:
-    """`run`, `submit` and `resume` of a ladder whose lease is fresh: refused in one line, before anything starts."""
+    """`run`, `submit` and `resume` of a ladder whose lease looks alive: refused in one line, before anything
+    starts (the controller's own `acquire` decides)."""
     from ladder.registry.store import tracking_uri_for
     from ladder.registry.tracking import Tracking
 
@@ -144,10 +236,11 @@ def refuse_if_running(spec) -> None:
 
 def take_lease(tracking, parent_run: str, job: str, token: str, submission: Optional[str],
                on_lost: Callable[[], None], new: bool = False) -> LeaseKeeper:
-    """A controller's lease on its job's parent run, taken (a stale one taken over) and renewed until released;
-    LeaseHeld naming where the ladder runs when another controller's is fresh (a new job refused so has its
-    parent run ended, marked refused)."""
-    keeper = LeaseKeeper(tracking, parent_run, job, token, here(job, submission), on_lost=on_lost)
+    """A controller's lease on its job's parent run, taken (a stale one taken over) and renewed until released, and
+    checked by `tracking` before each write of the ladder's state; LeaseHeld naming where the ladder runs when
+    another controller's is alive (a new job refused so has its parent run ended, marked refused)."""
+    keeper = LeaseKeeper(tracking, parent_run, job, token, here(job, submission), RENEW_S, STALE_AFTER_S, on_lost,
+                         SETTLE_S)
     try:
         keeper.acquire()
     except LeaseHeld as exc:
@@ -157,4 +250,5 @@ def take_lease(tracking, parent_run: str, job: str, token: str, submission: Opti
             except Exception:  # the refusal is what matters
                 pass
         raise
+    tracking.fence = keeper.check
     return keeper

@@ -66,8 +66,16 @@ class RungStore:
         return p.to(step=rung.step_no, cursor=rung.cursor_state(), checkpoint=logged_model_uri(model_id))
 
     def local_checkpoint(self, p: Progress) -> str:
-        """The progress' checkpoint as a local folder (downloaded once per job and step)."""
-        dst = self.root / f"rung-{p.rung}" / f"restore-{p.step:05d}"
+        """The progress' checkpoint as a local folder, downloaded once per checkpoint: keyed by the rung, its attempt,
+        the step and the checkpoint's URI (a retried rung never finds the previous attempt's files); the restores
+        of other checkpoints are removed (one restore on disk per job)."""
+        import hashlib
+
+        key = hashlib.sha256(str(p.checkpoint).encode()).hexdigest()[:12]
+        dst = self.root / f"rung-{p.rung}" / f"restore-a{p.attempt}-{p.step:05d}-{key}"
+        for old in self.root.glob("rung-*/restore-*"):
+            if old != dst:
+                shutil.rmtree(old, ignore_errors=True)
         if not (dst / "cursor.json").is_file():
             staging = dst.parent / f".{dst.name}"
             self.registry.download_checkpoint(p.checkpoint, str(staging))

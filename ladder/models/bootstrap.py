@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ladder.tasks.arithmetic import build as build_arithmetic
+from stages.settings import fill
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ def _examples(task, template: str, rng: random.Random, n: int, yes: str, no: str
         else:
             good = rng.random() < 0.5
             response = ex.solution if good else task.corrupt(rng, ex)
-            prefix = template.replace("{prompt}", ex.prompt).replace("{response}", response)
+            prefix = fill(template, prompt=ex.prompt, response=response)
             out.append((prefix, yes if good else no, False))
     return out
 
@@ -154,7 +155,7 @@ def verdicts(model, tokenizer, texts: list[str], yes: str, no: str) -> list[floa
 
 
 def judge_accuracy(model, tokenizer, items, template: str, yes: str, no: str) -> float:
-    texts = [template.replace("{prompt}", c.prompt).replace("{response}", c.response) for c in items]
+    texts = [fill(template, prompt=c.prompt, response=c.response) for c in items]
     scores = verdicts(model, tokenizer, texts, yes, no)
     return sum((s > 0.5) == c.correct for s, c in zip(scores, items)) / len(items)
 

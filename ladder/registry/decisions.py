@@ -25,6 +25,7 @@ class Verdict:
 def promote(reg, version: str, by: str, reason: str) -> None:
     """The aliases move first: a waiting controller acts on the status tag, and must then find the new judge."""
     reg.version(version)
+    reg.fenced()  # a controller whose lease was taken over moves no alias
     for alias in DECISION_ALIASES:
         reg.client.set_registered_model_alias(reg.name, alias, version)
     record_decision(reg, version, "promoted", by, reason)
@@ -44,6 +45,7 @@ def withdraw_aliases(reg, version: str) -> str:
     held = [a for a in DECISION_ALIASES if reg.aliases().get(a) == version]
     if not held:
         return ""
+    reg.fenced()
     earlier = [v for v in reg.versions() if int(v.version) < int(version) and v.tags.get(Tag.STATUS) == "promoted"]
     for alias in held:
         if earlier:

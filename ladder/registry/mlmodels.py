@@ -30,12 +30,14 @@ def log_hf_model(client, experiment_id: str, run_id: str, hf_dir: str, name: str
                  card: str, step: int = 0) -> str:
     """Log an HF directory as an MLflow model (a LoggedModel of the run, the run's output at `step`).
 
-    Idempotent on `ladder.rung_uid`: a ready model already logged for this rung is returned, so a controller
-    that died after logging does not store the weights twice. Returns the model id.
+    Idempotent on `ladder.rung_uid` and the weights' checksum: a ready model already logged for this rung with
+    these very weights is returned, so a controller that died after logging does not store them twice; one that
+    redid steps after the crash (other weights, the ones its evaluation measured) logs those. Returns the model id.
     """
     from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 
-    found = find_logged_model(client, experiment_id, tags[Tag.RUNG_UID])
+    tags = {**tags, Tag.WEIGHTS_SHA256: weights_digest(hf_dir)}
+    found = find_logged_model(client, experiment_id, tags[Tag.RUNG_UID], tags[Tag.WEIGHTS_SHA256])
     if found is not None:
         return found
     with tempfile.TemporaryDirectory(prefix="ladder-mlmodel-") as tmp:
@@ -64,11 +66,26 @@ def _save_flavor(hf_dir: str, out: Path, card: str) -> None:
     (out / "LICENSE.txt").write_text("Trained by judge-ladder; the license of the ladder's base model applies.\n")
 
 
-def find_logged_model(client, experiment_id: str, rung_uid: str) -> Optional[str]:
+def weights_digest(hf_dir: str) -> str:
+    """sha256 over every file of an HF directory (relative path and content, in path order)."""
+    import hashlib
+
+    digest, root = hashlib.sha256(), Path(hf_dir)
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(root)).encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def find_logged_model(client, experiment_id: str, rung_uid: str, weights: Optional[str] = None) -> Optional[str]:
+    """A ready model logged for `rung_uid` (with the weights whose checksum is `weights`, when given)."""
     from mlflow.entities import LoggedModelStatus
 
     found = client.search_logged_models([experiment_id], filter_string=f"tags.`{Tag.RUNG_UID}` = '{rung_uid}'")
-    ready = [m for m in found if m.status == LoggedModelStatus.READY]
+    ready = [m for m in found if m.status == LoggedModelStatus.READY
+             and (weights is None or m.tags.get(Tag.WEIGHTS_SHA256) == weights)]
     return ready[0].model_id if ready else None
 
 

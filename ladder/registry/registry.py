@@ -45,6 +45,7 @@ class Registry(Tracking):
         """The rung's trained student as an MLflow model (transformers flavor) output by its run; its id."""
         from ladder.registry.mlmodels import log_hf_model
 
+        self.fenced()
         card = (f"# {self.name}, rung {tags.get(Tag.RUNG, '?')}\n\nA student trained with GRPO by judge-ladder "
                 f"against the frozen judge {tags.get(Tag.JUDGE, '-')}.")
         return log_hf_model(self.client, self.experiment_id, run_id, hf_dir, f"{self.name}-rung-{tags.get(Tag.RUNG)}",
@@ -58,6 +59,7 @@ class Registry(Tracking):
         from ladder.registry.mlmodels import register_logged_model
         from ladder.registry.retrying import with_retry
 
+        self.fenced()
         mv = self.find_version(tags[Tag.RUNG_UID])
         if mv is None:
             if if_exists(lambda: self.client.get_registered_model(self.name)) is None:
@@ -70,6 +72,7 @@ class Registry(Tracking):
                 self.retry_s, "register model version")
             mv = self._one_version(tags[Tag.RUNG_UID], mv)
         rung = tags.get(Tag.RUNG)
+        self.fenced()
         if rung:
             self.client.set_registered_model_alias(self.name, f"rung-{rung}", mv.version)
         self.client.set_registered_model_alias(self.name, "candidate", mv.version)

@@ -9,8 +9,10 @@ class Tag:
     JOB = "ladder.job"
     RUNG = "ladder.rung"
     RUNG_UID = "ladder.rung_uid"            # idempotency key: a retry never registers (or logs) a second one
+    WEIGHTS_SHA256 = "ladder.weights_sha256"  # a logged model's weights: reused only for these very weights
     PROGRESS = "ladder.progress"            # the saved progress (JSON) on the ladder's parent run
     LEASE = "ladder.lease"                  # the live controller's heartbeat
+    FENCE = "ladder.fence"                  # experiment tag: the lease's generation and the controller holding it
     STOP_REQUEST = "ladder.stop_request"    # `ladder stop` from a process with no Ray connection
     SPEC_SHA256 = "ladder.spec_sha256"
     ENDED_BY = "ladder.ended_by"            # why a rung ended early (the collapse guard, saturation)

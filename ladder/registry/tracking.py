@@ -32,6 +32,7 @@ class Tracking:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in our output
         self.retry_s = retry_s
         self.outbox = None                               # per-step writes go through a background outbox once set
+        self.fence = None  # a controller's lease check (`lease.LeaseKeeper.check`): called before each state write
         with store_lock(tracking_uri):  # a new SQLite store's tables and the experiment: created once
             self.raw = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
             self.client = RetryingClient(self.raw, retry_s)  # every call outlives an MLflow outage of `retry_s`
@@ -161,9 +162,16 @@ class Tracking:
         self.record_ended_by(run_id, reason)
         self.end_run(run_id, "FAILED")
 
+    def fenced(self) -> None:
+        """Before a write of the ladder's state (progress, checkpoints, versions, aliases): LeaseLost when the
+        controller writing through this store lost its lease; nothing when no controller writes through it."""
+        if self.fence is not None:
+            self.fence()
+
     # saved progress and control requests ------------------------------------------------
     def save_progress(self, progress) -> None:
         """The ladder's progress on its parent run (the one value status, stop and resume read)."""
+        self.fenced()
         self.client.set_tag(progress.parent_run, Tag.PROGRESS, progress.to_json())
 
     def ladder_runs(self) -> list:
@@ -214,6 +222,7 @@ class Tracking:
     def upload_checkpoint(self, run_id: str, local_dir: str, step: int) -> str:
         """Log a complete checkpoint folder to the rung run; returns its artifact URI (used only once logged)."""
         path = f"checkpoints/step-{step:05d}"
+        self.fenced()
         try:
             self.client.log_artifacts(run_id, local_dir, artifact_path=path)
         except Exception as exc:

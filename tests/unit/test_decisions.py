@@ -145,3 +145,20 @@ def test_the_rungs_judge_is_measured_on_the_items_the_candidate_will_be(tmp_path
     assert set(scored) == {c.prompt for c in ctl.tasks.calibration(2)}
     assert not set(scored) & {c.prompt for c in ctl.tasks.calibration(1)}
     assert p.phase == Phase.REGISTER and p.results.current_judge.auc == 1.0
+
+
+def test_a_reject_made_while_the_gate_measures_stays_and_judge_does_not_move(registry, monkeypatch):
+    """Issue 35, 5: `ladder reject` while the gate measures a candidate that passes. Without the gate reading the
+    decision again right before writing its own, the gate promoted it (status promoted, `judge` on it)."""
+    from ladder.registry.decisions import Verdict
+
+    ctl, p = controller_at_gate(registry, monkeypatch)
+
+    def measured_while_a_person_rejects(ctl_, p_):
+        registry.reject(p_.candidate, by="human", reason="looks wrong")
+        return Verdict(True, "AUC 0.950 >= 0.6", 0.95)
+    monkeypatch.setattr(gate_phase, "measure_candidate", measured_while_a_person_rejects)
+    after = gate_phase.gate(ctl, p)
+    assert registry.status_of(p.candidate) == "rejected" and registry.alias("judge") is None
+    assert registry.version(p.candidate).tags["ladder.reason"] == "looks wrong"
+    assert after.results.ended == "rejected" or after.attempt == 1, after

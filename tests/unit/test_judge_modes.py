@@ -79,3 +79,15 @@ def test_the_trainers_config_keeps_step_with_the_train_spec():
     spec = TrainSpec(lr=3e-4, overlap=True, dtype="float32")
     assert TrainConfig.from_spec(spec, True) == TrainConfig(lr=3e-4, overlap=True, dtype="float32",
                                                             trust_remote_code=True)
+
+
+def test_placeholders_written_inside_the_data_reach_the_judge_as_written():
+    """Issue 35, 10: a response that writes `{second}` (or a prompt that writes `{response}`) is not filled with the
+    other response (a reward hack RL can find: the judge would read the rival's text as this one's). Without the
+    one-pass fill the chained `.replace` substituted into text already filled in."""
+    from stages.scoring import PairwiseMode, VerdictMode
+
+    pair = PairwiseMode(pair_template="Q: {prompt}\nA: {first}\nB: {second}")
+    assert pair.render_pair("2+2?", "I agree with {second}", "4") == "Q: 2+2?\nA: I agree with {second}\nB: 4"
+    one = VerdictMode(prompt_template="Q: {prompt}\nA: {response}")
+    assert one.render("say {response}", "5") == "Q: say {response}\nA: 5"

@@ -24,12 +24,12 @@ def keeper(registry, job, **kw):
 
 
 def test_a_fresh_lease_refuses_a_second_controller_in_one_line_naming_where(registry):
-    first = keeper(registry, "j1")
+    first = keeper(registry, "j1", renew_s=0.2, stale_after_s=2.0)
     first.acquire()
-    with pytest.raises(LeaseHeld) as err:
-        keeper(registry, "j2").acquire()  # another `ladder run` of the same name: another job, same ladder
+    with pytest.raises(LeaseHeld) as err:  # another `ladder run` of the same name: another job, same ladder
+        keeper(registry, "j2", renew_s=0.2, stale_after_s=2.0).acquire()
     assert str(err.value).startswith(f"ladder {registry.name!r} is already running: job j1 on hostA, pid 72 (its "
-                                     "lease was renewed ") and "\n" not in str(err.value)
+                                     "lease is renewed every ") and "\n" not in str(err.value)
     with pytest.raises(LeaseHeld, match="job j1 on hostA"):
         check_free(registry)  # what `run`, `submit` and `resume` ask before they start anything
     first.release()
@@ -60,7 +60,7 @@ def test_a_controller_that_lost_its_lease_stops(registry):
     lost = threading.Event()
     slow = keeper(registry, "j1", renew_s=0.3, stale_after_s=5, on_lost=lost.set)
     slow.acquire()
-    registry.client.set_tag(slow.parent_run, Tag.LEASE, '{"token": "other"}')  # another took it over
+    registry.client.set_experiment_tag(registry.experiment_id, Tag.FENCE, '{"generation": 99, "token": "other"}')
     assert lost.wait(5)
     slow.release()
 
@@ -96,8 +96,19 @@ def controller(registry, resume=False):
     return ctl
 
 
-def test_a_controller_refused_by_a_live_lease_trains_nothing_and_writes_nothing_of_the_live_job(registry):
-    live = keeper(registry, "live")
+@pytest.fixture
+def quick_leases(monkeypatch):
+    """The controller's lease timings, short: renewed every 0.2 s, stale after 1 s unchanged."""
+    from ladder.control import lease
+
+    monkeypatch.setattr(lease, "RENEW_S", 0.2)
+    monkeypatch.setattr(lease, "STALE_AFTER_S", 1.0)
+    monkeypatch.setattr(lease, "SETTLE_S", 0.1)
+
+
+def test_a_controller_refused_by_a_live_lease_trains_nothing_and_writes_nothing_of_the_live_job(registry,
+                                                                                                 quick_leases):
+    live = keeper(registry, "live", renew_s=0.2, stale_after_s=1.0)
     live.acquire()
     trained = []
     ctl = controller(registry)
@@ -187,3 +198,101 @@ def test_commands_that_open_a_new_sqlite_store_at_once_all_get_the_one_experimen
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, [err[-1000:] for _, err in outs]
     assert {out.strip() for out, _ in outs} == {"1"}
+
+
+def test_two_resumes_of_one_job_at_once_one_runs_and_one_is_refused(registry):
+    """Issue 35, 1: two `resume`s of one job write their leases to the same parent run (different tokens). Without
+    the fence both acquired (the earlier writer read the later lease as "later" and went on)."""
+    run = parent(registry, "job")
+    for round_ in range(3):
+        keepers = [LeaseKeeper(registry, run, "job", f"t{round_}{i}", f"resume {i}", renew_s=0.2, stale_after_s=2.0,
+                               settle_s=0.5) for i in range(2)]
+        barrier, won, refused = threading.Barrier(2), [], []
+
+        def take(k):
+            barrier.wait()
+            try:
+                k.acquire()
+                won.append(k)
+            except LeaseHeld:
+                refused.append(k)
+        threads = [threading.Thread(target=take, args=(k,)) for k in keepers]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        assert len(won) == 1 and len(refused) == 1, round_
+        time.sleep(0.3)
+        assert won[0].holds() and not refused[0].holds()
+        with pytest.raises(LeaseHeld, match=f"already running: {won[0].lease.where}"):  # a third, later: refused
+            LeaseKeeper(registry, run, "job", "late", "late", renew_s=0.2, stale_after_s=2.0, settle_s=0.1).acquire()
+        won[0].release()
+
+
+def beating(registry, run: str, renewed_at: float, stop: threading.Event, every_s: float = 0.1) -> threading.Thread:
+    """A controller elsewhere whose host clock says `renewed_at` for ever, and whose heartbeat goes on."""
+    import json
+
+    def beat():
+        n = 0
+        while not stop.wait(every_s):
+            n += 1
+            registry.client.set_tag(run, Tag.LEASE, json.dumps({"token": "far", "job": "far", "where": "job far on "
+                                                                "hostB, pid 9", "acquired_at": renewed_at,
+                                                                "renewed_at": renewed_at, "host": "hostB", "beat": n}))
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_staleness_is_judged_on_the_observers_clock_not_the_writers_timestamp(registry):
+    """Issue 35, 1: a live controller on a host whose clock is an hour behind is not taken over (its heartbeat is
+    seen to change); one whose clock is an hour ahead is taken over once it stops beating, after `stale_after_s` of
+    the observer's own clock. Without the fix the first was taken over at once (`time.time() - renewed_at` > 90 s)
+    and the second never (its `renewed_at` stayed in the future)."""
+    run, stop = parent(registry, "far"), threading.Event()
+    beating(registry, run, time.time() - 3600, stop)
+    time.sleep(0.3)
+    with pytest.raises(LeaseHeld, match="job far on hostB"):
+        keeper(registry, "near", renew_s=0.2, stale_after_s=1.0).acquire()
+    stop.set()
+    time.sleep(0.3)
+    import json
+
+    ahead = json.loads(registry.client.get_run(run).data.tags[Tag.LEASE])
+    registry.client.set_tag(run, Tag.LEASE, "")  # released; another, on a host an hour ahead, died without a release:
+    registry.client.set_tag(parent(registry, "ahead"), Tag.LEASE, json.dumps(
+        {**ahead, "token": "ahead", "where": "job ahead on hostC", "renewed_at": time.time() + 3600}))
+    t0 = time.monotonic()
+    taker = keeper(registry, "near2", renew_s=0.2, stale_after_s=1.0)
+    taker.acquire()  # watched unchanged for 1 s of this clock: stale, taken over
+    assert 1.0 <= time.monotonic() - t0 < 10 and taker.holds()
+    taker.release()
+
+
+def test_a_controller_whose_lease_was_taken_over_writes_neither_progress_nor_aliases(registry, mlflow_store,
+                                                                                     quick_leases):
+    """Issue 35, 1: a controller paused (or cut off from MLflow) past the stale time is taken over; when it goes on
+    it saves no progress, moves no alias and uploads no checkpoint: it ends, failed with LeaseLost, in memory only.
+    Without the fence its save went through, over the winner's progress."""
+    from ladder.control.lease import LeaseLost, take_lease
+    from ladder.progress import Progress
+    from ladder.registry.registry import Registry
+
+    old_reg, new_reg = registry, Registry(registry.name, *mlflow_store)
+    run = parent(registry, "job")
+    old = take_lease(old_reg, run, "job", "old", None, lambda: None)
+    old_reg.save_progress(Progress(registry.name, "job", state=State.RUNNING, parent_run=run, step=3))
+    old._released.set()  # paused: no more renewals (its process lives on)
+    new = take_lease(new_reg, run, "job", "new", None, lambda: None)  # stale after 1 s unchanged: taken over
+    new_reg.save_progress(Progress(registry.name, "job", state=State.RUNNING, parent_run=run, step=5))
+    with pytest.raises(LeaseLost, match="taken over"):
+        old_reg.save_progress(Progress(registry.name, "job", state=State.STOPPED, parent_run=run, step=4))
+    with pytest.raises(LeaseLost):
+        old_reg.upload_checkpoint(run, str(mlflow_store[1]), 4)
+    from tests.unit.registries import add_versions
+
+    (version,) = add_versions(new_reg, 1)
+    with pytest.raises(LeaseLost):
+        old_reg.promote(version)
+    assert registry.load_progress("job").step == 5 and registry.aliases() == {}
+    assert registry.client.list_artifacts(run) == []
+    new.release()

@@ -17,6 +17,9 @@ class Worker:
     def timed(self, method, items, *args):
         return [0.5 for _ in items], 0.0
 
+    def step(self):
+        raise MemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+
 
 @pytest.fixture(scope="module")
 def ray_local():
@@ -131,3 +134,14 @@ def test_an_actor_death_without_a_stop_still_fails_the_ladder(ray_local, registr
         return ray_local.get(worker.timed.remote("score", [1]))
     saved = run_offline(registry, {Phase.TRAIN: gate})
     assert saved.state is State.FAILED and "Actor" in saved.error, saved
+
+
+def test_an_error_inside_an_actor_method_is_saved_as_its_own_first_line(ray_local, registry):
+    """Issue 35, 8: an actor method raises (out of memory in `Trainer.step`); the saved error is that exception's
+    type and first line. Without the fix it was Ray's wrapper: `RayTaskError(MemoryError): ray::Worker.step()
+    (pid=..., ip=...)`, the real message further down its traceback."""
+    def train(ctl, p):
+        worker = ray_local.remote(num_cpus=0)(Worker).remote()
+        return ray_local.get(worker.step.remote())
+    saved = run_offline(registry, {Phase.TRAIN: train})
+    assert saved.state is State.FAILED and saved.error == "MemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
