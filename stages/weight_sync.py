@@ -68,14 +68,19 @@ def recv_json(pg, device="cpu"):
     return json.loads(bytes(raw.cpu().numpy()))
 
 
-def unique_weights(model) -> list[tuple[str, object]]:
-    """(HF name, parameter or buffer) of every weight once (a tied head shares the embeddings: sent once)."""
-    seen, out = set(), []
+def unique_weights(model) -> tuple[list[tuple[str, object]], dict[str, str]]:
+    """(HF name, parameter or buffer) of every weight once, and the names that share one already listed ({name:
+    the listed name}: a tied head shares the embeddings). The receiver loads a shared weight under each of its
+    names (vLLM's in-place reload keeps a layer it gets nothing for as it was)."""
+    first: dict[int, str] = {}
+    out, aliases = [], {}
     for name, t in model.state_dict(keep_vars=True).items():
-        if id(t) not in seen:
-            seen.add(id(t))
+        if id(t) in first:
+            aliases[name] = first[id(t)]
+        else:
+            first[id(t)] = name
             out.append((name, t))
-    return out
+    return out, aliases
 
 
 def plan_buckets(weights: list[tuple[str, object]], cap: int = BUCKET_BYTES) -> list[dict]:
@@ -122,10 +127,10 @@ class WeightSender:
         import torch
 
         root = getattr(self, "rank", 0) == 0
-        weights = unique_weights(self.model)
+        weights, aliases = unique_weights(self.model)
         buckets = plan_buckets(weights, cap)
         if root:
-            send_json(self._sync_group, {"version": version, "buckets": buckets})
+            send_json(self._sync_group, {"version": version, "buckets": buckets, "aliases": aliases})
         by_name = dict(weights)
         for bucket in buckets:
             parts = [whole(by_name[name]) for name, _ in bucket["items"]]
@@ -154,6 +159,7 @@ class WeightReceiver:
         header = recv_json(self._weight_sync, device)
 
         def stream():
+            shared = {}
             for bucket in header["buckets"]:
                 shapes = [torch.Size(s) for _, s in bucket["items"]]
                 flat = torch.empty(sum(s.numel() for s in shapes), dtype=getattr(torch, bucket["dtype"]),
@@ -161,8 +167,13 @@ class WeightReceiver:
                 broadcast(self._weight_sync, flat)
                 offset = 0
                 for (name, _), shape in zip(bucket["items"], shapes):
-                    yield name, flat[offset:offset + shape.numel()].view(shape)
+                    view = flat[offset:offset + shape.numel()].view(shape)
+                    if name in header["aliases"].values():
+                        shared[name] = view
+                    yield name, view
                     offset += shape.numel()
+            for alias, name in header["aliases"].items():
+                yield alias, shared[name]
 
         self.reload_weights(weights_iterator=stream())
         return header["version"]
