@@ -292,6 +292,16 @@ class Trainer(WeightSender):
         return WeightsRef(self.version, ref, sum(a.nbytes for a in arrays.values()),
                           {"step": self.steps, "seconds": time.perf_counter() - t0})
 
+    def state_bytes(self) -> dict[str, int]:
+        """Bytes of the student's parameters, gradients and optimizer state that this process holds (a group's
+        rank: its shards)."""
+        local = lambda t: t.to_local() if hasattr(t, "to_local") else t  # noqa: E731
+        size = lambda ts: sum(local(t).numel() * local(t).element_size() for t in ts)  # noqa: E731
+        params = list(self.model.parameters())
+        optim = [v for st in self.opt.state.values() for v in st.values() if hasattr(v, "numel") and v.dim() > 0]
+        return {"parameters": size(params), "gradients": size(p.grad for p in params if p.grad is not None),
+                "optimizer": size(optim)}
+
     def parameter_checksum(self) -> float:
         return float(sum(p.detach().double().abs().sum() for p in self.model.parameters()))
 

@@ -215,6 +215,10 @@ class TrainerGroup(Timed):
     def parameter_checksum(self) -> float:
         return self._all("parameter_checksum")[0]
 
+    def state_bytes(self) -> list[dict[str, int]]:
+        """Each rank's bytes of parameters, gradients and optimizer state (its shards)."""
+        return self._all("state_bytes")
+
     def open_weight_sync(self, receivers: int) -> tuple[str, int]:
         """(rank 0) A store for a new sync group with `receivers` engine workers; returns its host and port."""
         import ray
