@@ -173,3 +173,23 @@ def test_group_that_cannot_form_names_the_rank_and_cause(ray_local, nano):
         remove_ranks(pg, ranks)
     assert time.monotonic() - t0 < 30
     assert str(err.value).startswith("trainer rank 1 failed") and "\n" not in str(err.value)
+
+
+def test_a_rank_that_dies_takes_the_group_with_it(ray_local, nano, batch, wait_dead):
+    """The handle's call fails as an actor's death (what the rung's restart from its checkpoint handles), the
+    other rank is not left waiting in a collective, and the ranks' placement group is given back."""
+    from ray.util.placement_group import placement_group_table
+
+    live = lambda: {k for k, pg in placement_group_table().items() if pg["state"] != "REMOVED"}  # noqa: E731
+    before = live()
+    group = start_group(nano, 2)
+    ranks = ray_local.get(group.rank_handles.remote())
+    ray_local.kill(ranks[1])
+    wait_dead(ranks[1])
+    t0 = time.monotonic()
+    with pytest.raises(ray_local.exceptions.RayActorError):
+        ray_local.get(group.step.remote(batch), timeout=60)
+    assert time.monotonic() - t0 < 60
+    wait_dead(ranks[0])
+    wait_dead(group)
+    assert live() <= before
