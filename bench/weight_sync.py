@@ -1,7 +1,13 @@
-"""Benchmark: in-place weight sync (object store blob -> reload_weights) vs restarting the engine.
+"""Benchmark: weight sync through the Ray object store vs over a process group (collective, gloo on CPU), side by
+side in one run on the same trainer and engine; with the step it follows, and each rank's memory.
 
-Baseline and candidate run side by side in this script on the same model; prints the ratio and
-writes bench/results/weight_sync.json. Usage: python bench/weight_sync.py [--size bench] [--repeats 3]
+Object store: `export_weights` (numpy arrays, `ray.put`) then the engine's `load_weights`. Collective: the trainer
+(rank 0 of a trainer group when --workers > 1) broadcasts buckets over a stateless gloo group that the engine's
+worker joined once (`stages.weight_sync.connect` / `push`). Also reports a GRPO step's seconds (the share of a
+step each sync takes) and the bytes of parameters + gradients + AdamW state each rank holds with 1 and with
+--workers ranks. Writes bench/results/weight_sync.json.
+
+Usage: python bench/weight_sync.py [--size bench | --model DIR] [--workers 2] [--repeats 3] [--restart]
 """
 from __future__ import annotations
 
@@ -13,48 +19,134 @@ import time
 from pathlib import Path
 
 
+def judged_batch(model_dir: str, n: int = 8, length: int = 48):
+    """A synthetic judged batch (n samples of `length` tokens, 2 prompt groups) for timing a step."""
+    from transformers import AutoTokenizer
+
+    from stages.batches import JudgedBatch, RolloutBatch, Sample
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    ids = tok.encode("12+34=46 and 5*6=30; " * 8, add_special_tokens=False)
+    samples = tuple(Sample(tuple(ids[:8]), tuple(ids[8 + i:8 + i + length]), "", ()) for i in range(n))
+    rollout = RolloutBatch(("p",) * n, (None,) * n, samples, tuple(i % 2 for i in range(n)))
+    return JudgedBatch(rollout, tuple(float(i % 3) / 2 for i in range(n)))
+
+
+def start_trainer(model: str, workers: int):
+    import ray
+
+    from stages.actors import spawn
+    from stages.train import TrainConfig, Trainer
+    from stages.train_group import TrainerGroup
+
+    if workers == 1:
+        trainer = spawn(Trainer, model, TrainConfig(), 0)
+    else:
+        trainer = spawn(TrainerGroup, model, TrainConfig(), 0, None, workers, options={"num_cpus": 0})
+    ray.get(trainer.__ray_ready__.remote())
+    return trainer
+
+
+def time_syncs(trainer, worker, model: str, repeats: int) -> dict:
+    """Seconds per sync, best of `repeats`, each way; the trainer steps in between (fresh weights each time)."""
+    import ray
+
+    from stages.weight_sync import connect, push
+
+    batch = judged_batch(model)
+    t0 = time.perf_counter()
+    connect(trainer, [worker])
+    connect_s = time.perf_counter() - t0
+    store, collective, step = [], [], []
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        ray.get(trainer.step.remote(batch))
+        step.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        ray.get(worker.load_weights.remote(ray.get(trainer.export_weights.remote())))
+        store.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        push(trainer, [worker], 1000 + i)
+        collective.append(time.perf_counter() - t0)
+    best = {"object_store_sync_s": min(store), "collective_sync_s": min(collective), "train_step_s": min(step)}
+    return {**best, "collective_connect_s": connect_s,
+            "object_store_share_of_step": best["object_store_sync_s"] / (best["train_step_s"] + best["object_store_sync_s"]),
+            "collective_share_of_step": best["collective_sync_s"] / (best["train_step_s"] + best["collective_sync_s"]),
+            "speedup": best["object_store_sync_s"] / best["collective_sync_s"]}
+
+
+def memory_per_rank(model: str, workers: int) -> dict:
+    """Bytes of parameters + gradients + AdamW state each rank holds after one step, with 1 rank (the plain
+    trainer) and with `workers` ranks."""
+    import ray
+
+    from stages.actors import kill_all
+    from stages.train_group import stop
+
+    out = {}
+    for n in sorted({1, workers}):
+        trainer = start_trainer(model, n)
+        ray.get(trainer.step.remote(judged_batch(model)))
+        held = ray.get(trainer.state_bytes.remote())
+        out[str(n)] = [held] if n == 1 else held
+        stop(trainer) if n > 1 else kill_all([trainer])
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="bench", help="tiny model size (nano, micro, small, bench)")
+    parser.add_argument("--model", default="", help="an HF folder instead of a tiny model (e.g. SmolLM2-135M)")
+    parser.add_argument("--workers", type=int, default=2, help="trainer ranks for the collective sync")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--restart", action="store_true", help="also time restarting the engine from a checkpoint")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "weight_sync.json"))
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
-    from ladder.models.tiny import build_tiny_model, count_parameters
-    from stages.actors import spawn
+    from ladder.models.tiny import build_tiny_model
+    from stages.actors import kill_all, spawn
     from stages.engine import EngineConfig
     from stages.rollout import RolloutWorker
-    from stages.train import TrainConfig, Trainer
+    from stages.train_group import stop
 
     work = Path(tempfile.mkdtemp(prefix="bench-sync-"))
-    model = str(build_tiny_model(work / "model", args.size))
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-    cfg = EngineConfig(model, kv_cache_gib=0.25)
-    trainer = spawn(Trainer, model, TrainConfig(), 0)
-    worker = spawn(RolloutWorker, cfg)
-    ray.get([trainer.__ray_ready__.remote(), worker.__ray_ready__.remote()])
-    in_place, restart = [], []
-    for i in range(args.repeats):
-        t0 = time.perf_counter()
-        ref = ray.get(trainer.export_weights.remote())
-        ray.get(worker.load_weights.remote(ref))
-        in_place.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        saved = ray.get(trainer.save.remote(str(work / f"ckpt-{i}")))
-        fresh = spawn(RolloutWorker, EngineConfig(saved, kv_cache_gib=0.25))
-        ray.get(fresh.__ray_ready__.remote())
-        restart.append(time.perf_counter() - t0)
-        ray.kill(fresh)
-    result = {"model_size": args.size, "parameters": count_parameters(model), "repeats": args.repeats,
-              "in_place_sync_s": min(in_place), "restart_from_checkpoint_s": min(restart),
-              "speedup": min(restart) / min(in_place)}
+    model = args.model or str(build_tiny_model(work / "model", args.size))
+    ray.init(address="local", num_cpus=max(4, args.workers + 2), include_dashboard=False, log_to_driver=False)
+    worker = spawn(RolloutWorker, EngineConfig(model, kv_cache_gib=0.25))
+    ray.get(worker.__ray_ready__.remote())
+    result = {"model": args.model or f"tiny-{args.size}", "repeats": args.repeats, "device": "cpu", "by_workers": {}}
+    for workers in sorted({1, args.workers}):
+        trainer = start_trainer(model, workers)
+        result["parameters"] = ray.get(trainer.parameter_count.remote())
+        result["by_workers"][str(workers)] = time_syncs(trainer, worker, model, args.repeats)
+        if args.restart and workers == 1:
+            result["restart_from_checkpoint_s"] = time_restart(trainer, work)
+        stop(trainer) if workers > 1 else kill_all([trainer])
+    kill_all([worker])
+    result["state_bytes_per_rank"] = memory_per_rank(model, args.workers)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
-    print(f"in-place sync is {result['speedup']:.1f}x faster than restarting the engine from a checkpoint")
     ray.shutdown()
+
+
+def time_restart(trainer, work: Path) -> float:
+    """Seconds to save a checkpoint and start a fresh engine on it (what an in-place sync avoids)."""
+    import ray
+
+    from stages.actors import kill_all, spawn
+    from stages.engine import EngineConfig
+    from stages.rollout import RolloutWorker
+
+    t0 = time.perf_counter()
+    saved = ray.get(trainer.save.remote(str(work / "ckpt")))
+    fresh = spawn(RolloutWorker, EngineConfig(saved, kv_cache_gib=0.25))
+    ray.get(fresh.__ray_ready__.remote())
+    seconds = time.perf_counter() - t0
+    kill_all([fresh])
+    return seconds
 
 
 if __name__ == "__main__":

@@ -174,11 +174,12 @@ def wait_ready(actors: list[tuple[str, object, object]], placement_timeout_s: fl
 
 def spawn(cls, *args, resources=None, name: str | None = None, namespace: str | None = None,
           detached: bool = False, max_restarts: int = 0, max_task_retries: int = 0, max_concurrency: int = 1,
-          **kwargs):
+          options: dict | None = None, **kwargs):
     """Start `cls(*args, **kwargs)` as a Ray actor whose process has the engine environment.
 
-    `resources` is the role's `RoleResources` (CPUs, GPUs, custom resources, node labels). A named actor
-    that is not detached is still owned by its creator: it dies with it.
+    `resources` is the role's `RoleResources` (CPUs, GPUs, custom resources, node labels); `options`, Ray
+    options of the caller's own (a placement group's scheduling strategy), override them. A named actor that is
+    not detached is still owned by its creator: it dies with it.
     """
     import ray
 
@@ -187,13 +188,14 @@ def spawn(cls, *args, resources=None, name: str | None = None, namespace: str | 
     env = {**ENGINE_ENV, "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
            "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", KEEP_FREED_MEMORY)}
     env.setdefault("OMP_NUM_THREADS", os.environ.get("LADDER_THREADS", str(os.cpu_count() or 1)))
-    options = dict(runtime_env={"env_vars": env}, max_restarts=max_restarts, max_task_retries=max_task_retries,
-                   max_concurrency=max_concurrency, **actor_options(resources))
+    opts = dict(runtime_env={"env_vars": env}, max_restarts=max_restarts, max_task_retries=max_task_retries,
+                max_concurrency=max_concurrency)
+    opts.update({**actor_options(resources), **(options or {})})
     if name:
-        options.update(name=name, namespace=namespace, get_if_exists=False)
+        opts.update(name=name, namespace=namespace, get_if_exists=False)
     if detached:
-        options.update(lifetime="detached")
-    return ray.remote(cls).options(**options).remote(*args, **kwargs)
+        opts.update(lifetime="detached")
+    return ray.remote(cls).options(**opts).remote(*args, **kwargs)
 
 
 def kill_all(handles, wait_s: float = 30.0) -> None:

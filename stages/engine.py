@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from cluster.processes import pid_alive
 from stages.models import TOKENIZER_CORE, ModelStore, check_model_dir
+from stages.weight_sync import EXTENSION as WEIGHT_RECEIVER  # every engine can join a collective weight sync
 
 ENGINE_ENV = {
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
@@ -94,7 +95,7 @@ def build_llm(cfg: EngineConfig):
     return LLM(
         model=model, dtype=dtype, seed=cfg.seed, max_model_len=cfg.max_model_len, enforce_eager=not cfg.compiled,
         load_format="safetensors", trust_remote_code=cfg.trust_remote_code,
-        max_logprobs=20, enable_prefix_caching=False, **memory,
+        max_logprobs=20, enable_prefix_caching=False, worker_extension_cls=WEIGHT_RECEIVER, **memory,
     )
 
 

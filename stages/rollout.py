@@ -49,6 +49,20 @@ class RolloutWorker(Timed):
         self.version = ref.version
         return self.version
 
+    def sync_width(self) -> int:
+        """How many members this engine adds to a collective weight sync group (its workers)."""
+        return self.llm.llm_engine.vllm_config.parallel_config.world_size
+
+    def join_weight_sync(self, host: str, port: int, first_rank: int, world: int, timeout_s: float = 120.0):
+        """Join a collective weight sync group (`stages.weight_sync.connect`); this engine's workers' ranks."""
+        return self.llm.collective_rpc("join_weight_sync", args=(host, port, first_rank, world, timeout_s))
+
+    def receive_weights(self) -> int:
+        """Load the weights the trainer broadcasts next (`stages.weight_sync.push`) in place; the version."""
+        self.version = self.llm.collective_rpc("receive_weights")[0]
+        self.llm.reset_prefix_cache()
+        return self.version
+
     def weights_version(self) -> int:
         return self.version
 

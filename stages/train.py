@@ -13,6 +13,7 @@ from typing import Optional
 from stages.batches import JudgedBatch, TrainStats, WeightsRef
 from stages.models import TOKENIZER_FILES
 from stages.packing import completion_logprobs, micro_batches, pack
+from stages.weight_sync import WeightSender
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def group_advantages(scores, groups, keep=None, eps: float = 1e-4):
     return adv
 
 
-class Trainer:
+class Trainer(WeightSender):
     """Holds the student (trained), the reference (frozen) and the optimizer."""
 
     def __init__(self, model_path: str, cfg: TrainConfig, seed: int = 0, store=None):
@@ -102,11 +103,41 @@ class Trainer:
         self.ref = AutoModelForCausalLM.from_pretrained(model_path, dtype=self.compute_dtype, **load).to(
             self.device).eval()
         self.ref.requires_grad_(False)
+        self.model, self.ref = self.place(self.model), self.place(self.ref)
         # fused: one kernel per parameter instead of a dozen passes (on the bench model 12 ms a step against 58)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                      fused=True)
         self.steps = 0
         self.version = 0
+
+    # The seams a rank of a trainer group (stages/train_rank.py) fills in: where the modules live, which
+    # micro-batches this process runs, how its numbers and gradients become the batch's, and the full weights.
+    def place(self, module):
+        """The module as this process holds it (here: whole)."""
+        return module
+
+    def micro_groups(self, rows: list[int], lengths: list[int]) -> list[list[int]]:
+        """The sample indices of each micro-batch this process runs (`rows` kept, `lengths` their tokens); an
+        empty group is a pass that adds nothing (a group's ranks all run the same number of passes)."""
+        return [[rows[j] for j in g] for g in micro_batches(lengths, self.cfg.micro_batch_tokens)]
+
+    def reduce_totals(self, totals: dict) -> dict:
+        """The step's loss, KL, clip share and mismatch over the whole batch (here: this process's)."""
+        return totals
+
+    def clip_gradients(self):
+        """Clip the gradients to `max_grad_norm`; returns their norm before clipping (a plain tensor)."""
+        import torch
+
+        return torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+
+    def full_state_dict(self) -> dict:
+        """{HF name: tensor} of the student's whole weights."""
+        return self.model.state_dict()
+
+    def load_full_state(self, state: dict, strict: bool = True) -> None:
+        """Whole weights ({HF name: tensor}) into the student."""
+        self.model.load_state_dict(state, strict=strict)
 
     def autocast(self):
         """The forward's precision: the compute dtype (bfloat16 autocast), or plain float32."""
@@ -135,9 +166,9 @@ class Trainer:
         cache: dict = {}
         for epoch in range(self.cfg.epochs_per_step):
             self.opt.zero_grad(set_to_none=True)
-            totals = self.accumulate(judged, cache)
+            totals = self.reduce_totals(self.accumulate(judged, cache))
             loss = totals["loss"]
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+            grad_norm = self.clip_gradients()
             if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
                 self.opt.zero_grad(set_to_none=True)
                 self.model.eval()
@@ -172,11 +203,13 @@ class Trainer:
         samples = batch.samples
         lengths = [len(samples[i].prompt_ids) + len(samples[i].completion_ids) for i in rows]
         width = max(lengths)
-        groups = [[rows[j] for j in g] for g in micro_batches(lengths, self.cfg.micro_batch_tokens)]
+        groups = self.micro_groups(rows, lengths)
         n_tok = float(sum(len(samples[i].completion_ids) for i in rows)) or 1.0
         first_pass = not cache
         totals = {k: torch.zeros((), device=self.device) for k in ("loss", "kl", "clip_frac", "mismatch")}
         for key, g in enumerate(groups):
+            weight = 1.0 if g else 0.0  # an empty group: a pass over the first sample that adds nothing
+            g = g or rows[:1]
             packed = pack([samples[i] for i in g], self.pad_id, width).to(self.device)
             if key not in cache:
                 with torch.no_grad(), self.autocast():
@@ -189,12 +222,12 @@ class Trainer:
                 lp = completion_logprobs(self.model, packed)
             old_lp = packed.vllm_lp if self.cfg.overlap else lp.detach() if old_lp is None else old_lp
             loss, kl, clipped = self._loss(lp, old_lp, ref_lp, adv[g].to(self.device)[packed.sample])
-            (loss / n_tok).backward()
-            totals["loss"] += loss.detach() / n_tok
-            totals["kl"] += kl / n_tok
-            totals["clip_frac"] += clipped / n_tok
+            (loss * weight / n_tok).backward()
+            totals["loss"] += loss.detach() * weight / n_tok
+            totals["kl"] += kl * weight / n_tok
+            totals["clip_frac"] += clipped * weight / n_tok
             if first_pass:  # the policy before this step's update against the sampling engine's numbers
-                totals["mismatch"] += (lp.detach() - packed.vllm_lp).abs().sum() / n_tok
+                totals["mismatch"] += (lp.detach() - packed.vllm_lp).abs().sum() * weight / n_tok
         return totals
 
     def _skip(self, judged: JudgedBatch, reason: str, t0: float) -> TrainStats:
@@ -228,7 +261,7 @@ class Trainer:
         float32 whatever the compute dtype); on CPU they share the parameters' memory (no copy)."""
         import torch
 
-        return {k: v.detach().to("cpu", torch.float32).contiguous().numpy() for k, v in self.model.state_dict().items()}
+        return {k: v.detach().to("cpu", torch.float32).contiguous().numpy() for k, v in self.full_state_dict().items()}
 
     def snapshot(self):
         """A copy of the current weights in the Ray object store (no new version): the collapse guard's best."""
@@ -245,7 +278,7 @@ class Trainer:
 
         with warnings.catch_warnings():  # read-only views of the object store: load_state_dict copies them in
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            self.model.load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()})
+            self.load_full_state({k: torch.from_numpy(v) for k, v in arrays.items()})
 
     def export_weights(self) -> WeightsRef:
         """The current weights in the Ray object store, as numpy arrays: `ray.put` copies them in once and a
@@ -259,17 +292,29 @@ class Trainer:
         return WeightsRef(self.version, ref, sum(a.nbytes for a in arrays.values()),
                           {"step": self.steps, "seconds": time.perf_counter() - t0})
 
+    def state_bytes(self) -> dict[str, int]:
+        """Bytes of the student's parameters, gradients and optimizer state that this process holds (a group's
+        rank: its shards)."""
+        local = lambda t: t.to_local() if hasattr(t, "to_local") else t  # noqa: E731
+        size = lambda ts: sum(local(t).numel() * local(t).element_size() for t in ts)  # noqa: E731
+        params = list(self.model.parameters())
+        optim = [v for st in self.opt.state.values() for v in st.values() if hasattr(v, "numel") and v.dim() > 0]
+        return {"parameters": size(params), "gradients": size(p.grad for p in params if p.grad is not None),
+                "optimizer": size(optim)}
+
     def parameter_checksum(self) -> float:
         return float(sum(p.detach().double().abs().sum() for p in self.model.parameters()))
 
-    def save(self, out_dir: str, max_shard_size: Optional[str] = None) -> str:
+    def save(self, out_dir: str, max_shard_size: Optional[str] = None, state_dict: Optional[dict] = None) -> str:
         """An HF-format checkpoint (model + tokenizer) that transformers and vLLM load. Weights above
         `max_shard_size` (default `cfg.checkpoint_shard_size`, else transformers' own, 50GB) are split into
-        `model-0000k-of-0000n.safetensors` files with a `model.safetensors.index.json`."""
+        `model-0000k-of-0000n.safetensors` files with a `model.safetensors.index.json`. `state_dict`: the weights
+        to write (default: the student's own)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         shard = max_shard_size or self.cfg.checkpoint_shard_size
-        self.model.save_pretrained(out, safe_serialization=True, **({"max_shard_size": shard} if shard else {}))
+        self.model.save_pretrained(out, safe_serialization=True, state_dict=state_dict,
+                                   **({"max_shard_size": shard} if shard else {}))
         source = Path(self.model_dir)
         copied = [f for f in TOKENIZER_FILES if (source / f).is_file()]
         for name in copied:  # the student's own files, byte for byte: re-saving would rewrite the tokenizer
@@ -324,7 +369,7 @@ class Trainer:
             raise ValueError(f"checkpoint lacks {len(missing)} of the model's weights (e.g. "
                              f"{', '.join(sorted(missing)[:3])}) in its {len(weights)} safetensors file(s)")
         for name in sorted(weights):
-            self.model.load_state_dict(load(weights[name]), strict=False)
+            self.load_full_state(load(weights[name]), strict=False)
 
 
 def safetensors_names(data: bytes) -> set[str]:
