@@ -4,7 +4,7 @@ from dataclasses import replace
 
 import pytest
 
-from stages.batches import JudgedBatch, RolloutBatch, Sample
+from stages.batches import JudgedBatch, RolloutBatch
 from stages.train import TrainConfig
 
 PROMPTS = ["1+2=", "4*4=", "9-3=", "7+8="]
