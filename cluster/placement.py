@@ -46,13 +46,32 @@ def unplaceable(spec, nodes: list[dict]) -> Optional[str]:
                              + [f"label {k}={v}" for k, v in res.node_labels.items()])
             return (f"resources.{role}: no node of the cluster has {want} "
                     f"({len(alive)} live node{'s' if len(alive) != 1 else ''})")
+    return group_unplaceable(spec, alive)
+
+
+def group_unplaceable(spec, alive: list[dict]) -> Optional[str]:
+    """A trainer group whose placement strategy the live nodes cannot meet (STRICT_PACK: all ranks on one node;
+    STRICT_SPREAD: each rank on a node of its own), in one line; None when it can be placed."""
+    n, strategy, res = spec.train.workers, spec.train.placement_strategy, spec.resources.trainer
+    if n == 1 or strategy not in ("STRICT_PACK", "STRICT_SPREAD"):
+        return None
+    scaled = res.model_copy(update={"cpus": res.cpus * n, "gpus": res.gpus * n,
+                                    "custom": {k: v * n for k, v in res.custom.items()}})
+    if strategy == "STRICT_PACK" and not any(fits(scaled, node) for node in alive):
+        return (f"train.workers: {n} ranks with STRICT_PACK need one node with {scaled.cpus:g} CPU and "
+                f"{scaled.gpus:g} GPU (resources.trainer per rank); no live node has it")
+    hosts = sum(fits(res, node) for node in alive)
+    if strategy == "STRICT_SPREAD" and hosts < n:
+        return (f"train.workers: {n} ranks with STRICT_SPREAD need {n} nodes that each fit resources.trainer; "
+                f"{hosts} of the {len(alive)} live nodes do")
     return None
 
 
 def role_counts(spec) -> dict[str, int]:
     """How many actors of each role the ladder holds at once (rollout, trainer and judge workers stay up from
     rung to rung, and the gate measures a candidate on judge workers while they do)."""
-    return {"rollout": spec.rollout.workers, "judge": spec.judge_pool.workers, "trainer": 1, "controller": 1}
+    return {"rollout": spec.rollout.workers, "judge": spec.judge_pool.workers, "trainer": spec.train.workers,
+            "controller": 1}
 
 
 def asks(spec, role: str) -> dict[str, float]:

@@ -58,6 +58,7 @@ class Rung:
         self._start_rollout = roles.start_rollout
         self.rollout_replaced = 0
         self._weights = None  # the last weights pushed to the rollout workers (a replacement loads them)
+        self._sync_group = False  # (sync.backend collective) a sync group of the trainer and the engines is formed
         self.step_no = 0
         self.weights_version = 0
         self.ended_why = ""  # why the step loop ended early (the collapse guard's reason)
@@ -142,7 +143,13 @@ class Rung:
         self.rollout_replaced += 1
         res = self.spec.resources
         wait_ready([("rollout", self.rollout[k], res.rollout)], res.placement_timeout_s)
-        if self._weights is not None:
+        if self.spec.sync.backend == "collective":
+            self._sync_group = False  # the next sync forms a fresh group with the replacement
+            if self.weights_version:
+                from ladder.rung.sync import collective_sync
+
+                collective_sync(self)
+        elif self._weights is not None:
             ray.get(self.rollout[k].load_weights.remote(self._weights))
 
     def collect(self) -> CollectedBatch:
@@ -214,7 +221,11 @@ class Rung:
         }
 
     def sync(self) -> int:
-        """Push the trainer's weights to every rollout worker, in place."""
+        """Push the trainer's weights to every rollout worker, in place (`sync.backend`)."""
+        if self.spec.sync.backend == "collective":
+            from ladder.rung.sync import collective_sync
+
+            return collective_sync(self)
         import ray
 
         ref = ray.get(self.trainer.export_weights.remote())

@@ -79,24 +79,43 @@ def start_roles(spec, task: Task, student_path: str, judge: ResolvedJudge, seed:
     from ladder.rung.stageset import settings_key
     from stages.actors import spawn
     from stages.rollout import RolloutWorker
-    from stages.train import TrainConfig, Trainer
+    from stages.train import TrainConfig
 
     res = spec.resources
     stages.reused = stages.started = 0
     chat, context = student_prompts(spec, task, student_path)
     pool = build_judge_pool(spec, judge, task, seed, name_prefix, stages)
     train_cfg = TrainConfig.from_spec(spec.train, spec.trust_remote_code)
-    start_trainer = lambda i=0: spawn(  # noqa: E731
-        Trainer, student_path, train_cfg, seed, model_store(spec), resources=res.trainer,
-        name=actor_name(name_prefix, "trainer"), namespace="ladder")
-    trainer = stages.take("trainer", settings_key(res.trainer, spec.trust_remote_code), 1,
-                          lambda t: t.reset.remote(student_path, train_cfg, seed), start_trainer)[0]
+    trainer = stages.take("trainer", settings_key(res.trainer, spec.trust_remote_code, spec.train.workers,
+                                                  spec.train.placement_strategy), 1,
+                          lambda t: t.reset.remote(student_path, train_cfg, seed),
+                          lambda i=0: start_trainer(spec, student_path, train_cfg, seed, name_prefix, stages))[0]
     start_rollout = lambda i: spawn(  # noqa: E731
         RolloutWorker, engine_config(spec, student_path, seed + i, context), resources=res.rollout,
         name=actor_name(name_prefix, f"rollout{i}"), namespace="ladder")
     rollout = list(stages.take("rollout", settings_key(engine_config(spec, student_path, seed, context), res.rollout),
                                spec.rollout.workers, lambda w: w.load_model.remote(student_path), start_rollout))
     return RungRoles(chat, pool, trainer, rollout, start_rollout)
+
+
+def start_trainer(spec, student_path: str, train_cfg, seed: int, name_prefix: Optional[str], stages):
+    """The trainer: one `Trainer` actor, or with `train.workers: N` a `TrainerGroup` (an actor of no CPU of its own
+    over N ranks in one placement group, each rank `resources.trainer`), behind the same methods."""
+    from stages.actors import spawn
+
+    res, name = spec.resources, actor_name(name_prefix, "trainer")
+    if spec.train.workers == 1:
+        from stages.train import Trainer
+
+        return spawn(Trainer, student_path, train_cfg, seed, model_store(spec), resources=res.trainer, name=name,
+                     namespace="ladder")
+    from stages.train_group import TrainerGroup
+
+    group = spawn(TrainerGroup, student_path, train_cfg, seed, model_store(spec), spec.train.workers,
+                  rank_resources=res.trainer, strategy=spec.train.placement_strategy, timeout_s=res.placement_timeout_s,
+                  options={"num_cpus": 0}, name=name, namespace="ladder")
+    stages.groups.append(group)  # ended with `train_group.stop` (its ranks' placement group given back)
+    return group
 
 
 def build_judge_pool(spec, judge: ResolvedJudge, task: Task, seed: int, name_prefix: Optional[str] = None,

@@ -16,7 +16,7 @@ from pydantic import Field, SerializeAsAny, ValidationError, model_validator
 from ladder.spec.judge import JudgeModeName, JudgeSpec
 from ladder.spec.gate import GuardSpec, PromotionSpec, SaturationSpec
 from ladder.spec.resources import MlflowSpec, ResourcesSpec
-from ladder.spec.roles import EvalSpec, JudgePoolSpec, RolloutSpec, StudentSpec, TrainSpec
+from ladder.spec.roles import EvalSpec, JudgePoolSpec, RolloutSpec, StudentSpec, SyncSpec, TrainSpec
 from ladder.spec.task import TaskSource, TaskSpec
 from stages.settings import Strict
 
@@ -64,6 +64,7 @@ class LadderSpec(Strict):
     rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="Rollout workers.")
     judge_pool: JudgePoolSpec = Field(default_factory=JudgePoolSpec, description="Judge workers.")
     train: TrainSpec = Field(default_factory=TrainSpec, description="GRPO trainer.")
+    sync: SyncSpec = Field(default_factory=SyncSpec, description="Weight sync from the trainer to the rollout engines.")
     eval: EvalSpec = Field(default_factory=EvalSpec, description="Evaluation cadence and sizes.")
     promotion: PromotionSpec = Field(default_factory=PromotionSpec, description="The promotion gate.")
     saturation: SaturationSpec = Field(default_factory=SaturationSpec, description="Early rung end.")

@@ -65,9 +65,24 @@ class TrainSpec(Strict):
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass instead of keeping them: less memory for "
                            "long sequences and large models, about a third more compute.")
+    workers: int = Field(
+        1, ge=1, le=1024, description="Trainer ranks: 1 trains the student in one process; N shards it over N ranks "
+                                      "(FSDP2, one torch.distributed world: gloo on CPU, NCCL on GPUs), each step's "
+                                      "batch split across them, the same update as one rank's. Each rank takes "
+                                      "`resources.trainer`.")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="How the trainer ranks' placement group spreads them over nodes (Ray's strategies).")
     max_skipped_steps: int = Field(
         5, ge=1, description="Steps in a row without an update (non-finite loss or gradients, or no sample left to "
                              "train on) after which the rung fails, with the reason in MLflow.")
+
+class SyncSpec(Strict):
+    """How the trainer's weights reach the rollout engines after each step, in place."""
+    backend: Literal["object_store", "collective"] = Field(
+        "object_store", description="object_store: the weights as arrays through Ray's object store (any cluster); "
+                                    "collective: broadcast over a process group of the trainer's rank 0 and every "
+                                    "engine worker (gloo on CPU, NCCL on GPUs), in buckets, no copy in the store.")
+
 
 class EvalSpec(Strict):
     every: int = Field(10, ge=1, description="Evaluate every this many steps (and at rung end).")

@@ -241,6 +241,54 @@ def test_a_dead_rollout_worker_is_replaced_and_resynced(ray_local, tiny_model, w
         rung.shutdown()
 
 
+def test_a_two_rank_trainer_with_collective_sync_learns_and_outlives_a_rollout_kill(ray_local, tiny_model, stage_set,
+                                                                                     wait_dead):
+    """`train.workers: 2` (FSDP2 over two gloo ranks) with `sync.backend: collective` (the weights broadcast over a
+    process group of the trainer and the engine) learns against the verifier as the one-rank rung above does (the
+    same margins), and a rollout worker killed mid-generate is replaced, joins a fresh sync group and serves the
+    trainer's weights before its part of the batch is redone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ladder.rung.driver import ResolvedJudge, Rung
+    from ladder.spec import parse_spec
+    from ladder.tasks import build_task
+
+    spec = parse_spec(spec_dict(tiny_model, {"kind": "verifier", "function": "ladder.tasks.arithmetic:exact"},
+                                task={"source": {"kind": "builtin", "name": "arithmetic", "terms": 4, "max_operand": 5,
+                                                 "train_size": 4000}, "eval_size": 128},
+                                rollout={"workers": 1, "group_size": 8, "max_tokens": 40, "kv_cache_gib": 0.25},
+                                train={"lr": 2e-4, "kl_coef": 0.0, "steps": 40, "prompts_per_step": 16, "workers": 2},
+                                sync={"backend": "collective"}))
+    rung = Rung(spec, build_task(spec.task, spec.seed), tiny_model,
+                ResolvedJudge("verifier", "ladder.tasks.arithmetic:exact", "verifier"), spec.seed, stages=stage_set)
+    try:
+        rung.ready()
+        assert len(ray_local.get(rung.trainer.rank_handles.remote())) == 2
+        acc_before, worked_before = held_out_greedy(rung)
+        steps = [rung.step() for _ in range(spec.train.steps)]
+        acc_after, worked_after = held_out_greedy(rung)
+        summary = (f"held-out greedy accuracy {acc_before:.3f} -> {acc_after:.3f}, "
+                   f"worked answers {worked_before:.0%} -> {worked_after:.0%}")
+        assert worked_before < 0.2 and worked_after > 0.7, summary
+        assert acc_after > acc_before + 0.15, summary
+        assert max(m["train/logprob_mismatch"] for m in steps) < 1e-3  # the engine serves the trainer's weights
+        first = rung.rollout[0]
+        pid = ray_local.get(first.__ray_call__.remote(lambda self: os.getpid()))
+        with ThreadPoolExecutor(1) as pool:
+            os.kill(pid, signal.SIGSTOP)
+            wait_until_stopped(pid)
+            step = pool.submit(rung.step)
+            wait_until_running(Rung.generate)
+            os.kill(pid, signal.SIGKILL)
+            wait_dead(first)
+            metrics = step.result(timeout=600)
+        assert rung.rollout[0] is not first and metrics["faults/rollout_replaced"] == 1.0
+        assert metrics["train/logprob_mismatch"] < 1e-3  # the replacement sampled with the synced weights
+        assert ray_local.get(rung.rollout[0].weights_version.remote()) == rung.weights_version
+    finally:
+        rung.handover()  # the module's stage set keeps its actors (the next rung's trainer settings end the group)
+
+
 def test_a_judge_engine_with_truncated_weights_fails_the_rung_at_once_with_the_loaders_message(ray_local, tiny_model,
                                                                                                 tmp_path):
     """An actor that cannot start is not a stage death: a judge model folder whose weights file is cut in half
