@@ -137,7 +137,7 @@ def test_the_rungs_judge_is_measured_on_the_items_the_candidate_will_be(tmp_path
             scored.extend(prompts)
             return SimpleNamespace(scores=[float(r.split("#")[-1] == ref) for r, ref in zip(responses, references)])
 
-    rung = SimpleNamespace(pool=Pool(), evaluate=lambda: {"eval/accuracy": 0.5}, step_no=3)
+    rung = SimpleNamespace(pool=Pool(), evaluate=lambda: {"eval/accuracy": 0.5}, accuracy_on=lambda task: 0.5, step_no=3)
     ctl = SimpleNamespace(spec=spec, tasks=TaskSets(spec, tmp_path),
                           registry=SimpleNamespace(log_metrics=lambda *a: None),
                           store=SimpleNamespace(log_candidate=lambda rung, p, tags: p))
