@@ -5,7 +5,7 @@ LADDER := $(VENV)/bin/ladder
 WORK ?= .ladder
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-unit demo smollm2 bench clean
+.PHONY: setup test test-unit gpu-check demo smollm2 bench clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,11 @@ test-unit: setup
 # the curriculum demo's base model (the bootstrap's defaults): 4-term problems, operands 0-5, and a quarter each
 # with operands 0-7 and 0-9
 DEMO_BASE := bootstrap --out $(WORK)/models/tiny-base --steps 1200 --level 4x7:0.25 --level 4x9:0.25
+
+# on a machine with CUDA GPUs: every test of tests/gpu (a 2-step rung; with 3 GPUs a 2-rank trainer group and the
+# NCCL weight sync), printing step times; tests that need more GPUs than there are say so and skip
+gpu-check: setup
+	$(PY) -m pytest tests/gpu -v -s -m gpu --timeout=600 -rs
 
 demo: setup
 	$(LADDER) $(DEMO_BASE)

@@ -58,3 +58,18 @@ def test_a_group_strategy_the_nodes_cannot_meet_is_refused_in_one_line():
                                                "fit resources.trainer; 2 of the 2 live nodes do")
     assert unplaceable(spread, two_by_two + [node(8, gpus=1)]) is None
     assert unplaceable(spec(train={"workers": 4}, resources={"trainer": {"gpus": 1}}), two_by_two) is None  # PACK
+
+
+def test_the_8b_example_fits_one_8_gpu_node_and_no_fewer():
+    """examples/scale-8b.yaml (README "Scaling up"): 4 trainer ranks, 2 rollout and 2 judge engines, a GPU each."""
+    from pathlib import Path
+
+    from cluster.placement import over_capacity, unplaceable
+    from ladder.spec import load_spec
+
+    big = load_spec(Path(__file__).resolve().parents[2] / "examples" / "scale-8b.yaml")
+    assert big.train.workers == 4 and big.sync.backend == "collective"
+    assert unplaceable(big, [node(64, gpus=8)]) is None and over_capacity(big, [node(64, gpus=8)]) is None
+    assert "asks for 8 GPU in total" in over_capacity(big, [node(64, gpus=7)])
+    assert unplaceable(big, [node(64, gpus=2), node(64, gpus=2), node(64, gpus=4)]) is None  # 4 ranks on one node
+    assert "STRICT_PACK" in unplaceable(big, [node(64, gpus=3)] * 3)
