@@ -29,7 +29,7 @@ def version_tags(spec, p: Progress) -> dict[str, str]:
     mode = "verifier" if p.results.judge_is_verifier else rspec.judge.mode
     tags = rung_tags(p, spec.sha256(), rspec.task_label(), mode)
     if p.results.yardstick is not None:
-        tags[Tag.YARDSTICK] = f"{p.results.yardstick:.4f}"
+        tags[Tag.YARDSTICK] = f"{p.results.yardstick:.6f}"
     return tags
 
 

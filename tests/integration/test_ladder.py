@@ -115,7 +115,8 @@ def test_two_rung_lineage(two_rungs, tmp_path):
         start_end = [m.step for m in reg.client.get_metric_history(v.run_id, "eval.yardstick_accuracy")]
         assert start_end == [0, 2], start_end
         assert float(v.tags["ladder.yardstick"]) == rows[int(v.version)]["yardstick"]
-        assert 32 * rows[int(v.version)]["yardstick"] == round(32 * rows[int(v.version)]["yardstick"])
+        right = 32 * rows[int(v.version)]["yardstick"]  # a share of the 32 prompts
+        assert abs(right - round(right)) < 1e-3, right
     # engines persist across rungs: rung 1 started its trainer, rollout and judge workers; the gate loaded the
     # candidate into that judge worker and rung 2 took all three over, its models loaded in place
     started = {str(v.version): reg.client.get_metric_history(v.run_id, "rung.actors_started") for v in versions}
