@@ -144,17 +144,35 @@ def start_failure(text: str) -> str:
     return f"{name} could not start: {what.strip()[:300]}"
 
 
-def wait_ready(actors: list[tuple[str, object, object]], placement_timeout_s: float, poll_s: float = 2.0) -> None:
+class StepTimeout(RuntimeError):
+    """A stage actor that did not answer within `resources.step_timeout_s`: treated as a dead one (replaced, its
+    part redone, within `worker_replacements`), or the rung fails with this one line."""
+
+
+def get_within(ref, deadline: float, role: str, timeout_s: float):
+    """`ray.get(ref)` until `deadline` (time.monotonic()); StepTimeout naming the role and the timeout after it."""
+    import ray
+
+    try:
+        return ray.get(ref, timeout=None if deadline == float("inf") else max(0.0, deadline - time.monotonic()))
+    except ray.exceptions.GetTimeoutError:
+        raise StepTimeout(f"a {role} worker did not answer within resources.step_timeout_s ({timeout_s:g} s)") \
+            from None
+
+
+def wait_ready(actors: list[tuple[str, object, object]], placement_timeout_s: float,
+               load_timeout_s: float | None = None, poll_s: float = 2.0) -> None:
     """Block until every actor of `actors` ((role, handle, its `RoleResources`)) is up. One that Ray has placed on
     no node for `placement_timeout_s` fails it: `PlacementError` naming the role, what it asks for and what the
-    cluster has. An actor placed and still loading its model is waited for; one whose constructor raised fails
-    it with `ActorStartError`."""
+    cluster has. An actor placed and still loading its model is waited for up to `load_timeout_s` (StepTimeout
+    after it); one whose constructor raised fails it with `ActorStartError`."""
     import ray
 
     from cluster.placement import PlacementError, placed, unplaced_message
 
     pending = {handle.__ray_ready__.remote(): (role, handle, res) for role, handle, res in actors}
     unplaced_since: dict = {}
+    placed_since: dict = {}
     while pending:
         done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=poll_s)
         for ref in done:
@@ -168,6 +186,9 @@ def wait_ready(actors: list[tuple[str, object, object]], placement_timeout_s: fl
         for ref, (role, handle, res) in pending.items():
             if placed(handle):
                 unplaced_since.pop(ref, None)
+                if load_timeout_s is not None and now - placed_since.setdefault(ref, now) > load_timeout_s:
+                    raise StepTimeout(f"a {role} worker did not load its model within resources.step_timeout_s "
+                                      f"({load_timeout_s:g} s)")
             elif now - unplaced_since.setdefault(ref, now) > placement_timeout_s:
                 raise PlacementError(unplaced_message(role, res, placement_timeout_s))
 

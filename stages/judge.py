@@ -11,7 +11,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from stages.actors import Timed, raise_if_start_failed
+from stages.actors import StepTimeout, Timed, get_within, raise_if_start_failed
 from stages.batches import JudgedBatch, RolloutBatch
 from stages.engine import EngineConfig, build_llm, load_model_into
 from stages.answers import DEFAULT_ANSWER_PATTERN
@@ -153,7 +153,8 @@ class JudgePool:
 
     def __init__(self, workers: list, batch_size: int, verifier: Optional[Callable] = None,
                  respawn: Optional[Callable[[], object]] = None, cfg: Optional[JudgeConfig] = None,
-                 max_replacements: Optional[int] = None, chat: Optional[Callable[[str], str]] = None):
+                 max_replacements: Optional[int] = None, chat: Optional[Callable[[str], str]] = None,
+                 timeout_s: Optional[float] = None):
         if not workers and verifier is None:
             raise JudgeError("a judge pool needs judge workers or a verifier")
         self.workers = list(workers)
@@ -163,6 +164,7 @@ class JudgePool:
         self.cfg = cfg or JudgeConfig()
         self.replaced = 0
         self.max_replacements = max_replacements  # None: no limit
+        self.timeout_s = timeout_s  # (resources.step_timeout_s) a worker silent for longer is replaced; None: no limit
         self.work_s = 0.0  # seconds the workers (or the verifier) spent scoring, summed over calls
         self.chat = chat or _plain  # a judge prompt as the judge model sees it (its chat template's user turn)
 
@@ -199,9 +201,14 @@ class JudgePool:
 
     def map(self, method: str, items: list, *args) -> list:
         """`worker.method(chunk, *args)` over chunks of `batch_size` items, round-robin over workers,
-        results in order; a dead worker is replaced and its chunk retried."""
+        results in order; a dead worker, or one that does not answer within `timeout_s`, is replaced and its
+        chunk retried."""
+        import time
+
         import ray
 
+        timeout = self.timeout_s if self.timeout_s is not None else float("inf")
+        deadline = time.monotonic() + timeout
         chunks = [(i, i + self.batch_size) for i in range(0, len(items), self.batch_size)]
         pending = {}
         for k, (a, b) in enumerate(chunks):
@@ -211,23 +218,31 @@ class JudgePool:
         busy = [0.0] * len(self.workers)
         for k, (worker, ref) in pending.items():
             index = k % len(self.workers)
-            try:
-                results[k], seconds = ray.get(ref)
-            except ray.exceptions.RayActorError as exc:
-                raise_if_start_failed(exc)  # a worker that never started is not replaced: the new one would not either
-                if self.workers[index] is worker:  # not yet replaced by an earlier failed chunk
-                    self._replace(index)
-                a, b = chunks[k]
-                results[k], seconds = ray.get(self.workers[index].timed.remote(method, items[a:b], *args))
+            while True:
+                try:
+                    results[k], seconds = get_within(ref, deadline, "judge", timeout)
+                    break
+                except (ray.exceptions.RayActorError, StepTimeout) as exc:
+                    raise_if_start_failed(exc)  # one that never started is not replaced: the new one would not either
+                    if self.workers[index] is worker:  # not yet replaced by an earlier failed chunk
+                        self._replace(index, exc)
+                    a, b = chunks[k]
+                    worker = self.workers[index]
+                    ref, deadline = worker.timed.remote(method, items[a:b], *args), time.monotonic() + timeout
             busy[index] += seconds
         self.work_s += max(busy, default=0.0)  # the workers run side by side
         return [x for k in range(len(chunks)) for x in results[k]]
 
-    def _replace(self, index: int) -> None:
+    def _replace(self, index: int, why: Optional[Exception] = None) -> None:
+        hung = f"{why}; " if isinstance(why, StepTimeout) else ""
         if self.respawn is None:
-            raise JudgeError("a judge worker died and the pool cannot start a new one")
+            raise JudgeError(f"{hung}a judge worker died and the pool cannot start a new one")
         if self.max_replacements is not None and self.replaced >= self.max_replacements:
-            raise JudgeError(f"judge workers died {self.replaced + 1} times in this rung (worker_replacements is "
-                             f"{self.max_replacements}): a worker that keeps dying is not replaced again")
+            raise JudgeError(f"{hung}judge workers died {self.replaced + 1} times in this rung (worker_replacements "
+                             f"is {self.max_replacements}): a worker that keeps dying is not replaced again")
+        if hung:  # hung, not dead: killed before its replacement starts
+            from stages.actors import kill_all
+
+            kill_all([self.workers[index]], wait_s=5.0)
         self.workers[index] = self.respawn()
         self.replaced += 1

@@ -105,13 +105,13 @@ class LadderController:
         """Open the registry; tasks and calibration sets are built per rung (the schedule may change them)."""
         from ladder.tasks.sets import TaskSets
         from ladder.registry.registry import Registry
-        from ladder.control.rung_store import RungStore
+        from ladder.control.rung_store import RunCalibration, RungStore
 
         self.registry = Registry.for_spec(self.spec, retry_s=self.spec.mlflow.retry_s)
         self.registry.buffer_writes()  # the step loop goes on through an MLflow outage
         self.store = RungStore(self.registry, Path(self.spec.workdir) / self.spec.name / self.job,
                                self.spec.checkpoint_every)
-        self.tasks = TaskSets(self.spec, self.store.root)
+        self.tasks = TaskSets(self.spec, self.store.root, RunCalibration(self))
         self.tasks.task(1)  # a dataset problem fails here, before any actor starts
 
     def run(self) -> dict:
@@ -215,3 +215,4 @@ def start_controller(spec, job: Optional[str] = None, resume: bool = False, subm
     return spawn(LadderController, spec, job, resume, submission, token, resources=spec.resources.controller, name=spec.name,
                  namespace="ladder", detached=True, max_concurrency=4, max_restarts=spec.controller_restarts,
                  max_task_retries=-1 if spec.controller_restarts else 0)
+

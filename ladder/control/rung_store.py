@@ -83,3 +83,19 @@ class RungStore:
             (staging / Path(p.checkpoint).name).rename(dst)
             shutil.rmtree(staging, ignore_errors=True)
         return str(dst)
+
+
+class RunCalibration:
+    """The controller's `CalibrationKeeper`: sampled calibration sets logged with the rung run that samples them
+    and read back through the job's run (a resume on another node finds them)."""
+
+    def __init__(self, ctl):  # the controller (its `progress` and `registry`)
+        self.ctl = ctl
+
+    def save(self, name: str, text: str) -> None:
+        p = self.ctl.progress
+        self.ctl.registry.save_calibration(p.parent_run, p.rung_run, name, text)
+
+    def load(self, name: str):
+        p = self.ctl.progress
+        return self.ctl.registry.load_calibration(p.parent_run, name) if p.parent_run else None

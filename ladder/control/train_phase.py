@@ -10,7 +10,7 @@ from ladder.control.phase import PhaseContext
 from ladder.progress import Phase, Progress, RungResults, State
 from ladder.errors import first_line
 from ladder.registry.registry import version_tags
-from stages.actors import raise_if_start_failed
+from stages.actors import StepTimeout, raise_if_start_failed
 
 YARDSTICK_METRIC = "eval/yardstick_accuracy"  # logged at a rung's step 0 and at its end
 
@@ -48,8 +48,8 @@ def train(ctl: PhaseContext, p: Progress) -> Progress:
     except Exception as exc:
         if ctl.aborted():  # `stop --now` killed the stage actors: whatever broke, back to the checkpoint
             return p.to(state=State.STOPPED)
-        if isinstance(exc, (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)):
-            return after_stage_death(ctl, p, exc)  # an actor died (or the trainer that owned the weights)
+        if isinstance(exc, (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError, StepTimeout)):
+            return after_stage_death(ctl, p, exc)  # an actor died or hung (or the trainer that owned the weights)
         raise
     finally:
         if not handed_over:

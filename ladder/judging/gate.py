@@ -78,7 +78,8 @@ def candidate_quality(spec, tasks, stages, candidate: str, k: int, name_prefix: 
     try:
         pool = build_judge_pool(spec.for_rung(nxt), ResolvedJudge("model", candidate, "candidate"), task, spec.seed,
                                 name_prefix, stages)
-        wait_ready([("judge", w, spec.resources.judge) for w in pool.workers], spec.resources.placement_timeout_s)
+        wait_ready([("judge", w, spec.resources.judge) for w in pool.workers], spec.resources.placement_timeout_s,
+                   spec.resources.step_timeout_s)
         quality = measure(pool, calibration)
         stages.set("judges", pool.workers)
     except BaseException:

@@ -209,6 +209,23 @@ class Tracking:
             text = Path(self.client.download_artifacts(run_id, "spec.json", tmp)).read_text()
         return LadderSpec.model_validate_json(text)
 
+    def save_calibration(self, parent_run: str, rung_run: Optional[str], name: str, text: str) -> None:
+        """A sampled calibration set, logged with the rung run that sampled it (`calibration/<name>`), then named
+        on the job's run (the tag last: it never points at a set that is not there)."""
+        run = rung_run or parent_run
+        self.client.log_text(run, text, f"calibration/{name}")
+        self.client.set_tag(parent_run, Tag.CALIBRATION + name, run)
+
+    def load_calibration(self, parent_run: str, name: str) -> Optional[str]:
+        """The text of a calibration set `save_calibration` kept for this job (None when there is none)."""
+        import tempfile
+
+        run = self.client.get_run(parent_run).data.tags.get(Tag.CALIBRATION + name)
+        if not run:
+            return None
+        with tempfile.TemporaryDirectory(prefix="ladder-") as tmp:
+            return Path(self.client.download_artifacts(run, f"calibration/{name}", tmp)).read_text()
+
     def request_stop(self, run_id: str, now: bool) -> None:
         self.client.set_tag(run_id, Tag.STOP_REQUEST, "now" if now else "graceful")
 

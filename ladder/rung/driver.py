@@ -13,7 +13,7 @@ from ladder.progress import ResolvedJudge
 from ladder.rung.prompt_cursor import PromptCursor
 from ladder.rung.metrics import flips, judge_health, length_health, reward_truth, saturated
 from ladder.tasks.base import Task
-from stages.actors import raise_if_start_failed
+from stages.actors import StepTimeout, get_within, raise_if_start_failed
 from stages.batches import JudgedBatch, PromptBatch, RolloutBatch
 
 
@@ -89,7 +89,7 @@ class Rung:
 
         res, t0 = self.spec.resources, time.perf_counter()
         wait_ready([("trainer", self.trainer, res.trainer)] + [("rollout", w, res.rollout) for w in self.rollout]
-                   + [("judge", w, res.judge) for w in self.pool.workers], res.placement_timeout_s)
+                   + [("judge", w, res.judge) for w in self.pool.workers], res.placement_timeout_s, res.step_timeout_s)
         return time.perf_counter() - t0
 
     def next_prompts(self) -> PromptBatch:
@@ -107,14 +107,17 @@ class Rung:
         call = lambda k: self.rollout[k].timed.remote(  # noqa: E731
             "generate", [inputs[i] for i in parts[k]], n, ro.max_tokens, temperature, ro.top_p)
         refs = [call(k) for k in range(len(parts))]
-        results, seconds = [], [0.0]
+        results, seconds, timeout = [], [0.0], self.spec.resources.step_timeout_s
+        deadline = time.monotonic() + timeout
         for k, ref in enumerate(refs):
-            try:
-                result, busy = ray.get(ref)
-            except ray.exceptions.RayActorError as exc:  # the worker died: a re-synced replacement redoes its part
-                raise_if_start_failed(exc)  # ... unless it never started: a replacement would not either
-                self._replace_rollout(k)
-                result, busy = ray.get(call(k))
+            while True:
+                try:
+                    result, busy = get_within(ref, deadline, "rollout", timeout)
+                    break
+                except (ray.exceptions.RayActorError, StepTimeout) as exc:  # dead or hung: a re-synced
+                    raise_if_start_failed(exc)  # replacement redoes its part (one that never started would not)
+                    self._replace_rollout(k, exc)
+                    ref, deadline = call(k), time.monotonic() + timeout
             results.append(result)
             seconds.append(busy)
         self.work_s["rollout"] = max(seconds)  # the workers run side by side
@@ -128,21 +131,21 @@ class Rung:
                     group.append(i)
         return RolloutBatch(tuple(prompts), tuple(refs_out), tuple(samples), tuple(group))
 
-    def _replace_rollout(self, k: int) -> None:
-        """A new rollout worker in place of dead worker `k`, serving the current weights before it is used."""
-        import ray
-
+    def _replace_rollout(self, k: int, why: Optional[Exception] = None) -> None:
+        """A new rollout worker in place of dead (or hung: `why` a StepTimeout) worker `k`, serving the current
+        weights before it is used."""
         from stages.actors import kill_all, wait_ready
 
         if self.rollout_replaced >= self.spec.worker_replacements:
-            raise RungFailed(f"rollout workers died {self.rollout_replaced + 1} times in this rung "
+            hung = f"{why}; " if isinstance(why, StepTimeout) else ""
+            raise RungFailed(f"{hung}rollout workers died {self.rollout_replaced + 1} times in this rung "
                              f"(worker_replacements is {self.spec.worker_replacements}): a worker that keeps dying "
                              "is not replaced again")
         kill_all([self.rollout[k]], wait_s=5.0)
         self.rollout[k] = self.stages.start(lambda: self._start_rollout(k))  # none once a stop was requested
         self.rollout_replaced += 1
         res = self.spec.resources
-        wait_ready([("rollout", self.rollout[k], res.rollout)], res.placement_timeout_s)
+        wait_ready([("rollout", self.rollout[k], res.rollout)], res.placement_timeout_s, res.step_timeout_s)
         if self.spec.sync.backend == "collective":
             self._sync_group = False  # the next sync forms a fresh group with the replacement
             if self.weights_version:
@@ -150,7 +153,8 @@ class Rung:
 
                 collective_sync(self)
         elif self._weights is not None:
-            ray.get(self.rollout[k].load_weights.remote(self._weights))
+            get_within(self.rollout[k].load_weights.remote(self._weights), time.monotonic() + res.step_timeout_s,
+                       "rollout", res.step_timeout_s)
 
     def collect(self) -> CollectedBatch:
         """The next prompts, rolled out and judged, with what that took."""
@@ -179,12 +183,13 @@ class Rung:
         self._next = None
         t1 = time.perf_counter()
         trained_from = self.weights_version  # the weights this update starts from
-        training = self.trainer.step.remote(batch.judged)
+        training, sent = self.trainer.step.remote(batch.judged), time.monotonic()
         ahead = 0.0
         if self.spec.train.overlap and prefetch:
             self._next = self.collect()  # the rollout workers still serve the weights before this update
             ahead = sum(self._next.work_s.values())
-        stats = ray.get(training)
+        timeout = self.spec.resources.step_timeout_s  # a hung trainer restarts the rung from its checkpoint
+        stats = get_within(training, sent + timeout, "trainer", timeout)
         t3 = time.perf_counter()
         self.work_s["sync"] = 0.0
         if not stats.skipped:  # no update: the rollout workers already hold these weights
@@ -228,16 +233,17 @@ class Rung:
             return collective_sync(self)
         import ray
 
-        ref = ray.get(self.trainer.export_weights.remote())
+        timeout = self.spec.resources.step_timeout_s
+        ref = get_within(self.trainer.export_weights.remote(), time.monotonic() + timeout, "trainer", timeout)
         self.weights_version, self._weights = ref.version, ref
         loads = [w.timed.remote("load_weights", ref) for w in self.rollout]
-        seconds = [0.0]
+        seconds, deadline = [0.0], time.monotonic() + timeout
         for k, load in enumerate(loads):
             try:
-                seconds.append(ray.get(load)[1])
-            except ray.exceptions.RayActorError as exc:  # died: its replacement loads `ref` before it serves
+                seconds.append(get_within(load, deadline, "rollout", timeout)[1])
+            except (ray.exceptions.RayActorError, StepTimeout) as exc:  # its replacement loads `ref` before it serves
                 raise_if_start_failed(exc)
-                self._replace_rollout(k)
+                self._replace_rollout(k, exc)
         self.work_s["sync"] = ref.meta.get("seconds", 0.0) + max(seconds)
         return ref.version
 

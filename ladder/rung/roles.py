@@ -138,13 +138,15 @@ def build_judge_pool(spec, judge: ResolvedJudge, task: Task, seed: int, name_pre
                               name=actor_name(name_prefix, "judge"), namespace="ladder")
 
     def started(actor):  # a replacement, used at once: placed and up, or a one-line failure
-        wait_ready([("judge", actor, spec.resources.judge)], spec.resources.placement_timeout_s)
+        wait_ready([("judge", actor, spec.resources.judge)], spec.resources.placement_timeout_s,
+                   spec.resources.step_timeout_s)
         return actor
 
     workers = stages.take("judges", settings_key(engine, spec.resources.judge), spec.judge_pool.workers,
                           lambda w: w.load_model.remote(judge.location, cfg), start)
     return JudgePool(workers, spec.judge_pool.batch_size, respawn=lambda: started(stages.start(start)), cfg=cfg,
-                     max_replacements=spec.worker_replacements, chat=chat.user)
+                     max_replacements=spec.worker_replacements, chat=chat.user,
+                     timeout_s=spec.resources.step_timeout_s)
 
 
 def verifier_of(judge: ResolvedJudge, task: Task):

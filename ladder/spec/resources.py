@@ -41,6 +41,12 @@ class ResourcesSpec(Strict):
                                   "autoscaler may be adding one) before the rung fails naming the role and what it "
                                   "asks for; the time an engine takes to load its model once placed is not counted.")
 
+    step_timeout_s: float = Field(
+        1800.0, gt=0, description="How long a step's call to a stage actor (generate, score, train, weight sync) or "
+                                  "a placed engine's model load may take; a rollout or judge worker that does not "
+                                  "answer in it is killed and replaced like a dead one (within worker_replacements), "
+                                  "a trainer restarts the rung from its checkpoint (within stage_restarts).")
+
     @property
     def uses_gpu(self) -> bool:
         return any(r.gpus > 0 for r in (self.rollout, self.judge, self.trainer))

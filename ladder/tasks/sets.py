@@ -2,14 +2,15 @@
 controller's cache), and the check of every task of a spec before anything starts.
 
 A task with worked solutions (or a corrupter) gives its calibration items at once; a task with reference answers
-only gets them from responses the student samples, labelled by the reference; those are kept in a file of the job.
+only gets them from responses the student samples, labelled by the reference; those are kept in a file of the job
+and by a `CalibrationKeeper` (MLflow, with the rung that sampled them), read back from it where the file is gone.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Protocol
 
 from ladder.tasks.base import CalibrationItem, Task
 
@@ -17,12 +18,21 @@ SAMPLES_PER_PROMPT = 4  # responses the student writes per held-out prompt for a
 YARDSTICK_SEED = 9973  # added to the ladder's seed: the yardstick's prompts are drawn apart from the rungs'
 
 
+class CalibrationKeeper(Protocol):
+    """Where a job's sampled calibration sets outlive its folder (another node, a wiped disk): by file name."""
+
+    def save(self, name: str, text: str) -> None: ...
+
+    def load(self, name: str) -> Optional[str]: ...
+
+
 class TaskSets:
     """Tasks and calibration sets of one ladder job, by rung (the schedule may change the task)."""
 
-    def __init__(self, spec, folder: Path):
+    def __init__(self, spec, folder: Path, keeper: Optional[CalibrationKeeper] = None):
         self.spec = spec
         self.folder = folder
+        self.keeper = keeper
         self._tasks: dict[str, Task] = {}
         self._calibration: dict[str, list[CalibrationItem]] = {}
 
@@ -72,18 +82,30 @@ class TaskSets:
         return self.folder / f"calibration-{key}.json"
 
     def _load(self, key: str) -> Optional[list[CalibrationItem]]:
+        """The job's file, else the keeper's copy (written back to the file)."""
         path = self._file(key)
-        if not path.is_file():
+        text = path.read_text() if path.is_file() else self.keeper.load(path.name) if self.keeper else None
+        if text is None:
             return None
-        return [CalibrationItem(**row) for row in json.loads(path.read_text())]
+        items = [CalibrationItem(**row) for row in json.loads(text)]
+        if not path.is_file():
+            self._write(key, text)
+        return items
 
     def _save(self, key: str, items: list[CalibrationItem]) -> None:
-        """Written whole (a temporary file renamed), so a restarted controller reads the same items."""
+        """Given to the keeper, then written whole (a temporary file renamed), so a restarted controller, here or
+        on another node, reads the same items."""
         from dataclasses import asdict
 
+        text = json.dumps([asdict(c) for c in items])
+        if self.keeper is not None:
+            self.keeper.save(self._file(key).name, text)
+        self._write(key, text)
+
+    def _write(self, key: str, text: str) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = self._file(key).with_suffix(".tmp")
-        tmp.write_text(json.dumps([asdict(c) for c in items]))
+        tmp.write_text(text)
         tmp.rename(self._file(key))
 
 
