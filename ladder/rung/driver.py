@@ -175,8 +175,6 @@ class Rung:
         """One GRPO step; returns its metrics (reward, KL, loss, tokens/s, per-stage seconds). With
         `train.overlap` (and `prefetch`) the next step's batch is rolled out and judged while this one trains, by
         the weights before this update: one step off-policy."""
-        import ray
-
         t0 = time.perf_counter()
         batch = self._next or self.collect()
         collected_now = self._next is None
