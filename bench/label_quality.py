@@ -10,7 +10,7 @@ solve mode does (`stages.scoring.solve_labels`: the solve template, the model's 
 task's views, answers read with the task's answer pattern); labels are `stages.scoring.label_of`. The judge never
 reads a reference; references only score the labels.
 Usage: python bench/label_quality.py --judge DIR [--committee DIR ...] --terms 4 --max-operand 7 [--prompts 512]
-       [--temperatures 0.3,0.5,0.7,1.0] [--samples 16] [--views 8] [--view-temperatures 0.5] [--out F]
+       [--temperatures 0.3,0.7] [--samples 8] [--views 6] [--view-temperatures 0.5] [--view-samples 2] [--out F]
 Writes bench/results/label_quality_<terms>x<max_operand>.json (or `--out`).
 """
 from __future__ import annotations
@@ -209,11 +209,11 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=512, help="Held-out prompts (>= 512 to tell 3 points from noise).")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--max-tokens", type=int, default=48, help="Tokens per judge answer (solve_max_tokens).")
-    ap.add_argument("--temperatures", type=floats, default=[0.3, 0.5, 0.7, 1.0])
-    ap.add_argument("--samples", type=int, default=16, help="Most samples per prompt at each temperature.")
-    ap.add_argument("--views", type=int, default=8, help="Most views (reorderings) per prompt.")
+    ap.add_argument("--temperatures", type=floats, default=[0.3, 0.7])
+    ap.add_argument("--samples", type=int, default=8, help="Most samples per prompt at each temperature.")
+    ap.add_argument("--views", type=int, default=6, help="Most views (reorderings) per prompt.")
     ap.add_argument("--view-temperatures", type=floats, default=[0.5])
-    ap.add_argument("--view-samples", type=int, default=4, help="Most samples per view at each view temperature.")
+    ap.add_argument("--view-samples", type=int, default=2, help="Most samples per view at each view temperature.")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     result = measure(args)
