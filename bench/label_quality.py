@@ -215,8 +215,9 @@ def main() -> None:
     ap.add_argument("--view-temperatures", type=floats, default=[0.5])
     ap.add_argument("--view-samples", type=int, default=2, help="Most samples per view at each view temperature.")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--note", default="", help="Written into the JSON (which judge this is, the machine).")
     args = ap.parse_args()
-    result = measure(args)
+    result = {**measure(args), **({"note": args.note} if args.note else {})}
     print_table(result)
     out = Path(args.out or ROOT / "bench" / "results" / f"label_quality_{args.terms}x{args.max_operand}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
