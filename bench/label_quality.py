@@ -1,16 +1,18 @@
 """Benchmark: how good a judge's labels are, per label rule, before any training (design §10).
 
 For a judge model (one directory, or several with `--committee`) and the built-in arithmetic task, on held-out
-prompts: the judge's greedy accuracy, and per label rule (temperature x samples, equivalent views of a prompt, a
-committee, each with an abstention threshold `min_share`) the label accuracy, the coverage (prompts labelled), the
-precision on what is labelled, the margin over greedy on those prompts, and the net gain G = P(label right, greedy
-wrong) - P(label wrong, greedy right) over all prompts: what a student that starts as its judge can learn (a rule
-with G <= 0 cannot lift an `init: previous` rung). The judge's prompts are rendered and answered as the ladder's
-solve mode does (`stages.scoring.solve_labels`: the solve template, the model's chat template, seeded sampling, the
-task's views, answers read with the task's answer pattern); labels are `stages.scoring.label_of`. The judge never
-reads a reference; references only score the labels.
+prompts (or, `--split train`, prompts of the training half: what a rung's judge labels): the judge's greedy
+accuracy, and per label rule (temperature x samples, equivalent views of a prompt, a committee, each with an
+abstention threshold `min_share`) the label accuracy, the coverage (prompts labelled), the precision on what is
+labelled, the margin over greedy on those prompts, and the net gain G = P(label right, greedy wrong) - P(label
+wrong, greedy right) over all prompts: what a student that starts as its judge can learn (a rule with G <= 0
+cannot lift an `init: previous` rung). The judge's prompts are rendered and answered as the ladder's solve mode
+does (`stages.scoring.solve_labels`: the solve template, the model's chat template, seeded sampling, the task's
+views, answers read with the task's answer pattern); labels are `stages.scoring.label_of`. The judge never reads a
+reference; references only score the labels.
 Usage: python bench/label_quality.py --judge DIR [--committee DIR ...] --terms 4 --max-operand 7 [--prompts 512]
-       [--temperatures 0.3,0.7] [--samples 8] [--views 6] [--view-temperatures 0.5] [--view-samples 2] [--out F]
+       [--split heldout|train] [--temperatures 0.3,0.7,1.0] [--samples 8] [--views 8] [--view-temperatures 0.5]
+       [--view-samples 2] [--note TEXT] [--out F]
 Writes bench/results/label_quality_<terms>x<max_operand>.json (or `--out`).
 """
 from __future__ import annotations
@@ -105,8 +107,8 @@ def rules(greedy_views, sampled, view_sampled, committee, refs, greedy_right, ar
     def add(name, votes, **about):
         out.extend(score_rule(name, votes, refs, greedy_right, s, **about) for s in SHARES)
 
-    for k in sorted({1, 3, 5, args.views}):
-        if k > 1 and k <= args.views:
+    for k in sorted({3, 5, 6, 8, 12, args.views}):
+        if k <= args.views:
             add(f"views{k} greedy", [[v[0] for v in p[:k]] for p in greedy_views], temperature=0.0, samples=1, views=k)
     for t, per_prompt in sampled.items():
         for n in sorted({4, 8, args.samples}):
@@ -125,6 +127,34 @@ def rules(greedy_views, sampled, view_sampled, committee, refs, greedy_right, ar
             [[v[0] for m in [greedy_views, *committee] for v in m[i]] for i in range(len(refs))],
             temperature=0.0, samples=1, views=args.views, committee=members)
     return out
+
+
+def task_prompts(terms: int, max_operand: int, n: int, seed: int, split: str) -> tuple[list[str], list[str]]:
+    """`n` distinct prompts of the arithmetic task and their answers: held-out ones (never trained on), or from the
+    training half (what a rung's judge labels)."""
+    from ladder.tasks.arithmetic import build
+
+    if split == "heldout":
+        rows = build(terms, max_operand, 1, n, seed).eval
+    else:
+        rows = list({r.prompt: r for r in build(terms, max_operand, 4 * n, 1, seed).train}.values())[:n]
+    return [r.prompt for r in rows], [r.answer for r in rows]
+
+
+def heldout_views(pool, prompts, greedy_views, refs, k: int) -> dict:
+    """Greedy accuracy of the other views (not the prompt itself) whose text is held out and of those whose text is
+    in the training half: a reordering may be a prompt the judge was trained on (design: split by text)."""
+    from ladder.tasks.arithmetic import is_heldout
+    from stages.answers import same_answer
+    from stages.scoring import views as forms_of
+
+    right: dict[bool, list[bool]] = {True: [], False: []}
+    for p, answers_of, r in zip(prompts, greedy_views, refs):
+        for form, written in list(zip(forms_of(pool, p, k), answers_of))[1:]:
+            right[is_heldout(form)].append(same_answer(written[0], r))
+    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+    return {"other_views_heldout_accuracy": mean(right[True]), "other_views_heldout_n": len(right[True]),
+            "other_views_train_accuracy": mean(right[False]), "other_views_train_n": len(right[False])}
 
 
 def view_diagnostics(greedy_views, refs) -> dict:
@@ -158,8 +188,7 @@ def measure(args) -> dict:
     from stages.answers import DEFAULT_ANSWER_PATTERN, same_answer
     from stages.views import signed_sum_views
 
-    rows = build(args.terms, args.max_operand, 1, args.prompts, args.seed).eval
-    prompts, refs = [r.prompt for r in rows], [r.answer for r in rows]
+    prompts, refs = task_prompts(args.terms, args.max_operand, args.prompts, args.seed, args.split)
     worker = start_judge(args.judge, args.max_tokens, args.seed)
     pool = LocalPool(worker, chat_renderer(args.judge), signed_sum_views)
     ask = lambda *a: answers(pool, prompts, *a, args.max_tokens, DEFAULT_ANSWER_PATTERN)  # noqa: E731
@@ -176,19 +205,24 @@ def measure(args) -> dict:
         committee.append(ask(1, 0.0, args.views))
     return {"judge": args.judge, "committee": args.committee,
             "task": f"arithmetic terms={args.terms} max_operand={args.max_operand}", "prompts": len(prompts),
-            "split": "held-out", "seed": args.seed, "max_tokens": args.max_tokens,
+            "split": args.split, "seed": args.seed, "max_tokens": args.max_tokens,
             "greedy_accuracy": sum(greedy_right) / len(refs), **view_diagnostics(greedy_views, refs),
+            **heldout_views(pool, prompts, greedy_views, refs, args.views),
             "rules": rules(greedy_views, sampled, view_sampled, committee, refs, greedy_right, args),
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def print_table(result: dict) -> None:
-    print(f"\n{result['task']}, {result['prompts']} held-out prompts; judge {result['judge']}"
+    print(f"\n{result['task']}, {result['prompts']} {result['split']} prompts; judge {result['judge']}"
           + (f" + committee {result['committee']}" if result["committee"] else ""))
     print(f"greedy accuracy {result['greedy_accuracy']:.3f}; greedy per view "
           + " ".join(f"{a:.3f}" for a in result["view_accuracy"])
           + "; error corr. with view 0 " + " ".join("-" if c is None else f"{c:.2f}"
                                                    for c in result["error_correlation_with_view0"]))
+    held, train = result["other_views_heldout_accuracy"], result["other_views_train_accuracy"]
+    if held is not None and train is not None:
+        print(f"other views greedy: held-out texts {held:.3f} (n={result['other_views_heldout_n']}), "
+              f"training-half texts {train:.3f} (n={result['other_views_train_n']})")
     print(f"{'rule':<34} {'min_share':>9} {'label acc':>9} {'coverage':>8} {'precision':>9} {'margin':>7} "
           f"{'G (95% CI)':>16}")
     for r in result["rules"]:
@@ -208,10 +242,12 @@ def main() -> None:
     ap.add_argument("--max-operand", type=int, default=7)
     ap.add_argument("--prompts", type=int, default=512, help="Held-out prompts (>= 512 to tell 3 points from noise).")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--split", choices=["heldout", "train"], default="heldout",
+                    help="heldout: prompts no model trained on; train: the training half a rung's judge labels.")
     ap.add_argument("--max-tokens", type=int, default=48, help="Tokens per judge answer (solve_max_tokens).")
-    ap.add_argument("--temperatures", type=floats, default=[0.3, 0.7])
+    ap.add_argument("--temperatures", type=floats, default=[0.3, 0.7, 1.0])
     ap.add_argument("--samples", type=int, default=8, help="Most samples per prompt at each temperature.")
-    ap.add_argument("--views", type=int, default=6, help="Most views (reorderings) per prompt.")
+    ap.add_argument("--views", type=int, default=8, help="Most views (reorderings) per prompt.")
     ap.add_argument("--view-temperatures", type=floats, default=[0.5])
     ap.add_argument("--view-samples", type=int, default=2, help="Most samples per view at each view temperature.")
     ap.add_argument("--out", default=None)
