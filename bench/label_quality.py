@@ -184,7 +184,6 @@ def phi(pairs: list[tuple[bool, bool]]) -> Optional[float]:
 
 def measure(args) -> dict:
     """Every answer the run needs, from the judge (and each committee member, loaded in place), then the rules."""
-    from ladder.tasks.arithmetic import build
     from stages.answers import DEFAULT_ANSWER_PATTERN, same_answer
     from stages.views import signed_sum_views
 

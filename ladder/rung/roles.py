@@ -144,7 +144,7 @@ def build_judge_pool(spec, judge: ResolvedJudge, task: Task, seed: int, name_pre
     workers = stages.take("judges", settings_key(engine, spec.resources.judge), spec.judge_pool.workers,
                           lambda w: w.load_model.remote(judge.location, cfg), start)
     return JudgePool(workers, spec.judge_pool.batch_size, respawn=lambda: started(stages.start(start)), cfg=cfg,
-                     max_replacements=spec.worker_replacements, chat=chat.user)
+                     max_replacements=spec.worker_replacements, chat=chat.user, views=task.views)
 
 
 def verifier_of(judge: ResolvedJudge, task: Task):
