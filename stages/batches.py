@@ -48,6 +48,7 @@ class JudgedBatch:
     examples: tuple[dict, ...] = ()               # a few judge outputs, for people to read
     keep: tuple[bool, ...] = ()                   # [n_samples] False: left out of training (empty: all kept)
     invalid_scores: int = 0                       # scores that were NaN or outside [0, 1]
+    coverage: float = 1.0                         # share of prompts the judge labelled (the rest: abstained)
 
     @property
     def trainable(self) -> tuple[bool, ...]:

@@ -15,7 +15,7 @@ from stages.actors import StepTimeout, Timed, get_within, raise_if_start_failed
 from stages.batches import JudgedBatch, RolloutBatch
 from stages.engine import EngineConfig, build_llm, load_model_into
 from stages.answers import DEFAULT_ANSWER_PATTERN
-from stages.scoring import ModeSettings, Pairs, Scored, VerdictMode, VerdictTokens, checked, score_with
+from stages.scoring import ModeSettings, Pairs, Scored, VerdictMode, VerdictTokens, checked, coverage, score_with
 
 
 class JudgeError(ValueError):
@@ -154,7 +154,7 @@ class JudgePool:
     def __init__(self, workers: list, batch_size: int, verifier: Optional[Callable] = None,
                  respawn: Optional[Callable[[], object]] = None, cfg: Optional[JudgeConfig] = None,
                  max_replacements: Optional[int] = None, chat: Optional[Callable[[str], str]] = None,
-                 timeout_s: Optional[float] = None):
+                 timeout_s: Optional[float] = None, views: Optional[Callable[[str, int], tuple[str, ...]]] = None):
         if not workers and verifier is None:
             raise JudgeError("a judge pool needs judge workers or a verifier")
         self.workers = list(workers)
@@ -167,6 +167,7 @@ class JudgePool:
         self.timeout_s = timeout_s  # (resources.step_timeout_s) a worker silent for longer is replaced; None: no limit
         self.work_s = 0.0  # seconds the workers (or the verifier) spent scoring, summed over calls
         self.chat = chat or _plain  # a judge prompt as the judge model sees it (its chat template's user turn)
+        self.views = views  # (prompt, k) -> up to k equivalent forms of it, the task's (solve mode's solve_views)
 
     def score(self, batch: RolloutBatch) -> JudgedBatch:
         """Rewards for a rollout batch; unreadable or out-of-range scores get the fallback or are dropped."""
@@ -174,7 +175,7 @@ class JudgePool:
         settings = self.cfg.settings
         scored, keep, invalid = checked(raw, settings.fallback_score, settings.unreadable == "drop")
         return JudgedBatch(batch, scored.scores, scored.parse_failures, scored.judge_tokens, scored.examples,
-                           keep, invalid)
+                           keep, invalid, coverage(batch.group, scored.abstained))
 
     def score_items(self, prompts: list[str], responses: list[str], groups: Optional[list[int]] = None,
                     references: Optional[list] = None):

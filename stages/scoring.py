@@ -38,6 +38,7 @@ class Scored:
     judge_tokens: int                  # tokens the judge generated for these scores
     examples: tuple[dict, ...] = ()    # a few judge outputs, for people to read
     unread: tuple[bool, ...] = ()      # [n] True where the judge's output could not be read (empty: none)
+    abstained: tuple[bool, ...] = ()   # [n] True where the judge abstained on the sample's prompt (empty: none)
 
 
 class ModeSettings(Strict):
@@ -148,6 +149,14 @@ class SolveMode(ModeSettings):
     solve_reward: Literal["share", "majority"] = Field(
         "share", description="share: the fraction of the judge's answers the response agrees with; "
                              "majority: 1 when it agrees with the judge's most common answer (solve mode).")
+    solve_min_share: float = Field(
+        0.0, ge=0, le=1, description="Abstention (solve mode): a prompt whose most common judge answer is less than "
+                                     "this share of the answers the judge wrote gets no learning signal (its group's "
+                                     "advantage is 0), counted in the coverage; 0 labels every prompt.")
+    solve_views: int = Field(
+        1, ge=1, le=16, description="Forms of each prompt the judge answers, `solve_samples` times each (solve mode): "
+                                    "the prompt and equivalent ones the task gives (e.g. a sum's terms reordered); "
+                                    "the label is the majority over all of them. 1: the prompt only.")
 
     @field_validator("solve_template")
     @classmethod
@@ -164,24 +173,71 @@ class SolveMode(ModeSettings):
         return self.solve_max_tokens  # the judge reads no response: it writes its own answers
 
 
+@dataclass(frozen=True)
+class Label:
+    """The judge's label of one prompt in solve mode, from every answer it wrote (views x samples)."""
+    answers: tuple[Optional[str], ...]  # [views * samples] final answers read (None: unreadable)
+    majority: Optional[str]             # the most common readable answer (ties: the first written); None: none
+    share: float                        # the majority's count over every answer written, unreadable ones included
+    abstained: bool                     # share below `solve_min_share`: the prompt gets no learning signal
+
+    @property
+    def readable(self) -> list[str]:
+        return [a for a in self.answers if a is not None]
+
+
+def label_of(answers: Sequence[Optional[str]], min_share: float = 0.0) -> Label:
+    """The label of a prompt the judge answered with `answers`: their majority, its share and whether the judge
+    abstains (a prompt with no readable answer is unread, not abstained)."""
+    counts = Counter(normalized(a) for a in answers if a is not None)
+    if not counts:
+        return Label(tuple(answers), None, 0.0, False)
+    majority, count = counts.most_common(1)[0]  # ties: the first written
+    share = count / len(answers)
+    return Label(tuple(answers), majority, share, share < min_share)
+
+
+def solve_labels(pool, cfg: SolveMode, prompts: Sequence[str], answer_pattern: str):
+    """Each prompt's `Label`: the judge answers every form of it (`pool.views`, `solve_views` of them; the prompt
+    only without views) `solve_samples` times. Returns the labels, what the judge read and wrote per prompt, and
+    the tokens it wrote."""
+    forms = [views(pool, p, cfg.solve_views) for p in prompts]
+    inputs = [pool.chat(cfg.render_solve(f)) for fs in forms for f in fs]
+    solved = iter(pool.map("write", inputs, cfg.solve_samples, cfg.solve_max_tokens, cfg.solve_temperature))
+    written = [[out for _ in fs for out in next(solved)] for fs in forms]
+    labels = [label_of([extract(answer_pattern, text) for text, _ in outs], cfg.solve_min_share) for outs in written]
+    tokens = sum(n for outs in written for _, n in outs)
+    return labels, written, tokens
+
+
+def views(pool, prompt: str, k: int) -> tuple[str, ...]:
+    """`k` forms of `prompt` from the pool's view function (the task's); the prompt alone when k is 1."""
+    if k <= 1:
+        return (prompt,)
+    view_function = getattr(pool, "views", None)
+    if view_function is None:
+        raise ValueError(f"judge.solve_views is {k}, but this task gives no equivalent forms of its prompts")
+    return tuple(view_function(prompt, k))
+
+
 def score_solve(pool, cfg: SolveMode, pairs: Pairs, answer_pattern: str) -> Scored:
-    """The judge solves each distinct prompt `solve_samples` times; a response earns the share of the
-    judge's answers it agrees with (`share`) or 1 for agreeing with the judge's majority (`majority`)."""
+    """The judge solves each distinct prompt (`solve_labels`); a response earns the share of the judge's answers it
+    agrees with (`share`) or 1 for agreeing with the judge's majority (`majority`). A prompt the judge abstains on
+    is marked `abstained` for each of its samples: their group takes no part in training."""
     prompts = list(dict.fromkeys(pairs.prompts))
-    inputs = [pool.chat(cfg.render_solve(p)) for p in prompts]
-    solved = pool.map("write", inputs, cfg.solve_samples,
-                      cfg.solve_max_tokens, cfg.solve_temperature)
-    answers = {p: [extract(answer_pattern, text) for text, _ in outs] for p, outs in zip(prompts, solved)}
+    found, written, tokens = solve_labels(pool, cfg, prompts, answer_pattern)
+    labels = dict(zip(prompts, found))
     scores, unread = [], []
     for p, r in zip(pairs.prompts, pairs.responses):
-        judged = [a for a in answers[p] if a is not None]
+        judged = labels[p].readable
         unread.append(not judged)
         scores.append(agreement(extract(answer_pattern, r), judged, cfg.solve_reward) if judged
                       else cfg.fallback_score)
-    examples = tuple({"prompt": p, "judge_input": text, "judge_wrote": [t for t, _ in outs]}
-                     for p, text, outs in list(zip(prompts, inputs, solved))[:4])
-    tokens = sum(n for outs in solved for _, n in outs)
-    return Scored(tuple(scores), sum(unread), tokens, examples, tuple(unread))
+    examples = tuple({"prompt": p, "judge_input": pool.chat(cfg.render_solve(p)), "judge_wrote": [t for t, _ in outs],
+                      "label": labels[p].majority,
+                      "label_share": round(labels[p].share, 3)} for p, outs in list(zip(prompts, written))[:4])
+    abstained = tuple(labels[p].abstained for p in pairs.prompts)
+    return Scored(tuple(scores), sum(unread), tokens, examples, tuple(unread), abstained)
 
 
 def agreement(answer: Optional[str], judge_answers: Sequence[str], rule: str) -> float:
@@ -248,18 +304,28 @@ def _members(groups: Sequence[int]) -> dict[int, list[int]]:
 
 def checked(scored: Scored, fallback: float, drop: bool) -> tuple[Scored, tuple[bool, ...], int]:
     """Scores a trainer can use: an unreadable output, or a score that is NaN or outside [0, 1] (a judge or
-    verifier gone wrong), gets the fallback score, or, with `drop`, is left out of training.
+    verifier gone wrong), gets the fallback score, or, with `drop`, is left out of training; a sample whose prompt
+    the judge abstained on is left out of training (its group's advantage is 0).
     Returns the scores, which samples to train on (`[n]`), and how many scores were out of range."""
     import math
 
     n = len(scored.scores)
     unread = scored.unread or (False,) * n
+    abstained = scored.abstained or (False,) * n
     bad = [not (isinstance(x, (int, float)) and math.isfinite(x) and 0.0 <= x <= 1.0) for x in scored.scores]
     scores = tuple(fallback if b else float(x) for x, b in zip(scored.scores, bad))
-    keep = tuple(not (drop and (u or b)) for u, b in zip(unread, bad))
+    keep = tuple(not (drop and (u or b)) and not a for u, b, a in zip(unread, bad, abstained))
     fixed = Scored(scores, scored.parse_failures + sum(bad), scored.judge_tokens, scored.examples,
-                   tuple(u or b for u, b in zip(unread, bad)))
+                   tuple(u or b for u, b in zip(unread, bad)), scored.abstained)
     return fixed, keep, sum(bad)
+
+
+def coverage(groups: Sequence[int], abstained: Sequence[bool]) -> float:
+    """The share of groups (prompts) the judge labelled: 1 minus the share it abstained on; 1.0 without any."""
+    if not abstained or not groups:
+        return 1.0
+    skipped = {g for g, a in zip(groups, abstained) if a}
+    return 1.0 - len(skipped) / len(set(groups))
 
 
 JUDGE_SCORERS = {VerdictMode: score_verdict, ScoreMode: score_written, SolveMode: score_solve,

@@ -217,6 +217,7 @@ class Rung:
             "time/overhead_frac": overhead / max(t4 - t0, 1e-9),
             "train/skipped": float(bool(stats.skipped)), "judge/invalid_scores": float(judged.invalid_scores),
             "judge/dropped": float(len(judged.scores) - sum(judged.trainable)),
+            "judge/coverage": judged.coverage,  # share of prompts labelled (solve_min_share: the rest abstained)
             "faults/rollout_replaced": float(self.rollout_replaced), "faults/judge_replaced": float(self.pool.replaced),
             **judge_health(judged.scores, judged.parse_failures),
             **length_health(rollout, judged),

@@ -26,14 +26,16 @@ def length_health(rollout, judged) -> dict[str, float]:
 
 
 def reward_truth(task, rollout, judged) -> dict[str, float]:
-    """Where the task has answers: the share of samples whose judge reward agrees with the reference (above 0.5 for
-    a right answer, at most 0.5 for a wrong one) and the share of right samples. Measured, never trained on."""
+    """Where the task has answers: the share of the samples trained on whose judge reward agrees with the reference
+    (above 0.5 for a right answer, at most 0.5 for a wrong one) and the share of right samples. Measured, never
+    trained on."""
     if not task.has_answers:
         return {}
     right = task.correct(rollout.responses, rollout.references, rollout.prompts)
-    agree = [(s > 0.5) == r for s, r in zip(judged.scores, right)]
+    # over the samples trained on: a prompt the judge abstained on (solve_min_share) teaches nothing either way
+    agree = [(s > 0.5) == r for s, r, kept in zip(judged.scores, right, judged.trainable) if kept]
     n = max(1, len(right))
-    return {"judge/reward_accuracy": sum(agree) / n, "rollout/accuracy": sum(right) / n,
+    return {"judge/reward_accuracy": sum(agree) / max(1, len(agree)), "rollout/accuracy": sum(right) / n,
             "rollout/answer_consistency": answer_consistency(task, rollout.prompts, rollout.responses)}
 
 

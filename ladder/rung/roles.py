@@ -146,7 +146,7 @@ def build_judge_pool(spec, judge: ResolvedJudge, task: Task, seed: int, name_pre
                           lambda w: w.load_model.remote(judge.location, cfg), start)
     return JudgePool(workers, spec.judge_pool.batch_size, respawn=lambda: started(stages.start(start)), cfg=cfg,
                      max_replacements=spec.worker_replacements, chat=chat.user,
-                     timeout_s=spec.resources.step_timeout_s)
+                     timeout_s=spec.resources.step_timeout_s, views=task.views)
 
 
 def verifier_of(judge: ResolvedJudge, task: Task):

@@ -50,7 +50,9 @@ def build(terms: int, max_operand: int, train_size: int, eval_size: int, seed: i
         elif ex.prompt not in seen and len(eval_rows) < eval_size:
             seen.add(ex.prompt)
             eval_rows.append(ex)
-    return Task("arithmetic", tuple(train_rows), tuple(eval_rows), verify, corrupt)
+    from stages.views import signed_sum_views
+
+    return Task("arithmetic", tuple(train_rows), tuple(eval_rows), verify, corrupt, views=signed_sum_views)
 
 
 def final_answer(response: str) -> Optional[str]:

@@ -60,6 +60,7 @@ class Task:
     corrupt: Optional[Callable[[random.Random, Example], str]]  # writes a wrong response
     answer_pattern: str = DEFAULT_ANSWER_PATTERN  # preset or regex; its first group is a response's final answer
     checker_accuracy: bool = False     # accuracy counts checker scores of 1 (a scorer that knows more than a reference)
+    views: Optional[Callable[[str, int], tuple[str, ...]]] = None  # (prompt, k) -> up to k equivalent forms of it
 
     @cached_property
     def has_answers(self) -> bool:

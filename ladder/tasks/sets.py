@@ -133,6 +133,10 @@ def build_yardstick(spec, last_rung_task) -> Task:
     return build_task(task_spec, spec.seed + YARDSTICK_SEED)
 
 
+class NoViews(ValueError):
+    """`judge.solve_views` asked of a task that gives no equivalent forms of its prompts (one line)."""
+
+
 class MissingAnswers(ValueError):
     """A task without reference answers where something needs them (one line)."""
 
@@ -153,6 +157,11 @@ def check_tasks(spec, gate: bool) -> None:
             continue
         seen.add(key)
         task = build_task(rspec.task, spec.seed)
+        by_model = k > 1 or spec.judge.initial.kind not in ("verifier", "task")
+        if by_model and rspec.judge.mode == "solve" and rspec.judge.solve_views > 1 and task.views is None:
+            raise NoViews(f"judge.solve_views: {rspec.judge.solve_views} views asked of task "
+                                 f"{rspec.task_label()} (rung {k}), which gives no equivalent forms of its prompts "
+                                 f"(the built-in arithmetic task does); set judge.solve_views: 1")
         if task.has_answers:
             continue
         field = getattr(rspec.task.source, "answer_field", "answer")
