@@ -19,7 +19,7 @@ def rung_tags(progress, spec_sha256: str, task: str, judge_mode: str) -> dict[st
     """The lineage tags of a rung's model version."""
     return {Tag.RUNG: str(progress.rung), Tag.JUDGE: progress.judge or "-",
             Tag.STUDENT_INIT: progress.results.student_init,
-            "ladder.spec_sha256": spec_sha256, Tag.JOB: progress.job, Tag.RUNG_UID: progress.rung_uid,
+            Tag.SPEC_SHA256: spec_sha256, Tag.JOB: progress.job, Tag.RUNG_UID: progress.rung_uid,
             Tag.TASK: task, Tag.JUDGE_MODE: judge_mode}
 
 

@@ -174,3 +174,16 @@ def test_the_controller_is_a_thin_transition_function():
                                                                         "ladder.control.gate_phase"}
     members = {n for n in vars(PhaseContext) if not n.startswith("_")} | set(PhaseContext.__annotations__)
     assert all(hasattr(LadderController, n) or n in PhaseContext.__annotations__ for n in members)
+
+
+def test_tag_names_are_written_in_one_place():
+    """Every `ladder.*` MLflow tag name is a constant of `ladder/registry/tags.py`; no other module of the ladder
+    spells one out (a tag renamed in one place only would split a ladder's records)."""
+    from ladder.registry.tags import Tag
+
+    names = {v for k, v in vars(Tag).items() if k.isupper()}
+    spelled = sorted(f"{path.relative_to(ROOT)}:{node.lineno}" for path in modules().values()
+                     if path.name != "tags.py"
+                     for node in ast.walk(ast.parse(path.read_text()))
+                     if isinstance(node, ast.Constant) and node.value in names)
+    assert spelled == []
