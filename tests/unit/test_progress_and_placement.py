@@ -136,3 +136,28 @@ def test_status_shows_a_pending_decision_only_while_awaiting_one():
     waiting = Progress("l", "job", state=State.AWAITING_PROMOTION, candidate="2").summary()
     assert waiting["pending_decision"] == "2" and waiting["state"] == "awaiting_promotion"
     assert Progress("l", "job", state=State.RUNNING, candidate="2").summary()["pending_decision"] is None
+
+
+# written by a controller of the flat layout (before ladder/ moved into subpackages), mid rung 2
+SAVED_BEFORE_THE_MOVE = (
+    '{"attempt": 0, "candidate": null, "checkpoint": "runs:/r2/checkpoints/step-00015", "cursor": {}, "error": null, '
+    '"inputs": {"judge_kind": "model", "judge_label": "tiny/v1", "judge_location": "models:/tiny/1", "student": '
+    '"models:/tiny/1", "student_label": "v1"}, "job": "ab12cd34", "judge": "tiny/v1", "ladder": "tiny", '
+    '"parent_run": "p1", "phase": "train", "results": {"current_judge": {"accuracy": 0.7, "auc": 0.8, '
+    '"identical_share": 0.1}, "ended": null, "final_accuracy": null, "history": [], "judge_auc": null, '
+    '"judge_is_verifier": false, "stage_restarts": 0, "start_accuracy": 0.5, "student_init": "v1"}, "rung": 2, '
+    '"rung_run": "r2", "state": "running", "step": 15, "submission": null, "updated_at": 0.0}')
+
+
+def test_progress_saved_before_the_layout_moved_resumes_after_it():
+    """The saved progress names no module: a ladder started before the move reads back whole (its pinned judge
+    and student, its checkpoint), with the fields added since (the yardstick) empty."""
+    from ladder.progress import Phase, Progress, ResolvedJudge, State
+
+    p = Progress.from_json(SAVED_BEFORE_THE_MOVE)
+    assert (p.state, p.phase, p.rung, p.step) == (State.RUNNING, Phase.TRAIN, 2, 15)
+    assert p.checkpoint == "runs:/r2/checkpoints/step-00015" and p.results.current_judge.auc == 0.8
+    judge = ResolvedJudge(p.inputs.judge_kind, p.inputs.judge_location, p.inputs.judge_label)
+    assert judge == ResolvedJudge("model", "models:/tiny/1", "tiny/v1") and p.inputs.student_label == "v1"
+    assert p.results.yardstick is None and p.results.yardstick_start is None
+    assert Progress.from_json(p.to_json()) == p
