@@ -145,3 +145,26 @@ def test_an_error_inside_an_actor_method_is_saved_as_its_own_first_line(ray_loca
         return ray_local.get(worker.step.remote())
     saved = run_offline(registry, {Phase.TRAIN: train})
     assert saved.state is State.FAILED and saved.error == "MemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+
+
+def test_a_call_past_the_step_timeout_ends_in_one_line_naming_the_role(ray_local):
+    """`resources.step_timeout_s` bounds a wait of the step: a call that does not answer in time is a StepTimeout,
+    one line naming the role and the timeout, raised at the deadline (not when the call ends)."""
+    import time
+
+    from stages.actors import StepTimeout, get_within
+
+    @ray_local.remote(num_cpus=0)
+    class Slow:
+        def work(self, seconds: float) -> str:
+            time.sleep(seconds)
+            return "done"
+
+    slow = Slow.remote()
+    assert get_within(slow.work.remote(0), time.monotonic() + 30, "rollout", 30) == "done"
+    t0 = time.monotonic()
+    with pytest.raises(StepTimeout) as err:
+        get_within(slow.work.remote(60), t0 + 2, "rollout", 2)
+    assert 2 <= time.monotonic() - t0 < 20
+    assert str(err.value) == "a rollout worker did not answer within resources.step_timeout_s (2 s)"
+    ray_local.kill(slow)
