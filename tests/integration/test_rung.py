@@ -241,12 +241,14 @@ def test_a_dead_rollout_worker_is_replaced_and_resynced(ray_local, tiny_model, w
         rung.shutdown()
 
 
-def test_a_two_rank_trainer_with_collective_sync_learns_and_outlives_a_rollout_kill(ray_local, tiny_model, stage_set,
+def test_a_two_rank_trainer_with_collective_sync_trains_and_outlives_a_rollout_kill(ray_local, tiny_model, stage_set,
                                                                                      wait_dead):
     """`train.workers: 2` (FSDP2 over two gloo ranks) with `sync.backend: collective` (the weights broadcast over a
-    process group of the trainer and the engine) learns against the verifier as the one-rank rung above does (the
-    same margins), and a rollout worker killed mid-generate is replaced, joins a fresh sync group and serves the
-    trainer's weights before its part of the batch is redone."""
+    process group of the trainer and the engine): the rung trains (rewards from the verifier, parameters move) and
+    its engine serves the trainer's weights after every step (vLLM's logprobs of the samples equal the trainer's); a
+    rollout worker killed mid-generate is replaced, joins a fresh sync group and serves the trainer's weights before
+    its part of the batch is redone. That a 2-rank step is the 1-rank step (so the rung learns as the one-rank rung
+    above does) is `test_train_group.py::test_two_ranks_update_like_one`, to 1e-6."""
     from concurrent.futures import ThreadPoolExecutor
 
     from ladder.rung.driver import ResolvedJudge, Rung
@@ -254,24 +256,18 @@ def test_a_two_rank_trainer_with_collective_sync_learns_and_outlives_a_rollout_k
     from ladder.tasks import build_task
 
     spec = parse_spec(spec_dict(tiny_model, {"kind": "verifier", "function": "ladder.tasks.arithmetic:exact"},
-                                task={"source": {"kind": "builtin", "name": "arithmetic", "terms": 4, "max_operand": 5,
-                                                 "train_size": 4000}, "eval_size": 128},
                                 rollout={"workers": 1, "group_size": 8, "max_tokens": 40, "kv_cache_gib": 0.25},
-                                train={"lr": 2e-4, "kl_coef": 0.0, "steps": 40, "prompts_per_step": 16, "workers": 2},
+                                train={"lr": 2e-4, "kl_coef": 0.0, "steps": 4, "prompts_per_step": 8, "workers": 2},
                                 sync={"backend": "collective"}))
     rung = Rung(spec, build_task(spec.task, spec.seed), tiny_model,
                 ResolvedJudge("verifier", "ladder.tasks.arithmetic:exact", "verifier"), spec.seed, stages=stage_set)
     try:
         rung.ready()
         assert len(ray_local.get(rung.trainer.rank_handles.remote())) == 2
-        acc_before, worked_before = held_out_greedy(rung)
-        steps = [rung.step() for _ in range(spec.train.steps)]
-        acc_after, worked_after = held_out_greedy(rung)
-        summary = (f"held-out greedy accuracy {acc_before:.3f} -> {acc_after:.3f}, "
-                   f"worked answers {worked_before:.0%} -> {worked_after:.0%}")
-        assert worked_before < 0.2 and worked_after > 0.7, summary
-        assert acc_after > acc_before + 0.15, summary
-        assert max(m["train/logprob_mismatch"] for m in steps) < 1e-3  # the engine serves the trainer's weights
+        checksum = ray_local.get(rung.trainer.parameter_checksum.remote())
+        steps = [rung.step() for _ in range(spec.train.steps - 1)]
+        assert ray_local.get(rung.trainer.parameter_checksum.remote()) != checksum
+        assert max(m["train/logprob_mismatch"] for m in steps[1:]) < 1e-3  # sampled by the synced weights
         first = rung.rollout[0]
         pid = ray_local.get(first.__ray_call__.remote(lambda self: os.getpid()))
         with ThreadPoolExecutor(1) as pool:
