@@ -165,6 +165,6 @@ def test_a_call_past_the_step_timeout_ends_in_one_line_naming_the_role(ray_local
     t0 = time.monotonic()
     with pytest.raises(StepTimeout) as err:
         get_within(slow.work.remote(60), t0 + 2, "rollout", 2)
-    assert 2 <= time.monotonic() - t0 < 20
+    assert 1.9 <= time.monotonic() - t0 < 20  # the deadline is t0 + 2 (ray.get may wake a hair early)
     assert str(err.value) == "a rollout worker did not answer within resources.step_timeout_s (2 s)"
     ray_local.kill(slow)
