@@ -65,21 +65,27 @@ def test_a_controller_that_lost_its_lease_stops(registry):
     slow.release()
 
 
+def acquire_at_once(keepers) -> tuple[list, list]:
+    """Every keeper acquires at the same moment (a thread each, past a barrier); (who won, who was refused)."""
+    barrier, won, refused = threading.Barrier(len(keepers)), [], []
+
+    def take(k):
+        barrier.wait()
+        try:
+            k.acquire()
+            won.append(k)
+        except LeaseHeld:
+            refused.append(k)
+    threads = [threading.Thread(target=take, args=(k,)) for k in keepers]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    return won, refused
+
+
 def test_of_two_leases_taken_at_once_one_wins(registry):
     for round_ in range(4):
         keepers = [keeper(registry, f"r{round_}{i}", settle_s=1.0) for i in range(2)]
-        barrier, won, refused = threading.Barrier(2), [], []
-
-        def take(k):
-            barrier.wait()
-            try:
-                k.acquire()
-                won.append(k)
-            except LeaseHeld:
-                refused.append(k)
-        threads = [threading.Thread(target=take, args=(k,)) for k in keepers]
-        [t.start() for t in threads]
-        [t.join() for t in threads]
+        won, refused = acquire_at_once(keepers)
         assert len(won) == 1 and len(refused) == 1, round_
         won[0].release()
 
@@ -207,18 +213,7 @@ def test_two_resumes_of_one_job_at_once_one_runs_and_one_is_refused(registry):
     for round_ in range(3):
         keepers = [LeaseKeeper(registry, run, "job", f"t{round_}{i}", f"resume {i}", renew_s=0.2, stale_after_s=2.0,
                                settle_s=0.5) for i in range(2)]
-        barrier, won, refused = threading.Barrier(2), [], []
-
-        def take(k):
-            barrier.wait()
-            try:
-                k.acquire()
-                won.append(k)
-            except LeaseHeld:
-                refused.append(k)
-        threads = [threading.Thread(target=take, args=(k,)) for k in keepers]
-        [t.start() for t in threads]
-        [t.join() for t in threads]
+        won, refused = acquire_at_once(keepers)
         assert len(won) == 1 and len(refused) == 1, round_
         time.sleep(0.3)
         assert won[0].holds() and not refused[0].holds()
