@@ -12,7 +12,7 @@ views, answers read with the task's answer pattern); labels are `stages.scoring.
 reference; references only score the labels.
 Usage: python bench/label_quality.py --judge DIR [--committee DIR ...] --terms 4 --max-operand 7 [--prompts 512]
        [--split heldout|train] [--temperatures 0.3,0.7,1.0] [--samples 8] [--views 8] [--view-temperatures 0.5]
-       [--view-samples 2] [--note TEXT] [--out F]
+       [--view-samples 2] [--rollout-temperature 1.0] [--note TEXT] [--out F]
 Writes bench/results/label_quality_<terms>x<max_operand>.json (or `--out`).
 """
 from __future__ import annotations
@@ -80,8 +80,11 @@ def answers(pool, prompts: Sequence[str], samples: int, temperature: float, view
 
 
 def score_rule(name: str, votes: list[list[Optional[str]]], refs: Sequence[str], greedy_right: Sequence[bool],
-               min_share: float, **about) -> dict:
-    """One rule's numbers: each prompt's label is `label_of` its votes at `min_share`."""
+               min_share: float, rollouts: Sequence[Sequence[Optional[str]]] = (), **about) -> dict:
+    """One rule's numbers: each prompt's label is `label_of` its votes at `min_share`. With `rollouts` (the
+    answers of the student's own samples of each prompt, at the rollout temperature), also the gain the student
+    can reach: GRPO only reinforces answers it samples, so a label it never samples teaches nothing, and a wrong
+    label it does sample (the model's own typical slip) is learned like a right one (`reach`)."""
     from stages.answers import same_answer
     from stages.scoring import label_of
 
@@ -97,15 +100,38 @@ def score_rule(name: str, votes: list[list[Optional[str]]], refs: Sequence[str],
     greedy_kept = sum(g for g, k in zip(greedy_right, kept) if k) / max(1, n_kept)
     return {"rule": name, **about, "min_share": min_share, "label_accuracy": sum(right) / n,
             "coverage": n_kept / n, "precision": precision, "greedy_on_kept": greedy_kept,
-            "margin": precision - greedy_kept, "net_gain": gain, "net_gain_ci95": 1.96 * sd / math.sqrt(n)}
+            "margin": precision - greedy_kept, "net_gain": gain, "net_gain_ci95": 1.96 * sd / math.sqrt(n),
+            **(reach(labels, diffs, rollouts) if rollouts else {})}
+
+
+def reach(labels, diffs: Sequence[int], rollouts: Sequence[Sequence[Optional[str]]]) -> dict:
+    """Of the net gain, what the student's samples reach: each fix (+1) and break (-1) weighted by the share of the
+    student's samples that write the label (the share of its group GRPO pushes toward it); and the plain counts of
+    fixes and breaks whose label it samples at all."""
+    from stages.answers import same_answer
+
+    n = len(diffs)
+    hit = [sum(a is not None and lab.majority is not None and same_answer(a, lab.majority) for a in rs) / len(rs)
+           for lab, rs in zip(labels, rollouts)]
+    return {"reach_gain": sum(d * h for d, h in zip(diffs, hit)) / n,
+            "fixes_reached": sum(d > 0 and h > 0 for d, h in zip(diffs, hit)) / n,
+            "fixes": sum(d > 0 for d in diffs) / n,
+            "breaks_reached": sum(d < 0 and h > 0 for d, h in zip(diffs, hit)) / n,
+            "breaks": sum(d < 0 for d in diffs) / n}
 
 
 def rules(greedy_views, sampled, view_sampled, committee, refs, greedy_right, args) -> list[dict]:
     """Every label rule of this run at every abstention threshold."""
     out = []
 
+    rollouts = [p[0] for p in sampled.get(args.rollout_temperature, [])]  # the student's samples (it is the judge)
+
     def add(name, votes, **about):
-        out.extend(score_rule(name, votes, refs, greedy_right, s, **about) for s in SHARES)
+        out.extend(score_rule(name, votes, refs, greedy_right, s, rollouts, **about) for s in SHARES)
+
+    # the exact checker's label (the reference): the ceiling, and how much of it the student's samples reach
+    out.append(score_rule("oracle (the reference)", [[r] for r in refs], refs, greedy_right, 0.0, rollouts,
+                          temperature=None, samples=0, views=0))
 
     for k in sorted({3, 5, 6, 8, 12, args.views}):
         if k <= args.views:
@@ -223,10 +249,13 @@ def print_table(result: dict) -> None:
         print(f"other views greedy: held-out texts {held:.3f} (n={result['other_views_heldout_n']}), "
               f"training-half texts {train:.3f} (n={result['other_views_train_n']})")
     print(f"{'rule':<34} {'min_share':>9} {'label acc':>9} {'coverage':>8} {'precision':>9} {'margin':>7} "
-          f"{'G (95% CI)':>16}")
+          f"{'G (95% CI)':>16} {'reach G':>8} {'fixes reached':>14} {'breaks reached':>15}")
     for r in result["rules"]:
+        reached = (f" {r['reach_gain']:>+8.3f} {r['fixes_reached']:>6.3f}/{r['fixes']:.3f} "
+                   f"{r['breaks_reached']:>7.3f}/{r['breaks']:.3f}") if "reach_gain" in r else ""
         print(f"{r['rule']:<34} {r['min_share']:>9.2f} {r['label_accuracy']:>9.3f} {r['coverage']:>8.3f} "
-              f"{r['precision']:>9.3f} {r['margin']:>+7.3f} {r['net_gain']:>+8.3f} ±{r['net_gain_ci95']:.3f}")
+              f"{r['precision']:>9.3f} {r['margin']:>+7.3f} {r['net_gain']:>+8.3f} ±{r['net_gain_ci95']:.3f}"
+              + reached)
 
 
 def floats(text: str) -> list[float]:
@@ -247,6 +276,9 @@ def main() -> None:
     ap.add_argument("--temperatures", type=floats, default=[0.3, 0.7, 1.0])
     ap.add_argument("--samples", type=int, default=8, help="Most samples per prompt at each temperature.")
     ap.add_argument("--views", type=int, default=8, help="Most views (reorderings) per prompt.")
+    ap.add_argument("--rollout-temperature", type=float, default=1.0,
+                    help="The rung's rollout temperature: the samples at it (one of --temperatures) stand for the "
+                         "student's, which start as the judge's (init: previous), for the reachable gain.")
     ap.add_argument("--view-temperatures", type=floats, default=[0.5])
     ap.add_argument("--view-samples", type=int, default=2, help="Most samples per view at each view temperature.")
     ap.add_argument("--out", default=None)
