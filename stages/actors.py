@@ -38,14 +38,16 @@ class StopRequested(RuntimeError):
 class StartGuard:
     """The stage actors a ladder has started, and whether it may start more. After `refuse()` (any stop) no actor
     starts; `kill_started()` (`stop --now`) kills every actor started so far, gate workers and replacements too,
-    since each is tracked the moment it is spawned."""
+    since each is tracked the moment it is spawned, and gives back every placement group held for them (a trainer
+    group's ranks: Ray keeps a placement group until its job ends, whoever made it died)."""
 
     def __init__(self):
         import threading
 
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a start may hold a placement group from inside `start`
         self._refused = False
         self._started: dict[str, object] = {}  # actor id -> handle
+        self._held: dict[str, object] = {}     # placement group id -> placement group
 
     def start(self, spawn_one):
         """`spawn_one()` (a spawn that returns a handle at once), tracked; StopRequested after a stop."""
@@ -75,13 +77,41 @@ class StartGuard:
             for h in handles:
                 self._started.pop(h._actor_id.hex(), None)
 
+    def hold(self, pg):
+        """Track a placement group a stage actor will use (given back by `kill_started`); after a stop it is given
+        back at once and StopRequested raised."""
+        with self._lock:
+            if self._refused:
+                give_back([pg])
+                raise StopRequested("a stop was requested: no stage actor is started after it")
+            self._held[pg.id.hex()] = pg
+        return pg
+
+    def let_go(self, pg) -> None:
+        """A placement group given back by its user: no longer tracked."""
+        with self._lock:
+            self._held.pop(pg.id.hex(), None)
+
     def kill_started(self) -> None:
-        """Refuse further starts and kill every tracked actor."""
+        """Refuse further starts, kill every tracked actor and give back every placement group held."""
         with self._lock:
             self._refused = True
-            handles = list(self._started.values())
+            handles, held = list(self._started.values()), list(self._held.values())
             self._started.clear()
+            self._held.clear()
         kill_all(handles)
+        give_back(held)
+
+
+def give_back(placement_groups) -> None:
+    """Remove placement groups (one already removed is skipped)."""
+    import ray
+
+    for pg in placement_groups:
+        try:
+            ray.util.remove_placement_group(pg)
+        except Exception:  # noqa: BLE001 - already removed, or Ray is gone with it
+            pass
 
 
 def actor_died(exc: BaseException) -> bool:

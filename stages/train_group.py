@@ -25,19 +25,25 @@ def rank_bundle(resources) -> dict:
     return {k: v for k, v in bundle.items() if v > 0}
 
 
-def start_ranks(world: int, resources=None, strategy: str = "PACK", timeout_s: float = 60.0):
-    """`world` `TrainerRank` actors, one per bundle of a placement group that must be placed within `timeout_s`;
-    (the placement group, the ranks). Ray keeps a placement group until its job ends, whoever made it dies:
-    `remove_ranks` gives it back."""
-    import ray
+def reserve(world: int, resources=None, strategy: str = "PACK"):
+    """The placement group of `world` ranks' bundles (asked for, not awaited). Ray keeps a placement group until
+    its job ends, whoever made it dies: its maker gives it back (`remove_ranks`, `StartGuard.kill_started`)."""
     from ray.util.placement_group import placement_group
+
+    return placement_group([rank_bundle(resources)] * world, strategy=strategy)
+
+
+def start_ranks(world: int, resources=None, strategy: str = "PACK", timeout_s: float = 60.0, pg=None):
+    """`world` `TrainerRank` actors, one per bundle of a placement group (`pg`, or one reserved here) that must be
+    placed within `timeout_s`; (the placement group, the ranks). `remove_ranks` gives it back."""
+    import ray
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     from stages.actors import spawn
     from stages.train_rank import TrainerRank
 
     bundle = rank_bundle(resources)
-    pg = placement_group([bundle] * world, strategy=strategy)
+    pg = pg if pg is not None else reserve(world, resources, strategy)
     if not pg.wait(timeout_seconds=timeout_s):
         ray.util.remove_placement_group(pg)
         free = {k: v for k, v in ray.available_resources().items() if k in bundle}
@@ -127,9 +133,9 @@ class TrainerGroup(Timed):
     of the collective weight sync. Results are rank 0's."""
 
     def __init__(self, model_path: str, cfg: TrainConfig, seed: int = 0, store=None, workers: int = 2,
-                 rank_resources=None, strategy: str = "PACK", port: int = 0, timeout_s: float = 120.0):
+                 rank_resources=None, strategy: str = "PACK", port: int = 0, timeout_s: float = 120.0, pg=None):
         self.world, self.timeout_s = workers, timeout_s
-        self.pg, self.ranks = start_ranks(workers, rank_resources, strategy, timeout_s)
+        self.pg, self.ranks = start_ranks(workers, rank_resources, strategy, timeout_s, pg)
         try:
             self.n_params = form(self.ranks, model_path, cfg, seed, store, port, timeout_s)
         except GroupFormError:

@@ -109,12 +109,15 @@ def start_trainer(spec, student_path: str, train_cfg, seed: int, name_prefix: Op
 
         return spawn(Trainer, student_path, train_cfg, seed, model_store(spec), resources=res.trainer, name=name,
                      namespace="ladder")
-    from stages.train_group import TrainerGroup
+    from stages.train_group import TrainerGroup, reserve
 
+    # the ranks' placement group is reserved here, held by the stage set's guard: `stop --now` kills the group's
+    # actor (its ranks die with it) and gives the placement group back, which a killed actor cannot do
+    pg = stages.guard.hold(reserve(spec.train.workers, res.trainer, spec.train.placement_strategy))
     group = spawn(TrainerGroup, student_path, train_cfg, seed, model_store(spec), spec.train.workers,
                   rank_resources=res.trainer, strategy=spec.train.placement_strategy, timeout_s=res.placement_timeout_s,
-                  options={"num_cpus": 0}, name=name, namespace="ladder")
-    stages.groups.append(group)  # ended with `train_group.stop` (its ranks' placement group given back)
+                  pg=pg, options={"num_cpus": 0}, name=name, namespace="ladder")
+    stages.groups[group] = pg  # ended with `train_group.stop` (its ranks' placement group given back)
     return group
 
 

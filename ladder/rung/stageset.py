@@ -21,7 +21,7 @@ class StageSet:
     reused: int = 0          # actors the current rung took over from the previous one
     started: int = 0         # actors the current rung had to start
     guard: StartGuard = field(default_factory=StartGuard)  # every start goes through it: none after a stop
-    groups: list = field(default_factory=list)  # TrainerGroup handles: ended with their ranks' placement group
+    groups: dict = field(default_factory=dict)  # TrainerGroup handle -> its ranks' placement group (held by guard)
 
     def start(self, spawn_one: Callable[[], object]):
         """A new stage actor, `spawn_one()`, tracked (`stop --now` kills it); StopRequested once a stop was asked."""
@@ -72,7 +72,7 @@ class StageSet:
 
         for group in [g for g in self.groups if g in actors]:
             stop(group)  # its ranks and their placement group, then the group's actor
-            self.groups.remove(group)
+            self.guard.let_go(self.groups.pop(group))
         kill_all(actors)
         self.guard.forget(actors)
 

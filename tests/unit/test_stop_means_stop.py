@@ -168,3 +168,34 @@ def test_a_call_past_the_step_timeout_ends_in_one_line_naming_the_role(ray_local
     assert 1.9 <= time.monotonic() - t0 < 20  # the deadline is t0 + 2 (ray.get may wake a hair early)
     assert str(err.value) == "a rollout worker did not answer within resources.step_timeout_s (2 s)"
     ray_local.kill(slow)
+
+
+
+def test_stop_now_gives_back_a_trainer_groups_placement_group(ray_local, monkeypatch):
+    """A trainer group's ranks sit in a placement group that `start_trainer` reserves in the stage set's guard:
+    `stop --now` kills the group's actor and gives the placement group back (a killed actor cannot, and Ray would
+    keep its CPUs until the job ends); one reserved after a stop is given back at once."""
+    from ray.util import placement_group_table
+
+    import stages.actors
+    from ladder.rung.roles import start_trainer
+    from ladder.rung.stageset import StageSet
+    from ladder.spec import parse_spec
+    from stages.train_group import reserve
+
+    spec = parse_spec({"name": "s", "student": {"base": "m"}, "judge": {"initial": {"kind": "model", "path": "m"}},
+                       "task": {"source": {"kind": "builtin"}}, "train": {"workers": 2},
+                       "resources": {"trainer": {"cpus": 0.5}}})
+    reserved = []  # the group's actor is a tiny one here: what matters is the placement group it was given
+    monkeypatch.setattr(stages.actors, "spawn", lambda cls, *a, pg, **k: reserved.append(pg) or
+                        ray_local.remote(num_cpus=0)(Worker).remote())
+    stage_set = StageSet()
+    group = stage_set.start(lambda: start_trainer(spec, "m", None, 0, "s.job", stage_set))
+    pg = reserved[0]
+    assert pg.wait(timeout_seconds=30) and stage_set.groups == {group: pg}
+    stage_set.guard.kill_started()  # what the controller's `stop(now=True)` does
+    assert dead(ray_local, group) and placement_group_table(pg)["state"] == "REMOVED"
+    late = reserve(2, None)
+    with pytest.raises(StopRequested):
+        stage_set.guard.hold(late)
+    assert placement_group_table(late)["state"] == "REMOVED"
