@@ -18,6 +18,7 @@ from ladder.control.live_status import LiveStatus
 from ladder.progress import Phase, Progress, State
 from ladder.errors import first_line
 from ladder.rung.stageset import StageSet
+from ladder.tasks.sets import check_data, data_hashes
 from stages.actors import StopRequested, actor_died, as_start_error, kill_all, real_error, spawn
 
 
@@ -39,8 +40,7 @@ class LadderController:
         self.stages = StageSet()  # stage actors kept from rung to rung (models loaded in place)
         self.actors: list = []    # the stage actors of the phase now running (`stop --now` kills them)
         self._stop, self._now = threading.Event(), threading.Event()  # a stop asked for; a stop --now
-        self._lock, self._running = threading.Lock(), threading.Lock()
-        self._ran = False
+        self._lock, self._running, self._ran = threading.Lock(), threading.Lock(), False
         self.restarted = restarted_by_ray()
         if self.restarted:  # whoever called `run` may be gone with the old process: go on by ourselves
             threading.Thread(target=self.run, daemon=True).start()
@@ -166,20 +166,22 @@ class LadderController:
             self.lease = take_lease(self.registry, parent, self.job, self.lease_token, self.submission, self.lost,
                                     new=True)  # one controller per ladder: LeaseHeld when another runs it
             self.registry.save_spec(parent, self.spec)
-            return self.save(Progress(self.spec.name, self.job, parent_run=parent, submission=self.submission)
-                             .to(state=State.RUNNING))
+            return self.save(Progress(self.spec.name, self.job, parent_run=parent, submission=self.submission,
+                                      data=data_hashes(self.spec)).to(state=State.RUNNING))
         if not saved.active and not self.resume:  # a restart after the ladder had ended: nothing to do
             return saved
         self.lease = take_lease(self.registry, saved.parent_run, self.job, self.lease_token, self.submission,
                                 self.lost)
+        self.progress = saved  # the lease is ours: a failure from here is recorded on the saved progress
         self.registry.reopen_run(saved.parent_run)
+        data = check_data(self.spec, saved.data)  # a dataset file changed since the start: refused, not split anew
         if self.resume and not self.restarted:  # a restart (of a resumed one too) keeps a stop asked for
             self.registry.clear_stop_request(saved.parent_run)
         stops.act_on(self, self.registry.stop_request(saved.parent_run))  # saved before a restart: acted on now
         if saved.phase is Phase.DONE and saved.results.ended == "rejected":
             saved = saved.to(phase=Phase.AWAIT)  # a decision by hand since the rejection is read again
         self.live.resume(saved.results.history)
-        return self.save(saved.to(state=State.RUNNING, error=None, submission=self.submission))
+        return self.save(saved.to(state=State.RUNNING, error=None, submission=self.submission, data=data))
 
     def _finish(self, p: Progress) -> None:
         with self._lock:
