@@ -6,13 +6,14 @@ The handlers live beside their phases: `train_phase.py` (train) and `gate_phase.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
 from pathlib import Path
 from typing import Optional
 
 from ladder.control import gate_phase, stops, train_phase
-from ladder.control.lifetime import end_later, restarted_by_ray
+from ladder.control.lifetime import after_restart, end_later, restarted_by_ray
 from ladder.control.lease import LeaseLost, take_lease
 from ladder.control.live_status import LiveStatus
 from ladder.progress import Phase, Progress, State
@@ -181,7 +182,8 @@ class LadderController:
         if saved.phase is Phase.DONE and saved.results.ended == "rejected":
             saved = saved.to(phase=Phase.AWAIT)  # a decision by hand since the rejection is read again
         self.live.resume(saved.results.history)
-        return self.save(saved.to(state=State.RUNNING, error=None, submission=self.submission, data=data))
+        going_on = saved.to(state=State.RUNNING, error=None, submission=self.submission, data=data)
+        return self.save(after_restart(going_on, self.restarted, self.spec.controller_restarts))  # counted, waited
 
     def _finish(self, p: Progress) -> None:
         with self._lock:
@@ -192,10 +194,8 @@ class LadderController:
 
     def registry_safely(self, write) -> None:
         """A last write to MLflow on the way out; MLflow (or the start itself) may be what failed."""
-        try:
+        with contextlib.suppress(Exception):
             write(self.registry)
-        except Exception:
-            pass
 
     # what the phase handlers hand back (`phase.PhaseContext`) ----------------------------------
     def hold(self, actors: list) -> None:
@@ -210,11 +210,11 @@ class LadderController:
 def start_controller(spec, job: Optional[str] = None, resume: bool = False, submission: Optional[str] = None):
     """The named, detached controller actor of this ladder (namespace `ladder`): it outlives the driver that
     started it (a killed `ladder run` or `ray job stop` does not orphan the ladder's stage actors: they are
-    the controller's, and the controller ends itself once the ladder is stopped or done). If its process dies,
-    Ray starts it again (`controller_restarts`) and the driver's `run` call is retried on it."""
+    the controller's, and the controller ends itself once the ladder is stopped or done). If its process dies, Ray
+    starts it again (`controller_restarts`, then once more to record the ladder failed) and retries `run` on it."""
     job = job or uuid.uuid4().hex[:8]  # chosen here: a restarted controller is built from these same arguments
     token = uuid.uuid4().hex  # the lease's: a restarted controller is this one, and keeps its lease
-    return spawn(LadderController, spec, job, resume, submission, token, resources=spec.resources.controller, name=spec.name,
-                 namespace="ladder", detached=True, max_concurrency=4, max_restarts=spec.controller_restarts,
-                 max_task_retries=-1 if spec.controller_restarts else 0)
+    return spawn(LadderController, spec, job, resume, submission, token, resources=spec.resources.controller,
+                 name=spec.name, namespace="ladder", detached=True, max_concurrency=4,
+                 max_restarts=spec.controller_restarts + 1, max_task_retries=-1)
 
