@@ -101,13 +101,16 @@ def local_record(spec) -> Path:
     return Path(spec.workdir).resolve() / spec.name / "local-job.json"
 
 
+def local_job(spec) -> Optional[dict]:
+    """The record of this ladder's last local background job (pid, job, log, submission), alive or not."""
+    record = local_record(spec)
+    return json.loads(record.read_text()) if record.is_file() else None
+
+
 def local_running(spec) -> Optional[dict]:
     """The local background job of this ladder, if its process is alive."""
-    record = local_record(spec)
-    if not record.is_file():
-        return None
-    info = json.loads(record.read_text())
-    return info if pid_alive(info["pid"]) else None
+    info = local_job(spec)
+    return info if info is not None and pid_alive(info["pid"]) else None
 
 
 def submit_local(spec, job: str, resume: bool = False) -> dict:

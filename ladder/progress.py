@@ -132,6 +132,8 @@ class Progress:
     rung_run: Optional[str] = None
     results: RungResults = field(default_factory=RungResults)  # what the later phases need, the decisions
     inputs: Optional[RungInputs] = None        # the rung's judge and student init, pinned (None before its start)
+    data: dict = field(default_factory=dict)   # the ladder's dataset files at its start: path -> sha256 (16 digits)
+    restarts: int = 0                          # times Ray restarted the controller since the job's start or resume
     error: Optional[str] = None
     updated_at: float = 0.0
 

@@ -75,6 +75,20 @@ def controller_alive(where: LadderAccess, reg, progress: Progress) -> Optional[b
     return True if local_running(spec) or looks_alive(reg) else None  # a controller renews its lease
 
 
+def died_locally(where: LadderAccess, reg, progress: Progress) -> Optional[str]:
+    """How a running ladder's local background job died: the process recorded for the submission its progress names
+    is gone (and no controller renews the lease, `controller_alive`); None when it is not known to have died."""
+    if not where.address.local or not progress.active:
+        return None
+    from cluster.processes import pid_alive
+    from cluster.submit import local_job
+
+    job = local_job(reg.load_spec(progress.parent_run))
+    if job is None or job.get("submission") != progress.submission or pid_alive(job["pid"]):
+        return None
+    return f"its local job's process (pid {job['pid']}) is gone"
+
+
 def live_status(name: str, where: LadderAccess) -> Optional[dict]:
     """The live controller's own status, where the cluster's address lets this process join it as a driver
     (a dashboard URL does not); None when there is no such controller."""
@@ -100,8 +114,11 @@ def status(name: str, where: LadderAccess) -> dict:
     p = saved_progress(reg)
     latest = reg.latest_metrics(p.rung_run)
     live = controller_alive(where, reg, p)
-    out = {**p.summary(), "ladder": name, "latest": latest, "live": live, "source": "mlflow"}
-    if p.active and live is False:
+    died = died_locally(where, reg, p) if live is None else None
+    out = {**p.summary(), "ladder": name, "latest": latest, "live": False if died else live, "source": "mlflow"}
+    if died:
+        out["state"] = f"died: {died} (saved as {p.state.value}); resume with `ladder resume {name}`"
+    elif p.active and live is False:
         out["state"] = f"{p.state.value} (controller gone: resume with `ladder resume {name}`)"
     own = live_status(name, where) if live is not False else None
     if own is not None:

@@ -6,18 +6,20 @@ The handlers live beside their phases: `train_phase.py` (train) and `gate_phase.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
 from pathlib import Path
 from typing import Optional
 
 from ladder.control import gate_phase, stops, train_phase
-from ladder.control.lifetime import end_later, restarted_by_ray
+from ladder.control.lifetime import after_restart, end_later, restarted_by_ray
 from ladder.control.lease import LeaseLost, take_lease
 from ladder.control.live_status import LiveStatus
 from ladder.progress import Phase, Progress, State
 from ladder.errors import first_line
 from ladder.rung.stageset import StageSet
+from ladder.tasks.sets import check_data, data_hashes
 from stages.actors import StopRequested, actor_died, as_start_error, kill_all, real_error, spawn
 
 
@@ -39,8 +41,7 @@ class LadderController:
         self.stages = StageSet()  # stage actors kept from rung to rung (models loaded in place)
         self.actors: list = []    # the stage actors of the phase now running (`stop --now` kills them)
         self._stop, self._now = threading.Event(), threading.Event()  # a stop asked for; a stop --now
-        self._lock, self._running = threading.Lock(), threading.Lock()
-        self._ran = False
+        self._lock, self._running, self._ran = threading.Lock(), threading.Lock(), False
         self.restarted = restarted_by_ray()
         if self.restarted:  # whoever called `run` may be gone with the old process: go on by ourselves
             threading.Thread(target=self.run, daemon=True).start()
@@ -166,20 +167,23 @@ class LadderController:
             self.lease = take_lease(self.registry, parent, self.job, self.lease_token, self.submission, self.lost,
                                     new=True)  # one controller per ladder: LeaseHeld when another runs it
             self.registry.save_spec(parent, self.spec)
-            return self.save(Progress(self.spec.name, self.job, parent_run=parent, submission=self.submission)
-                             .to(state=State.RUNNING))
+            return self.save(Progress(self.spec.name, self.job, parent_run=parent, submission=self.submission,
+                                      data=data_hashes(self.spec)).to(state=State.RUNNING))
         if not saved.active and not self.resume:  # a restart after the ladder had ended: nothing to do
             return saved
         self.lease = take_lease(self.registry, saved.parent_run, self.job, self.lease_token, self.submission,
                                 self.lost)
+        self.progress = saved  # the lease is ours: a failure from here is recorded on the saved progress
         self.registry.reopen_run(saved.parent_run)
+        data = check_data(self.spec, saved.data)  # a dataset file changed since the start: refused, not split anew
         if self.resume and not self.restarted:  # a restart (of a resumed one too) keeps a stop asked for
             self.registry.clear_stop_request(saved.parent_run)
         stops.act_on(self, self.registry.stop_request(saved.parent_run))  # saved before a restart: acted on now
         if saved.phase is Phase.DONE and saved.results.ended == "rejected":
             saved = saved.to(phase=Phase.AWAIT)  # a decision by hand since the rejection is read again
         self.live.resume(saved.results.history)
-        return self.save(saved.to(state=State.RUNNING, error=None, submission=self.submission))
+        going_on = saved.to(state=State.RUNNING, error=None, submission=self.submission, data=data)
+        return self.save(after_restart(going_on, self.restarted, self.spec.controller_restarts))  # counted, waited
 
     def _finish(self, p: Progress) -> None:
         with self._lock:
@@ -190,10 +194,8 @@ class LadderController:
 
     def registry_safely(self, write) -> None:
         """A last write to MLflow on the way out; MLflow (or the start itself) may be what failed."""
-        try:
+        with contextlib.suppress(Exception):
             write(self.registry)
-        except Exception:
-            pass
 
     # what the phase handlers hand back (`phase.PhaseContext`) ----------------------------------
     def hold(self, actors: list) -> None:
@@ -208,11 +210,11 @@ class LadderController:
 def start_controller(spec, job: Optional[str] = None, resume: bool = False, submission: Optional[str] = None):
     """The named, detached controller actor of this ladder (namespace `ladder`): it outlives the driver that
     started it (a killed `ladder run` or `ray job stop` does not orphan the ladder's stage actors: they are
-    the controller's, and the controller ends itself once the ladder is stopped or done). If its process dies,
-    Ray starts it again (`controller_restarts`) and the driver's `run` call is retried on it."""
+    the controller's, and the controller ends itself once the ladder is stopped or done). If its process dies, Ray
+    starts it again (`controller_restarts`, then once more to record the ladder failed) and retries `run` on it."""
     job = job or uuid.uuid4().hex[:8]  # chosen here: a restarted controller is built from these same arguments
     token = uuid.uuid4().hex  # the lease's: a restarted controller is this one, and keeps its lease
-    return spawn(LadderController, spec, job, resume, submission, token, resources=spec.resources.controller, name=spec.name,
-                 namespace="ladder", detached=True, max_concurrency=4, max_restarts=spec.controller_restarts,
-                 max_task_retries=-1 if spec.controller_restarts else 0)
+    return spawn(LadderController, spec, job, resume, submission, token, resources=spec.resources.controller,
+                 name=spec.name, namespace="ladder", detached=True, max_concurrency=4,
+                 max_restarts=spec.controller_restarts + 1, max_task_retries=-1)
 

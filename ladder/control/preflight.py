@@ -21,7 +21,33 @@ def preflight(spec, gate: bool = True, offline: bool = False):
     judge = resolve_judge(spec)
     for model in [spec.student.base] + ([judge.location] if judge.kind == "model" else []):
         check_model(model, spec)
+    if gate:
+        check_student_as_judge(spec)
     return judge
+
+
+def check_student_as_judge(spec) -> None:
+    """The student's tokenizer can judge in the modes the gate measures its candidates in (rung k+1's, the last
+    rung's own): a verdict word that is not one token for it fails here, in one line, not at the first gate after a
+    rung of training (every candidate keeps the student's tokenizer)."""
+    from ladder.errors import first_line
+    from ladder.rung.prompts import load_tokenizer
+    from ladder.rung.roles import model_store
+    from stages.judge import JudgeConfig, JudgeError, verdict_token_ids
+    from stages.scoring import VerdictTokens
+
+    gated = {min(k + 1, spec.rungs) for k in range(1, spec.rungs + 1)}
+    configs = [JudgeConfig.from_spec(spec.for_rung(k).judge) for k in sorted(gated)]
+    configs = [cfg for cfg in configs if isinstance(cfg.settings, VerdictTokens)]
+    if not configs:
+        return
+    tokenizer = load_tokenizer(spec.student.base, model_store(spec), spec.trust_remote_code)
+    for cfg in configs:
+        try:
+            verdict_token_ids(tokenizer, cfg)
+        except JudgeError as err:
+            raise JudgeError(f"{first_line(err, None)} (the student's tokenizer, {spec.student.base}: each "
+                             f"candidate is measured as a judge at the gate)") from None
 
 
 def check_local_models(spec) -> None:

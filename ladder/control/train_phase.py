@@ -64,7 +64,7 @@ def open_rung(ctl: PhaseContext, p: Progress):
 
     if p.inputs is None:  # the rung's first start (or a progress saved before pins): pinned now, for good
         p = ctl.save(p.to(inputs=pin_rung_inputs(ctl.spec, p.rung, ctl.registry)))
-    judge = pinned_judge(p.inputs)
+    judge = pinned_judge(p.inputs, ctl.spec)  # a pinned verifier checked before it is imported
     if p.rung_run is None:
         run_id = ctl.registry.start_rung_run(p.parent_run, p.rung, p.job, p.rung_uid)
         ctl.registry.record_judge_input(run_id, judge)

@@ -56,5 +56,24 @@ def pin_rung_inputs(spec, rung: int, registry) -> RungInputs:
     return RungInputs(judge.kind, judge.location, judge.label, student, label)
 
 
-def pinned_judge(inputs: RungInputs) -> ResolvedJudge:
+def pinned_judge(inputs: RungInputs, spec) -> ResolvedJudge:
+    """The judge pinned in the saved progress, as a rung is handed it. A pinned verifier is imported (its code run)
+    only when `spec` names it or it is a built-in task checker: write access to the progress tag in MLflow must not
+    be a way to run code on the controller (a tampered pin is refused in one line, before any import)."""
+    from stages.judge import JudgeError
+
+    if inputs.judge_kind == "verifier" and inputs.judge_location not in allowed_verifiers(spec):
+        raise JudgeError(f"the saved progress pins verifier {inputs.judge_location!r}, which the ladder's spec does "
+                         f"not name (judge.initial): refused, not imported")
+    if inputs.judge_kind not in ("model", "verifier"):
+        raise JudgeError(f"the saved progress pins a judge of unknown kind {inputs.judge_kind!r}")
     return ResolvedJudge(inputs.judge_kind, inputs.judge_location, inputs.judge_label)
+
+
+def allowed_verifiers(spec) -> set[str]:
+    """The verifiers a rung of `spec` may import: the task's own checker, the built-in tasks' checkers and the
+    function `judge.initial` names."""
+    from ladder.tasks import BUILTIN_CHECKERS
+
+    named = {spec.judge.initial.function} if spec.judge.initial.kind == "verifier" else set()
+    return {TASK_CHECKER, *BUILTIN_CHECKERS, *named}

@@ -8,6 +8,7 @@ Retried metric batches carry their original timestamps, so the store drops the c
 from __future__ import annotations
 
 import queue
+import re
 import threading
 import time
 from typing import Callable, Optional
@@ -19,8 +20,47 @@ TRANSIENT = ("Max retries exceeded", "Connection refused", "ConnectionError", "C
              "status code 502", "status code 503", "status code 504", "database is locked")
 
 
+# a store out of space, as a server (HTTP 507), a file store (ENOSPC) or a database on a full disk says it
+FULL = ("No space left on device", "Errno 28", "ENOSPC", "error code 507", "507 Server Error", "Insufficient Storage",
+        "too many 507 error responses", "database or disk is full")
+# a plain `mlflow server` answers a failed artifact write (a full disk too) with a bare HTTP 500, which MLflow's
+# client retries until it gives this
+UPLOAD_FAILED = ("/mlflow-artifacts/artifacts/", "too many 500 error responses")
+
+
 class MlflowUnavailable(RuntimeError):
     """MLflow stayed unreachable for the whole retry budget (one line)."""
+
+
+class MlflowStoreFailed(RuntimeError):
+    """MLflow is up but cannot store what it is given (a full artifact disk); retrying does not help (one line)."""
+
+
+def store_failure(exc: BaseException) -> Optional[str]:
+    """Why MLflow could not store a write, where it is not an outage: the error says the store is out of space, or
+    the server answers its health check while it failed an artifact upload on each of its client's retries. An error
+    of this machine's own file system (one with an errno) is left as it is: whoever wrote the file names it."""
+    if getattr(exc, "errno", None):
+        return None
+    text = f"{type(exc).__name__}: {exc}"
+    if any(marker in text for marker in FULL):
+        return "its store is out of space (No space left on device / HTTP 507): free space where it keeps artifacts"
+    server = re.search(r"(https?://[^/\s]+)/api/", text)
+    if server and all(marker in text for marker in UPLOAD_FAILED) and answers(server.group(1)):
+        return (f"the server at {server.group(1)} is up but failed the artifact upload on every retry (HTTP 500): its "
+                f"artifact store is full or cannot be written (the server's log says which)")
+    return None
+
+
+def answers(server: str, timeout_s: float = 5.0) -> bool:
+    """Whether an MLflow server answers its health check."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{server}/health", timeout=timeout_s) as response:
+            return response.status == 200
+    except Exception:
+        return False
 
 
 def transient(exc: BaseException) -> bool:
@@ -36,6 +76,9 @@ def with_retry(fn: Callable, budget_s: float, what: str = "MLflow call", on_retr
         try:
             return fn()
         except Exception as exc:
+            failure = store_failure(exc)
+            if failure is not None:  # said at once: retrying would not free the disk
+                raise MlflowStoreFailed(f"MLflow could not store the write ({what}): {failure}") from None
             if not transient(exc):
                 raise
             if time.monotonic() + delay > deadline:
@@ -107,6 +150,9 @@ def mlflow_problem(exc: Exception) -> str:
                 "MLFLOW_TRACKING_PASSWORD)")
     if "403" in text or "PERMISSION_DENIED" in text:
         return "MLflow refused the request: permission denied for this user"
+    failure = store_failure(exc)
+    if failure is not None:
+        return f"MLflow could not store it: {failure}"
     if transient(exc):
         return f"MLflow unreachable: {first_line(exc, 160)}"
     return f"MLflow: {first_line(exc, 200)}"

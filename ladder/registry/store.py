@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
-from ladder.spec.resources import PASSWORD_IN_URI, has_password
+from ladder.spec.resources import SECRET_IN_URI, secret_in
 
 
 def tracking_uri_for(spec) -> str:
@@ -46,7 +46,9 @@ def local_artifact_root(tracking_uri: str, workdir: str) -> Optional[str]:
 
 
 def without_password(uri: str, source: str) -> str:
-    """`uri`, unless it carries a password (`http://user:secret@host`): then one line naming `source`."""
-    if has_password(uri):
-        raise ValueError(f"{source} {PASSWORD_IN_URI}")
+    """`uri`, unless it carries a secret (`http://user:secret@host`, `https://<token>@host`, `?token=`): then one
+    line naming `source` and where the secret is (never the secret)."""
+    what = secret_in(uri)
+    if what:
+        raise ValueError(f"{source} has {what} {SECRET_IN_URI}")
     return uri

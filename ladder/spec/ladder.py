@@ -46,8 +46,9 @@ class LadderSpec(Strict):
         10, ge=1, description="The trainer's weights, optimizer, RNG and data cursor are saved to MLflow this often "
                               "(steps); a resumed or restarted rung redoes at most this many steps.")
     controller_restarts: int = Field(
-        3, ge=0, description="Times Ray restarts a ladder controller whose process died; it re-enters the saved "
-                             "phase (a rung goes on from its last checkpoint).")
+        3, ge=0, description="Times Ray restarts a ladder controller whose process died, each after a wait (5 s, "
+                             "doubled each time, up to 60 s); it re-enters the saved phase (a rung goes on from its "
+                             "last checkpoint). One death more is recorded as the ladder failed.")
     stage_restarts: int = Field(
         3, ge=0, description="Times a rung starts again from its last checkpoint on fresh actors after its trainer "
                              "died (or a worker died where it cannot be replaced in place); one more fails the rung.")

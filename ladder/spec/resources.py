@@ -1,24 +1,38 @@
 """The sections of the ladder spec for where a ladder runs: Ray resources per role, and its MLflow (a URI
-with a password in it is refused: it would be copied into params and job environments)."""
+with a password or token in it is refused: it would be copied into params and job environments)."""
 from __future__ import annotations
 
+import re
 from typing import Optional
 
 from pydantic import Field, field_validator
 
 from stages.settings import Strict
 
-PASSWORD_IN_URI = ("has a password in it; set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or "
-                   "MLFLOW_TRACKING_TOKEN) instead: a URI is copied into params, spec.json and job environments")
+SECRET_IN_URI = ("in it; set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) "
+                 "instead: a URI is copied into params, spec.json and job environments")
+# a query parameter that carries a secret, by its name (`?token=`, `access_token`, `api_key`, `sig`, `X-Amz-Signature`)
+SECRET_QUERY = re.compile(r"token|secret|passw(or)?d|pwd|api[-_]?key|access[-_]?key|signature|credential|^sig$|^auth",
+                          re.IGNORECASE)
 
 
-def has_password(uri: str) -> bool:
-    from urllib.parse import urlsplit
+def secret_in(uri: str) -> Optional[str]:
+    """What secret `uri` carries, in words ("a password", ...), or None: a password; in an HTTP URI any user name
+    (requests sends it to the server as a credential: a token in the user name is the usual way); a query parameter
+    named as a secret is (a database URI's user name alone is its role, no secret)."""
+    from urllib.parse import parse_qsl, urlsplit
 
     try:
-        return bool(urlsplit(uri).password)
+        parts = urlsplit(uri)
+        password, user = parts.password, parts.username
     except ValueError:  # a malformed port: not ours to judge here
-        return False
+        return None
+    if password:
+        return "a password"
+    if user and parts.scheme.lower() in ("http", "https"):
+        return "a user name (sent to the server as a credential, as a token would be)"
+    secret = [name for name, _ in parse_qsl(parts.query, keep_blank_values=True) if SECRET_QUERY.search(name)]
+    return f"a secret in its query ({secret[0]}=...)" if secret else None
 
 
 class RoleResources(Strict):
@@ -60,6 +74,7 @@ class MlflowSpec(Strict):
     @field_validator("tracking_uri")
     @classmethod
     def _no_password(cls, uri: Optional[str]) -> Optional[str]:
-        if uri and has_password(uri):
-            raise ValueError(f"the URI {PASSWORD_IN_URI}")
+        what = secret_in(uri) if uri else None
+        if what:
+            raise ValueError(f"the URI has {what} {SECRET_IN_URI}")
         return uri

@@ -11,11 +11,14 @@ from ladder.tasks.base import AnswerChecker, BuiltinTaskSpec, CalibrationItem, E
 from ladder.tasks.files import load_jsonl
 
 __all__ = ["AnswerChecker", "BuiltinTaskSpec", "CalibrationItem", "Example", "Task", "TaskError", "build_task",
-           "load_jsonl", "BUILTIN_TASKS", "TASK_SOURCES"]
+           "load_jsonl", "BUILTIN_CHECKERS", "BUILTIN_TASKS", "TASK_SOURCES"]
 
 BUILTIN_TASKS: dict[str, type[BuiltinTaskSpec]] = {
     "arithmetic": arithmetic.ArithmeticSpec,
 }
+
+# the built-in tasks' checkers, as `judge.initial: {kind: verifier}` names them (module:function)
+BUILTIN_CHECKERS = ("ladder.tasks.arithmetic:exact", "ladder.tasks.arithmetic:verify")
 
 
 def _builtin(source: BuiltinTaskSpec, eval_size: int, seed: int) -> Task:

@@ -4,6 +4,7 @@ The spec names the prompt, answer and solution fields; a row's answer may be a n
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -41,6 +42,19 @@ def parquet_rows(path: Path) -> Iterator[tuple[int, object]]:
         why = first_line(exc, 120)
         raise TaskError(f"{path}: not a readable Parquet file ({why})") from None
     yield from enumerate(table.to_pylist(), 1)
+
+
+def file_sha256(path, chars: int = 16) -> Optional[str]:
+    """The first `chars` hex digits of the sha256 of a file's bytes (None when there is no such file): enough to
+    tell a changed dataset from the one a ladder started with, short enough for the saved progress."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except FileNotFoundError:
+        return None
+    return digest.hexdigest()[:chars]
 
 
 READERS = {"jsonl": jsonl_rows, "parquet": parquet_rows}

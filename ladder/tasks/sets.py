@@ -133,6 +133,35 @@ def build_yardstick(spec, last_rung_task) -> Task:
     return build_task(task_spec, spec.seed + YARDSTICK_SEED)
 
 
+def data_hashes(spec) -> dict[str, str]:
+    """The dataset files of every rung (and of the yardstick) by path, each with the sha256 of its bytes (the
+    progress keeps them from the ladder's start: `check_data`)."""
+    from ladder.tasks.files import file_sha256
+
+    sources = [spec.for_rung(k).task.source for k in range(1, spec.rungs + 1)] + [spec.eval.yardstick]
+    paths = sorted({s.path for s in sources if getattr(s, "kind", None) in ("jsonl", "parquet")})
+    return {path: file_sha256(path) for path in paths}
+
+
+def check_data(spec, started: dict[str, str]) -> dict[str, str]:
+    """The dataset hashes a going-on ladder keeps: `started` (from `data_hashes` at its start; a progress saved
+    before there were any: today's). A file whose bytes are not those it started with is refused in one line naming
+    it: its rows would be split into training and held-out prompts anew."""
+    from ladder.tasks.files import file_sha256
+
+    for path, then in sorted(started.items()):
+        now = file_sha256(path)
+        if now != then:
+            what = "is gone" if now is None else f"was changed (sha256 {then}... then, {now}... now)"
+            raise DataChanged(f"{path}: the dataset file the ladder started with {what}; going on would split other "
+                              f"rows into training and held-out prompts: put the file back, or start a new ladder")
+    return started or data_hashes(spec)
+
+
+class DataChanged(ValueError):
+    """A dataset file not the one the ladder started with (one line naming it)."""
+
+
 class NoViews(ValueError):
     """`judge.solve_views` asked of a task that gives no equivalent forms of its prompts (one line)."""
 

@@ -1,4 +1,4 @@
-"""Access and secrets: a tracking URI with a password in it is refused wherever it comes from; `resume` refuses a
+"""Access and secrets: a tracking URI with a password or a token in it is refused wherever it comes from; `resume` refuses a
 saved spec.json edited since the ladder started, unless told to adopt it. Real MLflow on SQLite, no Ray."""
 import json
 
@@ -22,7 +22,7 @@ def test_a_tracking_uri_with_a_password_is_refused_in_one_line(tmp_path, monkeyp
         parse_spec(spec_dict(uri=SECRET), "spec.yaml")
     assert str(err.value).startswith("spec.yaml: mlflow.tracking_uri: the URI has a password in it; set "
                                      "MLFLOW_TRACKING_USERNAME") and "s3cret" not in str(err.value)
-    parse_spec(spec_dict(uri="http://alice@mlflow.example:5000"))  # a user name alone is no secret
+    parse_spec(spec_dict(uri="postgresql://mlflow@db.example/mlflow"))  # a database's role alone is no secret
     runner = CliRunner()
     res = runner.invoke(app, ["status", "--tracking-uri", SECRET, "--workdir", str(tmp_path)])
     assert res.exit_code == 2 and res.output.strip().startswith("error: the tracking URI has a password in it")
@@ -30,6 +30,26 @@ def test_a_tracking_uri_with_a_password_is_refused_in_one_line(tmp_path, monkeyp
     monkeypatch.setenv("MLFLOW_TRACKING_URI", SECRET)
     res = runner.invoke(app, ["status", "--workdir", str(tmp_path)])
     assert res.exit_code == 2 and "MLFLOW_TRACKING_URI has a password in it" in res.output
+
+
+@pytest.mark.parametrize("uri, where", [
+    ("https://ghp_16C7e42F292c6912E7710c838347Ae178B4a@mlflow.example", "a user name (sent to the server as a"),
+    ("http://alice@mlflow.example:5000", "a user name (sent to the server as a"),  # requests sends it as basic auth
+    ("https://mlflow.example/?token=ghp_16C7e42F292c6912E7710c838347Ae178B4a", "a secret in its query (token=...)"),
+    ("https://mlflow.example/?X-Amz-Signature=ghp_16C7e42F292c6912E7710c838347Ae178B4a", "(X-Amz-Signature=...)"),
+    ("postgresql://db.example/mlflow?sslmode=require&password=ghp_16C7e42F292c6912E7710c838347Ae178B4a",
+     "a secret in its query (password=...)"),
+])
+def test_a_token_in_a_tracking_uris_user_name_or_query_is_refused_like_a_password(tmp_path, monkeypatch, uri, where):
+    """Issue 35, 10: only `user:password@` was refused; a token as the user name or in the query went into params,
+    spec.json and job environments. Refused in one line saying where, never showing it."""
+    with pytest.raises(SpecError) as err:
+        parse_spec(spec_dict(uri=uri), "spec.yaml")
+    assert str(err.value).startswith("spec.yaml: mlflow.tracking_uri: the URI has ") and where in str(err.value)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    res = CliRunner().invoke(app, ["status", "--workdir", str(tmp_path)])
+    assert res.exit_code == 2 and res.output.strip().startswith("error: MLFLOW_TRACKING_URI has ")
+    assert where in res.output and "ghp_" not in res.output + str(err.value) and "Traceback" not in res.output
 
 
 def test_resume_refuses_a_spec_json_edited_since_the_start_unless_adopted(registry, mlflow_store):

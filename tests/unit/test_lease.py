@@ -172,6 +172,39 @@ def test_stop_of_a_local_ladder_whose_process_is_gone_returns_at_once(registry, 
     assert registry.load_progress("gone").state is State.STOPPED  # `resume` goes on from there
 
 
+def test_status_of_a_local_job_whose_process_died_says_it_died(registry, mlflow_store, tmp_path):
+    """Issue 35, 10: a local background job SIGKILLed (its lease gone with it) stayed `running` in `ladder status`
+    for ever (live unknown); the pid recorded for the submission its progress names says it died."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from ladder.cli.remote import LadderAccess, status
+    from ladder.progress import Progress
+    from cluster.connect import Address
+    from cluster.submit import local_record
+    from ladder.spec import parse_spec
+
+    spec = parse_spec({"name": registry.name, "student": {"base": "m"}, "workdir": str(tmp_path),
+                       "judge": {"initial": {"kind": "model", "path": "m"}}, "task": {"source": {"kind": "builtin"}}})
+    run = parent(registry, "dies")
+    registry.save_spec(run, spec)
+    registry.save_progress(Progress(registry.name, "dies", state=State.RUNNING, parent_run=run, submission="local-1"))
+    where, record = LadderAccess(mlflow_store[0], Address(None)), local_record(spec)
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"pid": os.getpid(), "job": "dies", "log": "x", "submission": "local-1"}))
+    assert status(registry.name, where)["state"] == "running"  # its process runs
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    record.write_text(json.dumps({"pid": dead.pid, "job": "dies", "log": "x", "submission": "local-1"}))
+    out = status(registry.name, where)
+    assert out["state"] == (f"died: its local job's process (pid {dead.pid}) is gone (saved as running); resume "
+                            f"with `ladder resume {registry.name}`") and out["live"] is False
+    record.write_text(json.dumps({"pid": dead.pid, "job": "old", "log": "x", "submission": "local-0"}))
+    assert status(registry.name, where)["state"] == "running"  # another job's record: not known to have died
+
+
 def test_a_lease_of_a_process_gone_on_this_host_is_stale_at_once(registry):
     import subprocess
     import sys

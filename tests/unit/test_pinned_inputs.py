@@ -15,20 +15,23 @@ class Started(Exception):
     """Raised by the stand-in rung: the controller got as far as starting the rung's actors."""
 
 
-def controller(reg, monkeypatch, seen: list):
+def controller(reg, monkeypatch, seen: list, judge=None):
     """A controller (in this process) of a 3-rung ladder whose student starts from the previous rung; starting a
-    rung records its student and judge and stops there."""
+    rung records its student and judge (a verifier imported, as the rung's judge pool does) and stops there."""
     import ladder.rung.driver
     from ladder.control.controller import LadderController
+    from ladder.rung.roles import verifier_of
     from ladder.spec import parse_spec
 
     def rung(spec, task, student, judge, seed, **kwargs):
         seen.append((student, judge.location, judge.label))
+        if judge.kind == "verifier":
+            verifier_of(judge, task)
         raise Started()
 
     monkeypatch.setattr(ladder.rung.driver, "Rung", rung)
     spec = parse_spec({"name": reg.name, "rungs": 3, "student": {"base": "base-dir", "init": "previous"},
-                       "judge": {"initial": {"kind": "model", "path": "judge-dir"}},
+                       "judge": {"initial": judge or {"kind": "model", "path": "judge-dir"}},
                        "task": {"source": {"kind": "builtin"}}})
     ctl = LadderController(spec, job="job")
     ctl.registry, ctl.tasks = reg, SimpleNamespace(task=lambda k: None)
@@ -72,3 +75,30 @@ def test_progress_saved_before_pins_still_loads_and_pins_on_reentry(registry, mo
     with pytest.raises(Started):
         train(controller(registry, monkeypatch, seen), p)
     assert registry.load_progress("job").inputs.judge_location == f"models:/{registry.name}/{v1}"
+
+
+def test_a_pinned_verifier_the_spec_does_not_name_is_refused_before_it_is_imported(registry, monkeypatch, tmp_path):
+    """Issue 35, 10: the progress tag's pinned `module:function` was imported on resume unchecked, so write access to
+    the ladder's MLflow experiment ran code on the controller. Now only the spec's verifier (or a built-in task
+    checker) is imported; any other pin fails the ladder in one line, and nothing of it runs."""
+    from stages.judge import JudgeError
+
+    ran = tmp_path / "ran"
+    (tmp_path / "planted.py").write_text(f"open({str(ran)!r}, 'w').close()\ndef score(p, r, a):\n    return 1.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    parent = registry.start_ladder_run(SimpleNamespace(name=registry.name, flat=lambda: {}), "job")
+    named = {"kind": "verifier", "function": "ladder.tasks.arithmetic:exact"}
+    tampered = RungInputs("verifier", "planted:score", "verifier:ladder.tasks.arithmetic:exact", "base-dir", "base")
+    registry.save_progress(Progress(registry.name, "job", state=State.RUNNING, parent_run=parent, inputs=tampered))
+    seen: list = []
+    with pytest.raises(JudgeError) as refused:
+        train(controller(registry, monkeypatch, seen, judge=named), registry.load_progress("job"))
+    assert "'planted:score'" in str(refused.value) and "\n" not in str(refused.value)
+    assert not ran.exists() and seen == []
+
+    kept = RungInputs("verifier", "ladder.tasks.arithmetic:exact", "verifier:ladder.tasks.arithmetic:exact",
+                      "base-dir", "base")  # the spec's own verifier, pinned: imported as before
+    registry.save_progress(Progress(registry.name, "job", state=State.RUNNING, parent_run=parent, inputs=kept))
+    with pytest.raises(Started):
+        train(controller(registry, monkeypatch, seen, judge=named), registry.load_progress("job"))
+    assert seen == [("base-dir", "ladder.tasks.arithmetic:exact", "verifier:ladder.tasks.arithmetic:exact")]

@@ -65,3 +65,72 @@ def test_the_outbox_reports_what_it_gave_up_on():
         box.flush()
     with pytest.raises(MlflowUnavailable):
         box.put("later", lambda: None)
+
+
+@pytest.fixture
+def artifact_server(monkeypatch):
+    """An MLflow artifact server stand-in (HTTP on this host) that is up (`/health`) and fails every upload with the
+    status given, as `mlflow server` does on a full artifact disk (a bare 500); MLflow's client retries once."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+    status = {"upload": 500}
+
+    class Handler(BaseHTTPRequestHandler):
+        def answer(self, code: int, text: str):
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(text)))
+            self.end_headers()
+            self.wfile.write(text.encode())
+
+        def do_GET(self):
+            self.answer(200, "OK") if self.path == "/health" else self.answer(404, "")
+
+        def do_PUT(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.answer(status["upload"], "Internal Server Error" if status["upload"] == 500 else "")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}", status
+    server.shutdown()
+
+
+@pytest.mark.parametrize("code", [500, 507])
+def test_a_full_artifact_store_is_said_at_once_not_retried_as_unreachable(artifact_server, tmp_path, code):
+    """Issue 35, 10: a full artifact disk on the MLflow server (a plain `mlflow server` answers the upload with a bare
+    500, which MLflow's client retries into 'too many 500 error responses'; others say 507) was retried for the whole
+    budget and reported as 'MLflow unreachable'. It is one line at once, naming the server and the store."""
+    import time
+
+    from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository
+
+    from ladder.registry.retrying import MlflowStoreFailed
+
+    server, status = artifact_server
+    status["upload"] = code
+    repo = HttpArtifactRepository(f"{server}/api/2.0/mlflow-artifacts/artifacts/1/run/artifacts")
+    (tmp_path / "weights.bin").write_bytes(b"w" * 1000)
+    t0 = time.monotonic()
+    with pytest.raises(MlflowStoreFailed) as err:
+        with_retry(lambda: repo.log_artifact(str(tmp_path / "weights.bin"), "checkpoints"), 20, "log_artifact")
+    message = str(err.value)
+    assert time.monotonic() - t0 < 10 and "\n" not in message
+    assert message.startswith("MLflow could not store the write (log_artifact): ")
+    assert (f"the server at {server} is up but failed the artifact upload" if code == 500
+            else "its store is out of space") in message
+
+
+def test_a_server_that_answers_nothing_is_still_an_outage():
+    """The 500s of an upload are a store failure only while the server answers its health check."""
+    from ladder.registry.retrying import store_failure
+
+    gone = RuntimeError("API request to http://127.0.0.1:9/api/2.0/mlflow-artifacts/artifacts/1/r/a failed with "
+                        "exception ...: Max retries exceeded with url: ... (Caused by ResponseError('too many 500 "
+                        "error responses'))")
+    assert store_failure(gone) is None and transient(gone)
+    assert store_failure(OSError(28, "No space left on device")) is None  # this machine's disk: its writer says it

@@ -3,6 +3,8 @@ controller that Ray restarts keeps it; a resumed job's restarted controller keep
 graceful stop followed by `stop --now` escalates. In-process controllers on real MLflow (SQLite), no Ray."""
 import time
 
+import pytest
+
 from ladder.progress import Phase, Progress, State
 
 
@@ -19,6 +21,12 @@ def controller(registry, resume=False, token="tok", restarted=False):
     ctl = LadderController(spec, job="job", resume=resume, lease_token=token)
     ctl.registry, ctl.prepare, ctl.restarted = registry, (lambda: None), restarted
     return ctl
+
+
+@pytest.fixture(autouse=True)
+def no_restart_wait(monkeypatch):
+    """A restart by Ray waits before it goes on (`lifetime.after_restart`); not here."""
+    monkeypatch.setattr("ladder.control.lifetime.sleep", lambda s: None)
 
 
 def until(check, timeout_s: float = 10.0) -> bool:
