@@ -113,8 +113,14 @@ def quick_leases(monkeypatch):
 
 
 def test_a_controller_refused_by_a_live_lease_trains_nothing_and_writes_nothing_of_the_live_job(registry,
-                                                                                                 quick_leases):
-    live = keeper(registry, "live", renew_s=0.2, stale_after_s=1.0)
+                                                                                                 quick_leases,
+                                                                                                 monkeypatch):
+    from ladder.control import lease
+
+    # nothing here waits for a lease to go stale: 10 s, so that a renewal delayed by a loaded machine (a full
+    # unit run beside engines) cannot make the live lease look stale to the refused controller
+    monkeypatch.setattr(lease, "STALE_AFTER_S", 10.0)
+    live = keeper(registry, "live", renew_s=0.2, stale_after_s=10.0)
     live.acquire()
     trained = []
     ctl = controller(registry)
