@@ -152,3 +152,17 @@ def test_a_lora_trainer_trains_the_adapter_alone_against_its_base(tiny, tmp_path
     assert torch.equal(logprobs(fresh.model, fresh, batch), adapted)
     moments = lambda t: [v["exp_avg"].sum().item() for v in t.opt.state.values()]  # noqa: E731
     assert moments(fresh) == moments(trainer) and len(moments(fresh)) > 0
+
+
+def test_the_rollout_engines_get_the_adapter_where_they_can_take_it_else_the_merged_weights(tiny):
+    """`sync: auto` sends the adapter alone unless a target lies outside the decoder layers (the embeddings), where
+    a vLLM engine takes no adapter: then the merged weights, with the reason (the rung logs both)."""
+    from ladder.rung.roles import lora_sync
+
+    assert lora_sync(parse_spec(spec_with(tiny)), tiny) == ("adapter", "")
+    mode, why = lora_sync(parse_spec(spec_with(tiny, target_modules=["embed_tokens", "q_proj"])), tiny)
+    assert mode == "merged" and "model.embed_tokens" in why
+    assert lora_sync(parse_spec(spec_with(tiny, sync="merged")), tiny) == ("merged", "train.lora.sync is merged")
+    no_lora = copy.deepcopy(SPEC)
+    no_lora["train"].pop("lora")
+    assert lora_sync(parse_spec(no_lora), tiny) == ("", "")
