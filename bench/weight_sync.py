@@ -7,7 +7,12 @@ worker joined once (`stages.weight_sync.connect` / `push`). Also reports a GRPO 
 step each sync takes) and the bytes of parameters + gradients + AdamW state each rank holds with 1 and with
 --workers ranks. Writes bench/results/weight_sync.json.
 
-Usage: python bench/weight_sync.py [--size bench | --model DIR] [--workers 2] [--repeats 3] [--restart]
+With --lora RANK it compares a LoRA student with the full one instead, side by side on the same model: seconds
+and bytes per object-store sync (the adapter's files into an engine that keeps its base, against the whole
+weights), a step's seconds, and the trainer's parameter, gradient, AdamW and reference bytes and peak resident
+memory. Writes bench/results/weight_sync_lora.json.
+
+Usage: python bench/weight_sync.py [--size bench | --model DIR] [--workers 2] [--repeats 3] [--restart] [--lora 16]
 """
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ def judged_batch(model_dir: str, n: int = 8, length: int = 48):
     return JudgedBatch(rollout, tuple(float(i % 3) / 2 for i in range(n)))
 
 
-def start_trainer(model: str, workers: int):
+def start_trainer(model: str, workers: int, lora=None):
     import ray
 
     from stages.actors import spawn
@@ -40,7 +45,7 @@ def start_trainer(model: str, workers: int):
     from stages.train_group import TrainerGroup
 
     if workers == 1:
-        trainer = spawn(Trainer, model, TrainConfig(), 0)
+        trainer = spawn(Trainer, model, TrainConfig(lora=lora), 0)
     else:
         trainer = spawn(TrainerGroup, model, TrainConfig(), 0, None, workers, options={"num_cpus": 0})
     ray.get(trainer.__ray_ready__.remote())
@@ -93,6 +98,48 @@ def memory_per_rank(model: str, workers: int) -> dict:
     return out
 
 
+def peak_rss(actor) -> int:
+    """The peak resident memory of an actor's process so far, in bytes (Linux reports KiB)."""
+    import ray
+
+    return ray.get(actor.__ray_call__.remote(lambda self: __import__("resource").getrusage(0).ru_maxrss)) * 1024
+
+
+def lora_against_full(model: str, rank: int, repeats: int) -> dict:
+    """The full student and a LoRA student of `rank` (all seven projections), each with an engine of its own:
+    per sync (best of `repeats`, a step before each) the seconds of export + in-place load and the bytes put in
+    the object store; the trainer's state bytes and peak memory after its steps."""
+    import ray
+
+    from stages.actors import kill_all, spawn
+    from stages.engine import EngineConfig
+    from stages.lora import LoraSettings
+    from stages.rollout import RolloutWorker
+
+    batch, out = judged_batch(model), {}
+    for name, lora in (("full", None), ("lora", LoraSettings(rank=rank, alpha=2.0 * rank))):
+        trainer = start_trainer(model, 1, lora)
+        worker = spawn(RolloutWorker, EngineConfig(model, kv_cache_gib=0.25, lora_rank=rank if lora else 0))
+        ray.get(worker.__ray_ready__.remote())
+        export, load = (trainer.export_adapter, "load_adapter") if lora else (trainer.export_weights, "load_weights")
+        syncs, steps, sizes = [], [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            ray.get(trainer.step.remote(batch))
+            steps.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            ref = ray.get(export.remote())
+            ray.get(getattr(worker, load).remote(ref))
+            syncs.append(time.perf_counter() - t0)
+            sizes.append(ref.n_bytes)
+        out[name] = {"sync_s": min(syncs), "sync_bytes": sizes[-1], "train_step_s": min(steps),
+                     "trainer_bytes": ray.get(trainer.state_bytes.remote()), "trainer_peak_rss": peak_rss(trainer)}
+        kill_all([trainer, worker])
+    out["sync_speedup"] = out["full"]["sync_s"] / out["lora"]["sync_s"]
+    out["sync_bytes_ratio"] = out["full"]["sync_bytes"] / out["lora"]["sync_bytes"]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="bench", help="tiny model size (nano, micro, small, bench)")
@@ -100,10 +147,15 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="trainer ranks for the collective sync")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--restart", action="store_true", help="also time restarting the engine from a checkpoint")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "weight_sync.json"))
+    parser.add_argument("--lora", type=int, default=0, help="compare a LoRA student of this rank with the full one")
+    parser.add_argument("--out", default="")
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
+
+    if args.lora:
+        return main_lora(args)
+    args.out = args.out or str(Path(__file__).parent / "results" / "weight_sync.json")
 
     from ladder.models.tiny import build_tiny_model
     from stages.actors import kill_all, spawn
@@ -128,6 +180,22 @@ def main() -> None:
     result["state_bytes_per_rank"] = memory_per_rank(model, args.workers)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    ray.shutdown()
+
+
+def main_lora(args) -> None:
+    import ray
+
+    from ladder.models.tiny import build_tiny_model
+
+    model = args.model or str(build_tiny_model(Path(tempfile.mkdtemp(prefix="bench-sync-")) / "model", args.size))
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    result = {"model": Path(args.model).name if args.model else f"tiny-{args.size}", "lora_rank": args.lora,
+              "repeats": args.repeats, "device": "cpu", **lora_against_full(model, args.lora, args.repeats)}
+    out = Path(args.out or Path(__file__).parent / "results" / "weight_sync_lora.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     ray.shutdown()
 

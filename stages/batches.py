@@ -73,6 +73,6 @@ class TrainStats:
 class WeightsRef:
     """A version of the student's weights in the Ray object store."""
     version: int
-    blob: Any                                     # ray.ObjectRef of {HF parameter name: float32 numpy array}
+    blob: Any            # ray.ObjectRef of {HF parameter name: float32 numpy array} (an adapter: {file name: bytes})
     n_bytes: int = 0
     meta: dict = field(default_factory=dict)

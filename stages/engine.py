@@ -12,6 +12,7 @@ import tempfile
 from dataclasses import dataclass
 
 from cluster.processes import pid_alive
+from stages.lora import engine_rank
 from stages.models import TOKENIZER_CORE, ModelStore, check_model_dir
 from stages.weight_sync import EXTENSION as WEIGHT_RECEIVER  # every engine can join a collective weight sync
 
@@ -33,6 +34,7 @@ class EngineConfig:
     compiled: bool = False        # vLLM's compiled model (faster steps, a slower start) instead of eager mode
     gpu_memory_utilization: float = 0.5   # on GPU: the share of the device the engine may take
     trust_remote_code: bool = False       # the model's own Python code runs only when the spec says so
+    lora_rank: int = 0                    # > 0: the engine takes LoRA adapters of this rank (a LoRA rung's rollout)
     store: ModelStore = ModelStore()
 
 
@@ -92,6 +94,8 @@ def build_llm(cfg: EngineConfig):
     memory = dict(gpu_memory_utilization=cfg.gpu_memory_utilization) if on_gpu() else \
         dict(kv_cache_memory_bytes=int(cfg.kv_cache_gib * 2**30))
     dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if on_gpu() else "float32")
+    if cfg.lora_rank:  # one adapter at a time, replaced in place each step (`RolloutWorker.load_adapter`)
+        memory.update(enable_lora=True, max_lora_rank=engine_rank(cfg.lora_rank), max_loras=1)
     return LLM(
         model=model, dtype=dtype, seed=cfg.seed, max_model_len=cfg.max_model_len, enforce_eager=not cfg.compiled,
         load_format="safetensors", trust_remote_code=cfg.trust_remote_code,

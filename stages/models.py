@@ -238,3 +238,11 @@ def model_dir(root: Path) -> str:
     for cfg in sorted(root.rglob("config.json")):
         return str(cfg.parent)
     raise RegistryError(f"{root}: downloaded artifact holds no HF model (no config.json)")
+
+
+def safetensors_names(data: bytes) -> set[str]:
+    """The tensor names in a safetensors file's header (nothing else is read)."""
+    import json
+
+    size = int.from_bytes(data[:8], "little")
+    return set(json.loads(data[8:8 + size])) - {"__metadata__"}

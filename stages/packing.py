@@ -91,3 +91,13 @@ def micro_batches(lengths: list[int], budget: int) -> list[list[int]]:
     rows = fill_rows(lengths, width)
     per = len(rows) if budget <= 0 else max(1, budget // width)
     return [[i for row in rows[k:k + per] for i in row] for k in range(0, len(rows), per)]
+
+
+def pad_id(tokenizer, vocab_size: int) -> int:
+    """The id packed rows are padded with: the pad token, else EOS (Llama 3 has no pad token), else 0; one the
+    model embeds (a tokenizer may add a default pad token past the embeddings). Padding is never a target and no
+    sample attends to it (`pack`), so any embedded id serves; no token is added."""
+    for tok_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if tok_id is not None and 0 <= tok_id < vocab_size:
+            return tok_id
+    return 0

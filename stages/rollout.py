@@ -1,12 +1,15 @@
 """Rollout worker: one vLLM engine holding the student's current weights; samples completions.
 
-Weights arrive as `WeightsRef` (numpy arrays in the Ray object store) and replace the engine's in place.
+Weights arrive as `WeightsRef` (numpy arrays in the Ray object store) and replace the engine's in place; a LoRA
+rung's engine keeps its base and takes each new adapter in place of the last (`load_adapter`).
 """
 from __future__ import annotations
 
 from stages.actors import Timed
 from stages.batches import Sample, WeightsRef
-from stages.engine import EngineConfig, build_llm, load_model_into, load_state_dict_into
+from stages.engine import EngineConfig, build_llm, load_model_into, load_state_dict_into, use_private_tmp
+
+ADAPTER_ID = 1  # the engine's one adapter slot (a LoRA rung's student)
 
 
 class RolloutWorker(Timed):
@@ -15,12 +18,32 @@ class RolloutWorker(Timed):
         self.llm = build_llm(cfg)
         self.model_dir = cfg.store.local(cfg.model)
         self.version = 0
+        self.lora = None  # (a LoRA rung) the adapter every request runs with, once one was loaded
 
     def load_model(self, location: str) -> str:
         """Serve another model of the same architecture (a new rung's student) in this engine, in place."""
         self.model_dir = load_model_into(self.llm, self.model_dir, location, self.cfg.store)
+        if self.lora is not None:  # the new student's base alone until its first adapter
+            self.llm.llm_engine.remove_lora(ADAPTER_ID)
+            self.lora = None
         self.version = 0
         return self.model_dir
+
+    def load_adapter(self, ref: WeightsRef) -> int:
+        """(a LoRA rung) A new adapter version (its files in the object store) in place of the last: the base stays
+        as loaded. The files are written to this process's own temp folder, where vLLM reads them."""
+        from pathlib import Path
+
+        import ray
+        from vllm.lora.request import LoRARequest
+
+        from stages.lora import write_adapter
+
+        folder = write_adapter(ray.get(ref.blob), Path(use_private_tmp()) / "adapter")
+        self.llm.llm_engine.add_lora(LoRARequest("student", ADAPTER_ID, folder, load_inplace=True))
+        self.lora = LoRARequest("student", ADAPTER_ID, folder)  # later requests use the loaded one as it is
+        self.version = ref.version
+        return self.version
 
     def generate(self, prompts: list[str], n: int, max_tokens: int, temperature: float = 1.0,
                  top_p: float = 1.0) -> list[list[Sample]]:
@@ -30,7 +53,7 @@ class RolloutWorker(Timed):
         # The text is decoded once at the end, not token by token while the engine steps (4% of a rollout)
         params = SamplingParams(n=n, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                                 logprobs=0, detokenize=False)
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=self.lora)
         texts = iter(self.llm.get_tokenizer().batch_decode([c.token_ids for out in outputs for c in out.outputs],
                                                            skip_special_tokens=True))
         return [[_sample(out.prompt_token_ids, c, next(texts)) for c in out.outputs] for out in outputs]

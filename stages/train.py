@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Optional
 
 from stages.batches import JudgedBatch, TrainStats, WeightsRef
-from stages.models import TOKENIZER_FILES
-from stages.packing import completion_logprobs, micro_batches, pack
+from stages.lora import Adapter, LoraSettings
+from stages.models import TOKENIZER_FILES, safetensors_names
+from stages.packing import completion_logprobs, micro_batches, pack, pad_id
 from stages.weight_sync import WeightSender
 
 
@@ -30,11 +31,13 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # recompute activations in the backward pass (less memory)
     trust_remote_code: bool = False  # the model's own Python code runs only when the spec says so
     checkpoint_shard_size: Optional[str] = None  # largest safetensors file `save` writes ("200KB"); None: HF's
+    lora: Optional[LoraSettings] = None  # a LoRA student: only the adapter trains, the base is the reference
 
     @classmethod
     def from_spec(cls, train_spec, trust_remote_code: bool = False) -> "TrainConfig":
-        fields = [k for k in cls.__dataclass_fields__ if k not in ("trust_remote_code", "checkpoint_shard_size")]
-        return cls(**{k: getattr(train_spec, k) for k in fields}, trust_remote_code=trust_remote_code)
+        fields = [k for k in cls.__dataclass_fields__ if k not in ("trust_remote_code", "checkpoint_shard_size", "lora")]
+        lora = LoraSettings.from_spec(train_spec.lora) if train_spec.lora is not None else None
+        return cls(**{k: getattr(train_spec, k) for k in fields}, trust_remote_code=trust_remote_code, lora=lora)
 
 
 def resolve_dtype(name: str):
@@ -46,16 +49,6 @@ def resolve_dtype(name: str):
     if name not in ("float32", "bfloat16"):
         raise ValueError(f"train.dtype {name!r}: must be auto, float32 or bfloat16")
     return getattr(torch, name)
-
-
-def pad_id(tokenizer, vocab_size: int) -> int:
-    """The id packed rows are padded with: the pad token, else EOS (Llama 3 has no pad token), else 0; one the
-    model embeds (a tokenizer may add a default pad token past the embeddings). Padding is never a target and no
-    sample attends to it (`pack`), so any embedded id serves; no token is added."""
-    for tok_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if tok_id is not None and 0 <= tok_id < vocab_size:
-            return tok_id
-    return 0
 
 
 def group_advantages(scores, groups, keep=None, eps: float = 1e-4):
@@ -100,13 +93,19 @@ class Trainer(WeightSender):
             # loads); every forward here passes use_cache=False
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.pad_id = pad_id(self.tokenizer, self.model.get_input_embeddings().num_embeddings)
-        self.ref = AutoModelForCausalLM.from_pretrained(model_path, dtype=self.compute_dtype, **load).to(
-            self.device).eval()
-        self.ref.requires_grad_(False)
-        self.model, self.ref = self.place(self.model), self.place(self.ref)
+        self.adapter = self.ref = None
+        if cfg.lora is not None:  # the base frozen, the adapter trained; the reference is the base alone
+            self.adapter = Adapter(self.model, cfg.lora)
+            self.model = self.adapter.model
+        else:
+            self.ref = AutoModelForCausalLM.from_pretrained(model_path, dtype=self.compute_dtype, **load).to(
+                self.device).eval()
+            self.ref.requires_grad_(False)
+            self.ref = self.place(self.ref)
+        self.model = self.place(self.model)
         # fused: one kernel per parameter instead of a dozen passes (on the bench model 12 ms a step against 58)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                     fused=True)
+        self.opt = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=cfg.lr,
+                                     weight_decay=cfg.weight_decay, fused=True)
         self.steps = 0
         self.version = 0
 
@@ -132,12 +131,18 @@ class Trainer(WeightSender):
         return torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
 
     def full_state_dict(self) -> dict:
-        """{HF name: tensor} of the student's whole weights."""
-        return self.model.state_dict()
+        """{HF name: tensor} of the student's whole weights (a LoRA student's: the adapter merged into the base)."""
+        return self.model.state_dict() if self.adapter is None else self.adapter.merged_state()
 
     def load_full_state(self, state: dict, strict: bool = True) -> None:
-        """Whole weights ({HF name: tensor}) into the student."""
+        """Whole weights ({HF name: tensor}) into the student (not a LoRA student: its adapter is what loads)."""
         self.model.load_state_dict(state, strict=strict)
+
+    def reference_logprobs(self, packed):
+        """The completion tokens' logprobs under the frozen reference (a LoRA student's: its base alone)."""
+        if self.adapter is not None:
+            return self.adapter.reference_logprobs(packed)
+        return completion_logprobs(self.ref, packed)
 
     def autocast(self):
         """The forward's precision: the compute dtype (bfloat16 autocast), or plain float32."""
@@ -213,7 +218,7 @@ class Trainer(WeightSender):
             packed = pack([samples[i] for i in g], self.pad_id, width).to(self.device)
             if key not in cache:
                 with torch.no_grad(), self.autocast():
-                    ref = completion_logprobs(self.ref, packed) if self.cfg.kl_coef > 0 else None
+                    ref = self.reference_logprobs(packed) if self.cfg.kl_coef > 0 else None
                     old = (completion_logprobs(self.model, packed)
                            if self.cfg.epochs_per_step > 1 and not self.cfg.overlap else None)
                 cache[key] = (ref, old)
@@ -264,13 +269,14 @@ class Trainer(WeightSender):
         return {k: v.detach().to("cpu", torch.float32).contiguous().numpy() for k, v in self.full_state_dict().items()}
 
     def snapshot(self):
-        """A copy of the current weights in the Ray object store (no new version): the collapse guard's best."""
+        """A copy of the current weights in the Ray object store (no new version): the collapse guard's best (a LoRA
+        student's: its adapter)."""
         import ray
 
-        return ray.put(self.state_arrays())
+        return ray.put(self.state_arrays() if self.adapter is None else self.adapter.arrays())
 
     def load_arrays(self, arrays: dict) -> None:
-        """Weights ({HF name: numpy array}, as `state_arrays` gives them) back into the student; the optimizer's
+        """Weights ({HF name: numpy array}, as `snapshot` gives them) back into the student; the optimizer's
         state is kept."""
         import warnings
 
@@ -278,7 +284,8 @@ class Trainer(WeightSender):
 
         with warnings.catch_warnings():  # read-only views of the object store: load_state_dict copies them in
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            self.load_full_state({k: torch.from_numpy(v) for k, v in arrays.items()})
+            state = {k: torch.from_numpy(v) for k, v in arrays.items()}
+            self.adapter.load_trained_state(state) if self.adapter is not None else self.load_full_state(state)
 
     def export_weights(self) -> WeightsRef:
         """The current weights in the Ray object store, as numpy arrays: `ray.put` copies them in once and a
@@ -293,17 +300,27 @@ class Trainer(WeightSender):
                           {"step": self.steps, "seconds": time.perf_counter() - t0})
 
     def state_bytes(self) -> dict[str, int]:
-        """Bytes of the student's parameters, gradients and optimizer state that this process holds (a group's
-        rank: its shards)."""
+        """Bytes of the student's parameters (those trained among them), gradients, optimizer state and frozen
+        reference that this process holds (a group's rank: its shards)."""
         local = lambda t: t.to_local() if hasattr(t, "to_local") else t  # noqa: E731
         size = lambda ts: sum(local(t).numel() * local(t).element_size() for t in ts)  # noqa: E731
         params = list(self.model.parameters())
         optim = [v for st in self.opt.state.values() for v in st.values() if hasattr(v, "numel") and v.dim() > 0]
-        return {"parameters": size(params), "gradients": size(p.grad for p in params if p.grad is not None),
-                "optimizer": size(optim)}
+        return {"parameters": size(params), "trained": size(p for p in params if p.requires_grad),
+                "gradients": size(p.grad for p in params if p.grad is not None), "optimizer": size(optim),
+                "reference": size(self.ref.parameters()) if self.ref is not None else 0}
 
     def parameter_checksum(self) -> float:
         return float(sum(p.detach().double().abs().sum() for p in self.model.parameters()))
+
+    def export_adapter(self) -> WeightsRef:
+        """(a LoRA student) Its adapter's files ({name: bytes}, a few MB at most) in the Ray object store."""
+        import ray
+
+        t0, files = time.perf_counter(), self.adapter.files()
+        self.version += 1
+        return WeightsRef(self.version, ray.put(files), sum(map(len, files.values())),
+                          {"step": self.steps, "seconds": time.perf_counter() - t0, "adapter": True})
 
     def save(self, out_dir: str, max_shard_size: Optional[str] = None, state_dict: Optional[dict] = None) -> str:
         """An HF-format checkpoint (model + tokenizer) that transformers and vLLM load. Weights above
@@ -313,8 +330,11 @@ class Trainer(WeightSender):
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         shard = max_shard_size or self.cfg.checkpoint_shard_size
-        self.model.save_pretrained(out, safe_serialization=True, state_dict=state_dict,
-                                   **({"max_shard_size": shard} if shard else {}))
+        model = self.model if self.adapter is None else self.model.get_base_model()  # a plain HF model, merged
+        if self.adapter is not None and state_dict is None:
+            state_dict = self.adapter.merged_state()
+        model.save_pretrained(out, safe_serialization=True, state_dict=state_dict,
+                              **({"max_shard_size": shard} if shard else {}))
         source = Path(self.model_dir)
         copied = [f for f in TOKENIZER_FILES if (source / f).is_file()]
         for name in copied:  # the student's own files, byte for byte: re-saving would rewrite the tokenizer
@@ -324,13 +344,18 @@ class Trainer(WeightSender):
         return str(out)
 
     def model_files(self) -> dict[str, bytes]:
-        """The HF-format checkpoint as {file name: bytes}: it reaches the controller through the object
-        store, so the trainer's node and the controller's need not share a disk."""
+        """The HF-format checkpoint as {file name: bytes} (a LoRA student's: merged): it reaches the controller
+        through the object store, so the trainer's node and the controller's need not share a disk."""
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="ladder-model-") as tmp:
             self.save(tmp)
             return {f.name: f.read_bytes() for f in Path(tmp).iterdir() if f.is_file()}
+
+    def checkpoint_files(self) -> dict[str, bytes]:
+        """What a checkpoint needs of the student's weights, {file name: bytes}: the HF checkpoint, or a LoRA
+        student's adapter alone (its base is the rung's student, loaded again on restore)."""
+        return self.model_files() if self.adapter is None else self.adapter.files()
 
     def trainer_state(self) -> bytes:
         """Optimizer, step counters and RNG: with `model_files` everything a resumed rung needs."""
@@ -344,13 +369,13 @@ class Trainer(WeightSender):
         return buf.getvalue()
 
     def restore(self, weights: dict[str, bytes], state: bytes) -> int:
-        """Load a checkpoint written by `model_files` + `trainer_state`: `weights` is {file name: bytes} of each
-        of its *.safetensors files (one, or every shard). Returns the restored step."""
+        """Load a checkpoint written by `checkpoint_files` + `trainer_state`: `weights` is {file name: bytes} of each
+        of its *.safetensors files (one, or every shard; a LoRA student's adapter). Returns the restored step."""
         import io
 
         import torch
 
-        self.load_weight_files(weights)
+        self.adapter.load_files(weights) if self.adapter is not None else self.load_weight_files(weights)
         saved = torch.load(io.BytesIO(state), map_location=self.device, weights_only=True)
         self.opt.load_state_dict(saved["optimizer"])
         self.steps, self.version = saved["steps"], saved["version"]
@@ -371,10 +396,3 @@ class Trainer(WeightSender):
         for name in sorted(weights):
             self.load_full_state(load(weights[name]), strict=False)
 
-
-def safetensors_names(data: bytes) -> set[str]:
-    """The tensor names in a safetensors file's header (nothing else is read)."""
-    import json
-
-    size = int.from_bytes(data[:8], "little")
-    return set(json.loads(data[8:8 + size])) - {"__metadata__"}

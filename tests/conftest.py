@@ -73,8 +73,8 @@ def fault_figures(record_property):
 # the end, except that what needs no test model (the pretrained model's tests, the unit tests) comes right after the
 # first module: one process builds the test model (~4 min) while the other runs those. Unlisted modules run last.
 MODULE_ORDER = [
-    ("integration/test_service.py", 770), ("integration/test_pretrained.py", 210), ("unit", 90),
-    ("integration/test_rung.py", 360), ("integration/test_step_timeout.py", 130), ("integration/test_stages.py", 245),
+    ("integration/test_service.py", 770), ("integration/test_pretrained.py", 210), ("unit", 115),
+    ("integration/test_rung.py", 430), ("integration/test_step_timeout.py", 130), ("integration/test_stages.py", 245),
     ("integration/test_user_data.py", 210),
     ("integration/test_ladder.py", 150), ("integration/test_train_group.py", 95), ("integration/test_placement.py", 80),
     ("integration/test_weight_sync.py", 45),

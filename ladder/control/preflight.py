@@ -15,9 +15,11 @@ def preflight(spec, gate: bool = True, offline: bool = False):
 
     if offline:
         check_tasks(spec, gate)
-        return check_local_models(spec)
+        check_local_models(spec)
+        return check_lora(spec)
     check_workdir(spec.workdir)
     check_tasks(spec, gate)
+    check_lora(spec)
     judge = resolve_judge(spec)
     for model in [spec.student.base] + ([judge.location] if judge.kind == "model" else []):
         check_model(model, spec)
@@ -59,6 +61,33 @@ def check_local_models(spec) -> None:
     for model in [spec.student.base] + ([initial.path] if initial.kind == "model" else []):
         if not is_model_uri(model):
             check_model_dir(model)
+
+
+class LoraError(ValueError):
+    """LoRA settings the student or the rollout engines cannot take (one line)."""
+
+
+def check_lora(spec) -> None:
+    """Each rung's `train.lora` against the student's modules (read from its weights files' headers, no torch):
+    every target must match a linear module, and with `sync: adapter` every module matched must be one a vLLM
+    engine takes adapters on. A student that is not a local folder is checked when its trainer loads it."""
+    from stages.lora import engine_refusal, linear_modules, unmatched_targets
+    from stages.models import is_model_uri
+
+    settings = {k: spec.for_rung(k).train.lora for k in range(1, spec.rungs + 1)}
+    base = spec.student.base
+    if all(lora is None for lora in settings.values()) or is_model_uri(base) or not Path(base).is_dir():
+        return
+    modules = linear_modules(base)
+    for lora in {id(lora): lora for lora in settings.values() if lora is not None}.values():
+        missing = unmatched_targets(modules, lora.target_modules)
+        if missing:
+            names = sorted({m.rpartition(".")[2] for m in modules})
+            raise LoraError(f"train.lora.target_modules: {missing[0]!r} matches no linear module of the student "
+                            f"{base} (its linear modules end in {', '.join(names[:8])})")
+        why = engine_refusal(modules, lora.target_modules)
+        if why and lora.sync == "adapter":
+            raise LoraError(f"train.lora.sync: adapter: a vLLM engine cannot take {why}; use sync: merged or auto")
 
 
 class WorkdirError(ValueError):

@@ -60,8 +60,10 @@ class RungStore:
         registered next (the weights are stored once; nothing trains from them)."""
         local = self.root / f"rung-{p.rung}" / "candidate"
         with whole_or_nothing(f"rung {p.rung} trained student", local):
-            rung.save_student(str(local))
-            model_id = self.registry.log_model(p.rung_run, str(local), tags, rung.step_no)
+            rung.save_student(str(local / "model"))  # a LoRA rung's: the adapter merged into its base
+            model_id = self.registry.log_model(p.rung_run, str(local / "model"), tags, rung.step_no)
+            if rung.lora_sync:  # its adapter beside it, as an artifact of the rung run
+                self.registry.upload_adapter(p.rung_run, rung.save_adapter(str(local / "adapter")))
         self.registry.flush_writes()
         return p.to(step=rung.step_no, cursor=rung.cursor_state(), checkpoint=logged_model_uri(model_id))
 

@@ -77,6 +77,8 @@ def enter_rung(ctl: PhaseContext, rung, p: Progress, t0: float):
     """Engines up (started or taken over), the calibration set, and the rung restored from its checkpoint or
     measured at its start; returns the progress and the calibration items."""
     rung.ready()
+    if rung.lora_sync:
+        ctl.registry.record_lora_sync(p.rung_run, rung.lora_sync, rung.lora_why)
     ctl.registry.log_metrics(p.rung_run, {  # the rung-to-rung switch: engines started or taken over
         "time/rung_start_s": time.perf_counter() - t0, "rung/actors_reused": float(rung.stages.reused),
         "rung/actors_started": float(rung.stages.started)}, p.step)

@@ -17,6 +17,7 @@ class Tag:
     SPEC_SHA256 = "ladder.spec_sha256"
     ENDED_BY = "ladder.ended_by"            # why a rung ended early (the collapse guard, saturation)
     JUDGE_PROBE = "ladder.judge_probe"      # the judge pool's scores of fixed items: which weights it serves
+    LORA_SYNC = "ladder.lora_sync"          # a LoRA rung: what its rollout engines receive (adapter | merged: why)
     CALIBRATION = "ladder.calibration."  # + a calibration file's name: the run that keeps the sampled set
     JUDGE = "ladder.judge"
     JUDGE_KIND = "ladder.judge_kind"

@@ -122,6 +122,16 @@ class Tracking:
 
         self.client.set_tag(run_id, Tag.JUDGE_PROBE, json.dumps([round(s, 6) for s in scores]))
 
+    def record_lora_sync(self, run_id: str, mode: str, why: str = "") -> None:
+        """A LoRA rung's sync choice: `adapter` (the engines keep the base, the adapter moves) or `merged: <why>`."""
+        self.client.set_tag(run_id, Tag.LORA_SYNC, f"{mode}: {why}" if why else mode)
+
+    def upload_adapter(self, run_id: str, local_dir: str) -> str:
+        """A LoRA rung's final adapter (peft files) as an artifact of its run, beside the merged model."""
+        self.fenced()
+        self.client.log_artifacts(run_id, local_dir, artifact_path="adapter")
+        return f"runs:/{run_id}/adapter"
+
     def record_ended_by(self, run_id: str, reason: str) -> None:
         from ladder.progress import bounded
 

@@ -49,6 +49,7 @@ class Rung:
                  name_prefix: Optional[str] = None, stages=None):
         from ladder.rung.roles import start_roles
         from ladder.rung.stageset import StageSet
+        from ladder.rung.sync import announce
 
         self.spec, self.task, self.judge = spec, task, judge
         self.cursor = PromptCursor(len(task.train), seed)
@@ -56,6 +57,9 @@ class Rung:
         roles = start_roles(spec, task, student_path, judge, seed, name_prefix, self.stages)
         self.chat, self.pool, self.trainer, self.rollout = roles.chat, roles.pool, roles.trainer, roles.rollout
         self._start_rollout = roles.start_rollout
+        self.lora_sync, self.lora_why = roles.lora_sync  # a LoRA rung: "adapter" or "merged" (why); else ""
+        self.sync_bytes = 0  # bytes the last sync put in the object store
+        announce(self)
         self.rollout_replaced = 0
         self._weights = None  # the last weights pushed to the rollout workers (a replacement loads them)
         self._sync_group = False  # (sync.backend collective) a sync group of the trainer and the engines is formed
@@ -153,8 +157,10 @@ class Rung:
 
                 collective_sync(self)
         elif self._weights is not None:
-            get_within(self.rollout[k].load_weights.remote(self._weights), time.monotonic() + res.step_timeout_s,
-                       "rollout", res.step_timeout_s)
+            from ladder.rung.sync import load_method
+
+            load = getattr(self.rollout[k], load_method(self)).remote(self._weights)
+            get_within(load, time.monotonic() + res.step_timeout_s, "rollout", res.step_timeout_s)
 
     def collect(self) -> CollectedBatch:
         """The next prompts, rolled out and judged, with what that took."""
@@ -214,7 +220,7 @@ class Rung:
             "time/rollout_s": batch.rollout_s, "time/judge_s": batch.judge_s, "time/train_s": t3 - t1,
             "time/sync_s": t4 - t3, "time/step_s": t4 - t0,
             "time/sync_frac": (t4 - t3) / max(t4 - t0, 1e-9), "time/overhead_s": overhead,
-            "time/overhead_frac": overhead / max(t4 - t0, 1e-9),
+            "time/overhead_frac": overhead / max(t4 - t0, 1e-9), "sync/bytes": float(self.sync_bytes),
             "train/skipped": float(bool(stats.skipped)), "judge/invalid_scores": float(judged.invalid_scores),
             "judge/dropped": float(len(judged.scores) - sum(judged.trainable)),
             "judge/coverage": judged.coverage,  # share of prompts labelled (solve_min_share: the rest abstained)
@@ -225,26 +231,11 @@ class Rung:
         }
 
     def sync(self) -> int:
-        """Push the trainer's weights to every rollout worker, in place (`sync.backend`)."""
-        if self.spec.sync.backend == "collective":
-            from ladder.rung.sync import collective_sync
+        """Push the trainer's weights (a LoRA rung's adapter, or its merged weights) to every rollout worker, in
+        place (`sync.backend`)."""
+        from ladder.rung.sync import collective_sync, store_sync
 
-            return collective_sync(self)
-        import ray
-
-        timeout = self.spec.resources.step_timeout_s
-        ref = get_within(self.trainer.export_weights.remote(), time.monotonic() + timeout, "trainer", timeout)
-        self.weights_version, self._weights = ref.version, ref
-        loads = [w.timed.remote("load_weights", ref) for w in self.rollout]
-        seconds, deadline = [0.0], time.monotonic() + timeout
-        for k, load in enumerate(loads):
-            try:
-                seconds.append(get_within(load, deadline, "rollout", timeout)[1])
-            except (ray.exceptions.RayActorError, StepTimeout) as exc:  # its replacement loads `ref` before it serves
-                raise_if_start_failed(exc)
-                self._replace_rollout(k, exc)
-        self.work_s["sync"] = ref.meta.get("seconds", 0.0) + max(seconds)
-        return ref.version
+        return collective_sync(self) if self.spec.sync.backend == "collective" else store_sync(self)
 
     def evaluate(self, n: Optional[int] = None) -> dict[str, float]:
         """Held-out greedy answer accuracy (where the task has a verifier) and judge reward."""
@@ -297,8 +288,17 @@ class Rung:
             (out / name).write_bytes(data)
         return str(out)
 
+    def save_adapter(self, out_dir: str) -> str:
+        """(a LoRA rung) The trained adapter's files (peft's format) in a folder on this node."""
+        import ray
+
+        from stages.lora import write_adapter
+
+        return write_adapter(ray.get(self.trainer.checkpoint_files.remote()), Path(out_dir))
+
     def checkpoint(self, out_dir: str) -> str:
-        """A complete checkpoint folder: `model/` (HF files), `trainer.pt` (optimizer, steps, RNG), `cursor.json`."""
+        """A complete checkpoint folder: `model/` (HF files; a LoRA rung's adapter alone), `trainer.pt` (optimizer,
+        steps, RNG), `cursor.json`."""
         import json
         import shutil
 
@@ -306,7 +306,10 @@ class Rung:
 
         out = Path(out_dir)
         shutil.rmtree(out / "model", ignore_errors=True)  # no shard of an earlier save may be restored with these
-        self.save_student(str(out / "model"))
+        files = ray.get(self.trainer.checkpoint_files.remote())
+        (out / "model").mkdir(parents=True)
+        for name, data in files.items():
+            (out / "model" / name).write_bytes(data)
         (out / "trainer.pt").write_bytes(ray.get(self.trainer.trainer_state.remote()))
         (out / "cursor.json").write_text(json.dumps({**self.cursor_state(), "step": self.step_no}))
         return str(out)

@@ -19,13 +19,30 @@ def model_store(spec):
     return ModelStore(tracking_uri_for(spec), str(Path(spec.workdir).resolve() / spec.name / "model-cache"))
 
 
-def engine_config(spec, model: str, seed: int, max_model_len: int = 512):
+def engine_config(spec, model: str, seed: int, max_model_len: int = 512, lora_rank: int = 0):
     from stages.engine import EngineConfig
 
     ro = spec.rollout
     return EngineConfig(model, seed=seed, kv_cache_gib=ro.kv_cache_gib, max_model_len=max_model_len, dtype=ro.dtype,
                         compiled=ro.compiled, gpu_memory_utilization=ro.gpu_memory_utilization,
-                        store=model_store(spec), trust_remote_code=spec.trust_remote_code)
+                        store=model_store(spec), trust_remote_code=spec.trust_remote_code, lora_rank=lora_rank)
+
+
+def lora_sync(spec, student_path: str) -> tuple[str, str]:
+    """How a LoRA rung's rollout engines get the student after each step, and why: ("adapter", "") the adapter
+    alone, into engines that keep the base; ("merged", why) the merged weights, where `train.lora.sync` says so or
+    (auto) the engines cannot take the adapter; ("", "") for a rung that is not LoRA."""
+    from stages.lora import engine_refusal, linear_modules
+
+    lora = spec.train.lora
+    if lora is None:
+        return "", ""
+    if lora.sync == "merged":
+        return "merged", "train.lora.sync is merged"
+    why = engine_refusal(linear_modules(model_store(spec).local(student_path)), lora.target_modules)
+    if why and lora.sync == "adapter":
+        raise ValueError(f"train.lora.sync: adapter: a vLLM engine cannot take {why}; use sync: merged or auto")
+    return ("merged", f"a vLLM engine cannot take {why}") if why else ("adapter", "")
 
 
 def model_prompts(spec, location: str, chat_spec, field: str):
@@ -70,6 +87,7 @@ class RungRoles:
     trainer: object          # the Trainer actor
     rollout: list            # the RolloutWorker actors
     start_rollout: Callable  # i -> a new rollout worker i (a dead one's replacement)
+    lora_sync: tuple = ("", "")  # (a LoRA rung) what the rollout engines receive, and why (`lora_sync`)
 
 
 def start_roles(spec, task: Task, student_path: str, judge: ResolvedJudge, seed: int, name_prefix: Optional[str],
@@ -84,6 +102,8 @@ def start_roles(spec, task: Task, student_path: str, judge: ResolvedJudge, seed:
     res = spec.resources
     stages.reused = stages.started = 0
     chat, context = student_prompts(spec, task, student_path)
+    sync = lora_sync(spec, student_path)
+    rank = spec.train.lora.rank if sync[0] == "adapter" else 0  # engines that take adapters of this rank
     pool = build_judge_pool(spec, judge, task, seed, name_prefix, stages)
     train_cfg = TrainConfig.from_spec(spec.train, spec.trust_remote_code)
     trainer = stages.take("trainer", settings_key(res.trainer, spec.trust_remote_code, spec.train.workers,
@@ -91,11 +111,12 @@ def start_roles(spec, task: Task, student_path: str, judge: ResolvedJudge, seed:
                           lambda t: t.reset.remote(student_path, train_cfg, seed),
                           lambda i=0: start_trainer(spec, student_path, train_cfg, seed, name_prefix, stages))[0]
     start_rollout = lambda i: spawn(  # noqa: E731
-        RolloutWorker, engine_config(spec, student_path, seed + i, context), resources=res.rollout,
+        RolloutWorker, engine_config(spec, student_path, seed + i, context, rank), resources=res.rollout,
         name=actor_name(name_prefix, f"rollout{i}"), namespace="ladder")
-    rollout = list(stages.take("rollout", settings_key(engine_config(spec, student_path, seed, context), res.rollout),
-                               spec.rollout.workers, lambda w: w.load_model.remote(student_path), start_rollout))
-    return RungRoles(chat, pool, trainer, rollout, start_rollout)
+    key = settings_key(engine_config(spec, student_path, seed, context, rank), res.rollout)
+    rollout = list(stages.take("rollout", key, spec.rollout.workers, lambda w: w.load_model.remote(student_path),
+                               start_rollout))
+    return RungRoles(chat, pool, trainer, rollout, start_rollout, sync)
 
 
 def start_trainer(spec, student_path: str, train_cfg, seed: int, name_prefix: Optional[str], stages):

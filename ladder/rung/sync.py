@@ -1,10 +1,48 @@
-"""Weight sync over a process group (`sync.backend: collective`): the trainer broadcasts, every rollout engine's
-workers load in place; the group forms at a rung's first sync and afresh after a rollout worker is replaced."""
+"""How the trainer's weights reach a rung's rollout engines after each step, in place: through the object store
+(whole weights, or a LoRA rung's adapter alone), or over a process group (`sync.backend: collective`: the trainer
+broadcasts, every engine's workers load; the group forms at the first sync and afresh after a worker is replaced)."""
 from __future__ import annotations
 
+import logging
 import time
 
-from stages.actors import raise_if_start_failed
+from stages.actors import StepTimeout, get_within, raise_if_start_failed
+
+log = logging.getLogger(__name__)
+
+
+def load_method(rung) -> str:
+    """The rollout worker's method that takes what `store_sync` exports: a LoRA rung's adapter, or whole weights."""
+    return "load_adapter" if rung.lora_sync == "adapter" else "load_weights"
+
+
+def announce(rung) -> None:
+    """Say once, in the log, what a LoRA rung's engines receive each step and why."""
+    if rung.lora_sync:
+        log.info("LoRA rung: the rollout engines receive %s after each step%s", "the adapter alone (the base "
+                 "stays loaded)" if rung.lora_sync == "adapter" else "the merged weights",
+                 f" ({rung.lora_why})" if rung.lora_why else "")
+
+
+def store_sync(rung) -> int:
+    """The trainer's weights (a LoRA rung with adapter sync: its adapter's files) put in the object store once and
+    loaded by every rollout worker in place; a worker that dies meanwhile is replaced and loads them first."""
+    import ray
+
+    timeout = rung.spec.resources.step_timeout_s
+    export = rung.trainer.export_adapter if rung.lora_sync == "adapter" else rung.trainer.export_weights
+    ref = get_within(export.remote(), time.monotonic() + timeout, "trainer", timeout)
+    rung.weights_version, rung._weights, rung.sync_bytes = ref.version, ref, ref.n_bytes
+    loads = [w.timed.remote(load_method(rung), ref) for w in rung.rollout]
+    seconds, deadline = [0.0], time.monotonic() + timeout
+    for k, load in enumerate(loads):
+        try:
+            seconds.append(get_within(load, deadline, "rollout", timeout)[1])
+        except (ray.exceptions.RayActorError, StepTimeout) as exc:  # its replacement loads `ref` before it serves
+            raise_if_start_failed(exc)
+            rung._replace_rollout(k, exc)
+    rung.work_s["sync"] = ref.meta.get("seconds", 0.0) + max(seconds)
+    return ref.version
 
 
 def collective_sync(rung) -> int:

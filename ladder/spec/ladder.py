@@ -83,6 +83,11 @@ class LadderSpec(Strict):
             raise ValueError("saturation.window must not exceed train.steps")
         if self.promotion.on_reject == "retry" and self.promotion.max_retries < 1:
             raise ValueError("promotion.max_retries must be at least 1 when on_reject is retry")
+        if self.train.lora is not None and self.train.workers > 1:
+            raise ValueError("train.lora: a LoRA student trains on one trainer rank (train.workers: 1)")
+        if self.train.lora is not None and self.sync.backend == "collective":
+            raise ValueError("train.lora: a LoRA student's weights go through the object store (sync.backend: "
+                             "object_store)")
         firsts = [entry.rung for entry in self.schedule]
         if firsts != sorted(set(firsts)):
             raise ValueError("schedule: entries must name increasing, distinct rungs")

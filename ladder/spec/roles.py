@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field, SerializeAsAny
+from pydantic import Field, SerializeAsAny, model_validator
 
 from ladder.spec.judge import ChatSpec
 from ladder.spec.task import TaskSource
@@ -39,6 +39,28 @@ class JudgePoolSpec(Strict):
     workers: int = Field(1, ge=1, le=512, description="Judge workers, one vLLM engine each.")
     batch_size: int = Field(64, ge=1, description="Pairs scored per request to one worker.")
 
+class LoraSpec(Strict):
+    """A LoRA student: the base stays frozen and only a low-rank adapter on the named modules trains (peft)."""
+    rank: int = Field(ge=1, description="The adapter's rank r (a vLLM engine takes adapters of rank at most 512).")
+    alpha: float = Field(gt=0, description="LoRA alpha: the adapter's update is scaled by alpha / rank.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter's input while training.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1, description="Modules that get an adapter, by name or by the last parts of their dotted name "
+                                  "(peft's matching); each must match a linear module of the student.")
+    sync: Literal["auto", "adapter", "merged"] = Field(
+        "auto", description="What the rollout engines receive after each step: adapter (the base is loaded once, "
+                            "the adapter replaced in place), merged (the whole merged weights), or auto (the adapter "
+                            "where the engine can take it, else merged); the choice is logged.")
+
+    @model_validator(mode="after")
+    def _engine_rank(self) -> "LoraSpec":
+        if self.sync != "merged" and self.rank > 512:
+            raise ValueError(f"rank {self.rank}: a vLLM engine takes adapters of rank at most 512 "
+                             "(or set sync: merged)")
+        return self
+
+
 class TrainSpec(Strict):
     lr: float = Field(1e-5, gt=0, lt=1, description="AdamW learning rate.")
     kl_coef: float = Field(0.02, ge=0, description="Weight of the KL penalty to the reference model.")
@@ -72,6 +94,9 @@ class TrainSpec(Strict):
                                       "`resources.trainer`.")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="How the trainer ranks' placement group spreads them over nodes (Ray's strategies).")
+    lora: Optional[LoraSpec] = Field(
+        None, description="Train a LoRA adapter instead of the whole student (less trainer memory, a smaller "
+                          "sync); the rung's candidate is the base with the adapter merged in.")
     max_skipped_steps: int = Field(
         5, ge=1, description="Steps in a row without an update (non-finite loss or gradients, or no sample left to "
                              "train on) after which the rung fails, with the reason in MLflow.")

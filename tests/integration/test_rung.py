@@ -439,3 +439,84 @@ def test_a_sharded_checkpoint_restores_the_trainer_and_the_rollout_workers(ray_l
         assert greedy() == answers
     finally:
         rung.handover()  # the module's stage set keeps its actors
+
+
+def test_a_lora_rung_learns_registers_its_merged_student_and_resumes(ray_local, tiny_model, tmp_path, stage_set):
+    """`train.lora`: the rung trains an adapter alone (the base's checksum is the same to the bit) and learns
+    against the verifier; its engine keeps the base and takes each adapter in place, and answers greedily as a
+    fresh engine on the merged weights does; the registered candidate is the merged plain HF model and serves
+    in vLLM as a judge; a checkpoint (the adapter and AdamW's state) restores the trainer and the engine.
+
+    Learning, measured here (rank 16 on all seven projections, lr 3e-3, 128 held-out prompts, standard error
+    <= 4.5 points): greedy answers go from 0% to 100% worked and accuracy from 0.375 to 0.86 in 8 steps. The
+    thresholds (worked share < 0.2 to > 0.7; +15 points) are those of the full-weights test above, far inside
+    that effect; a flipped advantage fails them (checked)."""
+    from ladder.control.rung_store import RungStore
+    from ladder.progress import Progress
+    from ladder.registry.registry import Registry
+    from ladder.rung.driver import ResolvedJudge, Rung
+    from ladder.spec import parse_spec
+    from ladder.tasks import build_task
+    from stages.actors import kill_all, spawn
+    from stages.engine import EngineConfig
+    from stages.judge import JudgeConfig, JudgeWorker
+    from stages.models import ModelStore
+    from stages.train import TrainConfig
+
+    verifier = "ladder.tasks.arithmetic:exact"
+    spec = parse_spec(spec_dict(tiny_model, {"kind": "verifier", "function": verifier}, workdir=str(tmp_path / "w"),
+                                task={"source": {"kind": "builtin", "name": "arithmetic", "terms": 4,
+                                                 "max_operand": 5, "train_size": 4000}, "eval_size": 128},
+                                rollout={"workers": 1, "group_size": 8, "max_tokens": 40, "kv_cache_gib": 0.25},
+                                train={"lr": 3e-3, "kl_coef": 0.0, "steps": 8, "prompts_per_step": 16,
+                                       "lora": {"rank": 16, "alpha": 32}}))
+    rung = Rung(spec, build_task(spec.task, spec.seed), tiny_model, ResolvedJudge("verifier", verifier, "v"),
+                spec.seed, stages=stage_set)
+    checksums = lambda: ray_local.get(rung.trainer.__ray_call__.remote(lambda t: t.adapter.checksums()))  # noqa
+    reg = Registry("lora-rung", f"sqlite:///{tmp_path / 'm.db'}", (tmp_path / "art").as_uri())
+    run = reg.client.create_run(reg.experiment_id).info.run_id
+    judge = None
+    try:
+        rung.ready()
+        assert rung.lora_sync == "adapter"
+        start = checksums()
+        acc_before, worked_before = held_out_greedy(rung)
+        steps = [rung.step() for _ in range(spec.train.steps)]
+        acc_after, worked_after = held_out_greedy(rung)
+        trained = checksums()
+        ckpt = Path(rung.checkpoint(str(tmp_path / "ckpt")))
+        p = store_candidate(RungStore(reg, tmp_path / "w" / "job"), rung, Progress(spec.name, "job", rung_run=run))
+        version = reg.register(run, None, {"ladder.rung": "1", "ladder.rung_uid": "job-1-0"},
+                               model_id=p.checkpoint.removeprefix("models:/"))
+        texts = [rung.chat.user(r.prompt) for r in rung.task.eval[:16]]
+        served = [g[0].completion_text for g in ray_local.get(rung.rollout[0].generate.remote(texts, 1, 40, 0.0))]
+        judge = spawn(JudgeWorker, EngineConfig(f"models:/lora-rung/{version}", kv_cache_gib=0.25, store=ModelStore(
+            reg.tracking_uri, str(tmp_path / "cache"))), JudgeConfig())
+        merged = [g[0][0] for g in ray_local.get(judge.write.remote(texts, 1, 40, 0.0))]
+        verdicts = ray_local.get(judge.verdicts.remote([t + s for t, s in zip(texts, served)]))
+        # resume: the trainer back at its base, then the checkpoint's adapter and optimizer, re-synced
+        ray_local.get(rung.trainer.reset.remote(tiny_model, TrainConfig.from_spec(spec.train), spec.seed))
+        assert rung.restore(str(ckpt)) == spec.train.steps and checksums() == trained
+        resumed = [g[0].completion_text for g in ray_local.get(rung.rollout[0].generate.remote(texts, 1, 40, 0.0))]
+    finally:
+        kill_all([judge] if judge is not None else [])
+        rung.handover()  # the module's stage set keeps its actors
+    summary = (f"held-out greedy accuracy {acc_before:.3f} -> {acc_after:.3f}, "
+               f"worked answers {worked_before:.0%} -> {worked_after:.0%}")
+    assert trained["base"] == start["base"] and trained["adapter"] != start["adapter"]
+    assert worked_before < 0.2 and worked_after > 0.7, summary
+    assert acc_after > acc_before + 0.15, summary
+    assert max(m["train/logprob_mismatch"] for m in steps) < 1e-3  # the engine sampled with the synced adapter
+    assert all(m["sync/bytes"] < 2**20 for m in steps)  # an adapter of a few hundred KB, not the weights
+    assert sorted(f.name for f in (ckpt / "model").iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert served == merged and resumed == served
+    assert all(0.0 <= v <= 1.0 for v in verdicts)
+    assert [a.path for a in reg.client.list_artifacts(run, "adapter")] == ["adapter/adapter_config.json",
+                                                                           "adapter/adapter_model.safetensors"]
+
+
+def store_candidate(store, rung, p):
+    """The rung's candidate logged as the controller logs it (the merged student, and its adapter beside it)."""
+    from ladder.registry.tags import Tag
+
+    return store.log_candidate(rung, p, {Tag.RUNG: "1", Tag.RUNG_UID: "job-1-0", Tag.JUDGE: "verifier"})
