@@ -1,6 +1,6 @@
 """Bounded waits in the step path (`resources.step_timeout_s`): a rollout worker that stops answering mid-step is
 treated as a dead one (killed, replaced, its part redone) within `worker_replacements`. (Past them the rung fails in
-one line naming the role and the timeout: the message is the dead-worker path's, `test_rung.py`; a second 40 s wait
+one line naming the role and the timeout: the message is the dead-worker path's, `test_rung.py`; a second wait
 here to show it again was left out of `make test`'s time.)"""
 import os
 import signal
@@ -11,7 +11,7 @@ from service import wait_until_stopped  # tests/integration/service.py
 from test_rung import spec_dict
 
 pytestmark = pytest.mark.integration
-TIMEOUT_S = 40.0  # above a step's generate and a replacement engine's load on 2 loaded cores
+TIMEOUT_S = 60.0  # above a step's generate and a replacement engine's load (~25 s alone) beside the other tests
 
 
 def sigstop(ray, actor) -> float:
@@ -43,7 +43,7 @@ def test_a_hung_rollout_worker_is_replaced_then_the_rung_fails_in_one_line(ray_l
         assert metrics["faults/rollout_replaced"] == 1.0 and metrics["rollout/tokens"] > 0
         assert TIMEOUT_S <= recovery < 3 * TIMEOUT_S
         assert ray_local.get(rung.rollout[0].weights_version.remote()) == rung.weights_version == 2
-        fault_figures("rollout worker SIGSTOP mid-step (step_timeout_s 40)",
+        fault_figures(f"rollout worker SIGSTOP mid-step (step_timeout_s {TIMEOUT_S:g})",
                       f"killed and replaced {recovery:.1f} s after the stop, its part redone, step counted once")
     finally:
         rung.shutdown()
