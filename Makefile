@@ -24,7 +24,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # two test processes (pytest-xdist), a module to each at a time, the longest modules first (tests/conftest.py):
-# engine starts, model loads and MLflow round trips of one leave a core idle that the other fills
+# engine starts, model loads and MLflow round trips of one leave a core idle that the other fills. Three measured no
+# faster on 2 cores (the cores were busy 95% of the run; every test took ~1.6 times as long)
 TEST_PROCS ?= 2
 PYTEST_ARGS ?=  # more pytest options, e.g. PYTEST_ARGS=--durations=0
 test: setup
