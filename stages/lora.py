@@ -5,7 +5,6 @@ Pure functions and one class the trainer holds (`Adapter`); torch and peft are i
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,13 +46,12 @@ def matches(module: str, target: str) -> bool:
 
 def linear_modules(model_dir: str) -> list[str]:
     """The names of the modules of an HF model folder that hold a 2-D weight (linear layers and embeddings), read
-    from its safetensors headers alone (no torch)."""
+    from its safetensors headers alone (no torch; `check_safetensors` reads and checks them)."""
+    from stages.models import check_safetensors
+
     names: list[str] = []
     for path in sorted(Path(model_dir).glob("*.safetensors")):
-        with open(path, "rb") as f:
-            size = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(size))
-        names += [k.removesuffix(".weight") for k, v in header.items()
+        names += [k.removesuffix(".weight") for k, v in check_safetensors(str(path)).items()
                   if k.endswith(".weight") and isinstance(v, dict) and len(v.get("shape", ())) == 2]
     return sorted(set(names))
 

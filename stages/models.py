@@ -149,9 +149,9 @@ def check_model_files(path: str) -> None:
             raise ModelBroken(f"{index}: names {len(missing)} missing weight file(s): {', '.join(missing[:3])}")
 
 
-def check_safetensors(file: str) -> None:
+def check_safetensors(file: str) -> dict:
     """A safetensors file is 8 bytes of header length, a JSON header of tensor names, dtypes, shapes and data
-    offsets, then the data: each part must be there in full."""
+    offsets, then the data: each part must be there in full. Returns the header."""
     import json
     import struct
 
@@ -171,6 +171,7 @@ def check_safetensors(file: str) -> None:
     needed = 8 + n + max(ends, default=0)
     if size < needed:
         raise ModelBroken(f"{file}: truncated safetensors file ({size} bytes; its header describes {needed})")
+    return header
 
 
 def model_id_of(version) -> Optional[str]:
