@@ -52,6 +52,13 @@ def start_trainer(model: str, workers: int, lora=None):
     return trainer
 
 
+def seconds(call) -> tuple[float, object]:
+    """(the seconds `call()` took, what it returned)."""
+    t0 = time.perf_counter()
+    out = call()
+    return time.perf_counter() - t0, out
+
+
 def time_syncs(trainer, worker, model: str, repeats: int) -> dict:
     """Seconds per sync, best of `repeats`, each way; the trainer steps in between (fresh weights each time)."""
     import ray
@@ -59,20 +66,12 @@ def time_syncs(trainer, worker, model: str, repeats: int) -> dict:
     from stages.weight_sync import connect, push
 
     batch = judged_batch(model)
-    t0 = time.perf_counter()
-    connect(trainer, [worker])
-    connect_s = time.perf_counter() - t0
+    connect_s, _ = seconds(lambda: connect(trainer, [worker]))
     store, collective, step = [], [], []
     for i in range(repeats):
-        t0 = time.perf_counter()
-        ray.get(trainer.step.remote(batch))
-        step.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        ray.get(worker.load_weights.remote(ray.get(trainer.export_weights.remote())))
-        store.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        push(trainer, [worker], 1000 + i)
-        collective.append(time.perf_counter() - t0)
+        step.append(seconds(lambda: ray.get(trainer.step.remote(batch)))[0])
+        store.append(seconds(lambda: ray.get(worker.load_weights.remote(ray.get(trainer.export_weights.remote()))))[0])
+        collective.append(seconds(lambda: push(trainer, [worker], 1000 + i))[0])
     best = {"object_store_sync_s": min(store), "collective_sync_s": min(collective), "train_step_s": min(step)}
     return {**best, "collective_connect_s": connect_s,
             "object_store_share_of_step": best["object_store_sync_s"] / (best["train_step_s"] + best["object_store_sync_s"]),
@@ -124,13 +123,9 @@ def lora_against_full(model: str, rank: int, repeats: int) -> dict:
         export, load = (trainer.export_adapter, "load_adapter") if lora else (trainer.export_weights, "load_weights")
         syncs, steps, sizes = [], [], []
         for _ in range(repeats):
-            t0 = time.perf_counter()
-            ray.get(trainer.step.remote(batch))
-            steps.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            ref = ray.get(export.remote())
-            ray.get(getattr(worker, load).remote(ref))
-            syncs.append(time.perf_counter() - t0)
+            steps.append(seconds(lambda: ray.get(trainer.step.remote(batch)))[0])
+            took, ref = seconds(lambda: ray.get(export.remote()))
+            syncs.append(took + seconds(lambda: ray.get(getattr(worker, load).remote(ref)))[0])
             sizes.append(ref.n_bytes)
         out[name] = {"sync_s": min(syncs), "sync_bytes": sizes[-1], "train_step_s": min(steps),
                      "trainer_bytes": ray.get(trainer.state_bytes.remote()), "trainer_peak_rss": peak_rss(trainer)}
@@ -208,13 +203,14 @@ def time_restart(trainer, work: Path) -> float:
     from stages.engine import EngineConfig
     from stages.rollout import RolloutWorker
 
-    t0 = time.perf_counter()
-    saved = ray.get(trainer.save.remote(str(work / "ckpt")))
-    fresh = spawn(RolloutWorker, EngineConfig(saved, kv_cache_gib=0.25))
-    ray.get(fresh.__ray_ready__.remote())
-    seconds = time.perf_counter() - t0
+    def restart():
+        fresh = spawn(RolloutWorker, EngineConfig(ray.get(trainer.save.remote(str(work / "ckpt"))), kv_cache_gib=0.25))
+        ray.get(fresh.__ray_ready__.remote())
+        return fresh
+
+    took, fresh = seconds(restart)
     kill_all([fresh])
-    return seconds
+    return took
 
 
 if __name__ == "__main__":
