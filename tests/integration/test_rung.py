@@ -455,27 +455,16 @@ def test_a_lora_rung_learns_registers_its_merged_student_and_resumes(ray_local, 
     from ladder.progress import Progress
     from ladder.registry.registry import Registry
     from ladder.rung.driver import ResolvedJudge, Rung
-    from ladder.spec import parse_spec
     from ladder.tasks import build_task
-    from stages.actors import kill_all, spawn
-    from stages.engine import EngineConfig
-    from stages.judge import JudgeConfig, JudgeWorker
-    from stages.models import ModelStore
     from stages.train import TrainConfig
 
     verifier = "ladder.tasks.arithmetic:exact"
-    spec = parse_spec(spec_dict(tiny_model, {"kind": "verifier", "function": verifier}, workdir=str(tmp_path / "w"),
-                                task={"source": {"kind": "builtin", "name": "arithmetic", "terms": 4,
-                                                 "max_operand": 5, "train_size": 4000}, "eval_size": 128},
-                                rollout={"workers": 1, "group_size": 8, "max_tokens": 40, "kv_cache_gib": 0.25},
-                                train={"lr": 3e-3, "kl_coef": 0.0, "steps": 8, "prompts_per_step": 16,
-                                       "lora": {"rank": 16, "alpha": 32}}))
+    spec = lora_spec(tiny_model, verifier, tmp_path / "w")
     rung = Rung(spec, build_task(spec.task, spec.seed), tiny_model, ResolvedJudge("verifier", verifier, "v"),
                 spec.seed, stages=stage_set)
     checksums = lambda: ray_local.get(rung.trainer.__ray_call__.remote(lambda t: t.adapter.checksums()))  # noqa
     reg = Registry("lora-rung", f"sqlite:///{tmp_path / 'm.db'}", (tmp_path / "art").as_uri())
     run = reg.client.create_run(reg.experiment_id).info.run_id
-    judge = None
     try:
         rung.ready()
         assert rung.lora_sync == "adapter"
@@ -489,17 +478,13 @@ def test_a_lora_rung_learns_registers_its_merged_student_and_resumes(ray_local, 
         version = reg.register(run, None, {"ladder.rung": "1", "ladder.rung_uid": "job-1-0"},
                                model_id=p.checkpoint.removeprefix("models:/"))
         texts = [rung.chat.user(r.prompt) for r in rung.task.eval[:16]]
-        served = [g[0].completion_text for g in ray_local.get(rung.rollout[0].generate.remote(texts, 1, 40, 0.0))]
-        judge = spawn(JudgeWorker, EngineConfig(f"models:/lora-rung/{version}", kv_cache_gib=0.25, store=ModelStore(
-            reg.tracking_uri, str(tmp_path / "cache"))), JudgeConfig())
-        merged = [g[0][0] for g in ray_local.get(judge.write.remote(texts, 1, 40, 0.0))]
-        verdicts = ray_local.get(judge.verdicts.remote([t + s for t, s in zip(texts, served)]))
+        served = served_greedy(ray_local, rung, texts)
+        merged, verdicts = registered_judge_answers(ray_local, reg, version, texts, served, tmp_path / "cache")
         # resume: the trainer back at its base, then the checkpoint's adapter and optimizer, re-synced
         ray_local.get(rung.trainer.reset.remote(tiny_model, TrainConfig.from_spec(spec.train), spec.seed))
         assert rung.restore(str(ckpt)) == spec.train.steps and checksums() == trained
-        resumed = [g[0].completion_text for g in ray_local.get(rung.rollout[0].generate.remote(texts, 1, 40, 0.0))]
+        resumed = served_greedy(ray_local, rung, texts)
     finally:
-        kill_all([judge] if judge is not None else [])
         rung.handover()  # the module's stage set keeps its actors
     summary = (f"held-out greedy accuracy {acc_before:.3f} -> {acc_after:.3f}, "
                f"worked answers {worked_before:.0%} -> {worked_after:.0%}")
@@ -513,6 +498,40 @@ def test_a_lora_rung_learns_registers_its_merged_student_and_resumes(ray_local, 
     assert all(0.0 <= v <= 1.0 for v in verdicts)
     assert [a.path for a in reg.client.list_artifacts(run, "adapter")] == ["adapter/adapter_config.json",
                                                                            "adapter/adapter_model.safetensors"]
+
+
+def lora_spec(tiny_model, verifier: str, workdir):
+    """The LoRA rung's spec: rank 16 (alpha 32) on every projection, 8 steps at lr 3e-3 against the verifier."""
+    from ladder.spec import parse_spec
+
+    return parse_spec(spec_dict(tiny_model, {"kind": "verifier", "function": verifier}, workdir=str(workdir),
+                                task={"source": {"kind": "builtin", "name": "arithmetic", "terms": 4,
+                                                 "max_operand": 5, "train_size": 4000}, "eval_size": 128},
+                                rollout={"workers": 1, "group_size": 8, "max_tokens": 40, "kv_cache_gib": 0.25},
+                                train={"lr": 3e-3, "kl_coef": 0.0, "steps": 8, "prompts_per_step": 16,
+                                       "lora": {"rank": 16, "alpha": 32}}))
+
+
+def served_greedy(ray, rung, texts: list) -> list:
+    """What the rung's first rollout engine answers greedily (40 tokens) to `texts`."""
+    return [g[0].completion_text for g in ray.get(rung.rollout[0].generate.remote(texts, 1, 40, 0.0))]
+
+
+def registered_judge_answers(ray, reg, version: str, texts: list, served: list, cache) -> tuple[list, list]:
+    """A fresh judge engine on the registered version (fetched from MLflow): its greedy answers to `texts`, and its
+    verdicts on the `served` answers."""
+    from stages.actors import kill_all, spawn
+    from stages.engine import EngineConfig
+    from stages.judge import JudgeConfig, JudgeWorker
+    from stages.models import ModelStore
+
+    judge = spawn(JudgeWorker, EngineConfig(f"models:/{reg.name}/{version}", kv_cache_gib=0.25,
+                                            store=ModelStore(reg.tracking_uri, str(cache))), JudgeConfig())
+    try:
+        merged = [g[0][0] for g in ray.get(judge.write.remote(texts, 1, 40, 0.0))]
+        return merged, ray.get(judge.verdicts.remote([t + s for t, s in zip(texts, served)]))
+    finally:
+        kill_all([judge])
 
 
 def store_candidate(store, rung, p):
