@@ -17,6 +17,8 @@ from ladder.errors import first_line
 
 TRANSIENT = ("Max retries exceeded", "Connection refused", "ConnectionError", "ConnectTimeout", "ReadTimeout",
              "Remote end closed", "Connection aborted", "Connection reset", "TEMPORARILY_UNAVAILABLE",
+             # a server killed while it wrote an answer: the body ends short
+             "Connection broken", "IncompleteRead", "ChunkedEncodingError",
              "status code 502", "status code 503", "status code 504", "database is locked")
 
 

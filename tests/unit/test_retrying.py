@@ -27,6 +27,15 @@ def test_transient_errors_are_retried_until_they_pass(monkeypatch):
     assert with_retry(fn, budget_s=60) == "ok" and calls["n"] == 4
 
 
+def test_an_answer_cut_off_by_a_dying_server_is_retried(monkeypatch):
+    monkeypatch.setattr("ladder.registry.retrying.time.sleep", lambda s: None)
+    cut = RuntimeError("API request to http://127.0.0.1:5000/api/2.0/mlflow/runs/get failed with exception "
+                       "('Connection broken: IncompleteRead(0 bytes read, 7908 more expected)', "
+                       "IncompleteRead(0 bytes read, 7908 more expected))")
+    fn, calls = flaky(2, cut)
+    assert with_retry(fn, budget_s=60) == "ok" and calls["n"] == 3
+
+
 def test_a_spent_budget_ends_in_one_line(monkeypatch):
     clock = {"t": 0.0}
     monkeypatch.setattr("ladder.registry.retrying.time.monotonic", lambda: clock["t"])
