@@ -68,7 +68,7 @@ class RungResults:
     yardstick: Optional[float] = None            # ... after the rung's last step (the candidate's)
     current_judge: Optional[JudgeQuality] = None  # the rung's judge on the calibration set (the gate's baseline)
     judge_auc: Optional[float] = None            # the candidate's AUC as a judge (set by the gate)
-    stage_restarts: int = 0                      # times the rung went back to its checkpoint on fresh actors
+    stage_restarts: int = 0                      # times the rung went back to its checkpoint (a new trainer)
     history: list = field(default_factory=list)  # the decisions so far (rows of `ladder status`), all rungs
     ended: Optional[str] = None                  # "rejected": a rejection ended the ladder
 

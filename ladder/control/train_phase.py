@@ -49,6 +49,8 @@ def train(ctl: PhaseContext, p: Progress) -> Progress:
         if ctl.aborted():  # `stop --now` killed the stage actors: whatever broke, back to the checkpoint
             return p.to(state=State.STOPPED)
         if isinstance(exc, (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError, StepTimeout)):
+            ctl.keep(rung.survivors())  # the engines that still answer are taken over by the restart
+            handed_over = True
             return after_stage_death(ctl, p, exc)  # an actor died or hung (or the trainer that owned the weights)
         raise
     finally:
@@ -116,8 +118,8 @@ def leave_rung(ctl: PhaseContext, rung, p: Progress, ended: str) -> Progress:
 
 def after_stage_death(ctl: PhaseContext, p: Progress, exc: Exception) -> Progress:
     """The trainer died (rollout and judge workers are replaced in place, within the step): the rung starts
-    again from its last checkpoint on fresh actors (the train phase re-enters), within `stage_restarts`;
-    beyond, it fails."""
+    again from its last checkpoint on a fresh trainer and the engines that still answer (the train phase
+    re-enters), within `stage_restarts`; beyond, it fails."""
     from ladder.rung.driver import RungFailed
 
     raise_if_start_failed(exc)  # an actor whose constructor raised: the rung fails now, with that error

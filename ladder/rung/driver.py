@@ -334,6 +334,20 @@ class Rung:
     def shutdown(self) -> None:
         self.handover().release()  # every actor of the rung, replacements included, killed once
 
+    def survivors(self):
+        """After the trainer died or hung: the stage set with the trainer gone and the rollout and judge workers
+        that still answer kept, for the rung's restart to take over (it loads its weights into them, then the
+        checkpoint's). None are kept where the engines joined a collective sync group with the lost trainer: the
+        next group is formed by fresh ones."""
+        stages = self.handover()
+        stages.drop("trainer")
+        for role in ("rollout", "judges"):
+            if self._sync_group:
+                stages.drop(role)
+            else:
+                stages.drop_unless_answering(role)
+        return stages
+
 
 class RungFailed(RuntimeError):
     """A rung that cannot go on (its reason is one line, recorded in MLflow)."""

@@ -56,6 +56,16 @@ class StageSet:
         self._kill(self.actors_by_role.pop(role, []))
         self.keys.pop(role, None)
 
+    def drop_unless_answering(self, role: str, answer_s: float = 10.0) -> None:
+        """Stop the actors of a role unless each answers a call within `answer_s` seconds (none dead or hung)."""
+        import ray
+
+        actors = self.actors_by_role.get(role, [])
+        calls = [a.__ray_ready__.remote() for a in actors]
+        done, _ = ray.wait(calls, num_returns=len(calls), timeout=answer_s) if calls else ([], [])
+        if len(done) < len(calls) or not all(returned(c) for c in done):
+            self.drop(role)
+
     def set(self, role: str, actors: list) -> None:
         """Record the role's current actors (after replacements of dead ones)."""
         self.actors_by_role[role] = list(actors)
@@ -75,6 +85,17 @@ class StageSet:
             self.guard.let_go(self.groups.pop(group))
         kill_all(actors)
         self.guard.forget(actors)
+
+
+def returned(call) -> bool:
+    """Whether a finished remote call returned rather than raised (its actor died)."""
+    import ray
+
+    try:
+        ray.get(call, timeout=0)
+        return True
+    except Exception:
+        return False
 
 
 def settings_key(*parts) -> str:

@@ -50,8 +50,9 @@ class LadderSpec(Strict):
                              "doubled each time, up to 60 s); it re-enters the saved phase (a rung goes on from its "
                              "last checkpoint). One death more is recorded as the ladder failed.")
     stage_restarts: int = Field(
-        3, ge=0, description="Times a rung starts again from its last checkpoint on fresh actors after its trainer "
-                             "died (or a worker died where it cannot be replaced in place); one more fails the rung.")
+        3, ge=0, description="Times a rung starts again from its last checkpoint after its trainer died (or a worker "
+                             "died where it cannot be replaced in place), on a new trainer and the engines that still "
+                             "answer; one more fails the rung.")
     trust_remote_code: bool = Field(
         False, description="Let models run their own Python code (HF `trust_remote_code`) in engines and the "
                            "trainer. Off: only architectures transformers and vLLM ship are loaded.")

@@ -205,7 +205,7 @@ def steps_redone(uri, name, rung, steps, every) -> int:
 
 def kill_trainer(dashboard, env, name, uri, steps, every):
     """SIGKILL the trainer at rung 1's first checkpoint (its pid looked up before, so the kill lands mid-rung on a
-    busy machine too): the rung restarts from that checkpoint on fresh actors. Returns (the step it was killed at,
+    busy machine too): the rung restarts from that checkpoint on a new trainer and the running engine. Returns (the step it was killed at,
     the checkpoint it restarted from, the seconds until the restarted rung's next checkpoint or its end)."""
     job = wait_for(name, uri, lambda p: p.rung == 1 and p.phase.value == "train").job
     pid = actor_pid(dashboard, env, rf"{name}\.{job}\.trainer\..*")

@@ -143,10 +143,11 @@ def test_cli_errors_are_one_line(tiny_model, ray_head, mlflow_server, tmp_path):
 
 
 def test_five_faults_in_one_service_ladder(tiny_model, ray_head, mlflow_proc, tmp_path, fault_figures):
-    """Five faults in one ladder. SIGKILL the trainer in rung 1: the rung restarts from its checkpoint on fresh
-    actors. SIGKILL the driver of the `ladder run`: the ladder goes on. SIGKILL the `mlflow server` (its process
-    group) at rung 2's first logged step and start it again 30 s later on the same port and store (MLflow's own HTTP
-    retries are cut to one, so the ladder's retries carry it): training goes on meanwhile and every metric arrives.
+    """Five faults in one ladder. SIGKILL the trainer in rung 1: the rung restarts from its checkpoint on a new
+    trainer and the rollout engine that outlived it. SIGKILL the driver of the `ladder run`: the ladder goes on.
+    SIGKILL the `mlflow server` (its process group) at rung 2's first logged step and start it again 30 s later on
+    the same port and store (MLflow's own HTTP retries are cut to one, so the ladder's retries carry it): training
+    goes on meanwhile and every metric arrives.
     Promote an untrained model by hand mid-rung 2, then SIGKILL the controller: Ray restarts it, it re-enters the
     rung from the last checkpoint, and the rung keeps the judge pinned at its start. No step is logged twice beyond
     one checkpoint interval; one version per rung."""
@@ -180,6 +181,9 @@ def test_five_faults_in_one_service_ladder(tiny_model, ray_head, mlflow_proc, tm
     redone1 = steps_redone(uri, name, 1, steps, every)
     redone2 = steps_redone(uri, name, 2, steps, every)
     assert reg.client.get_run(versions[1].run_id).data.metrics["faults.stage_restarts"] == 1.0  # on record
+    # the restart took over the rollout engine that outlived the trainer (rung 1's judge is a verifier: no engine)
+    reused = sorted(reg.client.get_metric_history(versions[1].run_id, "rung.actors_reused"), key=lambda m: m.step)
+    assert [m.value for m in reused] == [0.0, 1.0]
     judged_by_rung_one(uri, name, rung=2, steps=steps)
     trained = reg.client.get_metric_history(versions[2].run_id, "reward.mean")
     assert max(m.timestamp for m in trained) > killed_at * 1000  # the restarted controller trained rung-2 steps
@@ -188,7 +192,8 @@ def test_five_faults_in_one_service_ladder(tiny_model, ray_head, mlflow_proc, tm
     retries = reg.client.get_metric_history(versions[2].run_id, "faults.mlflow_retries")
     assert retries and max(m.value for m in retries) >= 1
     fault_figures(f"trainer SIGKILL at rung 1 step >= {at_trainer_kill}",
-                  f"the rung restarted from its checkpoint at step {restarted_at} on new actors and saved its next "
+                  f"the rung restarted from its checkpoint at step {restarted_at} on a new trainer and the kept engine "
+                  f"and saved its next "
                   f"checkpoint {trainer_recovery:.0f} s after the kill; rung-1 steps logged twice: {redone1} "
                   f"(checkpoint interval {every}); faults.stage_restarts = 1")
     fault_figures(f"driver of `ladder run` SIGKILL at rung {at_driver_kill.rung} step >= {at_driver_kill.step}",

@@ -1,0 +1,66 @@
+"""After a trainer dies, the rung's restart keeps the engines that still answer: the trainer is killed, a role with a
+dead or hung actor is started again, and nothing is kept where the engines joined a sync group with the lost
+trainer. A local Ray of this module's own, tiny actors."""
+import time
+
+import pytest
+from local_ray import module_ray  # tests/unit/local_ray.py
+
+
+class Worker:
+    def busy(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    yield from module_ray(__name__)
+
+
+def dead(ray, actor) -> bool:
+    try:
+        ray.get(actor.__ray_ready__.remote(), timeout=30)
+    except ray.exceptions.RayActorError:
+        return True
+    return False
+
+
+def rung_with(ray, sync_group: bool):
+    """A rung whose trainer, rollout worker and two judge workers are live tiny actors; one judge worker killed."""
+    from ladder.rung.driver import Rung
+    from ladder.rung.stageset import StageSet
+    from stages.actors import kill_all
+
+    remote = ray.remote(num_cpus=0)(Worker)
+    trainer, rollout, judge_a, judge_b = [remote.remote() for _ in range(4)]
+    ray.get([a.__ray_ready__.remote() for a in (trainer, rollout, judge_a, judge_b)])
+    kill_all([judge_b])  # awaited
+    rung = Rung.__new__(Rung)
+    rung.stages, rung.trainer, rung.rollout = StageSet(), trainer, [rollout]
+    rung.pool = type("Pool", (), {"workers": [judge_a, judge_b]})()
+    rung._sync_group = sync_group
+    return rung, trainer, rollout, judge_a
+
+
+def test_the_restart_keeps_the_rollout_engine_and_starts_again_a_role_with_a_dead_worker(ray_local):
+    rung, trainer, rollout, judge_a = rung_with(ray_local, sync_group=False)
+    kept = rung.survivors()
+    assert kept.actors_by_role == {"rollout": [rollout]}
+    assert dead(ray_local, trainer) and dead(ray_local, judge_a) and not dead(ray_local, rollout)
+
+
+def test_engines_in_a_sync_group_with_the_lost_trainer_are_not_kept(ray_local):
+    rung, trainer, rollout, _ = rung_with(ray_local, sync_group=True)
+    assert rung.survivors().actors_by_role == {}
+    assert dead(ray_local, trainer) and dead(ray_local, rollout)
+
+
+def test_a_hung_worker_is_not_kept(ray_local):
+    from ladder.rung.stageset import StageSet
+
+    worker = ray_local.remote(num_cpus=0)(Worker).remote()
+    worker.busy.remote(60)  # a call that holds the actor past the wait
+    stages = StageSet(actors_by_role={"rollout": [worker]})
+    t0 = time.monotonic()
+    stages.drop_unless_answering("rollout", answer_s=1.0)
+    assert stages.actors_by_role == {} and dead(ray_local, worker) and time.monotonic() - t0 < 40
