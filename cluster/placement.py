@@ -26,6 +26,19 @@ def actor_options(res) -> dict:
     return opts
 
 
+ENGINE_SECTIONS = {"rollout": "rollout", "judge": "judge_pool"}  # the spec section of an engine role's TP size
+
+
+def role_resources(spec, role: str):
+    """What one actor of `role` asks for: `resources.<role>`, and for an engine of several tensor-parallel workers
+    (`<section>.tensor_parallel_size`: worker processes of the actor, on its node) its CPUs and GPUs that many
+    times over; custom resources and node labels say where, not how much, and are kept as they are."""
+    res = getattr(spec.resources, role)
+    section = getattr(spec, ENGINE_SECTIONS.get(role, ""), None)
+    tp = getattr(section, "tensor_parallel_size", 1)
+    return res if tp == 1 else res.model_copy(update={"cpus": res.cpus * tp, "gpus": res.gpus * tp})
+
+
 def fits(res, node: dict) -> bool:
     """Whether one actor of the role fits on an empty `node` (an entry of `ray.nodes()`)."""
     total = node.get("Resources", {})
@@ -40,7 +53,7 @@ def unplaceable(spec, nodes: list[dict]) -> Optional[str]:
     """The first role that no live node can host, described in one line; None when every role fits."""
     alive = [n for n in nodes if n.get("Alive", n.get("alive"))]
     for role in ROLES:
-        res = getattr(spec.resources, role)
+        res = role_resources(spec, role)
         if not any(fits(res, n) for n in alive):
             want = ", ".join([f"{res.cpus:g} CPU", f"{res.gpus:g} GPU"] + [f"{v:g} {k}" for k, v in res.custom.items()]
                              + [f"label {k}={v}" for k, v in res.node_labels.items()])
@@ -76,7 +89,7 @@ def role_counts(spec) -> dict[str, int]:
 
 def asks(spec, role: str) -> dict[str, float]:
     """What one actor of `role` asks for, per resource (CPU, GPU, custom)."""
-    res = getattr(spec.resources, role)
+    res = role_resources(spec, role)
     return {"CPU": res.cpus, "GPU": res.gpus, **res.custom}
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import time
 
-from stages.engine import ENGINE_ENV
+from stages.engine import ENGINE_ENV, exit_if_a_worker_died
 
 
 # glibc's malloc hands large freed blocks back to the OS at once, so every forward pass of an engine or the
@@ -21,7 +21,12 @@ class Timed:
 
     def timed(self, method: str, *args):
         t0 = time.perf_counter()
-        out = getattr(self, method)(*args)
+        try:
+            out = getattr(self, method)(*args)
+        except Exception:
+            if getattr(self, "llm", None) is not None:  # an engine short of a worker ends its actor: it is replaced
+                exit_if_a_worker_died(self.llm)
+            raise
         return out, time.perf_counter() - t0
 
 

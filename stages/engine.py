@@ -35,6 +35,7 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.5   # on GPU: the share of the device the engine may take
     trust_remote_code: bool = False       # the model's own Python code runs only when the spec says so
     lora_rank: int = 0                    # > 0: the engine takes LoRA adapters of this rank (a LoRA rung's rollout)
+    tensor_parallel_size: int = 1         # > 1: the model split over this many worker processes of the engine
     store: ModelStore = ModelStore()
 
 
@@ -96,11 +97,49 @@ def build_llm(cfg: EngineConfig):
     dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if on_gpu() else "float32")
     if cfg.lora_rank:  # one adapter at a time, replaced in place each step (`RolloutWorker.load_adapter`)
         memory.update(enable_lora=True, max_lora_rank=engine_rank(cfg.lora_rank), max_loras=1)
-    return LLM(
+    if cfg.tensor_parallel_size > 1:  # worker processes of this actor, on its node (its resources cover them all)
+        memory.update(tensor_parallel_size=cfg.tensor_parallel_size, distributed_executor_backend="mp")
+        if not on_gpu():  # the workers share the actor's cores
+            share_cores(cfg.tensor_parallel_size)
+    llm = LLM(
         model=model, dtype=dtype, seed=cfg.seed, max_model_len=cfg.max_model_len, enforce_eager=not cfg.compiled,
         load_format="safetensors", trust_remote_code=cfg.trust_remote_code,
         max_logprobs=20, enable_prefix_caching=False, worker_extension_cls=WEIGHT_RECEIVER, **memory,
     )
+    if cfg.tensor_parallel_size > 1:
+        end_with_a_dead_worker(llm)
+    return llm
+
+
+def share_cores(workers: int) -> None:
+    """(CPU) The engine's workers split this actor's threads between them, unbound: vLLM's automatic binding wants
+    a NUMA node for each worker, which one node's actor does not have."""
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    threads = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+    os.environ["OMP_NUM_THREADS"] = str(max(1, threads // workers))
+
+
+def end_with_a_dead_worker(llm) -> None:
+    """An engine of several workers that lost one cannot serve again (vLLM shuts the rest down): this process ends
+    at once, so its callers see the actor dead and replace it as they replace a killed one. A call in flight when
+    the worker died fails first: `exit_if_a_worker_died` ends the process then."""
+    executor = worker_executor(llm)
+    if executor is not None and hasattr(executor, "register_failure_callback"):
+        executor.register_failure_callback(lambda: os._exit(1))
+
+
+def exit_if_a_worker_died(llm) -> None:
+    """(after a call failed) End this process if its engine has lost a worker process; else return."""
+    executor = worker_executor(llm)
+    workers = getattr(executor, "workers", None) or []
+    if getattr(executor, "is_failed", False) or any(not w.proc.is_alive() for w in workers):
+        os._exit(1)
+
+
+def worker_executor(llm):
+    """The executor of an in-process engine core (one of several worker processes: vLLM's multiprocessing one)."""
+    core = getattr(getattr(getattr(llm, "llm_engine", None), "engine_core", None), "engine_core", None)
+    return getattr(core, "model_executor", None)
 
 
 def on_gpu() -> bool:
@@ -139,32 +178,20 @@ def architecture_difference(current_dir: str, new_dir: str) -> str:
 
 def load_model_into(llm, current_dir: str, location: str, store: ModelStore) -> str:
     """Put the model at `location` into a running engine that serves the one in `current_dir`, in place (no new
-    engine); returns the new model's local directory. EngineMismatch when its architecture is another."""
-    from safetensors.torch import load_file
-
+    engine); returns the new model's local directory. EngineMismatch when its architecture is another. Each of the
+    engine's workers reads the files itself (`WeightReceiver.load_folder`)."""
     new_dir = store.local(location)
     check_model_dir(new_dir)
     why = architecture_difference(current_dir, new_dir)
     if why:
         raise EngineMismatch(f"{location}: cannot replace the engine's model in place: {why}")
-    state = {}
-    for name in sorted(os.listdir(new_dir)):
-        if name.endswith(".safetensors"):
-            state.update(load_file(os.path.join(new_dir, name)))
-    tied = json.loads(open(os.path.join(new_dir, "config.json")).read()).get("tie_word_embeddings")
-    if tied and "lm_head.weight" not in state and "model.embed_tokens.weight" in state:
-        state["lm_head.weight"] = state["model.embed_tokens.weight"]  # saved once; a reload sets both
-    load_state_dict_into(llm, state)
+    llm.collective_rpc("load_folder", args=(new_dir,))
+    llm.reset_prefix_cache()
     return new_dir
 
 
 def load_state_dict_into(llm, state: dict) -> None:
-    """Replace the engine's weights in place (no restart) with `state` (HF parameter names)."""
-    items = list(state.items())
-
-    def reload(worker):
-        worker.reload_weights(weights_iterator=iter(items))
-        return True
-
-    llm.collective_rpc(reload)
+    """Replace the engine's weights in place (no restart) with `state` (HF parameter names), through the workers'
+    named method `WeightReceiver.load_state` (no pickled closure: it works for an engine of several workers)."""
+    llm.collective_rpc("load_state", args=(state,))
     llm.reset_prefix_cache()

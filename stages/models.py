@@ -247,3 +247,20 @@ def safetensors_names(data: bytes) -> set[str]:
 
     size = int.from_bytes(data[:8], "little")
     return set(json.loads(data[8:8 + size])) - {"__metadata__"}
+
+
+def model_state(model_dir: str) -> dict:
+    """The weights of an HF model folder by name; a head tied to the embeddings and saved once under both names
+    (a reload sets both)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    state = {}
+    for name in sorted(os.listdir(model_dir)):
+        if name.endswith(".safetensors"):
+            state.update(load_file(os.path.join(model_dir, name)))
+    tied = json.loads(open(os.path.join(model_dir, "config.json")).read()).get("tie_word_embeddings")
+    if tied and "lm_head.weight" not in state and "model.embed_tokens.weight" in state:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    return state

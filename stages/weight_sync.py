@@ -142,8 +142,21 @@ class WeightSender:
 
 
 class WeightReceiver:
-    """vLLM worker extension (`LLM(..., worker_extension_cls=EXTENSION)`): joins a sync group and loads the
-    broadcast weights in place, one bucket at a time (`reload_weights` reads them as they arrive)."""
+    """vLLM worker extension (`LLM(..., worker_extension_cls=EXTENSION)`): how each worker of an engine takes new
+    weights in place: from a model folder, from a state dict, or from a sync group's broadcast, one bucket at a
+    time (`reload_weights` reads them as they arrive)."""
+
+    def load_folder(self, model_dir: str) -> bool:
+        """Load the weights of the HF model folder `model_dir` (on this node) in place."""
+        from stages.models import model_state
+
+        self.reload_weights(weights_iterator=iter(model_state(model_dir).items()))
+        return True
+
+    def load_state(self, state: dict) -> bool:
+        """Load `state` (HF names to tensors) in place."""
+        self.reload_weights(weights_iterator=iter(state.items()))
+        return True
 
     def join_weight_sync(self, host: str, port: int, first_rank: int, world: int, timeout_s: float = 120.0) -> int:
         """Join the sender's group as rank `first_rank` + this worker's rank in its engine; returns that rank."""

@@ -2,6 +2,7 @@
 job's driver and `train-rung` all call `preflight`, so a bad dataset, model or work directory fails in one line."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ladder.judging.resolve import resolve_judge
@@ -16,10 +17,12 @@ def preflight(spec, gate: bool = True, offline: bool = False):
     if offline:
         check_tasks(spec, gate)
         check_local_models(spec)
+        check_tensor_parallel(spec)
         return check_lora(spec)
     check_workdir(spec.workdir)
     check_tasks(spec, gate)
     check_lora(spec)
+    check_tensor_parallel(spec)
     judge = resolve_judge(spec)
     for model in [spec.student.base] + ([judge.location] if judge.kind == "model" else []):
         check_model(model, spec)
@@ -88,6 +91,44 @@ def check_lora(spec) -> None:
         why = engine_refusal(modules, lora.target_modules)
         if why and lora.sync == "adapter":
             raise LoraError(f"train.lora.sync: adapter: a vLLM engine cannot take {why}; use sync: merged or auto")
+
+
+class TensorParallelError(ValueError):
+    """A tensor-parallel size a model's attention heads cannot be split by (one line)."""
+
+
+def check_tensor_parallel(spec) -> None:
+    """Each engine's tensor-parallel size against the model it serves (its config.json, where it is a local
+    folder): the student in the rollout engines, and in the judge engines the initial judge and, from rung 2 on
+    (the gate's judge engines too), the students that become judges. vLLM splits the attention heads over the
+    workers (and the key/value heads, or copies them where there are fewer than workers)."""
+    from stages.models import is_model_uri
+
+    initial = spec.judge.initial
+    judge_tp = spec.judge_pool.tensor_parallel_size
+    served = [("rollout.tensor_parallel_size", spec.rollout.tensor_parallel_size, spec.student.base, "student {}")]
+    if initial.kind == "model":
+        served.append(("judge_pool.tensor_parallel_size", judge_tp, initial.path, "judge {}"))
+    if spec.rungs > 1:
+        served.append(("judge_pool.tensor_parallel_size", judge_tp, spec.student.base,
+                       "student {} (a judge from rung 2)"))
+    for field, tp, model, what in served:
+        if tp > 1 and not is_model_uri(model) and (Path(model) / "config.json").is_file():
+            why = unsplittable(json.loads((Path(model) / "config.json").read_text()), tp)
+            if why:
+                raise TensorParallelError(f"{field}: {tp}: the {what.format(model)} {why}")
+
+
+def unsplittable(config: dict, tp: int) -> str:
+    """Why a model of `config` cannot be split over `tp` tensor-parallel workers ("" if it can)."""
+    config = config.get("text_config", config)
+    heads = config.get("num_attention_heads")
+    kv = config.get("num_key_value_heads") or heads
+    if heads and heads % tp:
+        return f"has {heads} attention heads, which {tp} workers cannot share evenly"
+    if kv and (kv % tp if kv >= tp else tp % kv):
+        return f"has {kv} key/value heads, which {tp} workers cannot share or copy evenly"
+    return ""
 
 
 class WorkdirError(ValueError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from cluster.placement import role_resources
 from ladder.progress import JudgeQuality
 from ladder.rung.metrics import judge_health
 
@@ -78,8 +79,8 @@ def candidate_quality(spec, tasks, stages, candidate: str, k: int, name_prefix: 
     try:
         pool = build_judge_pool(spec.for_rung(nxt), ResolvedJudge("model", candidate, "candidate"), task, spec.seed,
                                 name_prefix, stages)
-        wait_ready([("judge", w, spec.resources.judge) for w in pool.workers], spec.resources.placement_timeout_s,
-                   spec.resources.step_timeout_s)
+        wait_ready([("judge", w, role_resources(spec, "judge")) for w in pool.workers],
+                   spec.resources.placement_timeout_s, spec.resources.step_timeout_s)
         quality = measure(pool, calibration)
         stages.set("judges", pool.workers)
     except BaseException:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from cluster.placement import role_resources
 from ladder.progress import ResolvedJudge
 from ladder.rung.prompt_cursor import PromptCursor
 from ladder.rung.metrics import flips, judge_health, length_health, reward_truth, saturated
@@ -92,8 +93,9 @@ class Rung:
         from stages.actors import wait_ready
 
         res, t0 = self.spec.resources, time.perf_counter()
-        wait_ready([("trainer", self.trainer, res.trainer)] + [("rollout", w, res.rollout) for w in self.rollout]
-                   + [("judge", w, res.judge) for w in self.pool.workers], res.placement_timeout_s, res.step_timeout_s)
+        rollout, judge = role_resources(self.spec, "rollout"), role_resources(self.spec, "judge")
+        wait_ready([("trainer", self.trainer, res.trainer)] + [("rollout", w, rollout) for w in self.rollout]
+                   + [("judge", w, judge) for w in self.pool.workers], res.placement_timeout_s, res.step_timeout_s)
         return time.perf_counter() - t0
 
     def next_prompts(self) -> PromptBatch:
@@ -149,7 +151,8 @@ class Rung:
         self.rollout[k] = self.stages.start(lambda: self._start_rollout(k))  # none once a stop was requested
         self.rollout_replaced += 1
         res = self.spec.resources
-        wait_ready([("rollout", self.rollout[k], res.rollout)], res.placement_timeout_s, res.step_timeout_s)
+        wait_ready([("rollout", self.rollout[k], role_resources(self.spec, "rollout"))], res.placement_timeout_s,
+                   res.step_timeout_s)
         if self.spec.sync.backend == "collective":
             self._sync_group = False  # the next sync forms a fresh group with the replacement
             if self.weights_version:
@@ -335,18 +338,9 @@ class Rung:
         self.handover().release()  # every actor of the rung, replacements included, killed once
 
     def survivors(self):
-        """After the trainer died or hung: the stage set with the trainer gone and the rollout and judge workers
-        that still answer kept, for the rung's restart to take over (it loads its weights into them, then the
-        checkpoint's). None are kept where the engines joined a collective sync group with the lost trainer: the
-        next group is formed by fresh ones."""
-        stages = self.handover()
-        stages.drop("trainer")
-        for role in ("rollout", "judges"):
-            if self._sync_group:
-                stages.drop(role)
-            else:
-                stages.drop_unless_answering(role)
-        return stages
+        """After the trainer died or hung: the stage set the rung's restart takes over (engines that still answer
+        and were in no sync group with the lost trainer, `StageSet.after_trainer_death`)."""
+        return self.handover().after_trainer_death(self._sync_group)
 
 
 class RungFailed(RuntimeError):

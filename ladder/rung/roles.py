@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from cluster.placement import role_resources
 from ladder.progress import TASK_CHECKER, ResolvedJudge
 from ladder.tasks.base import Task
 
@@ -19,13 +20,15 @@ def model_store(spec):
     return ModelStore(tracking_uri_for(spec), str(Path(spec.workdir).resolve() / spec.name / "model-cache"))
 
 
-def engine_config(spec, model: str, seed: int, max_model_len: int = 512, lora_rank: int = 0):
+def engine_config(spec, model: str, seed: int, max_model_len: int = 512, lora_rank: int = 0, tp: int = 0):
+    """An engine's settings from the spec's rollout section; `tp` its tensor-parallel size (0: the rollout's)."""
     from stages.engine import EngineConfig
 
     ro = spec.rollout
     return EngineConfig(model, seed=seed, kv_cache_gib=ro.kv_cache_gib, max_model_len=max_model_len, dtype=ro.dtype,
                         compiled=ro.compiled, gpu_memory_utilization=ro.gpu_memory_utilization,
-                        store=model_store(spec), trust_remote_code=spec.trust_remote_code, lora_rank=lora_rank)
+                        store=model_store(spec), trust_remote_code=spec.trust_remote_code, lora_rank=lora_rank,
+                        tensor_parallel_size=tp or ro.tensor_parallel_size)
 
 
 def lora_sync(spec, student_path: str) -> tuple[str, str]:
@@ -110,10 +113,11 @@ def start_roles(spec, task: Task, student_path: str, judge: ResolvedJudge, seed:
                                                   spec.train.placement_strategy), 1,
                           lambda t: t.reset.remote(student_path, train_cfg, seed),
                           lambda i=0: start_trainer(spec, student_path, train_cfg, seed, name_prefix, stages))[0]
+    rollout_res = role_resources(spec, "rollout")
     start_rollout = lambda i: spawn(  # noqa: E731
-        RolloutWorker, engine_config(spec, student_path, seed + i, context, rank), resources=res.rollout,
+        RolloutWorker, engine_config(spec, student_path, seed + i, context, rank), resources=rollout_res,
         name=actor_name(name_prefix, f"rollout{i}"), namespace="ladder")
-    key = settings_key(engine_config(spec, student_path, seed, context, rank), res.rollout)
+    key = settings_key(engine_config(spec, student_path, seed, context, rank), rollout_res)
     rollout = list(stages.take("rollout", key, spec.rollout.workers, lambda w: w.load_model.remote(student_path),
                                start_rollout))
     return RungRoles(chat, pool, trainer, rollout, start_rollout, sync)
@@ -157,16 +161,17 @@ def build_judge_pool(spec, judge: ResolvedJudge, task: Task, seed: int, name_pre
         return JudgePool([], spec.judge_pool.batch_size, verifier=verifier_of(judge, task))
     cfg = JudgeConfig.from_spec(spec.judge, task.answer_pattern)
     chat, context = judge_prompts(spec, cfg, task, judge.location)
-    engine = engine_config(spec, judge.location, seed, context)
-    start = lambda i=0: spawn(JudgeWorker, engine, cfg, resources=spec.resources.judge,  # noqa: E731
+    engine = engine_config(spec, judge.location, seed, context, tp=spec.judge_pool.tensor_parallel_size)
+    res = role_resources(spec, "judge")
+    start = lambda i=0: spawn(JudgeWorker, engine, cfg, resources=res,  # noqa: E731
                               name=actor_name(name_prefix, "judge"), namespace="ladder")
 
     def started(actor):  # a replacement, used at once: placed and up, or a one-line failure
-        wait_ready([("judge", actor, spec.resources.judge)], spec.resources.placement_timeout_s,
+        wait_ready([("judge", actor, res)], spec.resources.placement_timeout_s,
                    spec.resources.step_timeout_s)
         return actor
 
-    workers = stages.take("judges", settings_key(engine, spec.resources.judge), spec.judge_pool.workers,
+    workers = stages.take("judges", settings_key(engine, res), spec.judge_pool.workers,
                           lambda w: w.load_model.remote(judge.location, cfg), start)
     return JudgePool(workers, spec.judge_pool.batch_size, respawn=lambda: started(stages.start(start)), cfg=cfg,
                      max_replacements=spec.worker_replacements, chat=chat.user,

@@ -56,6 +56,19 @@ class StageSet:
         self._kill(self.actors_by_role.pop(role, []))
         self.keys.pop(role, None)
 
+    def after_trainer_death(self, sync_group: bool) -> "StageSet":
+        """This set with the trainer gone and the rollout and judge workers that still answer kept, for the rung's
+        restart to take over (it loads its weights into them, then the checkpoint's), the others killed. None are
+        kept where the engines joined a collective sync group with the lost trainer (`sync_group`): the next
+        group is formed by fresh ones."""
+        self.drop("trainer")
+        for role in ("rollout", "judges"):
+            if sync_group:
+                self.drop(role)
+            else:
+                self.drop_unless_answering(role)
+        return self
+
     def drop_unless_answering(self, role: str, answer_s: float = 10.0) -> None:
         """Stop the actors of a role unless each answers a call within `answer_s` seconds (none dead or hung)."""
         import ray

@@ -34,10 +34,18 @@ class RolloutSpec(Strict):
     compiled: bool = Field(
         False, description="Engines (rollout and judge) run vLLM's compiled model, not eager mode: faster steps, a "
                            "start slower by tens of seconds.")
+    tensor_parallel_size: int = Field(
+        1, ge=1, le=64, description="Worker processes each rollout engine splits the student over (vLLM tensor "
+                                    "parallel, on the engine's node): for a student one device cannot hold. Each "
+                                    "worker gets resources.rollout; the model's attention heads must divide by it.")
 
 class JudgePoolSpec(Strict):
     workers: int = Field(1, ge=1, le=512, description="Judge workers, one vLLM engine each.")
     batch_size: int = Field(64, ge=1, description="Pairs scored per request to one worker.")
+    tensor_parallel_size: int = Field(
+        1, ge=1, le=64, description="Worker processes each judge engine (the gate's too) splits the judge over (vLLM "
+                                    "tensor parallel, on the engine's node): a judge larger than one device. Each "
+                                    "worker gets resources.judge; the judge's attention heads must divide by it.")
 
 class LoraSpec(Strict):
     """A LoRA student: the base stays frozen and only a low-rank adapter on the named modules trains (peft)."""

@@ -50,7 +50,7 @@ def test_stop_now_kills_the_gate_workers_and_no_judge_replacement_starts(ray_loc
 
     spawned = []
     monkeypatch.setattr("ladder.rung.roles.judge_prompts", lambda *a: (SimpleNamespace(user=str), 64))
-    monkeypatch.setattr("ladder.rung.roles.engine_config", lambda *a: "engine")
+    monkeypatch.setattr("ladder.rung.roles.engine_config", lambda *a, **kw: "engine")
     monkeypatch.setattr(stages.actors, "spawn", lambda *a, **k: spawned.append(1) or
                         ray_local.remote(num_cpus=0)(Worker).remote())
     stages = StageSet()
