@@ -96,12 +96,14 @@ def test_an_engine_that_loses_a_worker_is_replaced_like_a_dead_one(ray_local, po
                   f"{recovery:.1f} s after the kill")
 
 
-@pytest.mark.parametrize("backend", ["object_store", "collective"])
+@pytest.mark.parametrize("backend, lora", [("object_store", None), ("collective", None), ("object_store", "merged"),
+                                           ("object_store", "adapter")])
 def test_a_rung_whose_rollout_engine_has_two_workers_samples_from_the_synced_weights(ray_local, nanos, tmp_path,
-                                                                                     backend):
-    """`rollout.tensor_parallel_size: 2`: after each step's sync (the object store's named load, or a collective
-    broadcast to both workers) the engine samples with the trainer's weights: the logprobs it reports for its
-    samples equal the trainer's to float32 rounding (a worker left on old weights would be far off)."""
+                                                                                     backend, lora):
+    """`rollout.tensor_parallel_size: 2`: after each step's sync (the object store's named load, a collective
+    broadcast to both workers, a LoRA student's merged weights or its adapter) the engine samples with the trainer's
+    weights: the logprobs it reports for its samples equal the trainer's to float32 rounding (a worker left on old
+    weights would be far off)."""
     import ray
 
     from ladder.judging.resolve import resolve_judge
@@ -112,7 +114,8 @@ def test_a_rung_whose_rollout_engine_has_two_workers_samples_from_the_synced_wei
     spec = parse_spec({"name": "tp-rung", "seed": 0, "rungs": 1, "workdir": str(tmp_path),
                        "student": {"base": nanos[0]}, "judge": {"initial": {"kind": "task"}}, "task": {"source": {"kind": "builtin"}, "eval_size": 8},
                        "rollout": {"group_size": 4, "max_tokens": 16, "kv_cache_gib": 0.25, "tensor_parallel_size": 2},
-                       "train": {"lr": 1e-3, "kl_coef": 0.0, "steps": 3, "prompts_per_step": 8},
+                       "train": {"lr": 1e-2 if lora else 1e-3, "kl_coef": 0.0, "steps": 3, "prompts_per_step": 8,
+                                 **({"lora": {"rank": 4, "alpha": 8, "sync": lora}} if lora else {})},
                        "sync": {"backend": backend}})
     rung = Rung(spec, build_task(spec.task, spec.seed), nanos[0], resolve_judge(spec), spec.seed)
     try:
@@ -120,6 +123,7 @@ def test_a_rung_whose_rollout_engine_has_two_workers_samples_from_the_synced_wei
         assert len(engine_workers(ray, rung.rollout[0])) == 2
         mismatch = [rung.step(prefetch=False)["train/logprob_mismatch"] for _ in range(3)]
         assert ray.get(rung.rollout[0].weights_version.remote()) == rung.weights_version == 3
+        assert rung.lora_sync == (lora or "")
     finally:
         rung.shutdown()
     assert max(mismatch) < 1e-4, mismatch  # steps 2 and 3 sampled from weights synced after an update
