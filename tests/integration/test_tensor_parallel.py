@@ -96,9 +96,21 @@ def test_an_engine_that_loses_a_worker_is_replaced_like_a_dead_one(ray_local, po
                   f"{recovery:.1f} s after the kill")
 
 
+@pytest.fixture(scope="module")
+def rung_stages(ray_local, tmp_path_factory):
+    """The trainer and two-worker rollout engine the rung tests take over in turn (an engine whose workers take
+    adapters is started for the adapter case), the student loaded in place as a ladder's next rung does; and their
+    one work directory (an engine is taken over only with the model cache it was started with)."""
+    from ladder.rung.stageset import StageSet
+
+    stages = StageSet()
+    yield stages, tmp_path_factory.mktemp("tp-rungs")
+    stages.release()
+
+
 @pytest.mark.parametrize("backend, lora", [("object_store", None), ("collective", None), ("object_store", "merged"),
                                            ("object_store", "adapter")])
-def test_a_rung_whose_rollout_engine_has_two_workers_samples_from_the_synced_weights(ray_local, nanos, tmp_path,
+def test_a_rung_whose_rollout_engine_has_two_workers_samples_from_the_synced_weights(ray_local, nanos, rung_stages,
                                                                                      backend, lora):
     """`rollout.tensor_parallel_size: 2`: after each step's sync (the object store's named load, a collective
     broadcast to both workers, a LoRA student's merged weights or its adapter) the engine samples with the trainer's
@@ -111,13 +123,14 @@ def test_a_rung_whose_rollout_engine_has_two_workers_samples_from_the_synced_wei
     from ladder.spec import parse_spec
     from ladder.tasks import build_task
 
-    spec = parse_spec({"name": "tp-rung", "seed": 0, "rungs": 1, "workdir": str(tmp_path),
+    stages, workdir = rung_stages
+    spec = parse_spec({"name": "tp-rung", "seed": 0, "rungs": 1, "workdir": str(workdir),
                        "student": {"base": nanos[0]}, "judge": {"initial": {"kind": "task"}}, "task": {"source": {"kind": "builtin"}, "eval_size": 8},
                        "rollout": {"group_size": 4, "max_tokens": 16, "kv_cache_gib": 0.25, "tensor_parallel_size": 2},
                        "train": {"lr": 1e-2 if lora else 1e-3, "kl_coef": 0.0, "steps": 3, "prompts_per_step": 8,
                                  **({"lora": {"rank": 4, "alpha": 8, "sync": lora}} if lora else {})},
                        "sync": {"backend": backend}})
-    rung = Rung(spec, build_task(spec.task, spec.seed), nanos[0], resolve_judge(spec), spec.seed)
+    rung = Rung(spec, build_task(spec.task, spec.seed), nanos[0], resolve_judge(spec), spec.seed, stages=stages)
     try:
         rung.ready()
         assert len(engine_workers(ray, rung.rollout[0])) == 2
@@ -125,5 +138,5 @@ def test_a_rung_whose_rollout_engine_has_two_workers_samples_from_the_synced_wei
         assert ray.get(rung.rollout[0].weights_version.remote()) == rung.weights_version == 3
         assert rung.lora_sync == (lora or "")
     finally:
-        rung.shutdown()
+        rung.handover()  # for the next case
     assert max(mismatch) < 1e-4, mismatch  # steps 2 and 3 sampled from weights synced after an update
