@@ -125,7 +125,8 @@ def test_a_rung_whose_rollout_engine_has_two_workers_samples_from_the_synced_wei
 
     stages, workdir = rung_stages
     spec = parse_spec({"name": "tp-rung", "seed": 0, "rungs": 1, "workdir": str(workdir),
-                       "student": {"base": nanos[0]}, "judge": {"initial": {"kind": "task"}}, "task": {"source": {"kind": "builtin"}, "eval_size": 8},
+                       "student": {"base": nanos[0]}, "judge": {"initial": {"kind": "task"}},
+                       "task": {"source": {"kind": "builtin"}, "eval_size": 8},
                        "rollout": {"group_size": 4, "max_tokens": 16, "kv_cache_gib": 0.25, "tensor_parallel_size": 2},
                        "train": {"lr": 1e-2 if lora else 1e-3, "kl_coef": 0.0, "steps": 3, "prompts_per_step": 8,
                                  **({"lora": {"rank": 4, "alpha": 8, "sync": lora}} if lora else {})},
