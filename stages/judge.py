@@ -1,7 +1,8 @@
 """The frozen judge: judge workers (one vLLM engine each) behind a `JudgePool` that scores batches.
 
 Workers read verdicts and write text; the mode's scorer (`stages.scoring.JUDGE_SCORERS`) turns that
-into rewards. A verifier judge runs a `module:function` in the pool instead of an engine.
+into rewards. A verifier judge runs a `module:function` (or the task's checker) on a `VerifierWorker`, an actor
+with no engine, so a verifier that hangs is timed out, replaced and stopped like any judge worker.
 """
 from __future__ import annotations
 
@@ -89,6 +90,31 @@ def verdict(yes_logprob: float, no_logprob: float) -> float:
     return 1.0 / (1.0 + math.exp(max(-700.0, min(700.0, no_logprob - yes_logprob))))
 
 
+class VerifierWorker(Timed):
+    """A verifier judge's worker: no engine, the verifier function run on (prompt, response, reference) items."""
+
+    def __init__(self, verifier: Callable):
+        self.verifier = verifier
+
+    def set_verifier(self, verifier: Callable) -> None:
+        """Verify with another function (a new rung's verifier), in this worker."""
+        self.verifier = verifier
+
+    def verify(self, items: list) -> list[float]:
+        return [verify_one(self.verifier, p, r, ref) for p, r, ref in items]
+
+
+def verify_one(verifier: Callable, prompt: str, response: str, reference) -> float:
+    """The verifier's score of one response as a number; the user's function failing is said in one line."""
+    try:
+        return _number(verifier(prompt, response, reference))
+    except Exception as exc:  # the user's function failed: say which, on what, in one line
+        name = f"{getattr(verifier, '__module__', '?')}:{getattr(verifier, '__qualname__', '?')}"
+        why = str(exc).splitlines()[0][:160] if str(exc) else ""
+        raise JudgeError(f"verifier {name} raised {type(exc).__name__}: {why} (prompt {prompt[:40]!r}, "
+                         f"response {response[:40]!r})") from None
+
+
 class JudgeWorker(Timed):
     """One vLLM engine with the frozen judge."""
 
@@ -149,7 +175,8 @@ def load_verifier(path: str) -> Callable[[str, str, Optional[str]], float]:
 
 
 class JudgePool:
-    """Scores rollouts in batches spread over judge workers (or with a verifier function)."""
+    """Scores rollouts in batches spread over judge workers, or with a verifier function: on `VerifierWorker`s
+    when `workers` are given (`verifies`), else in this process."""
 
     def __init__(self, workers: list, batch_size: int, verifier: Optional[Callable] = None,
                  respawn: Optional[Callable[[], object]] = None, cfg: Optional[JudgeConfig] = None,
@@ -160,6 +187,7 @@ class JudgePool:
         self.workers = list(workers)
         self.batch_size = batch_size
         self.verifier = verifier
+        self.verifies = verifier is not None and bool(workers)  # the verifier runs on the workers
         self.respawn = respawn
         self.cfg = cfg or JudgeConfig()
         self.replaced = 0
@@ -184,21 +212,23 @@ class JudgePool:
             import time
 
             t0 = time.perf_counter()
-            refs = references or [None] * len(prompts)
-            scores = tuple(self._verify(p, r, ref) for p, r, ref in zip(prompts, responses, refs))
+            items = list(zip(prompts, responses, references or [None] * len(prompts)))
+            if self.verifies:  # work_s counted by `map`
+                return Scored(tuple(self.remote_verify(items)), 0, 0)
+            scores = tuple(verify_one(self.verifier, *item) for item in items)
             self.work_s += time.perf_counter() - t0
             return Scored(scores, 0, 0)
         groups = groups if groups is not None else list(range(len(prompts)))
         return self.cfg.score(self, Pairs(tuple(prompts), tuple(responses), tuple(groups)))
 
-    def _verify(self, prompt: str, response: str, reference) -> float:
+    def remote_verify(self, items: list) -> list[float]:
+        """The workers' verifier on `items`; the verifier's own failure as its one line (not Ray's wrapping)."""
+        import ray
+
         try:
-            return _number(self.verifier(prompt, response, reference))
-        except Exception as exc:  # the user's function failed: say which, on what, in one line
-            name = f"{getattr(self.verifier, '__module__', '?')}:{getattr(self.verifier, '__qualname__', '?')}"
-            why = str(exc).splitlines()[0][:160] if str(exc) else ""
-            raise JudgeError(f"verifier {name} raised {type(exc).__name__}: {why} (prompt {prompt[:40]!r}, "
-                             f"response {response[:40]!r})") from None
+            return self.map("verify", items)
+        except ray.exceptions.RayTaskError as exc:
+            raise (exc.cause if isinstance(exc.cause, JudgeError) else exc) from None
 
     def map(self, method: str, items: list, *args) -> list:
         """`worker.method(chunk, *args)` over chunks of `batch_size` items, round-robin over workers,

@@ -80,7 +80,7 @@ class Rung:
         self.stages.set("trainer", [self.trainer])
         self.stages.set("rollout", self.rollout)
         if self.pool.workers:
-            self.stages.set("judges", self.pool.workers)
+            self.stages.set("verifier" if self.pool.verifies else "judges", self.pool.workers)
         return self.stages
 
     def actors(self) -> list:

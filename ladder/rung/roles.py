@@ -157,8 +157,8 @@ def build_judge_pool(spec, judge: ResolvedJudge, task: Task, seed: int, name_pre
 
     stages = stages if stages is not None else StageSet()
     if judge.kind == "verifier":
-        stages.drop("judges")
-        return JudgePool([], spec.judge_pool.batch_size, verifier=verifier_of(judge, task))
+        return verifier_pool(spec, verifier_of(judge, task), name_prefix, stages)
+    stages.drop("verifier")
     cfg = JudgeConfig.from_spec(spec.judge, task.answer_pattern)
     chat, context = judge_prompts(spec, cfg, task, judge.location)
     engine = engine_config(spec, judge.location, seed, context, tp=spec.judge_pool.tensor_parallel_size)
@@ -176,6 +176,22 @@ def build_judge_pool(spec, judge: ResolvedJudge, task: Task, seed: int, name_pre
     return JudgePool(workers, spec.judge_pool.batch_size, respawn=lambda: started(stages.start(start)), cfg=cfg,
                      max_replacements=spec.worker_replacements, chat=chat.user,
                      timeout_s=spec.resources.step_timeout_s, views=task.views)
+
+
+def verifier_pool(spec, verifier, name_prefix: Optional[str], stages):
+    """A pool that runs `verifier` on a `VerifierWorker` (an actor of no CPU of its own and no engine), taken over
+    from `stages` where one runs: a verifier that hangs is timed out (`resources.step_timeout_s`) and replaced like
+    a judge worker, and `stop --now` kills it with the rest."""
+    from stages.actors import spawn
+    from stages.judge import JudgePool, VerifierWorker
+
+    stages.drop("judges")
+    start = lambda i=0: spawn(VerifierWorker, verifier, options={"num_cpus": 0},  # noqa: E731
+                              name=actor_name(name_prefix, "verifier"), namespace="ladder")
+    workers = stages.take("verifier", "verifier", 1, lambda w: w.set_verifier.remote(verifier), start)
+    return JudgePool(workers, spec.judge_pool.batch_size, verifier=verifier,
+                     respawn=lambda: stages.start(start), max_replacements=spec.worker_replacements,
+                     timeout_s=spec.resources.step_timeout_s)
 
 
 def verifier_of(judge: ResolvedJudge, task: Task):

@@ -15,7 +15,8 @@ from stages.actors import StartGuard
 
 @dataclass
 class StageSet:
-    """Actors by role ("trainer", "rollout", "judges"), each list with the settings key it was started with."""
+    """Actors by role ("trainer", "rollout", "judges" or "verifier"), each list with the settings key it was started
+    with."""
     actors_by_role: dict[str, list] = field(default_factory=dict)
     keys: dict[str, str] = field(default_factory=dict)
     reused: int = 0          # actors the current rung took over from the previous one
@@ -62,7 +63,7 @@ class StageSet:
         kept where the engines joined a collective sync group with the lost trainer (`sync_group`): the next
         group is formed by fresh ones."""
         self.drop("trainer")
-        for role in ("rollout", "judges"):
+        for role in ("rollout", "judges", "verifier"):
             if sync_group:
                 self.drop(role)
             else:

@@ -37,7 +37,7 @@ def rung_with(ray, sync_group: bool):
     kill_all([judge_b])  # awaited
     rung = Rung.__new__(Rung)
     rung.stages, rung.trainer, rung.rollout = StageSet(), trainer, [rollout]
-    rung.pool = type("Pool", (), {"workers": [judge_a, judge_b]})()
+    rung.pool = type("Pool", (), {"workers": [judge_a, judge_b], "verifies": False})()
     rung._sync_group = sync_group
     return rung, trainer, rollout, judge_a
 
