@@ -38,8 +38,9 @@ test-unit: setup
 # with operands 0-7 and 0-9
 DEMO_BASE := bootstrap --out $(WORK)/models/tiny-base --steps 1200 --level 4x7:0.25 --level 4x9:0.25
 
-# on a machine with CUDA GPUs: every test of tests/gpu (a 2-step rung; with 3 GPUs a 2-rank trainer group and the
-# NCCL weight sync), printing step times; tests that need more GPUs than there are say so and skip
+# on a machine with CUDA GPUs: every test of tests/gpu (a 2-step rung, a LoRA rung; with 2 GPUs a judge split over
+# both; with 3 a 2-rank trainer group and the NCCL weight sync), printing step times; tests that need more GPUs than
+# there are say so and skip
 gpu-check: setup
 	$(PY) -m pytest tests/gpu -v -s -m gpu --timeout=600 -rs
 
