@@ -1,8 +1,13 @@
 """Ladder integrity on real engines: a rung whose judge is made wrong on purpose collapses, and the collapse guard
 stops it with its best weights put back (the trainer's and the rollout workers')."""
+import sys
+
 import pytest
+from ray import cloudpickle
 
 pytestmark = pytest.mark.integration
+# the verifier below runs on the rung's verifier worker, which cannot import this test module: sent by value
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def wrong_on_purpose(prompt, response, reference):

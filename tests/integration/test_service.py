@@ -181,9 +181,9 @@ def test_five_faults_in_one_service_ladder(tiny_model, ray_head, mlflow_proc, tm
     redone1 = steps_redone(uri, name, 1, steps, every)
     redone2 = steps_redone(uri, name, 2, steps, every)
     assert reg.client.get_run(versions[1].run_id).data.metrics["faults.stage_restarts"] == 1.0  # on record
-    # the restart took over the rollout engine that outlived the trainer (rung 1's judge is a verifier: no engine)
+    # the restart took over the rollout engine and the verifier worker (rung 1's judge) that outlived the trainer
     reused = sorted(reg.client.get_metric_history(versions[1].run_id, "rung.actors_reused"), key=lambda m: m.step)
-    assert [m.value for m in reused] == [0.0, 1.0]
+    assert [m.value for m in reused] == [0.0, 2.0]
     judged_by_rung_one(uri, name, rung=2, steps=steps)
     trained = reg.client.get_metric_history(versions[2].run_id, "reward.mean")
     assert max(m.timestamp for m in trained) > killed_at * 1000  # the restarted controller trained rung-2 steps
@@ -192,7 +192,7 @@ def test_five_faults_in_one_service_ladder(tiny_model, ray_head, mlflow_proc, tm
     retries = reg.client.get_metric_history(versions[2].run_id, "faults.mlflow_retries")
     assert retries and max(m.value for m in retries) >= 1
     fault_figures(f"trainer SIGKILL at rung 1 step >= {at_trainer_kill}",
-                  f"the rung restarted from its checkpoint at step {restarted_at} on a new trainer and the kept engine "
+                  f"the rung restarted from its checkpoint at step {restarted_at} on a new trainer and the kept workers "
                   f"and saved its next "
                   f"checkpoint {trainer_recovery:.0f} s after the kill; rung-1 steps logged twice: {redone1} "
                   f"(checkpoint interval {every}); faults.stage_restarts = 1")
