@@ -209,17 +209,19 @@ class JudgePool:
                     references: Optional[list] = None):
         """Rewards for (prompt, response) pairs in the judge's mode; `groups` tie samples of one prompt."""
         if self.verifier is not None:
-            import time
-
-            t0 = time.perf_counter()
             items = list(zip(prompts, responses, references or [None] * len(prompts)))
-            if self.verifies:  # work_s counted by `map`
-                return Scored(tuple(self.remote_verify(items)), 0, 0)
-            scores = tuple(verify_one(self.verifier, *item) for item in items)
-            self.work_s += time.perf_counter() - t0
-            return Scored(scores, 0, 0)
+            return Scored(tuple(self.remote_verify(items) if self.verifies else self.local_verify(items)), 0, 0)
         groups = groups if groups is not None else list(range(len(prompts)))
         return self.cfg.score(self, Pairs(tuple(prompts), tuple(responses), tuple(groups)))
+
+    def local_verify(self, items: list) -> list[float]:
+        """The verifier on `items` in this process (a pool without workers)."""
+        import time
+
+        t0 = time.perf_counter()
+        scores = [verify_one(self.verifier, *item) for item in items]
+        self.work_s += time.perf_counter() - t0
+        return scores
 
     def remote_verify(self, items: list) -> list[float]:
         """The workers' verifier on `items`; the verifier's own failure as its one line (not Ray's wrapping)."""

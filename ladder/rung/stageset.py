@@ -74,10 +74,9 @@ class StageSet:
         """Stop the actors of a role unless each answers a call within `answer_s` seconds (none dead or hung)."""
         import ray
 
-        actors = self.actors_by_role.get(role, [])
-        calls = [a.__ray_ready__.remote() for a in actors]
-        done, _ = ray.wait(calls, num_returns=len(calls), timeout=answer_s) if calls else ([], [])
-        if len(done) < len(calls) or not all(returned(c) for c in done):
+        try:
+            ray.get([a.__ray_ready__.remote() for a in self.actors_by_role.get(role, [])], timeout=answer_s)
+        except Exception:  # dead (RayActorError) or busy past the wait (GetTimeoutError)
             self.drop(role)
 
     def set(self, role: str, actors: list) -> None:
@@ -99,17 +98,6 @@ class StageSet:
             self.guard.let_go(self.groups.pop(group))
         kill_all(actors)
         self.guard.forget(actors)
-
-
-def returned(call) -> bool:
-    """Whether a finished remote call returned rather than raised (its actor died)."""
-    import ray
-
-    try:
-        ray.get(call, timeout=0)
-        return True
-    except Exception:
-        return False
 
 
 def settings_key(*parts) -> str:

@@ -203,6 +203,24 @@ def steps_redone(uri, name, rung, steps, every) -> int:
     return len(logged) - steps
 
 
+def restarted_on_kept_workers(reg, run_id: str) -> None:
+    """The rung restarted once (on record), and the restart took over the rollout engine and the verifier worker
+    (rung 1's judge) that outlived the trainer."""
+    assert reg.client.get_run(run_id).data.metrics["faults.stage_restarts"] == 1.0
+    reused = sorted(reg.client.get_metric_history(run_id, "rung.actors_reused"), key=lambda m: m.step)
+    assert [m.value for m in reused] == [0.0, 2.0]
+
+
+def trained_through_outage(reg, run_id: str, trained: list, down: float, up: float) -> tuple[list[int], int]:
+    """The steps whose metrics were logged while MLflow was down (`down`..`up`, seconds; `trained`: the rung's
+    reward.mean history), at least one, and the delivery retries the rung recorded, at least one."""
+    during = sorted({m.step for m in trained if down * 1000 <= m.timestamp <= up * 1000})
+    assert during, "no step ran while MLflow was down: training waited for it"
+    retries = reg.client.get_metric_history(run_id, "faults.mlflow_retries")
+    assert retries and max(m.value for m in retries) >= 1
+    return during, int(max(m.value for m in retries))
+
+
 def kill_trainer(dashboard, env, name, uri, steps, every):
     """SIGKILL the trainer at rung 1's first checkpoint (its pid looked up before, so the kill lands mid-rung on a
     busy machine too): the rung restarts from that checkpoint on a new trainer and the running engine. Returns (the step it was killed at,

@@ -16,3 +16,12 @@ def module_ray(module_name: str):
              runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
     yield ray
     ray.shutdown()
+
+
+def dead(ray, actor) -> bool:
+    """Whether Ray reports `actor` dead (a call to it fails with RayActorError); a live one answers within 30 s."""
+    try:
+        ray.get(actor.__ray_ready__.remote(), timeout=30)
+    except ray.exceptions.RayActorError:
+        return True
+    return False

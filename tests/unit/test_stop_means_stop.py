@@ -4,7 +4,7 @@ refused start stops the ladder where its progress was saved. A local Ray of this
 from types import SimpleNamespace
 
 import pytest
-from local_ray import module_ray  # tests/unit/local_ray.py
+from local_ray import dead, module_ray  # tests/unit/local_ray.py
 
 from ladder.progress import Phase, State
 from stages.actors import StopRequested
@@ -24,14 +24,6 @@ class Worker:
 @pytest.fixture(scope="module")
 def ray_local():
     yield from module_ray(__name__)
-
-
-def dead(ray, actor) -> bool:
-    try:
-        ray.get(actor.__ray_ready__.remote(), timeout=30)
-    except ray.exceptions.RayActorError:
-        return True
-    return False
 
 
 def judge_spec():

@@ -4,7 +4,7 @@ trainer. A local Ray of this module's own, tiny actors."""
 import time
 
 import pytest
-from local_ray import module_ray  # tests/unit/local_ray.py
+from local_ray import dead, module_ray  # tests/unit/local_ray.py
 
 
 class Worker:
@@ -15,14 +15,6 @@ class Worker:
 @pytest.fixture(scope="module")
 def ray_local():
     yield from module_ray(__name__)
-
-
-def dead(ray, actor) -> bool:
-    try:
-        ray.get(actor.__ray_ready__.remote(), timeout=30)
-    except ray.exceptions.RayActorError:
-        return True
-    return False
 
 
 def rung_with(ray, sync_group: bool):
