@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from cluster.processes import pid_alive
 from stages.lora import engine_rank
-from stages.models import TOKENIZER_CORE, ModelStore, check_model_dir
+from stages.models import TOKENIZER_CORE, ModelStore, check_model_dir, without_scikit_learn
 from stages.weight_sync import EXTENSION as WEIGHT_RECEIVER  # every engine can join a collective weight sync
 
 ENGINE_ENV = {
@@ -90,6 +90,7 @@ def build_llm(cfg: EngineConfig):
     use_private_tmp()
     model = cfg.store.local(cfg.model)
     check_model_dir(model)
+    without_scikit_learn()
     from vllm import LLM
 
     memory = dict(gpu_memory_utilization=cfg.gpu_memory_utilization) if on_gpu() else \

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 import tempfile
 from dataclasses import astuple, dataclass
 from pathlib import Path
@@ -25,6 +26,14 @@ class RegistryError(ValueError):
 
 class ModelNotFound(ValueError):
     """A model path that does not hold an HF-format model."""
+
+
+def without_scikit_learn() -> None:
+    """Call before transformers is first imported in a stage process (an engine, a trainer): transformers imports
+    scikit-learn with its generation utilities, for assisted decoding's heuristics that neither vLLM nor the trainer
+    runs, about 1 s of CPU at every actor start. Marked absent, it is not loaded. A process that has loaded it
+    already keeps it; a verifier, a user's code, runs on a worker of its own."""
+    sys.modules.setdefault("sklearn", None)
 
 
 def not_found(exc: BaseException) -> bool:
@@ -217,10 +226,12 @@ def fetch_model(uri: str, tracking_uri: str, cache_dir: str) -> str:
         raise RegistryError(f"{uri}: no such model version")
     out = Path(cache_dir) / cache_key(found)
     if (out / "config.json").is_file():
+        os.utime(out)  # its last use: what the cache keeps
         return str(out)
     source = hf_files_uri(client, found)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{name}-v{version}-", dir=out.parent)
+    prune_cache(out.parent)
+    tmp = tempfile.mkdtemp(prefix=f"{PARTIAL}{os.getpid()}-{name}-v{version}-", dir=out.parent)
     try:
         local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=tracking_uri)
         try:
@@ -230,6 +241,29 @@ def fetch_model(uri: str, tracking_uri: str, cache_dir: str) -> str:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return str(out)
+
+
+PARTIAL = ".partial-"  # a download in progress: `.partial-<pid>-<name>-v<version>-<random>`
+CACHE_KEEP = 4  # models a node's cache keeps: a rung's judge, student and candidate, and one more
+
+
+def prune_cache(cache: Path, keep: int = CACHE_KEEP) -> list[str]:
+    """Before a download: remove the downloads of processes that died mid-way (on this node: the cache is the
+    node's), and the least recently used models past the `keep - 1` newest, so that with the next one the cache
+    holds `keep`. A ladder of many rungs keeps a bounded cache; a model removed is downloaded again if asked for.
+    Returns what was removed."""
+    from cluster.processes import pid_alive
+
+    removed = []
+    for entry in cache.iterdir():
+        pid = entry.name.removeprefix(PARTIAL).split("-", 1)[0]
+        if entry.name.startswith(PARTIAL) and pid.isdigit() and not pid_alive(int(pid)):
+            removed.append(str(entry))
+    models = sorted((e for e in cache.iterdir() if not e.name.startswith(".")), key=lambda e: e.stat().st_mtime)
+    removed += [str(e) for e in models[:max(0, len(models) - (keep - 1))]]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
 
 
 def model_dir(root: Path) -> str:
