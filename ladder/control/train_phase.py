@@ -92,9 +92,10 @@ def record_step(ctl: PhaseContext, rung, p: Progress, step: int, metrics: dict) 
     registry = ctl.registry
     if registry.outbox.retries:  # writes retried through MLflow outages so far
         metrics = {**metrics, "faults/mlflow_retries": registry.outbox.retries}
-    registry.log_metrics(p.rung_run, metrics, step)
-    registry.log_judge_examples(p.rung_run, step, rung.last_examples)
-    registry.log_judge_examples(p.rung_run, step, rung.last_samples, "student_samples")
+    if registry.claim_step(p.rung_run, step):  # a step redone after a restart keeps what its first run logged
+        registry.log_metrics(p.rung_run, metrics, step)
+        registry.log_judge_examples(p.rung_run, step, rung.last_examples)
+        registry.log_judge_examples(p.rung_run, step, rung.last_samples, "student_samples")
     ctl.live.at_step(step, metrics)
 
 

@@ -14,6 +14,7 @@ from ladder.registry.store import local_artifact_root, store_lock, tracking_uri_
 from ladder.errors import first_line
 from ladder.registry.tags import Tag
 
+STEP_METRIC = "reward.mean"  # logged at every step of a rung: which steps a rung run holds
 TAG_MAX_CHARS = 5000  # MLflow's limit on a tag's value (8000 on recent servers, 5000 on older ones)
 
 
@@ -33,6 +34,7 @@ class Tracking:
         self.retry_s = retry_s
         self.outbox = None                               # per-step writes go through a background outbox once set
         self.fence = None  # a controller's lease check (`lease.LeaseKeeper.check`): called before each state write
+        self._claimed: dict[str, int] = {}  # rung run -> the last step whose metrics are logged (`claim_step`)
         with store_lock(tracking_uri):  # a new SQLite store's tables and the experiment: created once
             self.raw = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
             self.client = RetryingClient(self.raw, retry_s)  # every call outlives an MLflow outage of `retry_s`
@@ -115,6 +117,20 @@ class Tracking:
         now = int(time.time() * 1000)  # fixed here: a batch delivered twice is stored once
         batch = [Metric(k.replace("/", "."), float(v), now, step) for k, v in metrics.items()]
         self._write("log metrics", lambda client: client.log_batch(run_id, metrics=batch))
+
+    def claim_step(self, run_id: str, step: int) -> bool:
+        """True the first time step `step` of rung run `run_id` is claimed, by this process or an earlier one
+        (whose step metrics MLflow holds); the caller then logs the step. A step redone after a restart from a
+        checkpoint is claimed already: MLflow keeps every point it is sent and cannot delete one, so each step
+        is logged once, by the attempt that first ran it."""
+        if run_id not in self._claimed:
+            self.flush_writes()  # what this process sent is in MLflow before MLflow is asked
+            history = self.client.get_metric_history(run_id, STEP_METRIC)
+            self._claimed[run_id] = max((m.step for m in history), default=0)
+        if step <= self._claimed[run_id]:
+            return False
+        self._claimed[run_id] = step
+        return True
 
     def record_judge_probe(self, run_id: str, scores: list[float]) -> None:
         """The judge pool's scores of fixed calibration items: proof of which weights it served."""
