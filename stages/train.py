@@ -12,7 +12,7 @@ from typing import Optional
 
 from stages.batches import JudgedBatch, TrainStats, WeightsRef
 from stages.lora import Adapter, LoraSettings
-from stages.models import TOKENIZER_FILES, safetensors_names
+from stages.models import TOKENIZER_FILES, check_model_dir, safetensors_names, without_scikit_learn
 from stages.packing import completion_logprobs, micro_batches, pack, pad_id
 from stages.weight_sync import WeightSender
 
@@ -71,12 +71,14 @@ class Trainer(WeightSender):
     """Holds the student (trained), the reference (frozen) and the optimizer."""
 
     def __init__(self, model_path: str, cfg: TrainConfig, seed: int = 0, store=None):
+        without_scikit_learn()
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.store = store
         if store is not None:
             model_path = store.local(model_path)
+        check_model_dir(model_path)  # a truncated file is named in one line, not as the loader's traceback
         self.model_dir = model_path
         torch.manual_seed(seed)
         self.cfg = cfg
@@ -153,8 +155,21 @@ class Trainer(WeightSender):
 
     def reset(self, model_path: str, cfg: TrainConfig, seed: int = 0) -> int:
         """Start over on another student (a new rung) in this process: new weights, reference and optimizer."""
+        self.let_go()
         self.__init__(model_path, cfg, seed, self.store)
         return self.parameter_count()
+
+    def let_go(self) -> None:
+        """Drop the student, reference and optimizer before another student is loaded: the process holds one set
+        at a time (with both, a reset's peak was about twice a trainer's memory: ~24 bytes a parameter)."""
+        import gc
+
+        import torch
+
+        self.model = self.ref = self.opt = self.adapter = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.model.parameters())

@@ -53,6 +53,7 @@ class TrainerRank(Trainer):
 
         device = "cuda" if _cuda() else "cpu"
         self.mesh = init_device_mesh(device, (self.world,))
+        self.let_go()  # this rank's shards of the previous student, before the next one loads
         Trainer.__init__(self, model_path, cfg, seed, store if store is not None else getattr(self, "store", None))
         return self.parameter_count()
 

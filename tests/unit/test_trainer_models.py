@@ -190,3 +190,41 @@ def test_restore_refuses_a_shard_set_missing_a_shard(tiny):
     assert "\n" not in message and message.startswith("checkpoint lacks")
     assert any(name in message for name in trainer.model.state_dict())  # names a missing weight
     assert fresh.parameter_checksum() == before  # refused before anything was loaded
+
+
+def test_a_reset_lets_go_of_the_old_student_before_loading_the_next(tiny, monkeypatch):
+    """A new rung's student in the same trainer: the old student, reference and optimizer are freed before the
+    new ones load, so the process never holds two sets (a trainer's peak at a rung switch stays one trainer's)."""
+    import gc
+    import weakref
+
+    import transformers
+
+    trainer = Trainer(tiny, TrainConfig(lr=1e-3))
+    old = [weakref.ref(trainer.model), weakref.ref(trainer.ref), weakref.ref(trainer.opt)]
+    held_at_load = []
+    load = transformers.AutoModelForCausalLM.from_pretrained
+
+    def loading(*args, **kwargs):
+        gc.collect()
+        held_at_load.append(sum(r() is not None for r in old))
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", loading)
+    trainer.reset(tiny, TrainConfig(lr=1e-3))
+    assert held_at_load == [0, 0]  # the student and the reference each loaded with nothing of the old one alive
+
+
+def test_a_truncated_student_is_named_in_one_line_by_the_trainer(tiny, tmp_path):
+    """A broken model reaches the trainer (a version promoted by hand, copied short): its error names the file,
+    not the loader's traceback, when the trainer starts or takes a new rung's student."""
+    from stages.models import ModelBroken
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    trainer = Trainer(tiny, TrainConfig(lr=1e-3))
+    for start in (lambda: Trainer(str(broken), TrainConfig(lr=1e-3)), lambda: trainer.reset(str(broken), TrainConfig())):
+        with pytest.raises(ModelBroken, match=f"^{weights}: "):
+            start()
