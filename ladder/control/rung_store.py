@@ -70,12 +70,12 @@ class RungStore:
     def local_checkpoint(self, p: Progress) -> str:
         """The progress' checkpoint as a local folder, downloaded once per checkpoint: keyed by the rung, its attempt,
         the step and the checkpoint's URI (a retried rung never finds the previous attempt's files); the restores
-        of other checkpoints are removed (one restore on disk per job)."""
+        of other checkpoints, and downloads a killed controller left half done, are removed (one restore on disk)."""
         import hashlib
 
         key = hashlib.sha256(str(p.checkpoint).encode()).hexdigest()[:12]
         dst = self.root / f"rung-{p.rung}" / f"restore-a{p.attempt}-{p.step:05d}-{key}"
-        for old in self.root.glob("rung-*/restore-*"):
+        for old in [*self.root.glob("rung-*/restore-*"), *self.root.glob("rung-*/.restore-*")]:  # and cut-off ones
             if old != dst:
                 shutil.rmtree(old, ignore_errors=True)
         if not (dst / "cursor.json").is_file():

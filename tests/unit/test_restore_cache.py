@@ -42,9 +42,13 @@ def test_a_retried_rung_restores_its_own_checkpoint_not_the_previous_attempts(tm
 
 
 def test_ten_restores_leave_one_restore_folder_on_disk(tmp_path):
-    """Issue 35, 9: restores of ten rungs' checkpoints; without the cleanup every `restore-*` folder stayed."""
+    """Issue 35, 9: restores of ten rungs' checkpoints, each leaving a download cut short; without the cleanup
+    every `restore-*` folder (and every cut-off `.restore-*`) stayed."""
     store = RungStore(Downloads(), tmp_path)
     for rung in range(1, 11):
         p = at(0, 5, f"run{rung}").to(rung=rung)
         store.local_checkpoint(p)
+        (tmp_path / f"rung-{rung}" / f".restore-a0-00007-cut{rung}").mkdir()  # a download a killed controller left
+    store.local_checkpoint(at(0, 9, "run11"))
     assert len(list(tmp_path.glob("rung-*/restore-*"))) == 1
+    assert list(tmp_path.glob("rung-*/.restore-*")) == []
