@@ -269,35 +269,32 @@ class Rung:
 
     def keep_best(self) -> None:
         """Keep the trainer's current weights as the rung's best (the collapse guard puts them back)."""
-        import ray
+        self._best = self.from_trainer(self.trainer.snapshot.remote())
 
-        self._best = ray.get(self.trainer.snapshot.remote())
+    def from_trainer(self, ref):
+        """A trainer call's answer, within resources.step_timeout_s (then StepTimeout: the rung restarts)."""
+        timeout = self.spec.resources.step_timeout_s
+        return get_within(ref, time.monotonic() + timeout, "trainer", timeout)
 
     def restore_best(self) -> None:
         """The kept best weights back in the trainer and every rollout worker."""
-        import ray
-
         if self._best is not None:
-            ray.get(self.trainer.load_arrays.remote(self._best))
+            self.from_trainer(self.trainer.load_arrays.remote(self._best))
             self.sync()
 
     def save_student(self, out_dir: str) -> str:
         """The trained student as an HF directory on *this* node (files come through the object store)."""
-        import ray
-
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        for name, data in ray.get(self.trainer.model_files.remote()).items():
+        for name, data in self.from_trainer(self.trainer.model_files.remote()).items():
             (out / name).write_bytes(data)
         return str(out)
 
     def save_adapter(self, out_dir: str) -> str:
         """(a LoRA rung) The trained adapter's files (peft's format) in a folder on this node."""
-        import ray
-
         from stages.lora import write_adapter
 
-        return write_adapter(ray.get(self.trainer.checkpoint_files.remote()), Path(out_dir))
+        return write_adapter(self.from_trainer(self.trainer.checkpoint_files.remote()), Path(out_dir))
 
     def checkpoint(self, out_dir: str) -> str:
         """A complete checkpoint folder: `model/` (HF files; a LoRA rung's adapter alone), `trainer.pt` (optimizer,
@@ -305,15 +302,13 @@ class Rung:
         import json
         import shutil
 
-        import ray
-
         out = Path(out_dir)
         shutil.rmtree(out / "model", ignore_errors=True)  # no shard of an earlier save may be restored with these
-        files = ray.get(self.trainer.checkpoint_files.remote())
+        files = self.from_trainer(self.trainer.checkpoint_files.remote())
         (out / "model").mkdir(parents=True)
         for name, data in files.items():
             (out / "model" / name).write_bytes(data)
-        (out / "trainer.pt").write_bytes(ray.get(self.trainer.trainer_state.remote()))
+        (out / "trainer.pt").write_bytes(self.from_trainer(self.trainer.trainer_state.remote()))
         (out / "cursor.json").write_text(json.dumps({**self.cursor_state(), "step": self.step_no}))
         return str(out)
 
@@ -322,12 +317,10 @@ class Rung:
         re-synced to the restored weights before the first step. Returns the restored step."""
         import json
 
-        import ray
-
         root = Path(ckpt_dir)
         cursor = json.loads((root / "cursor.json").read_text())
         weights = {f.name: f.read_bytes() for f in sorted((root / "model").glob("*.safetensors"))}  # shards or one
-        ray.get(self.trainer.restore.remote(weights, (root / "trainer.pt").read_bytes()))
+        self.from_trainer(self.trainer.restore.remote(weights, (root / "trainer.pt").read_bytes()))
         self.cursor = PromptCursor.restore(self.cursor.size, self.cursor.seed, cursor)
         self.step_no = cursor["step"]
         self._next = None  # sampled by weights that are gone: its prompts are drawn again

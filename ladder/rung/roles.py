@@ -112,14 +112,15 @@ def start_roles(spec, task: Task, student_path: str, judge: ResolvedJudge, seed:
     trainer = stages.take("trainer", settings_key(res.trainer, spec.trust_remote_code, spec.train.workers,
                                                   spec.train.placement_strategy), 1,
                           lambda t: t.reset.remote(student_path, train_cfg, seed),
-                          lambda i=0: start_trainer(spec, student_path, train_cfg, seed, name_prefix, stages))[0]
+                          lambda i=0: start_trainer(spec, student_path, train_cfg, seed, name_prefix, stages),
+                          res.step_timeout_s)[0]
     rollout_res = role_resources(spec, "rollout")
     start_rollout = lambda i: spawn(  # noqa: E731
         RolloutWorker, engine_config(spec, student_path, seed + i, context, rank), resources=rollout_res,
         name=actor_name(name_prefix, f"rollout{i}"), namespace="ladder")
     key = settings_key(engine_config(spec, student_path, seed, context, rank), rollout_res)
     rollout = list(stages.take("rollout", key, spec.rollout.workers, lambda w: w.load_model.remote(student_path),
-                               start_rollout))
+                               start_rollout, res.step_timeout_s))
     return RungRoles(chat, pool, trainer, rollout, start_rollout, sync)
 
 
@@ -172,7 +173,7 @@ def build_judge_pool(spec, judge: ResolvedJudge, task: Task, seed: int, name_pre
         return actor
 
     workers = stages.take("judges", settings_key(engine, res), spec.judge_pool.workers,
-                          lambda w: w.load_model.remote(judge.location, cfg), start)
+                          lambda w: w.load_model.remote(judge.location, cfg), start, spec.resources.step_timeout_s)
     return JudgePool(workers, spec.judge_pool.batch_size, respawn=lambda: started(stages.start(start)), cfg=cfg,
                      max_replacements=spec.worker_replacements, chat=chat.user,
                      timeout_s=spec.resources.step_timeout_s, views=task.views)
@@ -188,7 +189,8 @@ def verifier_pool(spec, verifier, name_prefix: Optional[str], stages):
     stages.drop("judges")
     start = lambda i=0: spawn(VerifierWorker, verifier, options={"num_cpus": 0},  # noqa: E731
                               name=actor_name(name_prefix, "verifier"), namespace="ladder")
-    workers = stages.take("verifier", "verifier", 1, lambda w: w.set_verifier.remote(verifier), start)
+    workers = stages.take("verifier", "verifier", 1, lambda w: w.set_verifier.remote(verifier), start,
+                          spec.resources.step_timeout_s)
     return JudgePool(workers, spec.judge_pool.batch_size, verifier=verifier,
                      respawn=lambda: stages.start(start), max_replacements=spec.worker_replacements,
                      timeout_s=spec.resources.step_timeout_s)

@@ -31,9 +31,11 @@ class StageSet:
     def actors(self) -> list:
         return [a for role in self.actors_by_role.values() for a in role]
 
-    def take(self, role: str, key: str, n: int, load: Callable, start: Callable[[int], object]) -> list:
+    def take(self, role: str, key: str, n: int, load: Callable, start: Callable[[int], object],
+             timeout_s: float | None = None) -> list:
         """`n` actors of `role` serving the new model: the kept ones when their settings key is `key`, each
-        loaded in place with `load(actor)` (a remote call); else (or when a load refuses) `start(i)` for each."""
+        loaded in place with `load(actor)` (a remote call) within `timeout_s`; else (or when a load refuses, or
+        does not end in time) `start(i)` for each."""
         import ray
 
         from stages.engine import EngineMismatch
@@ -41,11 +43,11 @@ class StageSet:
         old = self.actors_by_role.get(role, [])
         if old and self.keys.get(role) == key and len(old) == n:
             try:
-                ray.get([load(a) for a in old])
+                ray.get([load(a) for a in old], timeout=timeout_s)
                 self.reused += n
                 return old
-            except (EngineMismatch, ray.exceptions.RayActorError):
-                pass  # another architecture, or an actor died meanwhile: new actors below
+            except (EngineMismatch, ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                pass  # another architecture, an actor died meanwhile, or one hangs: new actors below
         self._kill(old)
         new = [self.start(lambda i=i: start(i)) for i in range(n)]
         self.actors_by_role[role], self.keys[role] = new, key

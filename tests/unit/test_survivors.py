@@ -56,3 +56,41 @@ def test_a_hung_worker_is_not_kept(ray_local):
     t0 = time.monotonic()
     stages.drop_unless_answering("rollout", answer_s=1.0)
     assert stages.actors_by_role == {} and dead(ray_local, worker) and time.monotonic() - t0 < 40
+
+
+def test_a_kept_actor_whose_load_hangs_is_replaced_within_the_timeout(ray_local):
+    """A new rung's model loaded in place into a kept engine that never answers: past the timeout (the spec's
+    `resources.step_timeout_s`) it is killed and a new one started, instead of the rung waiting for ever."""
+    from ladder.rung.stageset import StageSet
+
+    remote = ray_local.remote(num_cpus=0)(Worker)
+    kept = remote.remote()
+    stages = StageSet(actors_by_role={"rollout": [kept]}, keys={"rollout": "k"})
+    t0 = time.monotonic()
+    (new,) = stages.take("rollout", "k", 1, lambda w: w.busy.remote(600), lambda i: remote.remote(), timeout_s=2.0)
+    assert new is not kept and dead(ray_local, kept) and not dead(ray_local, new) and time.monotonic() - t0 < 40
+    assert (stages.reused, stages.started) == (0, 1)
+
+
+class HungTrainer:
+    def checkpoint_files(self) -> dict:
+        time.sleep(600)
+        return {}
+
+
+def test_a_trainer_that_hangs_while_checkpointing_fails_the_step_in_time(ray_local):
+    """Every wait on the trainer outside the step (checkpoint, best weights, the student's files, restore) is
+    bounded by `resources.step_timeout_s`: a hung trainer is a `StepTimeout`, and the rung restarts from its
+    checkpoint as after a trainer's death, instead of waiting for ever."""
+    from types import SimpleNamespace
+
+    from ladder.rung.driver import Rung
+    from stages.actors import StepTimeout
+
+    rung = Rung.__new__(Rung)
+    rung.spec = SimpleNamespace(resources=SimpleNamespace(step_timeout_s=1.0))
+    rung.trainer = ray_local.remote(num_cpus=0)(HungTrainer).remote()
+    t0 = time.monotonic()
+    with pytest.raises(StepTimeout, match="trainer worker did not answer within resources.step_timeout_s"):
+        rung.save_adapter("unused")
+    assert time.monotonic() - t0 < 30
