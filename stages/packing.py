@@ -1,5 +1,6 @@
 """How the trainer lays a batch's samples into rows: packed end to end without padding between them (`pack`),
-grouped into micro-batches of a token budget, and the completion tokens' logprobs read from one forward pass."""
+grouped into micro-batches of a token budget, each sample's GRPO advantage within its prompt's group, and the
+completion tokens' logprobs read from one forward pass."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -101,3 +102,19 @@ def pad_id(tokenizer, vocab_size: int) -> int:
         if tok_id is not None and 0 <= tok_id < vocab_size:
             return tok_id
     return 0
+
+
+def group_advantages(scores, groups, keep=None, eps: float = 1e-4):
+    """GRPO advantages: (r - mean of the prompt's group) / (std of the group + eps); [n_samples].
+    Samples not kept (`keep[i]` False) take no part in their group's statistics and get advantage 0."""
+    import torch
+
+    r = torch.tensor(scores, dtype=torch.float32)
+    g = torch.tensor(groups)
+    kept = torch.ones_like(r, dtype=torch.bool) if keep is None else torch.tensor(keep, dtype=torch.bool)
+    adv = torch.zeros_like(r)
+    for k in g.unique():
+        m = (g == k) & kept
+        if m.any():
+            adv[m] = (r[m] - r[m].mean()) / (r[m].std(unbiased=False) + eps)
+    return adv

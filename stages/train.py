@@ -13,7 +13,7 @@ from typing import Optional
 from stages.batches import JudgedBatch, TrainStats, WeightsRef
 from stages.lora import Adapter, LoraSettings
 from stages.models import TOKENIZER_FILES, check_model_dir, safetensors_names, without_scikit_learn
-from stages.packing import completion_logprobs, micro_batches, pack, pad_id
+from stages.packing import completion_logprobs, group_advantages, micro_batches, pack, pad_id
 from stages.weight_sync import WeightSender
 
 
@@ -49,22 +49,6 @@ def resolve_dtype(name: str):
     if name not in ("float32", "bfloat16"):
         raise ValueError(f"train.dtype {name!r}: must be auto, float32 or bfloat16")
     return getattr(torch, name)
-
-
-def group_advantages(scores, groups, keep=None, eps: float = 1e-4):
-    """GRPO advantages: (r - mean of the prompt's group) / (std of the group + eps); [n_samples].
-    Samples not kept (`keep[i]` False) take no part in their group's statistics and get advantage 0."""
-    import torch
-
-    r = torch.tensor(scores, dtype=torch.float32)
-    g = torch.tensor(groups)
-    kept = torch.ones_like(r, dtype=torch.bool) if keep is None else torch.tensor(keep, dtype=torch.bool)
-    adv = torch.zeros_like(r)
-    for k in g.unique():
-        m = (g == k) & kept
-        if m.any():
-            adv[m] = (r[m] - r[m].mean()) / (r[m].std(unbiased=False) + eps)
-    return adv
 
 
 class Trainer(WeightSender):
