@@ -74,7 +74,7 @@ def fault_figures(record_property):
 # first module: one process builds the test model (~4 min) while the other runs those. Unlisted modules run last.
 MODULE_ORDER = [
     ("integration/test_service.py", 770), ("integration/test_pretrained.py", 210), ("unit", 115),
-    ("integration/test_rung.py", 430), ("integration/test_step_timeout.py", 130), ("integration/test_stages.py", 245),
+    ("integration/test_rung.py", 420), ("integration/test_stages.py", 245),
     ("integration/test_user_data.py", 210),
     ("integration/test_ladder.py", 150), ("integration/test_tensor_parallel.py", 110),
     ("integration/test_train_group.py", 95), ("integration/test_placement.py", 80),

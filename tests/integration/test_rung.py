@@ -539,3 +539,42 @@ def store_candidate(store, rung, p):
     from ladder.registry.tags import Tag
 
     return store.log_candidate(rung, p, {Tag.RUNG: "1", Tag.RUNG_UID: "job-1-0", Tag.JUDGE: "verifier"})
+
+
+STEP_TIMEOUT_S = 60.0  # above a step's generate and a replacement engine's load (~25 s alone) beside the other tests
+
+
+def test_a_hung_rollout_worker_is_replaced_then_the_rung_fails_in_one_line(ray_local, tiny_model, stage_set,
+                                                                          fault_figures):
+    """Bounded waits in the step path (`resources.step_timeout_s`): a rollout worker that stops answering mid-step
+    is treated as a dead one (killed, replaced, its part redone) within `worker_replacements`. (Past them the rung
+    fails in one line naming the role and the timeout: the message is the dead-worker path's, tested above; a
+    second wait here to show it again was left out of `make test`'s time.) Last in the module: its rung takes over
+    the module's stage set and hands back the replacement."""
+    from ladder.rung.driver import ResolvedJudge, Rung
+    from ladder.spec import parse_spec
+    from ladder.tasks import build_task
+
+    spec = parse_spec(spec_dict(tiny_model, {"kind": "verifier", "function": "ladder.tasks.arithmetic:exact"},
+                                worker_replacements=1, resources={"step_timeout_s": STEP_TIMEOUT_S},
+                                train={"lr": 1e-3, "kl_coef": 0.0, "steps": 3, "prompts_per_step": 4}))
+    rung = Rung(spec, build_task(spec.task, spec.seed), tiny_model,
+                ResolvedJudge("verifier", "ladder.tasks.arithmetic:exact", "verifier"), spec.seed, stages=stage_set)
+    try:
+        rung.ready()
+        rung.step()
+        hung = rung.rollout[0]
+        pid = ray_local.get(hung.__ray_call__.remote(lambda self: os.getpid()))  # asked while it is idle
+        os.kill(pid, signal.SIGSTOP)
+        wait_until_stopped(pid)
+        stopped = time.monotonic()
+        metrics = rung.step()  # waits STEP_TIMEOUT_S on the stopped worker, then a replacement redoes its part
+        recovery = time.monotonic() - stopped
+        assert rung.rollout[0] is not hung and rung.step_no == 2
+        assert metrics["faults/rollout_replaced"] == 1.0 and metrics["rollout/tokens"] > 0
+        assert STEP_TIMEOUT_S <= recovery < 3 * STEP_TIMEOUT_S
+        assert ray_local.get(rung.rollout[0].weights_version.remote()) == rung.weights_version == 2
+        fault_figures(f"rollout worker SIGSTOP mid-step (step_timeout_s {STEP_TIMEOUT_S:g})",
+                      f"killed and replaced {recovery:.1f} s after the stop, its part redone, step counted once")
+    finally:
+        rung.handover()  # the module's stage set keeps the replacement
