@@ -97,6 +97,7 @@ class Tracking:
 
     def start_rung_run(self, parent_run_id: str, rung: int, job: str, rung_uid: Optional[str] = None) -> str:
         """The rung's run, created once per `rung_uid` (a create retried through an outage is not doubled)."""
+        self.fenced()
         from ladder.registry.retrying import with_retry
 
         uid = rung_uid or f"{job}-{rung}-0"
@@ -178,6 +179,7 @@ class Tracking:
             call(self.client)
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.fenced()  # a controller whose lease was taken over ends no run of the ladder
         self.client.set_terminated(run_id, status)
 
     def reopen_run(self, run_id: str) -> None:
@@ -238,6 +240,7 @@ class Tracking:
     def save_calibration(self, parent_run: str, rung_run: Optional[str], name: str, text: str) -> None:
         """A sampled calibration set, logged with the rung run that sampled it (`calibration/<name>`), then named
         on the job's run (the tag last: it never points at a set that is not there)."""
+        self.fenced()
         run = rung_run or parent_run
         self.client.log_text(run, text, f"calibration/{name}")
         self.client.set_tag(parent_run, Tag.CALIBRATION + name, run)
@@ -253,6 +256,10 @@ class Tracking:
             return Path(self.client.download_artifacts(run, f"calibration/{name}", tmp)).read_text()
 
     def request_stop(self, run_id: str, now: bool) -> None:
+        """A stop request on the job's run; a graceful one never replaces a `now` already there (a stop only
+        escalates)."""
+        if not now and self.stop_request(run_id) == "now":
+            return
         self.client.set_tag(run_id, Tag.STOP_REQUEST, "now" if now else "graceful")
 
     def stop_request(self, run_id: str) -> Optional[str]:

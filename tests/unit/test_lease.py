@@ -327,6 +327,10 @@ def test_a_controller_whose_lease_was_taken_over_writes_neither_progress_nor_ali
     (version,) = add_versions(new_reg, 1)
     with pytest.raises(LeaseLost):
         old_reg.promote(version)
+    for write in (lambda: old_reg.start_rung_run(run, 2, "job", "job-2-0"), lambda: old_reg.end_run(run),
+                  lambda: old_reg.save_calibration(run, None, "rung-2", "{}")):
+        with pytest.raises(LeaseLost):  # no new rung run, no run ended, no calibration set written
+            write()
     assert registry.load_progress("job").step == 5 and registry.aliases() == {}
-    assert registry.client.list_artifacts(run) == []
+    assert registry.client.list_artifacts(run) == [] and registry.client.get_run(run).info.status == "RUNNING"
     new.release()

@@ -101,3 +101,16 @@ def test_stop_then_stop_now_escalates(registry):
     ctl.HANDLERS = {Phase.TRAIN: hanging_step}
     final = ctl.run()
     assert seen == [True, True] and final["state"] == "stopped", (seen, final)
+
+
+def test_a_graceful_stop_asked_after_stop_now_does_not_undo_it(registry):
+    """`ladder stop --now`, then a plain `ladder stop` (or `ray job stop`) before the controller has read the first:
+    the request stays `now` (a stop only escalates). Without the fix the second overwrote it with `graceful`."""
+    run = registry.client.create_run(registry.experiment_id).info.run_id
+    registry.request_stop(run, now=True)
+    registry.request_stop(run, now=False)
+    assert registry.stop_request(run) == "now"
+    registry.clear_stop_request(run)
+    registry.request_stop(run, now=False)
+    registry.request_stop(run, now=True)
+    assert registry.stop_request(run) == "now"
