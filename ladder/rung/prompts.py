@@ -96,9 +96,12 @@ def model_limit(location: str, store=None) -> Optional[int]:
     return config.get("max_position_embeddings") or config.get("max_sequence_length")
 
 
-def longest(texts, k: int = 8) -> list[str]:
-    """The `k` longest texts by characters (their token counts decide the context length)."""
-    return sorted(set(texts), key=len, reverse=True)[:k]
+def longest(chat: ChatRenderer, texts, k: int = 8) -> list[str]:
+    """The `k` texts of the most tokens, counted bare (a chat template adds about the same to each); their rendered
+    counts decide the context length. By tokens, not characters: a short text can be the longest (digits,
+    symbols, scripts of several tokens a character)."""
+    unique = sorted(set(texts))
+    return [t for _, t in sorted(zip(chat.n_tokens(unique), unique), reverse=True)[:k]]
 
 
 def fit_context(needed: int, asked: Optional[int], limit: Optional[int], what: str) -> int:
@@ -122,7 +125,7 @@ MARGIN = 8  # tokens kept free: a response decoded and encoded again may take a 
 
 def student_context(spec, task, chat: ChatRenderer, limit: Optional[int]) -> int:
     """Context length of the rollout engines: the longest rendered prompt plus `rollout.max_tokens`."""
-    prompts = longest([ex.prompt for ex in (*task.train, *task.eval)])
+    prompts = longest(chat, [ex.prompt for ex in (*task.train, *task.eval)])
     needed = max(chat.n_tokens([chat.user(p) for p in prompts]), default=0) + spec.rollout.max_tokens + MARGIN
     return fit_context(needed, spec.rollout.max_model_len, limit, "the longest student prompt + rollout.max_tokens")
 
@@ -131,8 +134,8 @@ def judge_context(spec, cfg, task, chat: ChatRenderer, limit: Optional[int]) -> 
     """Context length of the judge engines, in the judge's mode: its longest rendered prompt with room for the
     response(s) it reads (rollout.max_tokens, or the longest worked solution) and what it writes (the mode's
     settings say both: `bare_prompt`, `context_room`)."""
-    prompts = longest([ex.prompt for ex in (*task.train, *task.eval)])
-    solutions = longest([ex.solution for ex in task.eval if ex.solution])
+    prompts = longest(chat, [ex.prompt for ex in (*task.train, *task.eval)])
+    solutions = longest(chat, [ex.solution for ex in task.eval if ex.solution])
     response = max([spec.rollout.max_tokens, *chat.n_tokens(solutions)])
     settings = cfg.settings
     bare = [settings.bare_prompt(p) for p in prompts]

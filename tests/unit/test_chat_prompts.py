@@ -111,3 +111,15 @@ def test_context_length_is_measured_on_the_rendered_prompts(chat_tokenizer):
         student_context(spec, task, chat, 256)
     with pytest.raises(PromptError, match="rollout.max_model_len: 100 tokens cannot hold"):
         fit_context(rendered + 50, 100, 8192, "the longest student prompt")
+
+
+def test_a_short_prompt_of_many_tokens_sizes_the_context(chat_tokenizer):
+    """Nine prompts of 300 characters and ~60 tokens, and one of 90 characters and 180 tokens: the context holds the
+    short one. Picked by characters first (before the fix), it was never counted and the engine's context was 64
+    tokens too short for it."""
+    spec = parse_spec({"name": "c", "student": {"base": "m"}, "judge": {"initial": {"kind": "model", "path": "m"}},
+                       "task": {"source": {"kind": "builtin"}}, "rollout": {"max_tokens": 50}})
+    chat = renderer(chat_tokenizer, ChatSpec(), "student.chat")
+    dense = "\u10e6" * 90  # a Georgian letter: 2 tokens each
+    task = _task(["word " * 60 + str(i) for i in range(9)] + [dense])
+    assert student_context(spec, task, chat, 8192) >= len(chat_tokenizer(chat.user(dense)).input_ids) + 50
