@@ -421,7 +421,12 @@ def test_pairwise_mode_mirrors_when_the_order_of_a_pair_is_swapped(ray_local, ju
     from stages.judge import JudgeConfig, JudgePool
     from stages.scoring import PairwiseMode
 
-    pool = JudgePool([judge_worker], batch_size=16, cfg=JudgeConfig(PairwiseMode()))
+    # the test model was never taught to compare: after the default template its reading of "yes" moved < 1e-3
+    # with the responses (450 bootstrap steps); asked for the digit that follows two answers, it reads them
+    # (measured: up to 0.06 from a tie)
+    pool = JudgePool([judge_worker], batch_size=16,
+                     cfg=JudgeConfig(PairwiseMode(pair_template="{prompt}{first},{second}#", yes_token="1",
+                                                  no_token="2")))
     rows = build(3, 9, 8, 4, seed=4).train[:6]
     moved = False
     for r in rows:
