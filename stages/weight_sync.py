@@ -197,21 +197,27 @@ class WeightReceiver:
 
 def connect(trainer, workers: list, timeout_s: float = 120.0) -> int:
     """(controller) A fresh sync group of `trainer` (a `Trainer` or `TrainerGroup` actor) and every worker of the
-    rollout actors `workers`; returns its size. Call again after a worker is replaced."""
+    rollout actors `workers`; returns its size. Call again after a worker is replaced. Each wait ends within
+    `timeout_s` (ray's GetTimeoutError after it)."""
     import ray
 
-    widths = ray.get([w.sync_width.remote() for w in workers])
-    host, port = ray.get(trainer.open_weight_sync.remote(sum(widths)))
+    widths = ray.get([w.sync_width.remote() for w in workers], timeout=timeout_s)
+    host, port = ray.get(trainer.open_weight_sync.remote(sum(widths)), timeout=timeout_s)
     firsts = [1 + sum(widths[:i]) for i in range(len(workers))]
     joins = [w.join_weight_sync.remote(host, port, f, 1 + sum(widths), timeout_s) for w, f in zip(workers, firsts)]
     size, *_ = ray.get([trainer.connect_weight_sync.remote(), *joins], timeout=timeout_s)
     return size
 
 
-def push(trainer, workers: list, version: int) -> list[int]:
-    """(controller) One collective sync: the trainer sends, every rollout actor loads; their versions."""
+def push(trainer, workers: list, version: int, timeout_s: float | None = None) -> list[int]:
+    """(controller) One collective sync: the trainer sends, every rollout actor loads; their versions. Within
+    `timeout_s` (ray's GetTimeoutError after it)."""
+    import time
+
     import ray
 
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    left = lambda: None if deadline is None else max(0.0, deadline - time.monotonic())  # noqa: E731
     receives = [w.receive_weights.remote() for w in workers]
-    ray.get(trainer.send_weights.remote(version))
-    return ray.get(receives)
+    ray.get(trainer.send_weights.remote(version), timeout=left())
+    return ray.get(receives, timeout=left())

@@ -53,16 +53,19 @@ def collective_sync(rung) -> int:
 
     from stages.weight_sync import connect, push
 
-    t0 = time.perf_counter()
+    t0, timeout = time.perf_counter(), rung.spec.resources.step_timeout_s
     version = rung.weights_version + 1
     for attempt in range(2):
         try:
             if not rung._sync_group:
-                connect(rung.trainer, rung.rollout)
+                connect(rung.trainer, rung.rollout)  # every wait of it bounded (120 s)
                 rung._sync_group = True
-            push(rung.trainer, rung.rollout, version)
+            push(rung.trainer, rung.rollout, version, timeout)
             break
         except Exception as exc:  # a worker that died mid-broadcast fails the group's other members too
+            if isinstance(exc, ray.exceptions.GetTimeoutError):  # a hung member: the rung restarts
+                raise StepTimeout(f"the weight sync did not end within resources.step_timeout_s ({timeout:g} s)") \
+                    from None
             if isinstance(exc, ray.exceptions.RayActorError):
                 raise_if_start_failed(exc)
             rung._sync_group = False

@@ -94,3 +94,28 @@ def test_a_trainer_that_hangs_while_checkpointing_fails_the_step_in_time(ray_loc
     with pytest.raises(StepTimeout, match="trainer worker did not answer within resources.step_timeout_s"):
         rung.save_adapter("unused")
     assert time.monotonic() - t0 < 30
+
+
+class HungSender:
+    def send_weights(self, version: int) -> int:
+        time.sleep(600)
+        return version
+
+
+def test_a_weight_sync_that_hangs_ends_within_the_step_timeout(ray_local):
+    """A collective sync whose trainer never finishes sending: the rung's step fails with StepTimeout after
+    `resources.step_timeout_s` (the rung restarts from its checkpoint) instead of waiting for ever."""
+    from types import SimpleNamespace
+
+    from ladder.rung.driver import Rung
+    from ladder.rung.sync import collective_sync
+    from stages.actors import StepTimeout
+
+    rung = Rung.__new__(Rung)
+    rung.spec = SimpleNamespace(resources=SimpleNamespace(step_timeout_s=1.0))
+    rung.trainer, rung.rollout, rung._sync_group = ray_local.remote(num_cpus=0)(HungSender).remote(), [], True
+    rung.weights_version = 0
+    t0 = time.monotonic()
+    with pytest.raises(StepTimeout, match="weight sync did not end within resources.step_timeout_s"):
+        collective_sync(rung)
+    assert time.monotonic() - t0 < 30
