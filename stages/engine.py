@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from cluster.processes import pid_alive
 from stages.lora import engine_rank
 from stages.models import TOKENIZER_CORE, ModelStore, check_model_dir, without_scikit_learn
+from stages.startup import few_collections, heap_frozen
 from stages.weight_sync import EXTENSION as WEIGHT_RECEIVER  # every engine can join a collective weight sync
 
 ENGINE_ENV = {
@@ -83,6 +84,7 @@ def sweep_engine_tmp() -> list[str]:
     return swept
 
 
+@few_collections()
 def build_llm(cfg: EngineConfig):
     """A vLLM `LLM` for `cfg`; the environment must be set before vLLM is imported."""
     for key, value in ENGINE_ENV.items():
@@ -102,11 +104,12 @@ def build_llm(cfg: EngineConfig):
         memory.update(tensor_parallel_size=cfg.tensor_parallel_size, distributed_executor_backend="mp")
         if not on_gpu():  # the workers share the actor's cores
             share_cores(cfg.tensor_parallel_size)
-    llm = LLM(
-        model=model, dtype=dtype, seed=cfg.seed, max_model_len=cfg.max_model_len, enforce_eager=not cfg.compiled,
-        load_format="safetensors", trust_remote_code=cfg.trust_remote_code,
-        max_logprobs=20, enable_prefix_caching=False, worker_extension_cls=WEIGHT_RECEIVER, **memory,
-    )
+    with heap_frozen():  # the modules imported are no garbage: vLLM's collections while it starts skip them
+        llm = LLM(
+            model=model, dtype=dtype, seed=cfg.seed, max_model_len=cfg.max_model_len, enforce_eager=not cfg.compiled,
+            load_format="safetensors", trust_remote_code=cfg.trust_remote_code,
+            max_logprobs=20, enable_prefix_caching=False, worker_extension_cls=WEIGHT_RECEIVER, **memory,
+        )
     if cfg.tensor_parallel_size > 1:
         end_with_a_dead_worker(llm)
     return llm

@@ -13,6 +13,7 @@ from typing import Optional
 from stages.batches import JudgedBatch, TrainStats, WeightsRef
 from stages.lora import Adapter, LoraSettings
 from stages.models import TOKENIZER_FILES, check_model_dir, safetensors_names, without_scikit_learn
+from stages.startup import few_collections
 from stages.packing import completion_logprobs, group_advantages, micro_batches, pack, pad_id
 from stages.weight_sync import WeightSender
 
@@ -54,6 +55,7 @@ def resolve_dtype(name: str):
 class Trainer(WeightSender):
     """Holds the student (trained), the reference (frozen) and the optimizer."""
 
+    @few_collections()
     def __init__(self, model_path: str, cfg: TrainConfig, seed: int = 0, store=None):
         without_scikit_learn()
         import torch

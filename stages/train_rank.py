@@ -10,6 +10,7 @@ from datetime import timedelta
 
 from stages.addresses import free_port, node_ip
 from stages.packing import micro_batches
+from stages.startup import few_collections
 from stages.train import Trainer, TrainConfig
 
 
@@ -35,6 +36,7 @@ class TrainerRank(Trainer):
         """(rank 0) Where the others find the world's store: this node's address and `port` (0: a free one)."""
         return node_ip(), port or free_port()
 
+    @few_collections()
     def join(self, host: str, port: int, model_path: str, cfg: TrainConfig, seed: int, store=None,
              timeout_s: float = 60.0) -> int:
         """Join the world whose store rank 0 holds at host:port, then load the student, sharded. Returns the
