@@ -9,6 +9,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from stages.files import as_bytes
+
 # vLLM's LoRAConfig.max_lora_rank takes one of these (vllm/config/lora.py, MaxLoRARanks); an adapter's rank must be
 # at most the engine's
 ENGINE_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -136,7 +138,7 @@ class Adapter:
 
         if ADAPTER_FILES[0] not in files:
             raise ValueError(f"adapter checkpoint lacks {ADAPTER_FILES[0]} (has {', '.join(sorted(files)) or 'none'})")
-        self.load_trained_state(load(files[ADAPTER_FILES[0]]))
+        self.load_trained_state(load(as_bytes(files[ADAPTER_FILES[0]])))  # bytes, or a blob as restores pass it
 
     def checksums(self) -> dict[str, float]:
         """Sums of |weights| of the frozen base and of the adapter."""

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from stages.batches import JudgedBatch, TrainStats, WeightsRef
+from stages.files import as_bytes, blob
 from stages.lora import Adapter, LoraSettings
 from stages.models import TOKENIZER_FILES, check_model_dir, safetensors_names, without_scikit_learn
 from stages.startup import few_collections
@@ -344,22 +345,21 @@ class Trainer(WeightSender):
             self.tokenizer.save_pretrained(out)
         return str(out)
 
-    def model_files(self) -> dict[str, bytes]:
-        """The HF-format checkpoint as {file name: bytes} (a LoRA student's: merged): it reaches the controller
-        through the object store, so the trainer's node and the controller's need not share a disk."""
+    def model_files(self) -> dict:
+        """The HF-format checkpoint as {file name: its bytes as a `stages.files.blob`} (a LoRA student's: merged):
+        it reaches the controller through the object store (the two need not share a disk), mapped there."""
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="ladder-model-") as tmp:
             self.save(tmp)
-            return {f.name: f.read_bytes() for f in Path(tmp).iterdir() if f.is_file()}
+            return {f.name: blob(f.read_bytes()) for f in Path(tmp).iterdir() if f.is_file()}
 
-    def checkpoint_files(self) -> dict[str, bytes]:
-        """What a checkpoint needs of the student's weights, {file name: bytes}: the HF checkpoint, or a LoRA
-        student's adapter alone (its base is the rung's student, loaded again on restore)."""
+    def checkpoint_files(self) -> dict:
+        """A checkpoint's weights: `model_files`, or a LoRA student's adapter files alone (its base: the rung's)."""
         return self.model_files() if self.adapter is None else self.adapter.files()
 
-    def trainer_state(self) -> bytes:
-        """Optimizer, step counters and RNG: with `model_files` everything a resumed rung needs."""
+    def trainer_state(self):
+        """Optimizer, step counters and RNG (a blob): with `model_files` everything a resumed rung needs."""
         import io
 
         import torch
@@ -367,17 +367,17 @@ class Trainer(WeightSender):
         buf = io.BytesIO()
         torch.save({"optimizer": self.opt.state_dict(), "steps": self.steps, "version": self.version,
                     "rng": torch.get_rng_state()}, buf)
-        return buf.getvalue()
+        return blob(buf.getvalue())
 
     def restore(self, weights: dict[str, bytes], state: bytes) -> int:
-        """Load a checkpoint written by `checkpoint_files` + `trainer_state`: `weights` is {file name: bytes} of each
+        """Load a checkpoint written by `checkpoint_files` + `trainer_state` (bytes or blobs): `weights` holds each
         of its *.safetensors files (one, or every shard; a LoRA student's adapter). Returns the restored step."""
         import io
 
         import torch
 
         self.adapter.load_files(weights) if self.adapter is not None else self.load_weight_files(weights)
-        saved = torch.load(io.BytesIO(state), map_location=self.device, weights_only=True)
+        saved = torch.load(io.BytesIO(as_bytes(state)), map_location=self.device, weights_only=True)
         self.opt.load_state_dict(saved["optimizer"])
         self.steps, self.version = saved["steps"], saved["version"]
         torch.set_rng_state(saved["rng"].cpu())
@@ -388,6 +388,7 @@ class Trainer(WeightSender):
         when their union lacks a weight (a tied lm_head may be absent)."""
         from safetensors.torch import load
 
+        weights = {name: as_bytes(data) for name, data in weights.items()}  # blobs, mapped files or bytes
         missing = set(self.model.state_dict()) - set().union(*map(safetensors_names, weights.values()))
         if self.model.config.tie_word_embeddings:
             missing = {k for k in missing if not k.endswith("lm_head.weight")}

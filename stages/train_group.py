@@ -202,16 +202,17 @@ class TrainerGroup(Timed):
 
         self._all("load_arrays", ray.put(arrays))
 
-    def model_files(self) -> dict[str, bytes]:
+    def model_files(self) -> dict:
         return self._all("model_files")[0]
 
     def save(self, out_dir: str, max_shard_size=None) -> str:
         return self._all("save", out_dir, max_shard_size)[0]
 
-    def trainer_state(self) -> bytes:
+    def trainer_state(self):
+        from stages.files import blob
         from stages.group_checkpoint import pack_group_state
 
-        return pack_group_state(self._all("trainer_state"))
+        return blob(pack_group_state(self._all("trainer_state")))  # the ranks' shards, as bytes
 
     def restore(self, weights: dict[str, bytes], state: bytes) -> int:
         import ray

@@ -284,11 +284,10 @@ class Rung:
 
     def save_student(self, out_dir: str) -> str:
         """The trained student as an HF directory on *this* node (files come through the object store)."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        for name, data in self.from_trainer(self.trainer.model_files.remote()).items():
-            (out / name).write_bytes(data)
-        return str(out)
+        from stages.files import write_files
+
+        write_files(self.from_trainer(self.trainer.model_files.remote()), Path(out_dir))
+        return out_dir
 
     def save_adapter(self, out_dir: str) -> str:
         """(a LoRA rung) The trained adapter's files (peft's format) in a folder on this node."""
@@ -302,12 +301,11 @@ class Rung:
         import json
         import shutil
 
+        from stages.files import write_files
+
         out = Path(out_dir)
         shutil.rmtree(out / "model", ignore_errors=True)  # no shard of an earlier save may be restored with these
-        files = self.from_trainer(self.trainer.checkpoint_files.remote())
-        (out / "model").mkdir(parents=True)
-        for name, data in files.items():
-            (out / "model" / name).write_bytes(data)
+        write_files(self.from_trainer(self.trainer.checkpoint_files.remote()), out / "model")  # mapped, not copied
         (out / "trainer.pt").write_bytes(self.from_trainer(self.trainer.trainer_state.remote()))
         (out / "cursor.json").write_text(json.dumps({**self.cursor_state(), "step": self.step_no}))
         return str(out)
@@ -319,8 +317,10 @@ class Rung:
 
         root = Path(ckpt_dir)
         cursor = json.loads((root / "cursor.json").read_text())
-        weights = {f.name: f.read_bytes() for f in sorted((root / "model").glob("*.safetensors"))}  # shards or one
-        self.from_trainer(self.trainer.restore.remote(weights, (root / "trainer.pt").read_bytes()))
+        from stages.files import mapped
+
+        weights = {f.name: mapped(f) for f in sorted((root / "model").glob("*.safetensors"))}  # shards or one
+        self.from_trainer(self.trainer.restore.remote(weights, mapped(root / "trainer.pt")))
         self.cursor = PromptCursor.restore(self.cursor.size, self.cursor.seed, cursor)
         self.step_no = cursor["step"]
         self._next = None  # sampled by weights that are gone: its prompts are drawn again

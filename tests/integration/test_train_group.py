@@ -110,7 +110,7 @@ def test_checkpoint_restores_into_two_ranks_and_one(ray_local, nano, batch):
         expected = weights_of(group)
     finally:
         stop(group)
-    assert "config.json" in files and '"Qwen2ForCausalLM"' in files["config.json"].decode()  # not FSDPQwen2...
+    assert "config.json" in files and '"Qwen2ForCausalLM"' in bytes(files["config.json"]).decode()  # not FSDPQwen2...
     files = {n: b for n, b in files.items() if n.endswith(".safetensors")}  # as `Rung.restore` passes them
     assert files
     for workers in (2, 1):
