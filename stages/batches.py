@@ -49,6 +49,7 @@ class JudgedBatch:
     keep: tuple[bool, ...] = ()                   # [n_samples] False: left out of training (empty: all kept)
     invalid_scores: int = 0                       # scores that were NaN or outside [0, 1]
     coverage: float = 1.0                         # share of prompts the judge labelled (the rest: abstained)
+    guided: int = 0                               # groups given the judge's own answer (judge.solve_guide)
 
     @property
     def trainable(self) -> tuple[bool, ...]:

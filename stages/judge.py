@@ -16,7 +16,8 @@ from stages.actors import StepTimeout, Timed, get_within, raise_if_start_failed
 from stages.batches import JudgedBatch, RolloutBatch
 from stages.engine import EngineConfig, build_llm, load_model_into
 from stages.answers import DEFAULT_ANSWER_PATTERN
-from stages.scoring import ModeSettings, Pairs, Scored, VerdictMode, VerdictTokens, checked, coverage, score_with
+from stages.scoring import (ModeSettings, Pairs, Scored, VerdictMode, VerdictTokens, checked, coverage, guided,
+                             score_with)
 
 
 class JudgeError(ValueError):
@@ -202,8 +203,11 @@ class JudgePool:
         raw = self.score_items(list(batch.prompts), batch.responses, list(batch.group), list(batch.references))
         settings = self.cfg.settings
         scored, keep, invalid = checked(raw, settings.fallback_score, settings.unreadable == "drop")
-        return JudgedBatch(batch, scored.scores, scored.parse_failures, scored.judge_tokens, scored.examples,
-                           keep, invalid, coverage(batch.group, scored.abstained))
+        scores, n_guided = scored.scores, 0
+        if scored.guides:
+            batch, scores, n_guided = guided(batch, scores, scored.guides)
+        return JudgedBatch(batch, scores, scored.parse_failures, scored.judge_tokens, scored.examples,
+                           keep, invalid, coverage(batch.group, scored.abstained), n_guided)
 
     def score_items(self, prompts: list[str], responses: list[str], groups: Optional[list[int]] = None,
                     references: Optional[list] = None):

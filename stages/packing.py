@@ -118,3 +118,19 @@ def group_advantages(scores, groups, keep=None, eps: float = 1e-4):
         if m.any():
             adv[m] = (r[m] - r[m].mean()) / (r[m].std(unbiased=False) + eps)
     return adv
+
+
+def tokenized(samples, tokenizer) -> list:
+    """`samples` with each completion given as text alone (a judge's own answer, `judge.solve_guide`) in this
+    student's token ids, ended by its end-of-sequence token; their sampling logprobs are unknown (NaN: they count
+    nowhere, not in the trainer-vs-vLLM mismatch either)."""
+    from stages.batches import Sample
+
+    end = () if tokenizer.eos_token_id is None else (tokenizer.eos_token_id,)
+    out = []
+    for s in samples:
+        if not s.completion_ids and s.completion_text:
+            ids = tuple(tokenizer.encode(s.completion_text, add_special_tokens=False)) + end
+            s = Sample(s.prompt_ids, ids, s.completion_text, (float("nan"),) * len(ids))
+        out.append(s)
+    return out

@@ -39,6 +39,7 @@ class Scored:
     examples: tuple[dict, ...] = ()    # a few judge outputs, for people to read
     unread: tuple[bool, ...] = ()      # [n] True where the judge's output could not be read (empty: none)
     abstained: tuple[bool, ...] = ()   # [n] True where the judge abstained on the sample's prompt (empty: none)
+    guides: tuple[Optional[str], ...] = ()  # [n] (solve_guide) a judge answer that wrote its prompt's label, or None
 
 
 class ModeSettings(Strict):
@@ -157,6 +158,11 @@ class SolveMode(ModeSettings):
         1, ge=1, le=16, description="Forms of each prompt the judge answers, `solve_samples` times each (solve mode): "
                                     "the prompt and equivalent ones the task gives (e.g. a sum's terms reordered); "
                                     "the label is the majority over all of them. 1: the prompt only.")
+    solve_guide: bool = Field(
+        False, description="Guidance (solve mode): a group none of whose samples agrees with the judge's label gets "
+                           "one of the judge's own answers to the prompt that wrote the label, in place of its last "
+                           "sample and rewarded 1, so the student learns labels it never samples (off-policy "
+                           "guidance, as LUFFY); groups with no such answer, or abstained, are left as they are.")
 
     @field_validator("solve_template")
     @classmethod
@@ -237,7 +243,33 @@ def score_solve(pool, cfg: SolveMode, pairs: Pairs, answer_pattern: str) -> Scor
                       "label": labels[p].majority,
                       "label_share": round(labels[p].share, 3)} for p, outs in list(zip(prompts, written))[:4])
     abstained = tuple(labels[p].abstained for p in pairs.prompts)
-    return Scored(tuple(scores), sum(unread), tokens, examples, tuple(unread), abstained)
+    guides = {p: guide_of(outs[:cfg.solve_samples], labels[p], answer_pattern)
+              for p, outs in zip(prompts, written)} if cfg.solve_guide else {}
+    return Scored(tuple(scores), sum(unread), tokens, examples, tuple(unread), abstained,
+                  tuple(guides.get(p) for p in pairs.prompts) if guides else ())
+
+
+def guide_of(outs, label: "Label", answer_pattern: str) -> Optional[str]:
+    """The first of the judge's answers to the prompt itself (not another view of it) whose final answer is the
+    label; None when there is none or the judge abstained."""
+    if label.majority is None or label.abstained:
+        return None
+    return next((text for text, _ in outs if same_answer(extract(answer_pattern, text) or "", label.majority)), None)
+
+
+def guided(batch, scores: tuple, guides: tuple) -> tuple:
+    """(batch, scores, how many groups were guided): each group whose samples all scored 0 and whose prompt has a
+    guide gets the guide in place of its last sample (its completion as text, tokenized by the trainer) scored 1."""
+    from stages.batches import RolloutBatch, Sample
+
+    last = {g: i for i, g in enumerate(batch.group)}
+    missed = {g for g in last if all(scores[i] == 0.0 for i, h in enumerate(batch.group) if h == g)}
+    samples, scores, n = list(batch.samples), list(scores), 0
+    for g, i in last.items():
+        if g in missed and guides[i]:
+            samples[i] = Sample(samples[i].prompt_ids, (), guides[i], ())
+            scores[i], n = 1.0, n + 1
+    return RolloutBatch(batch.prompts, batch.references, tuple(samples), batch.group), tuple(scores), n
 
 
 def agreement(answer: Optional[str], judge_answers: Sequence[str], rule: str) -> float:
@@ -316,7 +348,7 @@ def checked(scored: Scored, fallback: float, drop: bool) -> tuple[Scored, tuple[
     scores = tuple(fallback if b else float(x) for x, b in zip(scored.scores, bad))
     keep = tuple(not (drop and (u or b)) and not a for u, b, a in zip(unread, bad, abstained))
     fixed = Scored(scores, scored.parse_failures + sum(bad), scored.judge_tokens, scored.examples,
-                   tuple(u or b for u, b in zip(unread, bad)), scored.abstained)
+                   tuple(u or b for u, b in zip(unread, bad)), scored.abstained, scored.guides)
     return fixed, keep, sum(bad)
 
 

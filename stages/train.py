@@ -15,7 +15,7 @@ from stages.files import as_bytes, blob
 from stages.lora import Adapter, LoraSettings
 from stages.models import TOKENIZER_FILES, check_model_dir, safetensors_names, without_scikit_learn
 from stages.startup import few_collections
-from stages.packing import completion_logprobs, group_advantages, micro_batches, pack, pad_id
+from stages.packing import completion_logprobs, group_advantages, micro_batches, pack, pad_id, tokenized
 from stages.weight_sync import WeightSender
 
 
@@ -199,15 +199,14 @@ class Trainer(WeightSender):
         the "old" policy is the current one: its logprobs are the detached ones of the forward that is
         differentiated (ratio 1, same gradient), not a second forward. With `overlap` the batch was sampled by
         the weights before the last update, and the old policy is that one: vLLM's sampling logprobs (as verl's
-        one-step off-policy recipe and TRL's async GRPO take them). The reference forward runs only when there
-        is a KL term, once per step: `cache` keeps it (and the old logprobs) between the step's epochs; pass the
-        same empty dict to each epoch of one step."""
+        one-step off-policy recipe and TRL's async GRPO take them; a guide's unknown ones: the current policy's).
+        The reference forward (a KL term only) runs once per step: `cache` (empty at a step's start) keeps it."""
         import torch
 
         batch, keep = judged.rollout, judged.trainable
         adv = group_advantages(judged.scores, batch.group, keep)
         rows = [i for i, k in enumerate(keep) if k]  # dropped samples take no part in the loss
-        samples = batch.samples
+        samples = tokenized(batch.samples, self.tokenizer)  # a judge's answer given as text (solve_guide)
         lengths = [len(samples[i].prompt_ids) + len(samples[i].completion_ids) for i in rows]
         width = max(lengths)
         groups = self.micro_groups(rows, lengths)
@@ -227,14 +226,15 @@ class Trainer(WeightSender):
             ref_lp, old_lp = cache[key]
             with self.autocast():
                 lp = completion_logprobs(self.model, packed)
-            old_lp = packed.vllm_lp if self.cfg.overlap else lp.detach() if old_lp is None else old_lp
+            old_lp = (packed.vllm_lp.where(packed.vllm_lp.isfinite(), lp.detach()) if self.cfg.overlap  # guides: on
+                      else lp.detach() if old_lp is None else old_lp)
             loss, kl, clipped = self._loss(lp, old_lp, ref_lp, adv[g].to(self.device)[packed.sample])
             (loss * weight / n_tok).backward()
             totals["loss"] += loss.detach() * weight / n_tok
             totals["kl"] += kl * weight / n_tok
             totals["clip_frac"] += clipped * weight / n_tok
             if first_pass:  # the policy before this step's update against the sampling engine's numbers
-                totals["mismatch"] += (lp.detach() - packed.vllm_lp).abs().sum() * weight / n_tok
+                totals["mismatch"] += (lp.detach() - packed.vllm_lp).abs().nan_to_num(0.0).sum() * weight / n_tok
         return totals
 
     def _skip(self, judged: JudgedBatch, reason: str, t0: float) -> TrainStats:

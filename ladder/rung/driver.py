@@ -227,6 +227,7 @@ class Rung:
             "train/skipped": float(bool(stats.skipped)), "judge/invalid_scores": float(judged.invalid_scores),
             "judge/dropped": float(len(judged.scores) - sum(judged.trainable)),
             "judge/coverage": judged.coverage,  # share of prompts labelled (solve_min_share: the rest abstained)
+            "judge/guided": judged.guided,  # groups given the judge's own answer (solve_guide)
             "faults/rollout_replaced": float(self.rollout_replaced), "faults/judge_replaced": float(self.pool.replaced),
             **judge_health(judged.scores, judged.parse_failures),
             **length_health(rollout, judged),
