@@ -198,13 +198,15 @@ class JudgePool:
         self.chat = chat or _plain  # a judge prompt as the judge model sees it (its chat template's user turn)
         self.views = views  # (prompt, k) -> up to k equivalent forms of it, the task's (solve mode's solve_views)
 
-    def score(self, batch: RolloutBatch) -> JudgedBatch:
-        """Rewards for a rollout batch; unreadable or out-of-range scores get the fallback or are dropped."""
+    def score(self, batch: RolloutBatch, guide: bool = False) -> JudgedBatch:
+        """Rewards for a rollout batch; unreadable or out-of-range scores get the fallback or are dropped. `guide`
+        (a training batch; never an evaluation's): groups that missed the label get the judge's answer
+        (`solve_guide`)."""
         raw = self.score_items(list(batch.prompts), batch.responses, list(batch.group), list(batch.references))
         settings = self.cfg.settings
         scored, keep, invalid = checked(raw, settings.fallback_score, settings.unreadable == "drop")
         scores, n_guided = scored.scores, 0
-        if scored.guides:
+        if guide and scored.guides:
             batch, scores, n_guided = guided(batch, scores, scored.guides)
         return JudgedBatch(batch, scores, scored.parse_failures, scored.judge_tokens, scored.examples,
                            keep, invalid, coverage(batch.group, scored.abstained), n_guided)

@@ -172,7 +172,7 @@ class Rung:
         rollout = self.generate(self.next_prompts(), self.spec.rollout.group_size, self.spec.rollout.temperature)
         t1 = time.perf_counter()
         judge_before = self.pool.work_s
-        judged = self.pool.score(rollout)
+        judged = self.pool.score(rollout, guide=True)  # a training batch: solve_guide applies
         work_s = {"rollout": self.work_s["rollout"], "judge": self.pool.work_s - judge_before}
         return CollectedBatch(judged, t1 - t0, time.perf_counter() - t1, work_s, cursor, version)
 

@@ -12,8 +12,9 @@ def test_a_group_that_missed_the_label_gets_the_judges_answer_scored_one():
     batch = [(SURE, ["#4", "#5"]), (UNSURE, ["#5", "#6"])]  # labels 3 (missed by both) and 5 (agreed with)
     plain = ScriptedPool(SCRIPT, SolveMode(solve_samples=4, solve_reward="majority")).score(rollout(batch))
     assert plain.scores == (0.0, 0.0, 1.0, 0.0) and plain.guided == 0
-    judged = ScriptedPool(SCRIPT, SolveMode(solve_samples=4, solve_reward="majority", solve_guide=True)) \
-        .score(rollout(batch))
+    pool = ScriptedPool(SCRIPT, SolveMode(solve_samples=4, solve_reward="majority", solve_guide=True))
+    assert pool.score(rollout(batch)) == plain  # an evaluation's batch: never guided
+    judged = pool.score(rollout(batch), guide=True)
     assert judged.scores == (0.0, 1.0, 1.0, 0.0) and judged.guided == 1
     guide = judged.rollout.samples[1]
     assert guide.completion_text == "#3" and guide.completion_ids == () and guide.prompt_ids == (1,)
@@ -24,7 +25,7 @@ def test_a_group_that_missed_the_label_gets_the_judges_answer_scored_one():
 def test_no_guide_where_the_judge_abstains_or_only_another_view_wrote_the_label():
     unsure = [(UNSURE, ["#8", "#9"])]  # share 0.5 < 0.6: abstained
     cfg = SolveMode(solve_samples=4, solve_reward="majority", solve_min_share=0.6, solve_guide=True)
-    judged = ScriptedPool(SCRIPT, cfg).score(rollout(unsure))
+    judged = ScriptedPool(SCRIPT, cfg).score(rollout(unsure), guide=True)
     assert judged.guided == 0 and judged.trainable == (False, False)
     prompt = "Q:4+1-5+3\nA:"
     forms = signed_sum_views(prompt, 3)  # the prompt itself answered 9 (wrong), its two reorderings 3 (the label)
