@@ -263,10 +263,10 @@ def guided(batch, scores: tuple, guides: tuple) -> tuple:
     from stages.batches import RolloutBatch, Sample
 
     last = {g: i for i, g in enumerate(batch.group)}
-    missed = {g for g in last if all(scores[i] == 0.0 for i, h in enumerate(batch.group) if h == g)}
+    hit = {g for g, score in zip(batch.group, scores) if score != 0.0}
     samples, scores, n = list(batch.samples), list(scores), 0
     for g, i in last.items():
-        if g in missed and guides[i]:
+        if g not in hit and guides[i]:
             samples[i] = Sample(samples[i].prompt_ids, (), guides[i], ())
             scores[i], n = 1.0, n + 1
     return RolloutBatch(batch.prompts, batch.references, tuple(samples), batch.group), tuple(scores), n

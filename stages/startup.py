@@ -3,8 +3,8 @@
 A stage starts by importing vLLM or torch and transformers (about 6,000 modules) and building a model: a few
 million objects, hardly any of them garbage. Python's collector counts allocations and walks what it tracks again and
 again while they pile up; vLLM adds full collections of its own while its engine starts. Measured on the test model
-with one thread (`bench/stage_start.py`): an engine's start 10.0 CPU-s with the default collector, 7.6 with both of
-the below; a trainer's 3.8 and 3.5.
+with one thread (`bench/stage_start.py`, `bench/results/stage_start.json`): an engine's start 10.0 CPU-s with the
+default collector, 7.2 with both of the below; a trainer's 3.8 and 3.4.
 """
 from __future__ import annotations
 

@@ -377,7 +377,7 @@ class Trainer(WeightSender):
         import torch
 
         self.adapter.load_files(weights) if self.adapter is not None else self.load_weight_files(weights)
-        saved = torch.load(io.BytesIO(as_bytes(state)), map_location=self.device, weights_only=True)
+        saved = torch.load(io.BytesIO(state), map_location=self.device, weights_only=True)  # bytes or a blob
         self.opt.load_state_dict(saved["optimizer"])
         self.steps, self.version = saved["steps"], saved["version"]
         torch.set_rng_state(saved["rng"].cpu())
