@@ -165,14 +165,14 @@ class LadderController:
         if saved is None:
             parent = self.registry.start_ladder_run(self.spec, self.job)
             self.lease = take_lease(self.registry, parent, self.job, self.lease_token, self.submission, self.lost,
-                                    new=True)  # one controller per ladder: LeaseHeld when another runs it
+                                    new=True, renew_s=self.spec.mlflow.lease_renew_s)  # one controller per ladder: LeaseHeld when another runs it
             self.registry.save_spec(parent, self.spec)
             return self.save(Progress(self.spec.name, self.job, parent_run=parent, submission=self.submission,
                                       data=data_hashes(self.spec)).to(state=State.RUNNING))
         if not saved.active and not self.resume:  # a restart after the ladder had ended: nothing to do
             return saved
         self.lease = take_lease(self.registry, saved.parent_run, self.job, self.lease_token, self.submission,
-                                self.lost)
+                                self.lost, renew_s=self.spec.mlflow.lease_renew_s)
         self.progress = saved  # the lease is ours: a failure from here is recorded on the saved progress
         self.registry.reopen_run(saved.parent_run)
         data = check_data(self.spec, saved.data)  # a dataset file changed since the start: refused, not split anew

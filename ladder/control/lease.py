@@ -3,8 +3,9 @@ renews, and a fence (a generation counter on the ladder's experiment) that every
 `run`, `submit` and `resume` refuse a ladder whose lease is alive, and a stale one is taken over.
 
 Staleness is judged on the observer's own clock (as Kubernetes leader election does): a lease is stale once the
-observer has watched its heartbeat stay unchanged for `STALE_AFTER_S` of its own monotonic time (or its process is
-seen gone on this host); the writer's timestamps are never compared with the reader's clock. Taking the lease bumps
+observer has watched its heartbeat stay unchanged for the lease's own stale time (`STALE_FACTOR` of its renewal period,
+the spec's `mlflow.lease_renew_s`, written in the lease) of its own monotonic time (or its process is seen gone on this
+host); the writer's timestamps are never compared with the reader's clock. Taking the lease bumps
 the fence's generation; of two controllers that take it at once (two `resume`s of one job included) the one whose
 write the fence holds after `SETTLE_S` runs and the other is refused. A controller whose generation is no longer the
 fence's (its lease was taken over during an outage or a pause) gets `LeaseLost` before its next write."""
@@ -21,7 +22,8 @@ from typing import Callable, Optional
 from ladder.registry.tags import Tag
 
 RENEW_S = 30.0
-STALE_AFTER_S = 3 * RENEW_S
+STALE_FACTOR = 3  # a lease unrenewed for 3 of its periods is stale
+STALE_AFTER_S = STALE_FACTOR * RENEW_S
 SETTLE_S = 1.0  # between writing a lease and reading the fence back: a write begun at the same time lands
 
 
@@ -44,6 +46,12 @@ class Lease:
     pid: int = 0        # ... and its id: one on this host that is gone holds nothing, however recent
     beat: int = 0       # bumped at every renewal: what an observer watches change
     generation: int = 0  # the fence's generation this controller took
+    renew_s: Optional[float] = None  # its renewal period (the spec's `mlflow.lease_renew_s`) ...
+    stale_s: Optional[float] = None  # ... and how long it may go unrenewed before another takes it over
+
+    def stale_after(self, default: float) -> float:
+        """How long its heartbeat may stay unchanged before it is stale: as its writer says (older leases: default)."""
+        return self.stale_s or default
 
     def gone(self) -> bool:
         """Its process is seen gone on this host (it holds nothing, however recent its heartbeat)."""
@@ -90,9 +98,9 @@ def leases(tracking) -> list[tuple[str, Lease]]:
 def held_by_other(tracking, token: Optional[str] = None, stale_after_s: float = STALE_AFTER_S, watch_s: float = 0.0,
                   poll_s: float = 2.0) -> Optional[Lease]:
     """The lease of another controller of this ladder not seen stale (earliest taken first), else None. Watched for
-    up to `watch_s`: until each either beats (alive: returned at once) or stays unchanged for `stale_after_s` of
-    this process' clock (stale); one not yet watched that long counts as held."""
-    deadline = time.monotonic() + watch_s
+    up to `watch_s`: until each either beats (alive: returned at once) or stays unchanged for its own stale time
+    (`stale_after_s` for one that does not say) of this process' clock (stale); one still unsure counts as held."""
+    start = time.monotonic()
     while True:
         alive, unsure = [], []
         for run, lease in leases(tracking):
@@ -101,10 +109,10 @@ def held_by_other(tracking, token: Optional[str] = None, stale_after_s: float = 
             age = unchanged_for(run, lease)
             if age is None:
                 alive.append(lease)
-            elif age < stale_after_s:
+            elif age < lease.stale_after(stale_after_s):
                 unsure.append(lease)
         held = alive or unsure
-        if alive or not unsure or time.monotonic() >= deadline:
+        if alive or not unsure or time.monotonic() >= start + watch_s:  # one still unsure then counts as held
             return min(held, key=lambda x: (x.acquired_at, x.token)) if held else None
         time.sleep(poll_s)
 
@@ -115,14 +123,14 @@ def looks_alive(tracking, stale_after_s: float = STALE_AFTER_S) -> Optional[Leas
     what decides: the controller's own `acquire` watches on its own clock."""
     now = time.time()
     for _, lease in leases(tracking):
-        if not lease.gone() and abs(now - lease.renewed_at) < stale_after_s:
+        if not lease.gone() and abs(now - lease.renewed_at) < lease.stale_after(stale_after_s):
             return lease
     return None
 
 
 def refusal(name: str, lease: Lease) -> LeaseHeld:
-    return LeaseHeld(f"ladder {name!r} is already running: {lease.where} (its lease is renewed every {RENEW_S:.0f} "
-                     f"s); see `ladder status {name}` or stop it with `ladder stop {name}`")
+    return LeaseHeld(f"ladder {name!r} is already running: {lease.where} (its lease is renewed every "
+                     f"{lease.renew_s or RENEW_S:g} s); see `ladder status {name}` or stop it with `ladder stop {name}`")
 
 
 def check_free(tracking, token: Optional[str] = None, stale_after_s: float = STALE_AFTER_S) -> None:
@@ -161,7 +169,8 @@ class LeaseKeeper:
                  settle_s: float = SETTLE_S):
         self.tracking, self.parent_run, self.renew_s, self.stale_after_s = tracking, parent_run, renew_s, stale_after_s
         self.settle_s = settle_s
-        self.lease = Lease(token, job, where, time.time(), time.time(), socket.gethostname(), os.getpid())
+        self.lease = Lease(token, job, where, time.time(), time.time(), socket.gethostname(), os.getpid(),
+                           renew_s=renew_s, stale_s=stale_after_s)
         self.on_lost = on_lost or (lambda: None)
         self._released = threading.Event()
 
@@ -235,12 +244,13 @@ def refuse_if_running(spec) -> None:
 
 
 def take_lease(tracking, parent_run: str, job: str, token: str, submission: Optional[str],
-               on_lost: Callable[[], None], new: bool = False) -> LeaseKeeper:
+               on_lost: Callable[[], None], new: bool = False, renew_s: Optional[float] = None) -> LeaseKeeper:
     """A controller's lease on its job's parent run, taken (a stale one taken over) and renewed until released, and
     checked by `tracking` before each write of the ladder's state; LeaseHeld naming where the ladder runs when
     another controller's is alive (a new job refused so has its parent run ended, marked refused)."""
-    keeper = LeaseKeeper(tracking, parent_run, job, token, here(job, submission), RENEW_S, STALE_AFTER_S, on_lost,
-                         SETTLE_S)
+    stale_s = STALE_AFTER_S if renew_s is None else STALE_FACTOR * renew_s
+    keeper = LeaseKeeper(tracking, parent_run, job, token, here(job, submission), renew_s or RENEW_S, stale_s,
+                         on_lost, SETTLE_S)
     try:
         keeper.acquire()
     except LeaseHeld as exc:

@@ -70,6 +70,9 @@ class MlflowSpec(Strict):
         None, description="MLflow tracking URI; default MLFLOW_TRACKING_URI or sqlite under the work directory.")
     retry_s: float = Field(600.0, gt=0, description="How long MLflow may be unreachable before the ladder fails; "
                            "calls retry with backoff meanwhile and training goes on (metrics are delivered later).")
+    lease_renew_s: float = Field(30.0, gt=0, description="How often the controller renews its lease on the ladder; one "
+                                 "unrenewed for 3 such periods (a controller paused, or cut off from MLflow) is taken "
+                                 "over by a `resume`, and the old one writes nothing after that.")
 
     @field_validator("tracking_uri")
     @classmethod

@@ -334,3 +334,29 @@ def test_a_controller_whose_lease_was_taken_over_writes_neither_progress_nor_ali
     assert registry.load_progress("job").step == 5 and registry.aliases() == {}
     assert registry.client.list_artifacts(run) == [] and registry.client.get_run(run).info.status == "RUNNING"
     new.release()
+
+
+def test_a_lease_is_judged_stale_by_the_period_its_writer_renews_it_at(registry):
+    """`mlflow.lease_renew_s` is the writer's: the lease carries its renewal period and stale time, and observers
+    with the default (90 s) judge it by those. Without them in the lease, a controller renewing every 0.2 s that
+    stopped beating was held alive for the observer's 90 s (`check_free` refused for minutes), and one renewing every
+    40 s (stale after 120) would be taken over by an observer whose own setting was shorter."""
+    quick = keeper(registry, "quick", renew_s=0.2, stale_after_s=0.6)
+    quick.acquire()
+    assert quick.lease.renew_s == 0.2 and quick.lease.stale_s == 0.6
+    quick._released.set()  # paused: no more renewals
+    time.sleep(0.8)
+    check_free(registry)  # the default observer: stale by the writer's 0.6 s, not its own 90 s
+    t0 = time.monotonic()
+    taker = keeper(registry, "taker")  # default timing: takes over once it watched 0.6 s of no beats
+    taker.acquire()
+    assert time.monotonic() - t0 < 10 and taker.holds()
+    taker.release()
+
+    slow = keeper(registry, "slow", renew_s=40.0, stale_after_s=120.0)
+    slow.acquire()
+    slow._released.set()
+    with pytest.raises(LeaseHeld, match="renewed every 40 s"):  # unchanged for 2 s: not stale for its writer
+        keeper(registry, "hasty", renew_s=0.2, stale_after_s=0.6, settle_s=0.1).acquire()
+    with pytest.raises(LeaseHeld):
+        check_free(registry, stale_after_s=0.6)
