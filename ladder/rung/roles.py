@@ -10,6 +10,7 @@ from typing import Callable, Optional
 from cluster.placement import role_resources
 from ladder.progress import TASK_CHECKER, ResolvedJudge
 from ladder.tasks.base import Task
+from stages.models import check_model_dir
 
 
 def model_store(spec):
@@ -49,10 +50,13 @@ def lora_sync(spec, student_path: str) -> tuple[str, str]:
 
 
 def model_prompts(spec, location: str, chat_spec, field: str):
-    """The chat renderer of the model at `location` (its tokenizer, `chat_spec`) and the model's context limit."""
+    """The chat renderer of the model at `location` (its tokenizer, `chat_spec`) and the model's context limit. Its
+    files are checked here, before any stage actor starts: a broken one (a version promoted by hand, copied short)
+    fails the rung at once, in one line naming the file."""
     from ladder.rung.prompts import load_tokenizer, model_limit, renderer
 
     store = model_store(spec)
+    check_model_dir(store.local(location))
     chat = renderer(load_tokenizer(location, store, spec.trust_remote_code), chat_spec, field)
     return chat, model_limit(location, store)
 

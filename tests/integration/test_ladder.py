@@ -311,3 +311,53 @@ def test_manual_policy_waits_for_a_decision(ray_local, tiny_model, tmp_path, gat
     assert ctl.history[-1]["status"] == "promoted"
     assert ctl.registry.alias("judge") == version
     assert ctl.registry.version(version).tags["ladder.decided_by"].startswith("human:")
+
+
+def test_a_truncated_version_promoted_by_hand_fails_the_next_rung_naming_the_file(ray_local, tiny_model, tmp_path):
+    """A person promotes (by hand, over a manual gate) a version whose registered weights file is cut in half; the
+    ladder, resumed, pins it as rung 2's student (`init: previous`) and judge and fails at that rung's start, before
+    any step, before any stage actor starts (the controller checks the files it fetched): its status and the
+    progress saved in MLflow (what `ladder status` shows) say failed, with the broken file's path
+    and what is wrong in one line (no Ray header or traceback)."""
+    from ladder.control.controller import LadderController
+    from ladder.progress import Phase, State
+    from ladder.registry.registry import Registry
+    from ladder.rung.stageset import StageSet
+    from ladder.spec import parse_spec
+    from stages.models import model_id_of, model_uri
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_model, bad)
+    weights = bad / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    spec = ladder_spec(tiny_model, tmp_path / "w", promotion={"policy": "manual"})
+    # rung 1 trained and registered its (broken) candidate; the manual gate waits: measuring is skipped here (the
+    # gate's judge workers would refuse the file too), the ladder saved as waiting for a person
+    setup, _, version, progress = _controller_with_candidate(spec, str(bad), tmp_path, StageSet())
+    setup.registry.save_spec(progress.parent_run, setup.spec)
+    setup.save(progress.to(phase=Phase.AWAIT, state=State.AWAITING_PROMOTION))
+    setup.registry.promote(version, by="human", reason="looks good to me")
+    cached = (Path(setup.spec.workdir) / setup.spec.name / "model-cache").resolve() / \
+        model_id_of(setup.registry.version(version))  # where each stage actor fetches the version to
+
+    ctl = LadderController(parse_spec(spec), job="job", resume=True)
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(status=ctl.run()), daemon=True)
+    worker.start()
+    worker.join(timeout=300)
+    if worker.is_alive():  # it trains (or hangs) on a broken model: its actors are stopped before the test fails
+        ctl.stop(now=True)
+        worker.join(timeout=120)
+        pytest.fail(f"the ladder did not fail at rung 2's start within 300 s: {ctl.status()}")
+
+    status = result["status"]
+    error = status["error"]
+    assert status["state"] == "failed" and status["rung"] == 2 and status["step"] == 0, status
+    assert error and "\n" not in error, error
+    assert f"{cached}/model.safetensors: truncated safetensors file" in error, error
+    assert error.startswith("ModelBroken: "), error  # found by the controller, not by an actor that failed to start
+    assert not any(header in error for header in ("ray::", "RayTaskError", "Traceback", "creation task")), error
+    saved = Registry.for_spec(ctl.spec).load_progress("job")
+    assert saved.state is State.FAILED and saved.error == error, saved
+    assert saved.inputs.student == saved.inputs.judge_location == model_uri(spec["name"], version), saved.inputs
+    assert [str(v.version) for v in ctl.registry.versions()] == [version]  # nothing trained from it

@@ -286,12 +286,17 @@ def test_a_two_rank_trainer_with_collective_sync_trains_and_outlives_a_rollout_k
 
 
 def test_a_judge_engine_with_truncated_weights_fails_the_rung_at_once_with_the_loaders_message(ray_local, tiny_model,
-                                                                                                tmp_path):
+                                                                                                tmp_path, monkeypatch):
     """An actor that cannot start is not a stage death: a judge model folder whose weights file is cut in half
-    (the preflight, which would have refused it, is not in this path) fails `ready()` at once with the engine's
+    where the actor reads it (the controller's own check of its copy, which would have refused it, is taken out of
+    the path: a node's copy can break where the controller's is whole) fails `ready()` at once with the engine's
     own message naming the file, in one line, instead of Ray's "died because of an error raised in its creation
     task" after restarts."""
     import shutil
+
+    from ladder.rung import roles
+
+    monkeypatch.setattr(roles, "check_model_dir", lambda path: None)
 
     from ladder.rung.driver import ResolvedJudge, Rung
     from ladder.spec import parse_spec
