@@ -1,6 +1,6 @@
 """The user's process: the `ladder` commands (`app`), following a job, and a ladder's status and stop from outside.
 
-`ladder = "ladder.cli:app"` and `python -m ladder.cli` both start `app`."""
+`ladder = "ladder.cli:main"` and `python -m ladder.cli` both start `main` (which runs `app`)."""
 from ladder.cli.app import app, main
 
 __all__ = ["app", "main"]
