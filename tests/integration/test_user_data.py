@@ -1,6 +1,7 @@
 """A user's dataset as a whole ladder: a JSONL file with its own field names, reference answers and no worked
 solutions, the task's checker as rung 1's judge, the gate's calibration set sampled by the student. The ladder runs
-as a local background job (no cluster): `submit` without an address, `stop --now`, `resume --wait`."""
+as a local background job (no cluster): `submit` without an address, `stop --now` mid-rung 1, `resume`, `stop --now`
+in rung 1's gate, its local calibration file deleted, `resume --wait`."""
 import json
 import os
 import shutil
@@ -60,8 +61,9 @@ def ladder_cli(*args, tmp: str, timeout: int = 1200):
 @pytest.fixture(scope="module")
 def jsonl_ladder(tiny_model, tmp_path_factory):
     """The JSONL ladder as a local background job (no cluster): `submit` runs it on a Ray of its own, `stop --now`
-    mid-rung 1 aborts the step (progress goes back to the last checkpoint, the job's process ends), `resume --wait`
-    finishes it; each step is logged once."""
+    mid-rung 1 aborts the step (progress goes back to the last checkpoint, the job's process ends), `resume` goes
+    on to rung 1's gate, `stop --now` there stops the gate before its verdict, the job's local calibration file is
+    deleted, and `resume --wait` finishes it (the gate reads the set back from MLflow); each step is logged once."""
     work = tmp_path_factory.mktemp("jsonl")
     write_questions(work / "questions.jsonl", 400)
     path = work / "spec.yaml"
@@ -72,18 +74,23 @@ def jsonl_ladder(tiny_model, tmp_path_factory):
     tmp = tempfile.mkdtemp(prefix="lj-", dir="/tmp")
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     env["TMPDIR"] = tmp  # short: Ray's socket paths live under it
-    at = ["--workdir", str(work / "w")]
+    at, uri = ["--workdir", str(work / "w")], f"sqlite:///{work / 'w' / 'mlflow.db'}"
     try:
         assert ladder_cli("validate", str(path), tmp=tmp).returncode == 0
         sub = json.loads(ladder(env, "submit", str(path), "--json").stdout)
         assert sub["submission"].startswith("local-")
-        stopped = stop_now_at_first_checkpoint(env, "jsonl-ladder", f"sqlite:///{work / 'w' / 'mlflow.db'}", at)
+        stopped = stop_now_at_first_checkpoint(env, "jsonl-ladder", uri, at)
+        ladder(env, "resume", "jsonl-ladder", *at)  # a local job in the background: returns once it started
+        in_gate = stop_now_in_the_gate(env, "jsonl-ladder", uri, at)
+        deleted = delete_calibration(work / "w" / "jsonl-ladder")
+        t0 = time.monotonic()
         ladder(env, "resume", "jsonl-ladder", *at, "--wait")
         from ladder.registry.registry import Registry
         from ladder.spec import load_spec
 
         spec = load_spec(path)
-        yield spec, Registry.for_spec(spec), sub, stopped, work
+        gate = {"stopped": in_gate, "deleted": deleted, "resumed_s": time.monotonic() - t0}
+        yield spec, Registry.for_spec(spec), sub, stopped, work, gate
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -95,19 +102,53 @@ def stop_now_at_first_checkpoint(env, name, uri, at):
     The controller's process is paused (SIGSTOP) from the checkpoint until the CLI's request is in MLflow: the
     CLI takes seconds to start, a step of rung 1 a fraction of one (a run saw the rung end before the stop)."""
     p = wait_for(name, uri, lambda p: p.step >= 3 and p.checkpoint, poll_s=0.2)
-    with paused(controller_pid(name, uri, p.parent_run), Path(uri.removeprefix("sqlite:///"))):
+    stopped = stop_now_paused(env, name, uri, at, p.parent_run)
+    assert stopped.rung == 1 and stopped.phase.value == "train", f"rung 1 ended before the stop: {stopped}"
+    assert stopped.step % 3 == 0 and stopped.checkpoint.endswith(f"step-{stopped.step:05d}")
+    return stopped
+
+
+def stop_now_in_the_gate(env, name, uri, at):
+    """`stop --now` once the resumed job is in rung 1's gate (its candidate registered, the gate starting a judge
+    engine with it to measure it on the calibration set: many seconds): the gate is aborted before its verdict.
+    Fails where the verdict was recorded first (the scenario, a gate resumed, would not be exercised)."""
+    from ladder.registry.registry import Registry
+
+    p = wait_for(name, uri, lambda p: p.rung == 1 and p.phase.value == "gate" and p.state.value == "running",
+                 poll_s=0.2)
+    stopped = stop_now_paused(env, name, uri, at, p.parent_run)
+    assert stopped.rung == 1 and stopped.phase.value == "gate", f"not stopped in rung 1's gate: {stopped}"
+    reg = Registry.find(name, uri)
+    verdict = reg.recorded_gate(stopped.candidate)
+    assert verdict is None, f"the gate recorded its verdict on v{stopped.candidate} before the stop: {verdict}"
+    assert reg.decision(stopped.candidate) is None
+    return stopped
+
+
+def stop_now_paused(env, name, uri, at, parent_run):
+    """`ladder stop --now` with the controller's process paused (SIGSTOP) until the request is in MLflow, so it
+    lands where the progress is now; the ladder ends stopped and its local job's process has ended. Returns the
+    progress."""
+    with paused(controller_pid(name, uri, parent_run), Path(uri.removeprefix("sqlite:///"))):
         cmd = [sys.executable, "-m", "ladder.cli", "stop", name, "--now", *at, "--json"]
         stop = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        wait_for_stop_request(name, uri, p.parent_run, stop)
+        wait_for_stop_request(name, uri, parent_run, stop)
     out, err = stop.communicate(timeout=900)
     assert stop.returncode == 0, err[-2000:]
     assert json.loads(out)["state"] == "stopped"
-    stopped = progress_of(name, uri)
-    assert stopped.rung == 1 and stopped.phase.value == "train", f"rung 1 ended before the stop: {stopped}"
-    assert stopped.step % 3 == 0 and stopped.checkpoint.endswith(f"step-{stopped.step:05d}")
     status = json.loads(ladder(env, "status", name, *at, "--json").stdout)
     assert status["state"] == "stopped" and status["live"] is None  # its local job's process has ended
-    return stopped
+    return progress_of(name, uri)
+
+
+def delete_calibration(folder: Path) -> dict[str, list]:
+    """Delete the job's local calibration files (at least one); returns their items by file name."""
+    files = list(folder.glob("*/calibration-*.json"))
+    assert files, f"no calibration file under {folder}"
+    deleted = {f.name: json.loads(f.read_text()) for f in files}
+    for f in files:
+        f.unlink()
+    return deleted
 
 
 def controller_pid(name, uri, parent_run) -> int:
@@ -134,9 +175,9 @@ def wait_for_stop_request(name, uri, parent_run, cli, timeout_s: float = 120.0) 
 
 
 def test_a_stopped_local_job_resumes_where_its_checkpoint_left_it(jsonl_ladder):
-    spec, reg, sub, stopped, _ = jsonl_ladder
+    spec, reg, sub, stopped, *_ = jsonl_ladder
     done = reg.load_progress()
-    assert done.state.value == "completed" and done.job == sub["job"]
+    assert done.state.value == "completed" and done.job == sub["job"], (done.state.value, done.error)
     # each step logged once: the steps past the checkpoint that `stop --now` aborted were redone, not logged again
     assert steps_logged(reg.tracking_uri, spec.name, 1) == list(range(1, RUNG1_STEPS + 1))
     (run,) = reg.client.search_runs([reg.experiment_id], "tags.`ladder.rung` = '1'")
@@ -145,7 +186,7 @@ def test_a_stopped_local_job_resumes_where_its_checkpoint_left_it(jsonl_ladder):
 
 
 def test_a_jsonl_ladder_without_solutions_runs_through_the_gate(jsonl_ladder):
-    spec, reg, _, _, work = jsonl_ladder
+    spec, reg, _, _, work, _ = jsonl_ladder
     assert reg.load_progress().state.value == "completed"
     v1, v2 = reg.versions()
     assert v1.tags["ladder.judge"] == "verifier:task" and v2.tags["ladder.judge"] == f"{spec.name}/v1"
@@ -172,6 +213,37 @@ def test_a_jsonl_ladder_without_solutions_runs_through_the_gate(jsonl_ladder):
     for s in sample:
         right = same_answer(extract_answer("hash", s["response"]), questions[s["student_input"]])
         assert s["reward"] == float(right)
+
+
+def test_a_gate_stopped_without_its_local_calibration_file_finishes_on_resume(jsonl_ladder, fault_figures):
+    """Stopped in rung 1's gate before its verdict, the job's local calibration file deleted, resumed: the gate reads
+    the set back from MLflow (kept with the rung run that sampled it), measures the candidate on it once, records its
+    verdict, and the ladder completes; the file is back on disk with the items that were deleted."""
+    spec, reg, _, _, work, gate = jsonl_ladder
+    stopped, deleted, done = gate["stopped"], gate["deleted"], reg.load_progress()
+    assert done.state.value == "completed", f"the resumed gate did not finish: {done.state.value}: {done.error}"
+    v1 = reg.version(stopped.candidate)
+    assert v1.tags["ladder.rung"] == "1"
+    verdict = reg.recorded_gate(v1.version)
+    assert verdict is not None, f"v{v1.version} has no gate verdict: {v1.tags}"
+    size = spec.eval.calibration_size
+    (acc,) = reg.client.get_metric_history(v1.run_id, "gate.candidate_accuracy")  # measured once: by the resumed gate
+    (auc,) = reg.client.get_metric_history(v1.run_id, "gate.candidate_auc")
+    assert abs(acc.value * size - round(acc.value * size)) < 1e-6  # a share of the calibration set's items
+    assert verdict.auc == pytest.approx(auc.value, abs=1e-4)
+    back = {f.name: json.loads(f.read_text()) for f in (work / "w" / spec.name).glob("*/calibration-*.json")}
+    assert back == deleted  # written back, the same items
+    (name, items), = deleted.items()
+    assert len(items) == size
+    from ladder.registry.tags import Tag
+
+    kept = reg.client.get_run(stopped.parent_run).data.tags[Tag.CALIBRATION + name]
+    assert kept == stopped.rung_run  # MLflow's copy: with rung 1's run, which sampled it
+    fault_figures(f"JSONL ladder (answers only, local job): `stop --now` in rung 1's gate (v{v1.version}, no verdict "
+                  f"yet), its local calibration file deleted, then `resume --wait`",
+                  f"the gate read the set back from MLflow (rung 1's run), measured v{v1.version} on its {size} items "
+                  f"(AUC {auc.value:.3f}, {'pass' if verdict.passed else 'fail'}) and the ladder completed; the file "
+                  f"is back, identical; resume to end {gate['resumed_s']:.0f} s")
 
 
 def test_a_dataset_without_answers_is_refused_before_anything_starts(tiny_model, tmp_path):
