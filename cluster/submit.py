@@ -134,7 +134,7 @@ def submit_local(spec, job: str, resume: bool = False) -> dict:
 
 
 def follow_local(info: dict, out=sys.stdout, poll_s: float = 1.0) -> int:
-    """Print a local job's log as it grows until its process ends; returns 0 when it ended."""
+    """Print a local job's log as it grows until its process ends; returns its exit status (1: the ladder failed)."""
     log, shown = Path(info["log"]), 0
     while True:
         alive = info["process"].poll() is None  # our child: poll reaps it
@@ -143,5 +143,5 @@ def follow_local(info: dict, out=sys.stdout, poll_s: float = 1.0) -> int:
         out.flush()
         shown = len(data)
         if not alive:
-            return 0
+            return info["process"].returncode
         time.sleep(poll_s)

@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from ladder.cli.console import ADDRESS_HELP, TRACKING_HELP, guard, ladder_access, load_spec_file, quiet_libraries
+from ladder.cli.console import (ADDRESS_HELP, TRACKING_HELP, fail, guard, ladder_access, load_spec_file,
+                                quiet_libraries)
 
 def run(spec: Path = typer.Argument(..., help="Ladder spec YAML file."),
         address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
@@ -69,7 +70,10 @@ def _submit(spec, job: str, resume: bool, address: Optional[str], wait: bool, py
                                f"follow it: ladder status {spec.name}; stop it: ladder stop {spec.name}")
     if wait:
         out = sys.stderr if as_json else sys.stdout
-        guard(jobs.follow_local, info, out) if info else guard(jobs.follow, target, submission, out)
+        failed = guard(jobs.follow_local, info, out) != 0 if info else \
+            guard(jobs.follow, target, submission, out) == "FAILED"
+        if failed:  # the job's own last lines say why
+            fail(f"ladder {spec.name!r} (job {job}) ended failed; see `ladder status {spec.name}`", code=1)
 
 
 def submit(spec: Path = typer.Argument(..., help="Ladder spec YAML file."),

@@ -98,3 +98,22 @@ def test_a_controllers_cleanup_with_no_actors_starts_no_ray():
     res = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], capture_output=True,
                          text=True, timeout=300)
     assert res.returncode == 0 and res.stdout.strip() == "False", res.stderr[-2000:]
+
+
+def test_waiting_on_a_local_job_returns_its_exit_status(tmp_path):
+    """`submit --wait` / `resume --wait` of a local job exit non-zero when the ladder failed: `follow_local` gives the
+    job process' own status (it exits 1 for a failed ladder). It returned 0 whatever the end, so a resume whose
+    ladder failed at once looked like a success to a script."""
+    import io
+    import subprocess
+    import sys
+
+    from cluster.submit import follow_local
+
+    for code in (0, 1):
+        log = tmp_path / f"job-{code}.log"
+        proc = subprocess.Popen([sys.executable, "-c", f"print('the ladder ended'); raise SystemExit({code})"],
+                                stdout=log.open("w"), stderr=subprocess.STDOUT)
+        out = io.StringIO()
+        assert follow_local({"process": proc, "log": str(log)}, out, poll_s=0.05) == code
+        assert "the ladder ended" in out.getvalue()
