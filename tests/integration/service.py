@@ -167,7 +167,7 @@ def judged_by_rung_one(uri, name, rung: int, steps: int) -> None:
 
 
 # the faults of test_service.py's fault scenario ----------------------------------------------------------------
-OUTAGE_S = 30.0
+OUTAGE_S = 20.0
 
 
 def outage_from_first_step(mlflow_proc, name, rung):

@@ -18,7 +18,7 @@ from service import paused, steps_logged, wait_for  # tests/integration/service.
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-STEPS = 12
+STEPS = 8
 
 
 def takeover_spec(model: str, workdir: Path) -> dict:
