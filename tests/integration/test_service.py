@@ -134,8 +134,8 @@ def test_cli_errors_are_one_line(tiny_model, ray_head, mlflow_server, tmp_path):
 def test_five_faults_in_one_service_ladder(tiny_model, ray_head, mlflow_proc, tmp_path, fault_figures):
     """Five faults in one ladder. SIGKILL the trainer in rung 1: the rung restarts from its checkpoint on a new
     trainer and the rollout engine that outlived it. SIGKILL the driver of the `ladder run`: the ladder goes on.
-    SIGKILL the `mlflow server` (its process group) at rung 2's first logged step and start it again OUTAGE_S (20 s) later on
-    the same port and store (MLflow's own HTTP retries are cut to one, so the ladder's retries carry it): training
+    SIGKILL the `mlflow server` (its process group) at rung 2's first logged step and start it again OUTAGE_S (20 s)
+    later on the same port and store (MLflow's own HTTP retries are cut to one, so the ladder's retries carry it): training
     goes on meanwhile and every metric arrives.
     Promote an untrained model by hand mid-rung 2, then SIGKILL the controller: Ray restarts it, it re-enters the
     rung from the last checkpoint, and the rung keeps the judge pinned at its start. Every step is logged once (a
