@@ -64,9 +64,9 @@ def measure_candidate(ctl: PhaseContext, p: Progress):
     champion_yardstick = ctl.registry.yardstick(champion) if champion is not None else None
     result = decide_gate(quality, r.current_judge, ctl.spec.promotion, r.judge_is_verifier, r.final_accuracy, baseline,
                          r.yardstick, champion_yardstick)
+    ctl.registry.record_gate(p.candidate, result)  # first: it is fenced (a deposed controller logs nothing either)
     ctl.registry.log_metrics(p.rung_run, result.metrics(), p.step)
     ctl.live.add(result.metrics())
-    ctl.registry.record_gate(p.candidate, result)
     return Verdict(result.passed, result.reason, result.candidate.auc)
 
 

@@ -151,6 +151,7 @@ class Registry(Tracking):
         """The gate's verdict on a version: pass/fail, the deciding rule, its numbers."""
         from ladder.registry.decisions import gate_tags
 
+        self.fenced()  # a controller whose lease was taken over mid-gate records no verdict
         for key, value in gate_tags(gate).items():  # the verdict last: `recorded_gate` reads it
             self.client.set_model_version_tag(self.name, str(version), key, value)
         self.describe(version)

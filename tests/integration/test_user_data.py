@@ -15,6 +15,8 @@ import pytest
 import yaml
 from service import ladder, paused, progress_of, steps_logged, wait_for  # tests/integration/service.py
 
+from cluster.processes import pid_alive
+
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 RUNG1_STEPS = 9
@@ -62,16 +64,20 @@ def ladder_cli(*args, tmp: str, timeout: int = 1200):
 def jsonl_ladder(tiny_model, tmp_path_factory):
     """The JSONL ladder as a local background job (no cluster): `submit` runs it on a Ray of its own, `stop --now`
     mid-rung 1 aborts the step (progress goes back to the last checkpoint, the job's process ends), `resume` goes
-    on to rung 1's gate, `stop --now` there stops the gate before its verdict, the job's local calibration file is
-    deleted, and `resume --wait` finishes it (the gate reads the set back from MLflow); each step is logged once."""
+    on to rung 1's gate; there its controller is paused past its lease's stale time and a `resume --wait` from
+    elsewhere (no local job record, no local calibration file: as on another machine) takes the ladder over, its gate
+    reading the calibration set back from MLflow, and finishes it, while the paused one, continued, writes nothing
+    more (`take_over_in_the_gate`); each step is logged once."""
     work = tmp_path_factory.mktemp("jsonl")
     write_questions(work / "questions.jsonl", 400)
     path = work / "spec.yaml"
     # rung 1 is longer: three checkpoints, the `stop --now` below lands after the first
+    # leases renewed every second (30 s by default): a paused controller's is stale after 3 s
     path.write_text(yaml.safe_dump(jsonl_spec(tiny_model, work / "questions.jsonl", work / "w", checkpoint_every=3,
                                               schedule=[{"rung": 1, "train": {"steps": RUNG1_STEPS}},
-                                                        {"rung": 2, "train": {"steps": 2}}])))
-    tmp = tempfile.mkdtemp(prefix="lj-", dir="/tmp")
+                                                        {"rung": 2, "train": {"steps": 2}}],
+                                              mlflow={"lease_renew_s": 1.0})))
+    tmp, elsewhere = (tempfile.mkdtemp(prefix="lj-", dir="/tmp") for _ in range(2))
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     env["TMPDIR"] = tmp  # short: Ray's socket paths live under it
     at, uri = ["--workdir", str(work / "w")], f"sqlite:///{work / 'w' / 'mlflow.db'}"
@@ -81,18 +87,16 @@ def jsonl_ladder(tiny_model, tmp_path_factory):
         assert sub["submission"].startswith("local-")
         stopped = stop_now_at_first_checkpoint(env, "jsonl-ladder", uri, at)
         ladder(env, "resume", "jsonl-ladder", *at)  # a local job in the background: returns once it started
-        in_gate = stop_now_in_the_gate(env, "jsonl-ladder", uri, at)
-        deleted = delete_calibration(work / "w" / "jsonl-ladder")
-        t0 = time.monotonic()
-        ladder(env, "resume", "jsonl-ladder", *at, "--wait")
+        took = take_over_in_the_gate({**env, "TMPDIR": elsewhere}, "jsonl-ladder", uri, at)
         from ladder.registry.registry import Registry
         from ladder.spec import load_spec
 
         spec = load_spec(path)
-        gate = {"stopped": in_gate, "deleted": deleted, "resumed_s": time.monotonic() - t0}
+        gate = took
         yield spec, Registry.for_spec(spec), sub, stopped, work, gate
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(elsewhere, ignore_errors=True)
 
 
 def stop_now_at_first_checkpoint(env, name, uri, at):
@@ -105,23 +109,6 @@ def stop_now_at_first_checkpoint(env, name, uri, at):
     stopped = stop_now_paused(env, name, uri, at, p.parent_run)
     assert stopped.rung == 1 and stopped.phase.value == "train", f"rung 1 ended before the stop: {stopped}"
     assert stopped.step % 3 == 0 and stopped.checkpoint.endswith(f"step-{stopped.step:05d}")
-    return stopped
-
-
-def stop_now_in_the_gate(env, name, uri, at):
-    """`stop --now` once the resumed job is in rung 1's gate (its candidate registered, the gate starting a judge
-    engine with it to measure it on the calibration set: many seconds): the gate is aborted before its verdict.
-    Fails where the verdict was recorded first (the scenario, a gate resumed, would not be exercised)."""
-    from ladder.registry.registry import Registry
-
-    p = wait_for(name, uri, lambda p: p.rung == 1 and p.phase.value == "gate" and p.state.value == "running",
-                 poll_s=0.2)
-    stopped = stop_now_paused(env, name, uri, at, p.parent_run)
-    assert stopped.rung == 1 and stopped.phase.value == "gate", f"not stopped in rung 1's gate: {stopped}"
-    reg = Registry.find(name, uri)
-    verdict = reg.recorded_gate(stopped.candidate)
-    assert verdict is None, f"the gate recorded its verdict on v{stopped.candidate} before the stop: {verdict}"
-    assert reg.decision(stopped.candidate) is None
     return stopped
 
 
@@ -149,6 +136,48 @@ def delete_calibration(folder: Path) -> dict[str, list]:
     for f in files:
         f.unlink()
     return deleted
+
+
+def take_over_in_the_gate(elsewhere, name, uri, at) -> dict:
+    """Issues 35, 1 and 6: once the resumed job is in rung 1's gate (its candidate registered, the gate starting a
+    judge engine with it: many seconds), its controller is paused (it can neither renew its lease nor write, as when
+    cut off from MLflow) past the lease's stale time (3 s on its own clock, which `resume` checks first), and
+    `resume --wait` runs from a Ray and temp folder of its own, without this host's record of the local job and
+    without the job's local calibration file (as on another machine): its controller takes the lease (the fence's
+    generation moves on), its gate reads the set back from MLflow, and it completes the ladder. The old one,
+    continued, writes nothing more: its job's process ends, its log's last word LeaseLost. Returns what the tests
+    check and the fault table's figures."""
+    from ladder.control.lease import read_fence
+    from ladder.registry.registry import Registry
+
+    p = wait_for(name, uri, lambda p: p.rung == 1 and p.phase.value == "gate" and p.state.value == "running",
+                 poll_s=0.2)
+    reg = Registry.find(name, uri)
+    record = Path(reg.load_spec(p.parent_run).workdir) / name / "local-job.json"
+    old = json.loads(record.read_text())
+    with paused(controller_pid(name, uri, p.parent_run), Path(uri.removeprefix("sqlite:///"))):
+        assert reg.recorded_gate(p.candidate) is None, "the gate's verdict came first: the scenario shows nothing"
+        held = read_fence(reg)[0]
+        deleted = delete_calibration(Path(record.parent))
+        record.unlink()  # the record of a local job lives on the host that started it
+        time.sleep(3.5)
+        t0 = time.monotonic()
+        new = subprocess.Popen([sys.executable, "-m", "ladder.cli", "resume", name, *at, "--wait"], cwd=ROOT,
+                               env=elsewhere, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        while read_fence(reg)[0] == held:
+            assert new.poll() is None, f"resume ended first: {new.communicate()[1][-3000:]}"
+            assert time.monotonic() - t0 < 300, "the lease was not taken over in 300 s"
+            time.sleep(0.2)
+        took = time.monotonic() - t0
+    out, err = new.communicate(timeout=1200)
+    assert new.returncode == 0, (out[-2000:], err[-3000:])
+    deadline = time.monotonic() + 300
+    while pid_alive(old["pid"]):
+        assert time.monotonic() < deadline, "the old job's process outlived the takeover by 300 s"
+        time.sleep(0.5)
+    lost = [line for line in Path(old["log"]).read_text().splitlines() if "LeaseLost" in line]
+    assert lost and "taken over" in lost[-1] and "Traceback" not in lost[-1], lost
+    return {"in_gate": p, "deleted": deleted, "took_s": took, "resumed_s": time.monotonic() - t0}
 
 
 def controller_pid(name, uri, parent_run) -> int:
@@ -215,12 +244,13 @@ def test_a_jsonl_ladder_without_solutions_runs_through_the_gate(jsonl_ladder):
         assert s["reward"] == float(right)
 
 
-def test_a_gate_stopped_without_its_local_calibration_file_finishes_on_resume(jsonl_ladder, fault_figures):
-    """Stopped in rung 1's gate before its verdict, the job's local calibration file deleted, resumed: the gate reads
-    the set back from MLflow (kept with the rung run that sampled it), measures the candidate on it once, records its
-    verdict, and the ladder completes; the file is back on disk with the items that were deleted."""
+def test_a_gate_taken_over_without_its_local_calibration_file_finishes(jsonl_ladder, fault_figures):
+    """Taken over in rung 1's gate before its verdict by a controller without the job's local calibration file (as
+    on another machine): its gate reads the set back from MLflow (kept with the rung run that sampled it), measures
+    the candidate on it once (the old controller, continued, recorded nothing), records its verdict, and the ladder
+    completes; the file is back on disk with the items that were deleted."""
     spec, reg, _, _, work, gate = jsonl_ladder
-    stopped, deleted, done = gate["stopped"], gate["deleted"], reg.load_progress()
+    stopped, deleted, done = gate["in_gate"], gate["deleted"], reg.load_progress()
     assert done.state.value == "completed", f"the resumed gate did not finish: {done.state.value}: {done.error}"
     v1 = reg.version(stopped.candidate)
     assert v1.tags["ladder.rung"] == "1"
@@ -239,11 +269,27 @@ def test_a_gate_stopped_without_its_local_calibration_file_finishes_on_resume(js
 
     kept = reg.client.get_run(stopped.parent_run).data.tags[Tag.CALIBRATION + name]
     assert kept == stopped.rung_run  # MLflow's copy: with rung 1's run, which sampled it
-    fault_figures(f"JSONL ladder (answers only, local job): `stop --now` in rung 1's gate (v{v1.version}, no verdict "
-                  f"yet), its local calibration file deleted, then `resume --wait`",
-                  f"the gate read the set back from MLflow (rung 1's run), measured v{v1.version} on its {size} items "
+    fault_figures(f"JSONL ladder (answers only, local job) taken over in rung 1's gate (v{v1.version}, no verdict "
+                  "yet) by a controller without the local calibration file",
+                  f"its gate read the set back from MLflow (rung 1's run), measured v{v1.version} on its {size} items "
                   f"(AUC {auc.value:.3f}, {'pass' if verdict.passed else 'fail'}) and the ladder completed; the file "
-                  f"is back, identical; resume to end {gate['resumed_s']:.0f} s")
+                  f"is back, identical; resume to the end {gate['resumed_s']:.0f} s")
+
+
+def test_a_controller_paused_past_its_lease_is_taken_over_and_writes_nothing_more(jsonl_ladder, fault_figures):
+    """The job's controller paused in rung 1's gate past its lease's stale time, a `resume --wait` from elsewhere: the new
+    controller completed the ladder (the fixture: its process exited 0, the old job's process ended with LeaseLost
+    as its last word). The old one saved no progress after it lost the lease (its "failed" or "stopped" would be the
+    last word here), registered nothing and logged no step twice."""
+    spec, reg, sub, _, _, gate = jsonl_ladder
+    done = reg.load_progress()
+    assert done.state.value == "completed" and done.job == sub["job"] and done.error is None, done
+    assert [str(v.version) for v in reg.versions()] == ["1", "2"]  # one version per rung, none of the old one's
+    assert steps_logged(reg.tracking_uri, spec.name, 2) == [1, 2]
+    fault_figures("JSONL ladder's controller paused (SIGSTOP) in rung 1's gate past its lease's stale time (renewed "
+                  "every 1 s); `resume --wait` from a Ray of its own without this host's job record",
+                  f"the new controller took the lease {gate['took_s']:.0f} s after the resume started and completed "
+                  "the ladder; the old one, continued, wrote nothing more and its job ended (LeaseLost)")
 
 
 def test_a_dataset_without_answers_is_refused_before_anything_starts(tiny_model, tmp_path):
