@@ -327,6 +327,13 @@ def test_a_controller_whose_lease_was_taken_over_writes_neither_progress_nor_ali
     (version,) = add_versions(new_reg, 1)
     with pytest.raises(LeaseLost):
         old_reg.promote(version)
+    from types import SimpleNamespace
+
+    verdict = SimpleNamespace(rule="passed", reason="AUC 0.9", passed=True,
+                              candidate=SimpleNamespace(accuracy=0.8, auc=0.9))
+    with pytest.raises(LeaseLost):  # nor a gate's verdict (it measured while its lease was taken over)
+        old_reg.record_gate(version, verdict)
+    assert registry.recorded_gate(version) is None
     for write in (lambda: old_reg.start_rung_run(run, 2, "job", "job-2-0"), lambda: old_reg.end_run(run),
                   lambda: old_reg.save_calibration(run, None, "rung-2", "{}")):
         with pytest.raises(LeaseLost):  # no new rung run, no run ended, no calibration set written
