@@ -23,10 +23,10 @@ def spec_dict(model: str, workdir: Path) -> dict:
         "name": "ctl-faults", "seed": 0, "rungs": 2, "workdir": str(workdir), "checkpoint_every": 2,
         "student": {"base": model, "init": "previous"},
         "judge": {"initial": {"kind": "verifier", "function": "ladder.tasks.arithmetic:exact"}},
-        "task": {"source": {"kind": "builtin", "name": "arithmetic", "train_size": 500}, "eval_size": 16},
+        "task": {"source": {"kind": "builtin", "name": "arithmetic", "train_size": 500}, "eval_size": 8},
         "rollout": {"workers": 1, "group_size": 4, "max_tokens": 32, "temperature": 1.0, "kv_cache_gib": 0.25},
-        "train": {"lr": 1e-3, "kl_coef": 0.0, "steps": 6, "prompts_per_step": 4},
-        "eval": {"every": 6, "calibration_size": 16, "yardstick_size": 0},
+        "train": {"lr": 1e-3, "kl_coef": 0.0, "steps": 4, "prompts_per_step": 4},
+        "eval": {"every": 4, "calibration_size": 8, "yardstick_size": 0},
         "promotion": {"policy": "auto", "on_reject": "retry", "max_retries": 1},
     }
 
@@ -105,11 +105,11 @@ def test_a_retried_rung_restores_its_own_checkpoint_and_a_crash_after_logging_re
         p = ctl.save(gate_phase.gate(ctl, p))
         assert (p.rung, p.attempt, p.phase, p.step) == (1, 1, Phase.TRAIN, 0)
         # attempt 1: its trainer killed after its own step-2 checkpoint; then the controller dies right after
-        # logging the rung's model, and the rung is re-entered from its last checkpoint (step 4) as a restart does
+        # logging the rung's model, and the rung is re-entered from its last checkpoint (step 2) as a restart does
         with pytest.raises(Crash):
             train_through_restarts(ctl, p)
         p = ctl.registry.load_progress("job")
-        assert (p.attempt, p.phase, p.step) == (1, Phase.TRAIN, 4), p
+        assert (p.attempt, p.phase, p.step) == (1, Phase.TRAIN, 2), p
         p = gate_phase.register(ctl, train_through_restarts(ctl, p))
         registered = digest(fetch_model(f"models:/{ctl.spec.name}/{p.candidate}", ctl.registry.tracking_uri,
                                         str(tmp_path / "fetched")))
@@ -117,7 +117,7 @@ def test_a_retried_rung_restores_its_own_checkpoint_and_a_crash_after_logging_re
         ctl.stages.release()
 
     (a0, a1, again) = faults.restored
-    assert (a0[:2], a1[:2], again[:2]) == ((0, 2), (1, 2), (1, 4))
+    assert (a0[:2], a1[:2], again[:2]) == ((0, 2), (1, 2), (1, 2))
     assert a0[2] != a1[2]  # two checkpoints at step 2, one per attempt
     first, retried = (checkpoint_digest(ctl, uri, tmp_path) for uri in (a0[2], a1[2]))
     assert first != retried, "the attempts' step-2 weights are the same: the scenario shows nothing"
@@ -130,5 +130,5 @@ def test_a_retried_rung_restores_its_own_checkpoint_and_a_crash_after_logging_re
                   "the retry restored its own step-2 checkpoint (weights checksum equal; the first attempt's "
                   "differs)")
     fault_figures("controller crash right after logging the rung's model",
-                  "re-entered from step 4, redid steps 5-6, registered the weights it evaluated then "
+                  "re-entered from step 2, redid steps 3-4, registered the weights it evaluated then "
                   "(checksum equal; the model logged before the crash differs)")
