@@ -164,9 +164,8 @@ class LadderController:
         saved = self.registry.load_progress(self.job)
         if saved is None:
             parent = self.registry.start_ladder_run(self.spec, self.job)
-            # one controller per ladder: LeaseHeld when another runs it
             self.lease = take_lease(self.registry, parent, self.job, self.lease_token, self.submission, self.lost,
-                                    new=True, renew_s=self.spec.mlflow.lease_renew_s)
+                                    new=True, renew_s=self.spec.mlflow.lease_renew_s)  # LeaseHeld if another runs it
             self.registry.save_spec(parent, self.spec)
             return self.save(Progress(self.spec.name, self.job, parent_run=parent, submission=self.submission,
                                       data=data_hashes(self.spec)).to(state=State.RUNNING))
