@@ -10,7 +10,7 @@ import zlib
 from typing import Optional
 
 from ladder.tasks.base import Example, Task
-from stages.answers import DEFAULT_ANSWER_PATTERN, extract_answer
+from stages.answers import DEFAULT_ANSWER_PATTERN, extract_answer, same_answer
 
 
 def make_example(rng: random.Random, terms: int, max_operand: int) -> Example:
@@ -65,7 +65,7 @@ def verify(prompt: str, response: str, reference: Optional[str]) -> float:
     Partial credit counts only the steps of the prompt's expression, in order (`3+4=7`, then
     `7-2=5`), so valid arithmetic that does not belong to the problem earns nothing.
     """
-    if reference is not None and final_answer(response) == str(reference):
+    if same_answer(final_answer(response), reference):
         return 1.0
     expected = solution_steps(prompt)
     if not expected:
@@ -76,8 +76,9 @@ def verify(prompt: str, response: str, reference: Optional[str]) -> float:
 
 
 def exact(prompt: str, response: str, reference: Optional[str]) -> float:
-    """1.0 for the right final answer, else 0.0: no credit for the way there."""
-    return 1.0 if reference is not None and final_answer(response) == str(reference) else 0.0
+    """1.0 for the right final answer, else 0.0: no credit for the way there. Right as the task measures it
+    (`stages.answers.same_answer`: `#07` answers 7), so the checker rewards what held-out accuracy counts."""
+    return 1.0 if same_answer(final_answer(response), reference) else 0.0
 
 
 def solution_steps(prompt: str) -> list[str]:

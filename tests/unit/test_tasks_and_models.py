@@ -43,6 +43,17 @@ def test_verifier_gives_no_credit_for_steps_that_are_not_the_problems():
     assert exact("Q:1+2+3\nA:", "1+2=3,3+3=7#7", "6") == 0.0
     assert exact("Q:1+2+3\nA:", "1+2=3,3+3=6#6", "6") == 1.0
     assert solution_steps("Q:12-3+4\nA:") == ["12-3=9", "9+4=13"]
+
+
+def test_the_checkers_reward_what_held_out_accuracy_counts_as_right():
+    """`#07` and `#6.0` are right answers to the task (`Task.correct`), so the checkers give them full credit: a
+    checker stricter than the measurement rewards a right answer as wrong (seen once in the collapse-guard test,
+    whose judge is 1 - exact)."""
+    task = build(terms=3, max_operand=9, train_size=8, eval_size=4, seed=0)
+    for response in ("1+2=3,3+3=6#06", "#6.0", "#006"):
+        assert task.correct([response], ["6"]) == [True]
+        assert exact("Q:1+2+3\nA:", response, "6") == 1.0 and verify("Q:1+2+3\nA:", response, "6") == 1.0
+    assert exact("Q:1+2+3\nA:", "#60", "6") == 0.0 and exact("Q:1+2+3\nA:", "#6", None) == 0.0
     assert solution_steps("What is love?") == []
 
 
