@@ -120,6 +120,20 @@ def group_advantages(scores, groups, keep=None, eps: float = 1e-4):
     return adv
 
 
+def advantages(scores, groups, keep, rule: str = "group"):
+    """Each sample's advantage, and which samples take part in the loss (`train.advantage`). `group`: GRPO's
+    (`group_advantages`), every kept sample in the loss. `filter`: reward-filtered fine-tuning (RAFT, ReST-EM): a
+    kept sample rewarded above 0.5 has advantage 1 and only those take part, so the step raises the likelihood
+    of what the judge accepts, in groups whose samples are all right too (GRPO learns nothing from those), and
+    pushes no response down."""
+    if rule == "group":
+        return group_advantages(scores, groups, keep), list(keep)
+    import torch
+
+    rows = [bool(k) and s > 0.5 for s, k in zip(scores, keep)]
+    return torch.tensor([float(r) for r in rows]), rows
+
+
 def tokenized(samples, tokenizer) -> list:
     """`samples` with each completion given as text alone (a judge's own answer, `judge.solve_guide`) in this
     student's token ids, ended by its end-of-sequence token; their sampling logprobs are unknown (NaN: they count

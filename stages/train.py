@@ -15,7 +15,7 @@ from stages.files import as_bytes, blob
 from stages.lora import Adapter, LoraSettings
 from stages.models import TOKENIZER_FILES, check_model_dir, safetensors_names, without_scikit_learn
 from stages.startup import few_collections
-from stages.packing import completion_logprobs, group_advantages, micro_batches, pack, pad_id, tokenized
+from stages.packing import advantages, completion_logprobs, micro_batches, pack, pad_id, tokenized
 from stages.weight_sync import WeightSender
 
 
@@ -24,6 +24,7 @@ class TrainConfig:
     lr: float = 1e-5
     kl_coef: float = 0.02
     clip_eps: float = 0.2
+    advantage: str = "group"            # group: GRPO's; filter: the rewarded samples only (`stages.packing.advantages`)
     epochs_per_step: int = 1
     max_grad_norm: float = 1.0
     weight_decay: float = 0.0
@@ -137,8 +138,7 @@ class Trainer(WeightSender):
         """The forward's precision: the compute dtype (bfloat16 autocast), or plain float32."""
         import torch
 
-        return torch.autocast(self.device.type, dtype=self.compute_dtype,
-                              enabled=self.compute_dtype != torch.float32)
+        return torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=self.compute_dtype != torch.float32)
 
     def reset(self, model_path: str, cfg: TrainConfig, seed: int = 0) -> int:
         """Start over on another student (a new rung) in this process: new weights, reference and optimizer."""
@@ -150,7 +150,6 @@ class Trainer(WeightSender):
         """Drop the student, reference and optimizer before another student is loaded: the process holds one set
         at a time (with both, a reset's peak was about twice a trainer's memory: ~24 bytes a parameter)."""
         import gc
-
         import torch
 
         self.model = self.ref = self.opt = self.adapter = None
@@ -165,8 +164,9 @@ class Trainer(WeightSender):
         import torch
 
         t0 = time.perf_counter()
-        if not any(judged.trainable):
-            return self._skip(judged, "no sample left to train on (every judge output unreadable)", t0)
+        if not any(advantages(judged.scores, judged.rollout.group, judged.trainable, self.cfg.advantage)[1]):
+            return self._skip(judged, "no sample left to train on (every judge output unreadable, or none "
+                                      "rewarded above 0.5 under train.advantage: filter)", t0)
         if self.cfg.overlap and any(len(s.logprobs) != len(s.completion_ids) for s in judged.rollout.samples):
             raise ValueError("train.overlap needs the sampling logprobs of every completion token")
         self.model.train()
@@ -203,8 +203,8 @@ class Trainer(WeightSender):
         The reference forward (a KL term only) runs once per step: `cache` (empty at a step's start) keeps it."""
         import torch
 
-        batch, keep = judged.rollout, judged.trainable
-        adv = group_advantages(judged.scores, batch.group, keep)
+        batch = judged.rollout
+        adv, keep = advantages(judged.scores, batch.group, judged.trainable, self.cfg.advantage)
         rows = [i for i, k in enumerate(keep) if k]  # dropped samples take no part in the loss
         samples = tokenized(batch.samples, self.tokenizer)  # a judge's answer given as text (solve_guide)
         lengths = [len(samples[i].prompt_ids) + len(samples[i].completion_ids) for i in rows]

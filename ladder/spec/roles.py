@@ -73,6 +73,11 @@ class TrainSpec(Strict):
     lr: float = Field(1e-5, gt=0, lt=1, description="AdamW learning rate.")
     kl_coef: float = Field(0.02, ge=0, description="Weight of the KL penalty to the reference model.")
     clip_eps: float = Field(0.2, gt=0, lt=1, description="PPO ratio clip range.")
+    advantage: Literal["group", "filter"] = Field(
+        "group", description="group: GRPO (each sample's reward against its prompt's group). filter: reward-filtered "
+                             "fine-tuning (RAFT, ReST-EM): only samples rewarded above 0.5 train, each with advantage "
+                             "1: the student learns what the judge accepts, also where all its samples were right. "
+                             "bench/distill_chain.py measures both.")
     steps: int = Field(20, ge=1, description="Training steps per rung (at most).")
     prompts_per_step: int = Field(8, ge=1, description="Prompts per step; samples = prompts * group_size.")
     epochs_per_step: int = Field(1, ge=1, le=16, description="Optimizer passes over each step's batch.")

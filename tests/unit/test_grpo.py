@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from stages.batches import JudgedBatch, RolloutBatch, Sample
-from stages.packing import completion_logprobs, fill_rows, micro_batches, pack
-from stages.train import TrainConfig, Trainer, group_advantages
+from stages.packing import advantages, completion_logprobs, fill_rows, group_advantages, micro_batches, pack
+from stages.train import TrainConfig, Trainer
 
 
 def test_group_advantages_are_normalised_within_groups():
@@ -115,6 +115,29 @@ def test_a_step_with_nothing_to_train_on_is_skipped(tiny):
     stats = trainer.step(JudgedBatch(judged.rollout, judged.scores, keep=(False, False)))
     assert stats.skipped.startswith("no sample left") and trainer.steps == 0
     assert trainer.parameter_checksum() == before
+
+
+def test_filter_advantage_trains_the_rewarded_samples_only():
+    adv, rows = advantages([1.0, 0.0, 1.0, 0.5, 0.9], [0, 0, 0, 1, 1], [True, True, False, True, True], "filter")
+    assert rows == [True, False, False, False, True] and adv.tolist() == [1.0, 0.0, 0.0, 0.0, 1.0]
+    adv, rows = advantages([1.0, 0.0], [0, 0], [True, True], "group")
+    assert rows == [True, True] and adv[0] > 0 > adv[1]
+
+
+def test_a_filter_step_learns_from_a_group_whose_samples_are_all_right_where_grpo_learns_nothing(tiny):
+    """Both samples rewarded: GRPO's advantages are 0 (the weights do not move), `filter` raises their likelihood
+    (by ~3 nats over 5 steps at lr 1e-3; the test asks for 0.5). Nothing rewarded under filter: skipped."""
+    moved = {}
+    for rule in ("group", "filter"):
+        trainer = Trainer(tiny, TrainConfig(lr=1e-3, kl_coef=0.0, advantage=rule), seed=0)
+        batch = _batch(trainer, ["Q:1+1\nA:"] * 2, ["1+1=2#2", "1+1=2#2"], [1.0, 1.0], [0, 0])
+        before = sum(sequence_logprobs(trainer, batch.rollout.samples))
+        for _ in range(5):
+            trainer.step(batch)
+        moved[rule] = sum(sequence_logprobs(trainer, batch.rollout.samples)) - before
+    assert abs(moved["group"]) < 1e-4 and moved["filter"] > 0.5, moved
+    none = trainer.step(_batch(trainer, ["Q:1+1\nA:"] * 2, ["1+1=3#3", "#4"], [0.0, 0.5], [0, 0]))
+    assert none.skipped.startswith("no sample left") and trainer.steps == 5
 
 
 def test_non_finite_loss_skips_the_update_and_keeps_the_optimizer_clean(tiny):
