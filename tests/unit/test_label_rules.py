@@ -39,7 +39,7 @@ BATCH = [(SURE, ["1+2=3#3", "#4"]), (UNSURE, ["#5", "#6"])]
 
 
 def test_abstention_zeroes_the_whole_groups_advantage_and_is_reported_as_coverage():
-    from stages.train import group_advantages
+    from stages.packing import group_advantages
 
     pool = ScriptedPool(SCRIPT, SolveMode(solve_samples=4, solve_reward="majority", solve_min_share=0.6))
     judged = pool.score(rollout(BATCH))
