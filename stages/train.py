@@ -14,6 +14,7 @@ from stages.batches import JudgedBatch, TrainStats, WeightsRef
 from stages.files import as_bytes, blob
 from stages.lora import Adapter, LoraSettings
 from stages.models import TOKENIZER_FILES, check_model_dir, safetensors_names, without_scikit_learn
+from stages.schedule import set_lr
 from stages.startup import few_collections
 from stages.packing import advantages, completion_logprobs, micro_batches, pack, pad_id, tokenized
 from stages.weight_sync import WeightSender
@@ -25,6 +26,8 @@ class TrainConfig:
     kl_coef: float = 0.02
     clip_eps: float = 0.2
     advantage: str = "group"            # group: GRPO's; filter: the rewarded samples only (`stages.packing.advantages`)
+    lr_schedule: str = "constant"       # constant, or cosine over the rung's `steps` (`stages.schedule.lr_factor`)
+    steps: int = 20                     # the rung's updates (train.steps), what a schedule spans
     epochs_per_step: int = 1
     max_grad_norm: float = 1.0
     weight_decay: float = 0.0
@@ -79,8 +82,7 @@ class Trainer(WeightSender):
         load = dict(use_safetensors=True, trust_remote_code=cfg.trust_remote_code)  # never unpickle weights
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, **load).to(self.device)
         if cfg.gradient_checkpointing:
-            # config.use_cache stays as it is (a saved student's config must equal its base's for in-place
-            # loads); every forward here passes use_cache=False
+            # config.use_cache stays (a saved student's config must equal its base's); every forward passes False
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.pad_id = pad_id(self.tokenizer, self.model.get_input_embeddings().num_embeddings)
         self.adapter = self.ref = None
@@ -171,6 +173,7 @@ class Trainer(WeightSender):
             raise ValueError("train.overlap needs the sampling logprobs of every completion token")
         self.model.train()
         cache: dict = {}
+        set_lr(self.opt, self.cfg, self.steps)
         for epoch in range(self.cfg.epochs_per_step):
             self.opt.zero_grad(set_to_none=True)
             totals = self.reduce_totals(self.accumulate(judged, cache))
@@ -297,8 +300,7 @@ class Trainer(WeightSender):
         t0 = time.perf_counter()
         arrays = self.state_arrays()
         self.version += 1
-        ref = ray.put(arrays)
-        return WeightsRef(self.version, ref, sum(a.nbytes for a in arrays.values()),
+        return WeightsRef(self.version, ray.put(arrays), sum(a.nbytes for a in arrays.values()),
                           {"step": self.steps, "seconds": time.perf_counter() - t0})
 
     def state_bytes(self) -> dict[str, int]:
@@ -361,7 +363,6 @@ class Trainer(WeightSender):
     def trainer_state(self):
         """Optimizer, step counters and RNG (a blob): with `model_files` everything a resumed rung needs."""
         import io
-
         import torch
 
         buf = io.BytesIO()
@@ -373,7 +374,6 @@ class Trainer(WeightSender):
         """Load a checkpoint written by `checkpoint_files` + `trainer_state` (bytes or blobs): `weights` holds each
         of its *.safetensors files (one, or every shard; a LoRA student's adapter). Returns the restored step."""
         import io
-
         import torch
 
         self.adapter.load_files(weights) if self.adapter is not None else self.load_weight_files(weights)

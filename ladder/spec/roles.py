@@ -79,6 +79,9 @@ class TrainSpec(Strict):
                              "1: the student learns what the judge accepts, also where all its samples were right. "
                              "bench/distill_chain.py measures both.")
     steps: int = Field(20, ge=1, description="Training steps per rung (at most).")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="The learning rate over a rung: constant, or cosine (a warmup over the first tenth of "
+                                "`steps`, then down to almost 0 at the last step), so the rung ends on small updates.")
     prompts_per_step: int = Field(8, ge=1, description="Prompts per step; samples = prompts * group_size.")
     epochs_per_step: int = Field(1, ge=1, le=16, description="Optimizer passes over each step's batch.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")

@@ -140,6 +140,26 @@ def test_a_filter_step_learns_from_a_group_whose_samples_are_all_right_where_grp
     assert none.skipped.startswith("no sample left") and trainer.steps == 5
 
 
+def test_a_cosine_schedule_warms_up_then_ends_the_rung_on_small_updates_and_resumes_where_it_stopped(tiny):
+    from stages.schedule import lr_factor
+
+    factors = [lr_factor("cosine", k, 20) for k in range(20)]
+    assert factors[0] < factors[1] == 1.0 and factors[-1] < 0.02
+    assert all(a > b for a, b in zip(factors[1:], factors[2:]))  # down from the warmup's end to the last update
+    assert {lr_factor("constant", k, 20) for k in range(20)} == {1.0}
+    cfg = TrainConfig(lr=1e-3, kl_coef=0.0, lr_schedule="cosine", steps=10)
+    trainer = Trainer(tiny, cfg, seed=0)
+    batch = _batch(trainer, ["Q:1+1\nA:"] * 2, ["1+1=2#2", "1+1=3#3"], [1.0, 0.0], [0, 0])
+    for _ in range(4):
+        trainer.step(batch)
+    assert trainer.opt.param_groups[0]["lr"] == pytest.approx(1e-3 * lr_factor("cosine", 3, 10))
+    resumed = Trainer(tiny, cfg, seed=0)  # a rung resumed from step 4's checkpoint goes on at update 4's rate
+    weights = {name: data for name, data in trainer.checkpoint_files().items() if name.endswith(".safetensors")}
+    assert resumed.restore(weights, trainer.trainer_state()) == 4
+    resumed.step(batch)
+    assert resumed.opt.param_groups[0]["lr"] == pytest.approx(1e-3 * lr_factor("cosine", 4, 10)) and lr_factor("cosine", 4, 10) < 0.9
+
+
 def test_non_finite_loss_skips_the_update_and_keeps_the_optimizer_clean(tiny):
     trainer = Trainer(tiny, TrainConfig(lr=1e-2, kl_coef=0.0), seed=0)
     judged = _batch(trainer, ["1+1="] * 2, ["2#2", "3#3"], [1.0, 0.0], [0, 0])
