@@ -29,8 +29,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from ladder.models.bootstrap import _sft  # noqa: E402
-from ladder.tasks.arithmetic import build as build_arith, final_answer  # noqa: E402
+from ladder.models.bootstrap import _max_tokens, _sft, greedy_answers  # noqa: E402
+from ladder.tasks.arithmetic import build as build_arith, exact, final_answer  # noqa: E402
+from stages.answers import same_answer  # noqa: E402
 from stages.scoring import label_of  # noqa: E402
 from stages.views import signed_sum_views  # noqa: E402
 
@@ -38,28 +39,26 @@ torch.set_num_threads(int(sys.argv[sys.argv.index("--threads") + 1]) if "--threa
 
 
 def generate(model, tok, prompts, n, temperature, max_new=44, batch=512):
+    """`n` samples of each prompt at `temperature`, in batches of `batch` prompts."""
     tok.padding_side = "left"
     out = []
     for i in range(0, len(prompts), batch):
         chunk = prompts[i:i + batch]
         enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.no_grad():
-            kw = dict(do_sample=False) if temperature == 0 else dict(do_sample=True, temperature=temperature,
-                                                                      top_k=0, num_return_sequences=n)
             ids = model.generate(**enc, max_new_tokens=max_new, pad_token_id=tok.pad_token_id,
-                                 eos_token_id=tok.eos_token_id, **kw)
+                                 eos_token_id=tok.eos_token_id, do_sample=True, temperature=temperature, top_k=0,
+                                 num_return_sequences=n)
         texts = tok.batch_decode(ids[:, enc.input_ids.shape[1]:], skip_special_tokens=True)
-        k = 1 if temperature == 0 else n
-        out += [texts[j * k:(j + 1) * k] for j in range(len(chunk))]
+        out += [texts[j * n:(j + 1) * n] for j in range(len(chunk))]
     return out
 
 
 def accuracy(model, tok, task, n=512):
-    rows = task.eval[:n]
-    texts = generate(model, tok, [e.prompt for e in rows], 1, 0)
-    right = [final_answer(t[0]) == e.answer for t, e in zip(texts, rows)]
-    worked = sum(not t[0].startswith("#") for t in texts) / len(texts)
-    return sum(right) / len(rows), worked
+    """Greedy accuracy on the first `n` held-out prompts (as the bootstrap measures it) and the share that writes
+    its steps."""
+    texts = greedy_answers(model, tok, task, n, _max_tokens(4))
+    return task.accuracy(texts, [e.answer for e in task.eval[:n]]), sum(not t.startswith("#") for t in texts) / n
 
 
 def level(max_operand, seed=1):
@@ -71,8 +70,8 @@ def pairs_oracle(model, tok, task, m, samples, temperature, rng):
     outs = generate(model, tok, [e.prompt for e in rows], samples, temperature)
     pairs = []
     for e, texts in zip(rows, outs):
-        pairs += [(e.prompt, t) for t in set(texts) if final_answer(t) == e.answer]
-    return pairs, {"kept_prompts": sum(any(final_answer(t) == e.answer for t in ts) for e, ts in zip(rows, outs)) / m}
+        pairs += [(e.prompt, t) for t in set(texts) if exact(e.prompt, t, e.answer)]
+    return pairs, {"kept_prompts": sum(any(exact(e.prompt, t, e.answer) for t in ts) for e, ts in zip(rows, outs)) / m}
 
 
 def pairs_judged(model, tok, task, m, views, samples, temperature, min_share, rng, sure_share=1.0):
@@ -87,10 +86,10 @@ def pairs_judged(model, tok, task, m, views, samples, temperature, min_share, rn
         if label.majority is None or label.abstained:
             continue
         kept += 1
-        right += label.majority == e.answer
+        right += same_answer(label.majority, e.answer)
         if label.share == 1.0 and rng.random() >= sure_share:
             continue
-        pairs += list({(f, t) for f, t in written if final_answer(t) == label.majority})
+        pairs += list({(f, t) for f, t in written if same_answer(final_answer(t), label.majority)})
     return pairs, {"coverage": kept / m, "precision": right / max(kept, 1)}
 
 

@@ -120,17 +120,22 @@ def group_advantages(scores, groups, keep=None, eps: float = 1e-4):
     return adv
 
 
+def loss_rows(scores, keep, rule: str = "group") -> list[bool]:
+    """Which samples take part in the loss (`train.advantage`): group, every kept one; filter, the kept ones
+    rewarded above 0.5."""
+    return [bool(k) and (rule == "group" or s > 0.5) for s, k in zip(scores, keep)]
+
+
 def advantages(scores, groups, keep, rule: str = "group"):
-    """Each sample's advantage, and which samples take part in the loss (`train.advantage`). `group`: GRPO's
-    (`group_advantages`), every kept sample in the loss. `filter`: reward-filtered fine-tuning (RAFT, ReST-EM): a
-    kept sample rewarded above 0.5 has advantage 1 and only those take part, so the step raises the likelihood
-    of what the judge accepts, in groups whose samples are all right too (GRPO learns nothing from those), and
-    pushes no response down."""
-    if rule == "group":
-        return group_advantages(scores, groups, keep), list(keep)
+    """Each sample's advantage, and which samples take part in the loss (`loss_rows`). `group`: GRPO's
+    (`group_advantages`). `filter`: reward-filtered fine-tuning (RAFT, ReST-EM): a sample in the loss has advantage
+    1, so the step raises the likelihood of what the judge accepts, in groups whose samples are all right too
+    (GRPO learns nothing from those), and pushes no response down."""
     import torch
 
-    rows = [bool(k) and s > 0.5 for s, k in zip(scores, keep)]
+    rows = loss_rows(scores, keep, rule)
+    if rule == "group":
+        return group_advantages(scores, groups, keep), rows
     return torch.tensor([float(r) for r in rows]), rows
 
 

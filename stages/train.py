@@ -16,7 +16,7 @@ from stages.lora import Adapter, LoraSettings
 from stages.models import TOKENIZER_FILES, check_model_dir, safetensors_names, without_scikit_learn
 from stages.schedule import set_lr
 from stages.startup import few_collections
-from stages.packing import advantages, completion_logprobs, micro_batches, pack, pad_id, tokenized
+from stages.packing import advantages, completion_logprobs, loss_rows, micro_batches, pack, pad_id, tokenized
 from stages.weight_sync import WeightSender
 
 
@@ -166,7 +166,7 @@ class Trainer(WeightSender):
         import torch
 
         t0 = time.perf_counter()
-        if not any(advantages(judged.scores, judged.rollout.group, judged.trainable, self.cfg.advantage)[1]):
+        if not any(loss_rows(judged.scores, judged.trainable, self.cfg.advantage)):
             return self._skip(judged, "no sample left to train on (every judge output unreadable, or none "
                                       "rewarded above 0.5 under train.advantage: filter)", t0)
         if self.cfg.overlap and any(len(s.logprobs) != len(s.completion_ids) for s in judged.rollout.samples):
