@@ -22,6 +22,8 @@ The rules every test here keeps, because `make test` must pass on any fresh x86 
    lock, by the first that asks) and the SmolLM2 folder; everything else a test starts is its own.
 """
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -37,6 +39,18 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # 2-5 s instead of 0.44 s)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("LADDER_THREADS", "1")
+
+# Everything a run writes to the temp folder (pytest's own folders, Ray's sessions, vLLM's and torch's sockets and
+# file stores, multiprocessing's `pymp-*`, torch's compiled kernels) goes into one folder of the run's, removed when
+# the run passes and named when it does not. The run's first process makes it; its test processes (pytest-xdist
+# workers) and everything they start inherit it through TMPDIR (Ray reads TMPDIR on Linux too).
+_RUN_TMP_OWNER = "LADDER_TEST_TMP" not in os.environ
+if _RUN_TMP_OWNER:
+    os.environ["LADDER_TEST_TMP"] = tempfile.mkdtemp(prefix="lt-run-")  # short: Ray's socket paths live under it
+RUN_TMP = os.environ["LADDER_TEST_TMP"]
+os.environ["TMPDIR"] = RUN_TMP
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(RUN_TMP, "inductor")  # one kernel cache for the run's engines
+tempfile.tempdir = RUN_TMP
 
 import pytest  # noqa: E402  (after the engine environment above)
 
@@ -91,6 +105,22 @@ def module_rank(item) -> int:
 
 def pytest_collection_modifyitems(items):
     items.sort(key=module_rank)  # stable: a module's tests keep their order
+
+
+def pytest_sessionfinish(session, exitstatus):
+    session.config.stash[_PASSED] = exitstatus == 0
+
+
+def pytest_unconfigure(config):
+    if not _RUN_TMP_OWNER:
+        return
+    if config.stash.get(_PASSED, False):
+        shutil.rmtree(RUN_TMP, ignore_errors=True)
+    else:
+        print(f"\nthis run's temp folder is kept: {RUN_TMP}")
+
+
+_PASSED = pytest.StashKey[bool]()
 
 
 def pytest_terminal_summary(terminalreporter):
