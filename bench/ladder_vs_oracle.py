@@ -7,7 +7,11 @@ Per rung: held-out accuracy at the start, after the model-judged rung and after 
 accuracy at the task, and the performance gap recovered, PGR = (judged - start) / (oracle - start): 1 means the
 model judge taught as much as the truth would have, 0 nothing, below 0 harm. Prints a table, writes JSON
 (bench/results/ladder_vs_oracle.json or `--out`).
-Usage: python bench/ladder_vs_oracle.py [--spec examples/tiny.yaml] [--reuse] [--out F]
+With `--chain`, also the oracle chain: the whole ladder again with the exact checker as every rung's judge, each
+rung starting from the oracle chain's rung before (as `init: previous`; the base model with `init: base`), every
+version measured on the judged ladder's yardstick. Per rung the oracle chain's held-out and yardstick accuracy,
+and for the chain the yardstick gain recovered, (judged last - rung 1) / (oracle last - rung 1).
+Usage: python bench/ladder_vs_oracle.py [--spec examples/tiny.yaml] [--chain] [--reuse] [--out F]
   --reuse: read the judged ladder (and oracle rungs) from MLflow when a completed run of them exists.
 """
 from __future__ import annotations
@@ -52,10 +56,12 @@ def promoted(rows: list[dict], rung: int) -> dict:
     return found[-1]
 
 
-def oracle_spec(spec, k: int, base_dir: str) -> dict:
-    """Rung k of `spec` alone, from `base_dir`, judged by the task's own checker."""
+def oracle_spec(spec, k: int, base_dir: str, name: str = "") -> dict:
+    """Rung k of `spec` alone, from `base_dir`, judged by the task's own checker, measured on `spec`'s yardstick."""
     one = spec.for_rung(k).model_dump(mode="json", exclude_none=True)
-    one.update(name=f"{spec.name}-oracle-r{k}", rungs=1, schedule=[])
+    one.update(name=name or f"{spec.name}-oracle-r{k}", rungs=1, schedule=[])
+    yardstick = spec.eval.yardstick or spec.for_rung(spec.rungs).task.source  # the ladder's, not this rung's task
+    one["eval"] = {**one["eval"], "yardstick": yardstick.model_dump(mode="json", exclude_none=True)}
     one["student"] = {**one["student"], "base": base_dir, "init": "base"}
     one["judge"] = {**one["judge"], "initial": {"kind": "task"}}
     one["promotion"] = {**one["promotion"], "policy": "auto", "min_auc": 0.0, "collapse_share": 1.0,
@@ -69,10 +75,45 @@ def pgr(start, judged, oracle):
     return (judged - start) / (oracle - start)
 
 
+def oracle_chain(spec, judged: list[dict], per_rung: list[dict], folder: Path, reuse: bool) -> dict:
+    """The ladder's rungs 2.. again, each judged by the checker and starting from the oracle chain's rung before
+    (rung 1 is the judged ladder's own: the checker judges it there too); per rung its held-out and yardstick
+    accuracy, and the yardstick gain the judged chain recovered. With `init: base` every rung starts from the base
+    either way: the chain is the per-rung oracle rungs (`per_rung`), run once."""
+    from ladder.registry.registry import Registry
+    from ladder.spec import load_spec
+
+    first = promoted(judged, 1)
+    rungs = [{"rung": 1, "heldout": first["heldout_accuracy"], "yardstick": first.get("yardstick")}]
+    if spec.student.init == "base":
+        rungs += [{"rung": e["rung"], "start": e["oracle_start"], "heldout": e["oracle"],
+                   "yardstick": e["oracle_yardstick"]} for e in per_rung[1:]]
+    start = Registry.for_spec(spec).download(str(first["version"]), str(folder / "chain-v1")) \
+        if spec.student.init != "base" else None
+    for k in range(2, spec.rungs + 1 if start else 0):
+        one = oracle_spec(spec, k, start, name=f"{spec.name}-oracle-chain-r{k}")
+        row = run_ladder(one, folder, reuse)[0]
+        rungs.append({"rung": k, "start": row["start_accuracy"], "heldout": row["heldout_accuracy"],
+                      "yardstick": row.get("yardstick")})
+        if k < spec.rungs:
+            reg = Registry.for_spec(load_spec(folder / f"{one['name']}.yaml"))  # written by run_ladder
+            start = reg.download(str(row["version"]), str(folder / f"chain-v{k}"))
+    last_judged = max((r for r in judged if r["rung"] == spec.rungs), key=lambda r: r["version"])
+    return {"rungs": rungs, "chain_recovered": chain_recovered(rungs[0]["yardstick"], last_judged.get("yardstick"),
+                                                                rungs[-1]["yardstick"])}
+
+
+def chain_recovered(first, judged_last, oracle_last):
+    """The share of the oracle chain's yardstick gain past rung 1 that the judged chain kept (None: no gain)."""
+    return pgr(first, judged_last, oracle_last)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--spec", default=str(ROOT / "examples" / "tiny.yaml"))
     ap.add_argument("--reuse", action="store_true", help="Read completed ladders from MLflow instead of rerunning.")
+    ap.add_argument("--chain", action="store_true", help="Also run the whole chain with the checker as every "
+                                                         "rung's judge (the ladder's ceiling).")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "ladder_vs_oracle.json"))
     args = ap.parse_args()
     args.spec, args.out = str(Path(args.spec).resolve()), str(Path(args.out).resolve())
@@ -106,6 +147,7 @@ def main() -> None:
             oracle_rows = run_ladder(oracle_spec(judged_spec, k, base), folder, args.reuse)
             oracle = oracle_rows[0]
             entry.update(oracle=oracle["heldout_accuracy"], oracle_start=oracle["start_accuracy"],
+                         oracle_yardstick=oracle.get("yardstick"),
                          pgr=pgr(row["start_accuracy"], row["heldout_accuracy"], oracle["heldout_accuracy"]))
         results.append(entry)
     fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
@@ -116,6 +158,15 @@ def main() -> None:
               + ("" if e["judge_majority_accuracy"] is None else f" (majority {fmt(e['judge_majority_accuracy'])})"))
     out = {"spec": str(Path(args.spec).resolve().relative_to(ROOT)) if Path(args.spec).resolve().is_relative_to(ROOT)
            else args.spec, "rungs": results}
+    if args.chain:
+        out["oracle_chain"] = chain = oracle_chain(judged_spec, judged, results, folder, args.reuse)
+        judged_yard = {r["rung"]: r.get("yardstick") for r in sorted(judged, key=lambda r: r["version"])}
+        print(f"\n{'rung':>4}  {'judged yardstick':>16} {'oracle chain yardstick':>22} {'oracle chain held-out':>21}")
+        for r in chain["rungs"]:
+            print(f"{r['rung']:>4}  {fmt(judged_yard.get(r['rung'])):>16} {fmt(r['yardstick']):>22} "
+                  f"{fmt(r['heldout']):>21}")
+        print(f"chain: the judged ladder kept {fmt(chain['chain_recovered'])} of the oracle chain's yardstick gain "
+              "past rung 1")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
     print(f"wrote {args.out}")
