@@ -173,6 +173,7 @@ class LeaseKeeper:
                            renew_s=renew_s, stale_s=stale_after_s)
         self.on_lost = on_lost or (lambda: None)
         self._released = threading.Event()
+        self._writing = threading.Lock()  # a renewal and the release never interleave
 
     def acquire(self) -> None:
         """Take the lease once no other is alive (one is watched until it beats or goes stale on this process'
@@ -191,7 +192,8 @@ class LeaseKeeper:
             winner = [lease for _, lease in leases(self.tracking) if lease.token == read_fence(self.tracking)[1]]
             raise refusal(self.tracking.name, winner[0] if winner else self.lease)
         self._write()  # a same-job rival may have written the run's tag after ours
-        threading.Thread(target=self._renew, name="ladder-lease", daemon=True).start()
+        self._thread = threading.Thread(target=self._renew, name="ladder-lease", daemon=True)
+        self._thread.start()
 
     def _write_fence(self, generation: int) -> None:
         text = json.dumps({"generation": generation, "token": self.lease.token, "where": self.lease.where})
@@ -214,16 +216,26 @@ class LeaseKeeper:
     def _renew(self) -> None:
         while not self._released.wait(self.renew_s):
             try:
-                if not self.holds():
+                with self._writing:  # `release` waits for a renewal in flight: none writes the lease after it
+                    if self._released.is_set():
+                        return
+                    lost = not self.holds()
+                    if not lost:
+                        self.lease = Lease(**{**asdict(self.lease), "renewed_at": time.time(),
+                                              "beat": self.lease.beat + 1})
+                        self._write()
+                if lost:
                     self.on_lost()  # another controller took it over (ours had gone stale): this one stops
                     return
-                self.lease = Lease(**{**asdict(self.lease), "renewed_at": time.time(), "beat": self.lease.beat + 1})
-                self._write()
             except Exception:  # MLflow briefly away: renewed at the next beat, or found stale by others
                 continue
 
     def release(self) -> None:
         self._released.set()
+        with self._writing:
+            self._clear()
+
+    def _clear(self) -> None:
         try:
             current = self.tracking.client.get_run(self.parent_run).data.tags.get(Tag.LEASE, "")
             if current and json.loads(current).get("token") == self.lease.token:

@@ -369,3 +369,33 @@ def test_a_lease_is_judged_stale_by_the_period_its_writer_renews_it_at(registry)
         keeper(registry, "hasty", renew_s=0.2, stale_after_s=0.6, settle_s=0.1).acquire()
     with pytest.raises(LeaseHeld):
         check_free(registry, stale_after_s=0.6)
+
+
+def test_a_renewal_in_flight_when_the_lease_is_released_does_not_write_it_back(registry):
+    """A renewal that had woken before `release` (its MLflow read slow on a loaded machine) used to write the lease
+    again after `release` cleared it: a fresh lease nobody held, which refused the next controller (a full run
+    saw it). `release` now waits for the renewal in flight; the tag stays empty."""
+    import threading
+
+    from ladder.registry.tags import Tag
+
+    k = keeper(registry, "j", renew_s=0.05, stale_after_s=5.0)
+    k.acquire()
+    in_flight, go, real = threading.Event(), threading.Event(), k.holds
+
+    def slow_holds():
+        if threading.current_thread() is k._thread:
+            in_flight.set()
+            go.wait(30)
+        return real()
+
+    k.holds = slow_holds
+    assert in_flight.wait(30)  # the renewal thread is between its wake-up and its write
+    releaser = threading.Thread(target=k.release)
+    releaser.start()
+    releaser.join(0.5)  # without the fix, release has cleared the tag by now; with it, it waits for the renewal
+    go.set()
+    releaser.join(30)
+    k._thread.join(30)
+    assert not releaser.is_alive() and not k._thread.is_alive()
+    assert registry.client.get_run(k.parent_run).data.tags.get(Tag.LEASE) == ""
