@@ -78,8 +78,8 @@ def pgr(start, judged, oracle):
 def oracle_chain(spec, judged: list[dict], per_rung: list[dict], folder: Path, reuse: bool) -> dict:
     """The ladder's rungs 2.. again, each judged by the checker and starting from the oracle chain's rung before
     (rung 1 is the judged ladder's own: the checker judges it there too); per rung its held-out and yardstick
-    accuracy, and the yardstick gain the judged chain recovered. With `init: base` every rung starts from the base
-    either way: the chain is the per-rung oracle rungs (`per_rung`), run once."""
+    accuracy, and the share of the oracle chain's yardstick gain past rung 1 the judged chain kept. With
+    `init: base` every rung starts from the base either way: the chain is the per-rung oracle rungs (`per_rung`)."""
     from ladder.registry.registry import Registry
     from ladder.spec import load_spec
 
@@ -88,24 +88,28 @@ def oracle_chain(spec, judged: list[dict], per_rung: list[dict], folder: Path, r
     if spec.student.init == "base":
         rungs += [{"rung": e["rung"], "start": e["oracle_start"], "heldout": e["oracle"],
                    "yardstick": e["oracle_yardstick"]} for e in per_rung[1:]]
-    start = Registry.for_spec(spec).download(str(first["version"]), str(folder / "chain-v1")) \
-        if spec.student.init != "base" else None
-    for k in range(2, spec.rungs + 1 if start else 0):
-        one = oracle_spec(spec, k, start, name=f"{spec.name}-oracle-chain-r{k}")
-        row = run_ladder(one, folder, reuse)[0]
-        rungs.append({"rung": k, "start": row["start_accuracy"], "heldout": row["heldout_accuracy"],
-                      "yardstick": row.get("yardstick")})
-        if k < spec.rungs:
-            reg = Registry.for_spec(load_spec(folder / f"{one['name']}.yaml"))  # written by run_ladder
-            start = reg.download(str(row["version"]), str(folder / f"chain-v{k}"))
+    else:
+        start = Registry.for_spec(spec).download(str(first["version"]), str(folder / "chain-v1"))
+        for k in range(2, spec.rungs + 1):
+            one = oracle_spec(spec, k, start, name=f"{spec.name}-oracle-chain-r{k}")
+            row = run_ladder(one, folder, reuse)[0]
+            rungs.append({"rung": k, "start": row["start_accuracy"], "heldout": row["heldout_accuracy"],
+                          "yardstick": row.get("yardstick")})
+            if k < spec.rungs:
+                reg = Registry.for_spec(load_spec(folder / f"{one['name']}.yaml"))  # written by run_ladder
+                start = reg.download(str(row["version"]), str(folder / f"chain-v{k}"))
     last_judged = max((r for r in judged if r["rung"] == spec.rungs), key=lambda r: r["version"])
-    return {"rungs": rungs, "chain_recovered": chain_recovered(rungs[0]["yardstick"], last_judged.get("yardstick"),
-                                                                rungs[-1]["yardstick"])}
+    return {"rungs": rungs, "chain_recovered": pgr(rungs[0]["yardstick"], last_judged.get("yardstick"),
+                                                   rungs[-1]["yardstick"])}
 
 
-def chain_recovered(first, judged_last, oracle_last):
-    """The share of the oracle chain's yardstick gain past rung 1 that the judged chain kept (None: no gain)."""
-    return pgr(first, judged_last, oracle_last)
+def print_chain(chain: dict, judged: list[dict], fmt) -> None:
+    judged_yard = {r["rung"]: r.get("yardstick") for r in sorted(judged, key=lambda r: r["version"])}
+    print(f"\n{'rung':>4}  {'judged yardstick':>16} {'oracle chain yardstick':>22} {'oracle chain held-out':>21}")
+    for r in chain["rungs"]:
+        print(f"{r['rung']:>4}  {fmt(judged_yard.get(r['rung'])):>16} {fmt(r['yardstick']):>22} {fmt(r['heldout']):>21}")
+    print(f"chain: the judged ladder kept {fmt(chain['chain_recovered'])} of the oracle chain's yardstick gain past "
+          "rung 1")
 
 
 def main() -> None:
@@ -159,14 +163,8 @@ def main() -> None:
     out = {"spec": str(Path(args.spec).resolve().relative_to(ROOT)) if Path(args.spec).resolve().is_relative_to(ROOT)
            else args.spec, "rungs": results}
     if args.chain:
-        out["oracle_chain"] = chain = oracle_chain(judged_spec, judged, results, folder, args.reuse)
-        judged_yard = {r["rung"]: r.get("yardstick") for r in sorted(judged, key=lambda r: r["version"])}
-        print(f"\n{'rung':>4}  {'judged yardstick':>16} {'oracle chain yardstick':>22} {'oracle chain held-out':>21}")
-        for r in chain["rungs"]:
-            print(f"{r['rung']:>4}  {fmt(judged_yard.get(r['rung'])):>16} {fmt(r['yardstick']):>22} "
-                  f"{fmt(r['heldout']):>21}")
-        print(f"chain: the judged ladder kept {fmt(chain['chain_recovered'])} of the oracle chain's yardstick gain "
-              "past rung 1")
+        out["oracle_chain"] = oracle_chain(judged_spec, judged, results, folder, args.reuse)
+        print_chain(out["oracle_chain"], judged, fmt)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
     print(f"wrote {args.out}")

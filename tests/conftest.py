@@ -107,6 +107,9 @@ def pytest_collection_modifyitems(items):
     items.sort(key=module_rank)  # stable: a module's tests keep their order
 
 
+_PASSED = pytest.StashKey[bool]()  # whether the run passed: its temp folder goes then
+
+
 def pytest_sessionfinish(session, exitstatus):
     session.config.stash[_PASSED] = exitstatus == 0
 
@@ -118,9 +121,6 @@ def pytest_unconfigure(config):
         shutil.rmtree(RUN_TMP, ignore_errors=True)
     else:
         print(f"\nthis run's temp folder is kept: {RUN_TMP}")
-
-
-_PASSED = pytest.StashKey[bool]()
 
 
 def pytest_terminal_summary(terminalreporter):

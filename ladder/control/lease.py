@@ -232,8 +232,13 @@ class LeaseKeeper:
 
     def release(self) -> None:
         self._released.set()
-        with self._writing:
-            self._clear()
+        # a renewal in flight ends first (none writes the lease after it is cleared); one stuck on MLflow is not
+        # waited for past its own stale time: the lease it may leave behind goes stale
+        if self._writing.acquire(timeout=self.stale_after_s):
+            try:
+                self._clear()
+            finally:
+                self._writing.release()
 
     def _clear(self) -> None:
         try:
