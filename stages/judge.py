@@ -207,7 +207,8 @@ class JudgePool:
         scored, keep, invalid = checked(raw, settings.fallback_score, settings.unreadable == "drop")
         scores, n_guided = scored.scores, 0
         if guide and scored.guides:
-            batch, scores, n_guided = guided(batch, scores, scored.guides)
+            distill = bool(getattr(settings, "solve_distill", False))
+            batch, scores, keep, n_guided = guided(batch, scores, scored.guides, keep, distill)
         return JudgedBatch(batch, scores, scored.parse_failures, scored.judge_tokens, scored.examples,
                            keep, invalid, coverage(batch.group, scored.abstained), n_guided)
 

@@ -163,6 +163,13 @@ class SolveMode(ModeSettings):
                            "one of the judge's own answers to the prompt that wrote the label, in place of its last "
                            "sample and rewarded 1, so the student learns labels it never samples (off-policy "
                            "guidance, as LUFFY); groups with no such answer, or abstained, are left as they are.")
+    solve_distill: bool = Field(
+        False, description="Distillation (solve mode; needs train.advantage: filter): the student trains on the "
+                           "judge's own answer to each prompt that wrote the label (rewarded 1, in place of its "
+                           "group's last sample) and on none of its own samples, which then only measure it. With "
+                           "init: previous the judge is the rung's start, so the student learns from its start's "
+                           "amplified answers instead of its own drifting ones (bench/filter_online.py: on-policy "
+                           "filtered training fell 8-10 points where training on the start's answers rose 4-7).")
 
     @field_validator("solve_template")
     @classmethod
@@ -244,7 +251,7 @@ def score_solve(pool, cfg: SolveMode, pairs: Pairs, answer_pattern: str) -> Scor
                       "label_share": round(labels[p].share, 3)} for p, outs in list(zip(prompts, written))[:4])
     abstained = tuple(labels[p].abstained for p in pairs.prompts)
     guides = {p: guide_of(outs[:cfg.solve_samples], labels[p], answer_pattern)
-              for p, outs in zip(prompts, written)} if cfg.solve_guide else {}
+              for p, outs in zip(prompts, written)} if cfg.solve_guide or cfg.solve_distill else {}
     return Scored(tuple(scores), sum(unread), tokens, examples, tuple(unread), abstained,
                   tuple(guides.get(p) for p in pairs.prompts) if guides else ())
 
@@ -257,19 +264,26 @@ def guide_of(outs, label: "Label", answer_pattern: str) -> Optional[str]:
     return next((text for text, _ in outs if same_answer(extract(answer_pattern, text) or "", label.majority)), None)
 
 
-def guided(batch, scores: tuple, guides: tuple) -> tuple:
-    """(batch, scores, how many groups were guided): each group whose samples all scored 0 and whose prompt has a
-    guide gets the guide in place of its last sample (its completion as text, tokenized by the trainer) scored 1."""
+def guided(batch, scores: tuple, guides: tuple, keep: tuple = (), distill: bool = False) -> tuple:
+    """(batch, scores, keep, how many groups were guided): each group whose samples all scored 0 (`distill`: every
+    group) and whose prompt has a guide gets the guide in place of its last sample (its completion as text, tokenized
+    by the trainer) scored 1. With `distill` the guides are all that trains: every other sample is left out."""
     from stages.batches import RolloutBatch, Sample
 
     last = {g: i for i, g in enumerate(batch.group)}
-    hit = {g for g, score in zip(batch.group, scores) if score != 0.0}
+    hit = set() if distill else {g for g, score in zip(batch.group, scores) if score != 0.0}
     samples, scores, n = list(batch.samples), list(scores), 0
+    keep = list(keep or (True,) * len(scores))
+    guide_rows = set()
     for g, i in last.items():
         if g not in hit and guides[i]:
             samples[i] = Sample(samples[i].prompt_ids, (), guides[i], ())
-            scores[i], n = 1.0, n + 1
-    return RolloutBatch(batch.prompts, batch.references, tuple(samples), batch.group), tuple(scores), n
+            scores[i], keep[i], n = 1.0, True, n + 1
+            guide_rows.add(i)
+    if distill:
+        keep = [k and i in guide_rows for i, k in enumerate(keep)]
+    batch = RolloutBatch(batch.prompts, batch.references, tuple(samples), batch.group)
+    return batch, tuple(scores), tuple(keep), n
 
 
 def agreement(answer: Optional[str], judge_answers: Sequence[str], rule: str) -> float:

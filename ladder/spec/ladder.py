@@ -100,6 +100,11 @@ class LadderSpec(Strict):
                     TrainSpec.model_validate({**self.train.model_dump(), **entry.train})
                 except ValidationError as err:
                     raise ValueError(f"schedule (rung {entry.rung}): " + format_validation_error(err, "train")) from None
+        for k in sorted({1, *firsts}):
+            rung = self.for_rung(k)
+            if rung.judge.mode == "solve" and rung.judge.solve_distill and rung.train.advantage != "filter":
+                raise ValueError(f"judge.solve_distill (rung {k}): the student trains on the judge's answers alone, "
+                                 "which needs train.advantage: filter (GRPO's advantage of a lone answer is 0)")
         return self
 
     def for_rung(self, k: int) -> "LadderSpec":

@@ -22,6 +22,20 @@ def test_a_group_that_missed_the_label_gets_the_judges_answer_scored_one():
         plain.rollout.samples[2:]
 
 
+def test_distillation_trains_every_labelled_group_on_the_judges_answer_and_none_of_the_students_own():
+    """`solve_distill`: both groups get the judge's answer (the second too, whose samples agreed with the label),
+    and only those train; the students' own samples keep their scores, as measurements."""
+    batch = [(SURE, ["#4", "#5"]), (UNSURE, ["#5", "#6"])]  # labels 3 and 5
+    cfg = SolveMode(solve_samples=4, solve_reward="majority", solve_distill=True)
+    judged = ScriptedPool(SCRIPT, cfg).score(rollout(batch), guide=True)
+    assert judged.guided == 2 and judged.trainable == (False, True, False, True)
+    assert judged.scores == (0.0, 1.0, 1.0, 1.0)
+    assert [s.completion_text for s in judged.rollout.samples] == ["#4", "#3", "#5", "#5"]
+    unsure = SolveMode(solve_samples=4, solve_reward="majority", solve_min_share=0.6, solve_distill=True)
+    abstained = ScriptedPool(SCRIPT, unsure).score(rollout(batch), guide=True)
+    assert abstained.guided == 1 and abstained.trainable == (False, True, False, False)
+
+
 def test_no_guide_where_the_judge_abstains_or_only_another_view_wrote_the_label():
     unsure = [(UNSURE, ["#8", "#9"])]  # share 0.5 < 0.6: abstained
     cfg = SolveMode(solve_samples=4, solve_reward="majority", solve_min_share=0.6, solve_guide=True)

@@ -150,3 +150,14 @@ def test_trust_remote_code_is_off_unless_the_spec_says_so():
         assert spec.trust_remote_code is value
         assert engine_config(spec, "models/base", 0).trust_remote_code is value
         assert TrainConfig.from_spec(spec.train, spec.trust_remote_code).trust_remote_code is value
+
+
+def test_distillation_from_the_judge_needs_the_filter_advantage_in_every_rung_it_applies_to():
+    spec = with_change("judge", {**VALID["judge"], "mode": "solve", "solve_distill": True})
+    with pytest.raises(SpecError, match="judge.solve_distill .rung 1.: .* needs train.advantage: filter"):
+        parse_spec(spec, "spec.yaml")
+    spec["train"] = {**spec.get("train", {}), "advantage": "filter"}
+    assert parse_spec(spec).judge.solve_distill
+    spec["schedule"] = [{"rung": 2, "train": {"advantage": "group"}}]
+    with pytest.raises(SpecError, match=r"judge.solve_distill \(rung 2\)"):
+        parse_spec(spec, "spec.yaml")
