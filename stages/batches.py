@@ -38,10 +38,6 @@ class RolloutBatch:
     def n_tokens(self) -> int:
         return sum(len(s.completion_ids) for s in self.samples)
 
-    def completions(self) -> list:
-        """Each sample's completion as its token ids (its text where it has none: a judge's answer given as text)."""
-        return [s.completion_ids or s.completion_text for s in self.samples]
-
 
 @dataclass(frozen=True)
 class JudgedBatch:

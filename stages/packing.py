@@ -120,29 +120,20 @@ def group_advantages(scores, groups, keep=None, eps: float = 1e-4):
     return adv
 
 
-def loss_rows(scores, keep, rule: str = "group", groups=None, completions=None) -> list[bool]:
+def loss_rows(scores, keep, rule: str = "group") -> list[bool]:
     """Which samples take part in the loss (`train.advantage`): group, every kept one; filter, the kept ones
-    rewarded above 0.5, each distinct completion of a prompt's group once when `groups` and `completions` are given
-    (at a low rollout temperature a prompt the student already solves returns the same answer 8 times: counted 8
-    times it would outweigh the prompts whose right answers are rare, the ones there is something to learn from)."""
-    rows = [bool(k) and (rule == "group" or s > 0.5) for s, k in zip(scores, keep)]
-    if rule == "filter" and groups is not None and completions is not None:
-        seen = set()
-        for i, key in enumerate(zip(groups, completions)):
-            rows[i] = rows[i] and key not in seen
-            if rows[i]:
-                seen.add(key)
-    return rows
+    rewarded above 0.5."""
+    return [bool(k) and (rule == "group" or s > 0.5) for s, k in zip(scores, keep)]
 
 
-def advantages(scores, groups, keep, rule: str = "group", completions=None):
+def advantages(scores, groups, keep, rule: str = "group"):
     """Each sample's advantage, and which samples take part in the loss (`loss_rows`). `group`: GRPO's
     (`group_advantages`). `filter`: reward-filtered fine-tuning (RAFT, ReST-EM): a sample in the loss has advantage
     1, so the step raises the likelihood of what the judge accepts, in groups whose samples are all right too
-    (GRPO learns nothing from those), and pushes no response down; a group's identical completions once."""
+    (GRPO learns nothing from those), and pushes no response down."""
     import torch
 
-    rows = loss_rows(scores, keep, rule, groups, completions)
+    rows = loss_rows(scores, keep, rule)
     if rule == "group":
         return group_advantages(scores, groups, keep), rows
     return torch.tensor([float(r) for r in rows]), rows

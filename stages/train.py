@@ -207,7 +207,7 @@ class Trainer(WeightSender):
         import torch
 
         batch = judged.rollout
-        adv, keep = advantages(judged.scores, batch.group, judged.trainable, self.cfg.advantage, batch.completions())
+        adv, keep = advantages(judged.scores, batch.group, judged.trainable, self.cfg.advantage)
         rows = [i for i, k in enumerate(keep) if k]  # dropped samples take no part in the loss
         samples = tokenized(batch.samples, self.tokenizer)  # a judge's answer given as text (solve_guide)
         lengths = [len(samples[i].prompt_ids) + len(samples[i].completion_ids) for i in rows]

@@ -124,15 +124,6 @@ def test_filter_advantage_trains_the_rewarded_samples_only():
     assert rows == [True, True] and adv[0] > 0 > adv[1]
 
 
-def test_filter_trains_each_distinct_completion_of_a_prompt_once():
-    """A prompt's answer sampled 3 times trains once, as does another prompt's same answer; GRPO keeps all."""
-    scores, groups = [1.0, 1.0, 1.0, 1.0, 0.0, 1.0], [0, 0, 0, 0, 0, 1]
-    done = [(1, 2), (1, 2), (3,), (1, 2), (1, 2), (1, 2)]
-    adv, rows = advantages(scores, groups, [True] * 6, "filter", done)
-    assert rows == [True, False, True, False, False, True] and adv.tolist() == [1.0, 0.0, 1.0, 0.0, 0.0, 1.0]
-    assert advantages(scores, groups, [True] * 6, "group", done)[1] == [True] * 6
-
-
 def test_a_filter_step_learns_from_a_group_whose_samples_are_all_right_where_grpo_learns_nothing(tiny):
     """Both samples rewarded: GRPO's advantages are 0 (the weights do not move), `filter` raises their likelihood
     (by 27 nats over the two samples in 5 steps at lr 1e-3, an untrained model; the test asks for 0.5). Nothing
