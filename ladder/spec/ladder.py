@@ -100,7 +100,8 @@ class LadderSpec(Strict):
                     TrainSpec.model_validate({**self.train.model_dump(), **entry.train})
                 except ValidationError as err:
                     raise ValueError(f"schedule (rung {entry.rung}): " + format_validation_error(err, "train")) from None
-        for k in sorted({1, *firsts}):
+        first = 2 if self.judge.initial.kind in ("verifier", "task") else 1  # a checker writes no answers to learn
+        for k in sorted(k for k in {first, *firsts} if first <= k <= self.rungs):
             rung = self.for_rung(k)
             if rung.judge.mode == "solve" and rung.judge.solve_distill and rung.train.advantage != "filter":
                 raise ValueError(f"judge.solve_distill (rung {k}): the student trains on the judge's answers alone, "

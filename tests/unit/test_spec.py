@@ -161,3 +161,7 @@ def test_distillation_from_the_judge_needs_the_filter_advantage_in_every_rung_it
     spec["schedule"] = [{"rung": 2, "train": {"advantage": "group"}}]
     with pytest.raises(SpecError, match=r"judge.solve_distill \(rung 2\)"):
         parse_spec(spec, "spec.yaml")
+    checker = with_change("judge", {"initial": {"kind": "verifier", "function": "ladder.tasks.arithmetic:exact"},
+                                    "mode": "solve", "solve_distill": True})
+    checker["schedule"] = [{"rung": 2, "train": {"advantage": "filter"}}]
+    assert parse_spec(checker).train.advantage == "group"  # rung 1's checker writes no answers: GRPO stays
