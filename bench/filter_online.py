@@ -1,0 +1,101 @@
+"""Benchmark: why a rung's reward-filtered training can lose what offline fine-tuning gains (issue 34).
+
+From one start model, on one task, with the task's checker as the judge (the best label there is), greedy accuracy
+on 512 held-out prompts after each way of training on the start's own right answers (T = `--temperature`):
+- offline: 8 samples of each of 1024 training prompts drawn once from the start, the right ones kept (each distinct
+  answer of a prompt once), then `--steps` AdamW steps of 64 pairs (one-cycle, `--lr`): expert iteration;
+- online: every step samples `--prompts` fresh prompts x 8 from the current model and takes one AdamW step on its
+  right answers (all of them, or each distinct one once with `--dedupe`): a `train.advantage: filter` rung;
+  with `--sampler start` the samples come from a frozen copy of the start instead (what `judge.solve_distill`
+  gives a rung whose judge is its start, `init: previous`).
+Usage: python bench/filter_online.py --base DIR [--level 9] [--mode offline|online] [--prompts 16] [--lr 5e-4]
+       [--steps 60] [--temperature 0.5] [--dedupe] [--sampler current|start] [--out F]
+       (one JSON line per run, appended to --out)
+"""
+import argparse
+import copy
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+for p in (ROOT, ROOT / "bench"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+from distill_chain import accuracy, generate, level, sft  # noqa: E402
+from ladder.models.bootstrap import _backward  # noqa: E402
+from ladder.tasks.arithmetic import exact  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+def right_answers(model, tok, rows, temperature, dedupe):
+    """(prompt, answer) for each of 8 samples of each row that the checker accepts (each distinct one once)."""
+    outs = generate(model, tok, [e.prompt for e in rows], 8, temperature)
+    pairs = []
+    for e, texts in zip(rows, outs):
+        ok = [t for t in texts if exact(e.prompt, t, e.answer)]
+        pairs += [(e.prompt, t) for t in (sorted(set(ok)) if dedupe else ok)]
+    return pairs
+
+
+def online(model, tok, task, args, rng):
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
+    kept, sampler = [], copy.deepcopy(model).eval() if args.sampler == "start" else model
+    for _ in range(args.steps):
+        model.eval()
+        pairs = right_answers(sampler, tok, rng.sample(task.train, args.prompts), args.temperature, args.dedupe)
+        kept.append(len(pairs))
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        if pairs:
+            _backward(model, tok, [(p, t, True) for p, t in pairs])
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+        sched.step()
+    model.eval()
+    return {"pairs_first_10_steps": sum(kept[:10]), "pairs_last_10_steps": sum(kept[-10:])}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--base", required=True)
+    ap.add_argument("--level", type=int, default=9, help="operands 0-LEVEL, 4 terms")
+    ap.add_argument("--mode", choices=("offline", "online"), default="online")
+    ap.add_argument("--prompts", type=int, default=16, help="online: prompts a step")
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--temperature", type=float, default=0.5)
+    ap.add_argument("--dedupe", action="store_true")
+    ap.add_argument("--sampler", choices=("current", "start"), default="current",
+                    help="online: sample from the model being trained, or from a frozen copy of the start")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "filter_online.jsonl"))
+    args = ap.parse_args()
+    tok = AutoTokenizer.from_pretrained(args.base)
+    model = AutoModelForCausalLM.from_pretrained(args.base, dtype=torch.float32).eval()
+    task, rng, t0 = level(args.level), random.Random(0), time.time()
+    row = {**{k: v for k, v in vars(args).items() if k not in ("base", "out")}, "before": accuracy(model, tok, task)[0]}
+    if args.mode == "offline":
+        pairs = right_answers(model, tok, rng.sample(task.train, 1024), args.temperature, True)
+        model.train()
+        sft(model, tok, pairs, args.steps, args.lr, 0)
+        model.eval()
+        row["pairs"] = len(pairs)
+    else:
+        row.update(online(model, tok, task, args, rng))
+    row.update(after=accuracy(model, tok, task)[0], seconds=round(time.time() - t0))
+    row["gain_points"] = round(100 * (row["after"] - row["before"]), 1)
+    print(json.dumps(row), flush=True)
+    with open(args.out, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
