@@ -7,9 +7,11 @@ on 512 held-out prompts after each way of training on the start's own right answ
 - online: every step samples `--prompts` fresh prompts x 8 from the current model and takes one AdamW step on its
   right answers (all of them, or each distinct one once with `--dedupe`): a `train.advantage: filter` rung;
   with `--sampler start` the samples come from a frozen copy of the start instead (what `judge.solve_distill`
-  gives a rung whose judge is its start, `init: previous`).
+  gives a rung whose judge is its start, `init: previous`); with `--label views` a sample is right when it agrees
+  with the sampler's own label instead of the checker (it answers 8 reorderings of the prompt twice at T=0.5, the
+  majority, no label below a 0.5 share: the demo's judge rule), so the start judges itself.
 Usage: python bench/filter_online.py --base DIR [--level 9] [--mode offline|online] [--prompts 16] [--lr 5e-4]
-       [--steps 60] [--temperature 0.5] [--dedupe] [--sampler current|start] [--out F]
+       [--steps 60] [--temperature 0.5] [--dedupe] [--sampler current|start] [--label checker|views] [--out F]
        (one JSON line per run, appended to --out)
 """
 import argparse
@@ -30,17 +32,32 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from distill_chain import accuracy, generate, level, sft  # noqa: E402
 from ladder.models.bootstrap import _backward  # noqa: E402
-from ladder.tasks.arithmetic import exact  # noqa: E402
+from ladder.tasks.arithmetic import exact, final_answer  # noqa: E402
+from stages.answers import same_answer  # noqa: E402
+from stages.scoring import label_of  # noqa: E402
+from stages.views import signed_sum_views  # noqa: E402
 
 torch.set_num_threads(2)
 
 
-def right_answers(model, tok, rows, temperature, dedupe):
-    """(prompt, answer) for each of 8 samples of each row that the checker accepts (each distinct one once)."""
+def views_labels(model, tok, rows):
+    """The model's own label of each row: the majority of its answers to 8 reorderings x 2 samples at T=0.5, None
+    below a 0.5 share (`stages.scoring.label_of`, the ladder's solve mode with views)."""
+    forms = [signed_sum_views(e.prompt, 8) for e in rows]
+    outs = iter(generate(model, tok, [f for fs in forms for f in fs], 2, 0.5))
+    labels = [label_of([final_answer(t) for _ in fs for t in next(outs)], 0.5) for fs in forms]
+    return [None if lab.majority is None or lab.abstained else lab.majority for lab in labels]
+
+
+def right_answers(model, tok, rows, temperature, dedupe, label="checker"):
+    """(prompt, answer) for each of 8 samples of each row that the checker accepts, or that agrees with the model's
+    own views label (each distinct one once with `dedupe`)."""
     outs = generate(model, tok, [e.prompt for e in rows], 8, temperature)
+    labels = views_labels(model, tok, rows) if label == "views" else None
     pairs = []
-    for e, texts in zip(rows, outs):
-        ok = [t for t in texts if exact(e.prompt, t, e.answer)]
+    for i, (e, texts) in enumerate(zip(rows, outs)):
+        ok = [t for t in texts if (exact(e.prompt, t, e.answer) if labels is None else
+                                   labels[i] is not None and same_answer(final_answer(t), labels[i]))]
         pairs += [(e.prompt, t) for t in (sorted(set(ok)) if dedupe else ok)]
     return pairs
 
@@ -51,7 +68,8 @@ def online(model, tok, task, args, rng):
     kept, sampler = [], copy.deepcopy(model).eval() if args.sampler == "start" else model
     for _ in range(args.steps):
         model.eval()
-        pairs = right_answers(sampler, tok, rng.sample(task.train, args.prompts), args.temperature, args.dedupe)
+        pairs = right_answers(sampler, tok, rng.sample(task.train, args.prompts), args.temperature, args.dedupe,
+                              args.label)
         kept.append(len(pairs))
         model.train()
         opt.zero_grad(set_to_none=True)
@@ -74,6 +92,8 @@ def main():
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--temperature", type=float, default=0.5)
     ap.add_argument("--dedupe", action="store_true")
+    ap.add_argument("--label", choices=("checker", "views"), default="checker",
+                    help="which samples are right: the task's checker, or the sampler's own label (8 views x 2)")
     ap.add_argument("--sampler", choices=("current", "start"), default="current",
                     help="online: sample from the model being trained, or from a frozen copy of the start")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "filter_online.jsonl"))
@@ -83,7 +103,7 @@ def main():
     task, rng, t0 = level(args.level), random.Random(0), time.time()
     row = {**{k: v for k, v in vars(args).items() if k not in ("base", "out")}, "before": accuracy(model, tok, task)[0]}
     if args.mode == "offline":
-        pairs = right_answers(model, tok, rng.sample(task.train, 1024), args.temperature, True)
+        pairs = right_answers(model, tok, rng.sample(task.train, 1024), args.temperature, True, args.label)
         model.train()
         sft(model, tok, pairs, args.steps, args.lr, 0)
         model.eval()
