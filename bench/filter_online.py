@@ -11,7 +11,8 @@ on 512 held-out prompts after each way of training on the start's own right answ
   with the sampler's own label instead of the checker (it answers 8 reorderings of the prompt twice at T=0.5, the
   majority, no label below a 0.5 share: the demo's judge rule), so the start judges itself.
 Usage: python bench/filter_online.py --base DIR [--level 9] [--mode offline|online] [--prompts 16] [--lr 5e-4]
-       [--steps 60] [--temperature 0.5] [--dedupe] [--sampler current|start] [--label checker|views] [--out F]
+       [--steps 60] [--temperature 0.5] [--dedupe] [--sampler current|start] [--label checker|views] [--misses]
+       [--out F]
        (one JSON line per run, appended to --out)
 """
 import argparse
@@ -32,7 +33,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from distill_chain import accuracy, generate, level, sft  # noqa: E402
 from ladder.models.bootstrap import _backward  # noqa: E402
-from ladder.tasks.arithmetic import exact, final_answer  # noqa: E402
+from ladder.tasks.arithmetic import final_answer  # noqa: E402
 from stages.answers import same_answer  # noqa: E402
 from stages.scoring import label_of  # noqa: E402
 from stages.views import signed_sum_views  # noqa: E402
@@ -49,15 +50,27 @@ def views_labels(model, tok, rows):
     return [None if lab.majority is None or lab.abstained else lab.majority for lab in labels]
 
 
-def right_answers(model, tok, rows, temperature, dedupe, label="checker"):
+def greedy_finals(model, tok, prompts):
+    tok.padding_side = "left"
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        ids = model.generate(**enc, max_new_tokens=44, do_sample=False, pad_token_id=tok.pad_token_id,
+                             eos_token_id=tok.eos_token_id)
+    return [final_answer(t) for t in tok.batch_decode(ids[:, enc.input_ids.shape[1]:], skip_special_tokens=True)]
+
+
+def right_answers(model, tok, rows, temperature, dedupe, label="checker", misses=False):
     """(prompt, answer) for each of 8 samples of each row that the checker accepts, or that agrees with the model's
-    own views label (each distinct one once with `dedupe`)."""
+    own views label (each distinct one once with `dedupe`); with `misses`, of the rows whose greedy answer the
+    label (or the checker) does not accept only."""
     outs = generate(model, tok, [e.prompt for e in rows], 8, temperature)
-    labels = views_labels(model, tok, rows) if label == "views" else None
+    labels = views_labels(model, tok, rows) if label == "views" else [e.answer for e in rows]
+    if misses:
+        finals = greedy_finals(model, tok, [e.prompt for e in rows])
+        labels = [lab if lab is not None and not same_answer(f or "", lab) else None for f, lab in zip(finals, labels)]
     pairs = []
     for i, (e, texts) in enumerate(zip(rows, outs)):
-        ok = [t for t in texts if (exact(e.prompt, t, e.answer) if labels is None else
-                                   labels[i] is not None and same_answer(final_answer(t), labels[i]))]
+        ok = [t for t in texts if labels[i] is not None and same_answer(final_answer(t) or "", labels[i])]
         pairs += [(e.prompt, t) for t in (sorted(set(ok)) if dedupe else ok)]
     return pairs
 
@@ -69,7 +82,7 @@ def online(model, tok, task, args, rng):
     for _ in range(args.steps):
         model.eval()
         pairs = right_answers(sampler, tok, rng.sample(task.train, args.prompts), args.temperature, args.dedupe,
-                              args.label)
+                              args.label, args.misses)
         kept.append(len(pairs))
         model.train()
         opt.zero_grad(set_to_none=True)
@@ -94,6 +107,8 @@ def main():
     ap.add_argument("--dedupe", action="store_true")
     ap.add_argument("--label", choices=("checker", "views"), default="checker",
                     help="which samples are right: the task's checker, or the sampler's own label (8 views x 2)")
+    ap.add_argument("--misses", action="store_true", help="online: train only on prompts whose greedy answer "
+                    "the label (or the checker) does not accept")
     ap.add_argument("--sampler", choices=("current", "start"), default="current",
                     help="online: sample from the model being trained, or from a frozen copy of the start")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "filter_online.jsonl"))
