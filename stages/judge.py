@@ -207,8 +207,7 @@ class JudgePool:
         scored, keep, invalid = checked(raw, settings.fallback_score, settings.unreadable == "drop")
         scores, n_guided = scored.scores, 0
         if guide and scored.guides:
-            distill = bool(getattr(settings, "solve_distill", False))
-            batch, scores, keep, n_guided = guided(batch, scores, scored.guides, keep, distill)
+            batch, scores, keep, n_guided = guided(batch, scores, scored.guides, keep, settings.solve_distill)
         return JudgedBatch(batch, scores, scored.parse_failures, scored.judge_tokens, scored.examples,
                            keep, invalid, coverage(batch.group, scored.abstained), n_guided)
 
