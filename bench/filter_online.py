@@ -9,16 +9,20 @@ on 512 held-out prompts after each way of training on the start's own right answ
   with `--sampler start` the samples come from a frozen copy of the start instead (what `judge.solve_distill`
   gives a rung whose judge is its start, `init: previous`); with `--label views` a sample is right when it agrees
   with the sampler's own label instead of the checker (it answers 8 reorderings of the prompt twice at T=0.5, the
-  majority, no label below a 0.5 share: the demo's judge rule), so the start judges itself.
+  majority, no label below a 0.5 share: the demo's judge rule), so the start judges itself; with `--label facts` the
+  label is chained through the start's own table of one-step facts (every `a op b = c` its answers to 8 reorderings
+  x 2 of 1024 training prompts write, the most common result of each), the start judging itself step by step.
 Usage: python bench/filter_online.py --base DIR [--level 9] [--mode offline|online] [--prompts 16] [--lr 5e-4]
-       [--steps 60] [--temperature 0.5] [--dedupe] [--sampler current|start] [--label checker|views] [--misses]
+       [--steps 60] [--temperature 0.5] [--dedupe] [--sampler current|start] [--label checker|views|facts] [--misses]
        [--out F]
        (one JSON line per run, appended to --out)
 """
 import argparse
+import collections
 import copy
 import json
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -36,7 +40,7 @@ from ladder.models.bootstrap import _backward  # noqa: E402
 from ladder.tasks.arithmetic import final_answer  # noqa: E402
 from stages.answers import same_answer  # noqa: E402
 from stages.scoring import label_of  # noqa: E402
-from stages.views import signed_sum_views  # noqa: E402
+from stages.views import signed_sum_views, signed_terms  # noqa: E402
 
 torch.set_num_threads(2)
 
@@ -48,6 +52,34 @@ def views_labels(model, tok, rows):
     outs = iter(generate(model, tok, [f for fs in forms for f in fs], 2, 0.5))
     labels = [label_of([final_answer(t) for _ in fs for t in next(outs)], 0.5) for fs in forms]
     return [None if lab.majority is None or lab.abstained else lab.majority for lab in labels]
+
+
+STEP = re.compile(r"(\d+)([+-])(\d+)=(-?\d+)")  # a worked step, `12+7=19`
+
+
+def fact_table(model, tok, rows) -> dict:
+    """The model's own table of one-step facts: every `a op b = c` its answers to 8 reorderings x 2 samples at T=0.5
+    of `rows` write, the most common result of each (pooled over all the prompts, so a fact it gets right in most
+    of the places it writes it is right in the table)."""
+    forms = [f for e in rows for f in signed_sum_views(e.prompt, 8)]
+    votes = collections.defaultdict(collections.Counter)
+    for texts in generate(model, tok, forms, 2, 0.5):
+        for t in texts:
+            for a, op, b, c in STEP.findall(t.split("#")[0]):
+                votes[(int(a), op, int(b))][int(c)] += 1
+    return {fact: results.most_common(1)[0][0] for fact, results in votes.items()}
+
+
+def fact_labels(table, rows):
+    """Each row's label chained through the table from its first term (None where a step is not in it)."""
+    labels = []
+    for e in rows:
+        terms = signed_terms(re.match(r"Q:(.*)\nA:", e.prompt).group(1))
+        total = terms[0][1]
+        for op, n in terms[1:]:
+            total = None if total is None else table.get((total, op, n))
+        labels.append(None if total is None else str(total))
+    return labels
 
 
 def greedy_finals(model, tok, prompts):
@@ -64,7 +96,8 @@ def right_answers(model, tok, rows, temperature, dedupe, label="checker", misses
     own views label (each distinct one once with `dedupe`); with `misses`, of the rows whose greedy answer the
     label (or the checker) does not accept only."""
     outs = generate(model, tok, [e.prompt for e in rows], 8, temperature)
-    labels = views_labels(model, tok, rows) if label == "views" else [e.answer for e in rows]
+    labels = views_labels(model, tok, rows) if label == "views" else fact_labels(label, rows) \
+        if isinstance(label, dict) else [e.answer for e in rows]
     if misses:
         finals = greedy_finals(model, tok, [e.prompt for e in rows])
         labels = [lab if lab is not None and not same_answer(f or "", lab) else None for f, lab in zip(finals, labels)]
@@ -79,10 +112,11 @@ def online(model, tok, task, args, rng):
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
     kept, sampler = [], copy.deepcopy(model).eval() if args.sampler == "start" else model
+    label = fact_table(model, tok, rng.sample(task.train, 1024)) if args.label == "facts" else args.label
     for _ in range(args.steps):
         model.eval()
         pairs = right_answers(sampler, tok, rng.sample(task.train, args.prompts), args.temperature, args.dedupe,
-                              args.label, args.misses)
+                              label, args.misses)
         kept.append(len(pairs))
         model.train()
         opt.zero_grad(set_to_none=True)
@@ -105,8 +139,9 @@ def main():
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--temperature", type=float, default=0.5)
     ap.add_argument("--dedupe", action="store_true")
-    ap.add_argument("--label", choices=("checker", "views"), default="checker",
-                    help="which samples are right: the task's checker, or the sampler's own label (8 views x 2)")
+    ap.add_argument("--label", choices=("checker", "views", "facts"), default="checker",
+                    help="which samples are right: the task's checker, the sampler's own label (8 views x 2), or "
+                         "the start's own fact table (online: pooled from its answers to 1024 training prompts)")
     ap.add_argument("--misses", action="store_true", help="online: train only on prompts whose greedy answer "
                     "the label (or the checker) does not accept")
     ap.add_argument("--sampler", choices=("current", "start"), default="current",
