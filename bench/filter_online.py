@@ -14,6 +14,7 @@ on 512 held-out prompts after each way of training on the start's own right answ
   x 2 of 1024 training prompts write, the most common result of each), the start judging itself step by step.
 Usage: python bench/filter_online.py --base DIR [--level 9] [--mode offline|online] [--prompts 16] [--lr 5e-4]
        [--steps 60] [--temperature 0.5] [--dedupe] [--sampler current|start] [--label checker|views|facts] [--misses]
+       [--measure-labels]
        [--out F]
        (one JSON line per run, appended to --out)
 """
@@ -108,6 +109,19 @@ def right_answers(model, tok, rows, temperature, dedupe, label="checker", misses
     return pairs
 
 
+def label_accuracy(model, tok, task, rng) -> dict:
+    """The start's labels of 512 held-out prompts against the reference: views (share labelled, share right) and
+    facts (from a table pooled over 1024 training prompts), and where facts fixes the greedy answer."""
+    rows, table = task.eval[:512], fact_table(model, tok, rng.sample(task.train, 1024))
+    right = lambda labels: [lab is not None and same_answer(lab, e.answer) for lab, e in zip(labels, rows)]  # noqa: E731
+    views, facts = views_labels(model, tok, rows), fact_labels(table, rows)
+    greedy = right(greedy_finals(model, tok, [e.prompt for e in rows]))
+    share = lambda flags: round(sum(flags) / len(rows), 3)  # noqa: E731
+    return {"measure": "labels", "greedy": share(greedy), "views_labelled": share([v is not None for v in views]),
+            "views_right": share(right(views)), "facts_labelled": share([f is not None for f in facts]),
+            "facts_right": share(right(facts)), "facts_fix": share([f and not g for f, g in zip(right(facts), greedy)])}
+
+
 def online(model, tok, task, args, rng):
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
@@ -146,13 +160,17 @@ def main():
                     "the label (or the checker) does not accept")
     ap.add_argument("--sampler", choices=("current", "start"), default="current",
                     help="online: sample from the model being trained, or from a frozen copy of the start")
+    ap.add_argument("--measure-labels", action="store_true", help="no training: the start's views and facts "
+                    "labels of 512 held-out prompts, against the reference and its greedy answers")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "filter_online.jsonl"))
     args = ap.parse_args()
     tok = AutoTokenizer.from_pretrained(args.base)
     model = AutoModelForCausalLM.from_pretrained(args.base, dtype=torch.float32).eval()
     task, rng, t0 = level(args.level), random.Random(0), time.time()
     row = {**{k: v for k, v in vars(args).items() if k not in ("base", "out")}, "before": accuracy(model, tok, task)[0]}
-    if args.mode == "offline":
+    if args.measure_labels:
+        row = {"level": args.level, **label_accuracy(model, tok, task, rng)}
+    elif args.mode == "offline":
         pairs = right_answers(model, tok, rng.sample(task.train, 1024), args.temperature, True, args.label)
         model.train()
         sft(model, tok, pairs, args.steps, args.lr, 0)
@@ -160,8 +178,10 @@ def main():
         row["pairs"] = len(pairs)
     else:
         row.update(online(model, tok, task, args, rng))
-    row.update(after=accuracy(model, tok, task)[0], seconds=round(time.time() - t0))
-    row["gain_points"] = round(100 * (row["after"] - row["before"]), 1)
+    if not args.measure_labels:
+        row.update(after=accuracy(model, tok, task)[0])
+        row["gain_points"] = round(100 * (row["after"] - row["before"]), 1)
+    row["seconds"] = round(time.time() - t0)
     print(json.dumps(row), flush=True)
     with open(args.out, "a") as f:
         f.write(json.dumps(row) + "\n")
