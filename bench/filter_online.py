@@ -12,9 +12,12 @@ on 512 held-out prompts after each way of training on the start's own right answ
   majority, no label below a 0.5 share: the demo's judge rule), so the start judges itself; with `--label facts` the
   label is chained through the start's own table of one-step facts (every `a op b = c` its answers to 8 reorderings
   x 2 of 1024 training prompts write, the most common result of each), the start judging itself step by step.
+  `--compose` (offline) trains on the worked answers that table writes (each step the start's most common result)
+  instead of the start's samples; `--save DIR` keeps the student for the next round (`--base DIR`).
 Usage: python bench/filter_online.py --base DIR [--level 9] [--mode offline|online] [--prompts 16] [--lr 5e-4]
        [--steps 60] [--temperature 0.5] [--dedupe] [--sampler current|start] [--label checker|views|facts] [--misses]
-       [--measure-labels]
+       [--compose] [--measure-labels]
+       [--save DIR]
        [--out F]
        (one JSON line per run, appended to --out)
 """
@@ -81,6 +84,22 @@ def fact_labels(table, rows):
             total = None if total is None else table.get((total, op, n))
         labels.append(None if total is None else str(total))
     return labels
+
+
+def composed(table, rows) -> list:
+    """(prompt, worked answer) for each row the table covers: its steps written from the table's results, the
+    start's most common answer to each step, in the task's worked format (`4+1=5,5-5=0#0`)."""
+    pairs = []
+    for e in rows:
+        terms = signed_terms(re.match(r"Q:(.*)\nA:", e.prompt).group(1))
+        total, steps = terms[0][1], []
+        for op, n in terms[1:]:
+            new = None if total is None else table.get((total, op, n))
+            steps.append(f"{total}{op}{n}={new}")
+            total = new
+        if total is not None:
+            pairs.append((e.prompt, ",".join(steps) + f"#{total}"))
+    return pairs
 
 
 def greedy_finals(model, tok, prompts):
@@ -160,16 +179,26 @@ def main():
                     "the label (or the checker) does not accept")
     ap.add_argument("--sampler", choices=("current", "start"), default="current",
                     help="online: sample from the model being trained, or from a frozen copy of the start")
+    ap.add_argument("--compose", action="store_true", help="offline: train on worked answers written from the "
+                    "start's fact table (each step its most common result) instead of its samples")
     ap.add_argument("--measure-labels", action="store_true", help="no training: the start's views and facts "
                     "labels of 512 held-out prompts, against the reference and its greedy answers")
+    ap.add_argument("--save", help="save the trained model here (the next round's --base)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "filter_online.jsonl"))
     args = ap.parse_args()
     tok = AutoTokenizer.from_pretrained(args.base)
     model = AutoModelForCausalLM.from_pretrained(args.base, dtype=torch.float32).eval()
     task, rng, t0 = level(args.level), random.Random(0), time.time()
-    row = {**{k: v for k, v in vars(args).items() if k not in ("base", "out")}, "before": accuracy(model, tok, task)[0]}
+    row = {**{k: v for k, v in vars(args).items() if k not in ("base", "out", "save")}, "before": accuracy(model, tok, task)[0]}
     if args.measure_labels:
         row = {"level": args.level, **label_accuracy(model, tok, task, rng)}
+    elif args.mode == "offline" and args.compose:
+        rows = rng.sample(task.train, 1024)
+        pairs = composed(fact_table(model, tok, rows), rows)
+        model.train()
+        sft(model, tok, pairs, args.steps, args.lr, 0)
+        model.eval()
+        row["pairs"] = len(pairs)
     elif args.mode == "offline":
         pairs = right_answers(model, tok, rng.sample(task.train, 1024), args.temperature, True, args.label)
         model.train()
@@ -182,6 +211,9 @@ def main():
         row.update(after=accuracy(model, tok, task)[0])
         row["gain_points"] = round(100 * (row["after"] - row["before"]), 1)
     row["seconds"] = round(time.time() - t0)
+    if args.save:
+        model.save_pretrained(args.save)
+        tok.save_pretrained(args.save)
     print(json.dumps(row), flush=True)
     with open(args.out, "a") as f:
         f.write(json.dumps(row) + "\n")
