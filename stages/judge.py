@@ -182,7 +182,8 @@ class JudgePool:
     def __init__(self, workers: list, batch_size: int, verifier: Optional[Callable] = None,
                  respawn: Optional[Callable[[], object]] = None, cfg: Optional[JudgeConfig] = None,
                  max_replacements: Optional[int] = None, chat: Optional[Callable[[str], str]] = None,
-                 timeout_s: Optional[float] = None, views: Optional[Callable[[str, int], tuple[str, ...]]] = None):
+                 timeout_s: Optional[float] = None, views: Optional[Callable[[str, int], tuple[str, ...]]] = None,
+                 steps=None, step_prompts: tuple = ()):
         if not workers and verifier is None:
             raise JudgeError("a judge pool needs judge workers or a verifier")
         self.workers = list(workers)
@@ -197,6 +198,22 @@ class JudgePool:
         self.work_s = 0.0  # seconds the workers (or the verifier) spent scoring, summed over calls
         self.chat = chat or _plain  # a judge prompt as the judge model sees it (its chat template's user turn)
         self.views = views  # (prompt, k) -> up to k equivalent forms of it, the task's (solve mode's solve_views)
+        self.steps = steps  # the task's `stages.steps.StepRules` (solve mode's solve_steps)
+        self.step_prompts = tuple(step_prompts)  # the training prompts the judge's step table is learnt from
+        self._table = None
+
+    def step_table(self, settings, answer_pattern: str) -> dict:
+        """The judge's table of step results (`stages.steps`), learnt from `step_prompts` at the first call."""
+        if self._table is None:
+            from stages.scoring import solve_labels
+            from stages.steps import table_of
+
+            if self.steps is None:
+                raise ValueError(f"judge.solve_steps is {settings.solve_steps}, but this task gives no steps of its "
+                                 "answers")
+            _, written, _ = solve_labels(self, settings, self.step_prompts, answer_pattern)
+            self._table = table_of(self.steps.read(text) for outs in written for text, _ in outs)
+        return self._table
 
     def score(self, batch: RolloutBatch, guide: bool = False) -> JudgedBatch:
         """Rewards for a rollout batch; unreadable or out-of-range scores get the fallback or are dropped. `guide`

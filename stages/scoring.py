@@ -171,6 +171,13 @@ class SolveMode(ModeSettings):
                            "amplified answers instead of its own drifting ones (bench/filter_online.py, 0-9: the start's "
                            "answers the checker accepts +3.1 points where its own samples fell 9.4; those its own "
                            "label accepts +0.4; README, Distillation).")
+    solve_steps: int = Field(
+        0, ge=0, le=65536, description="Step votes (solve mode; a task that gives its answers' steps, such as the "
+                                       "built-in arithmetic): the judge answers this many training prompts once "
+                                       "(every view, solve_samples times), each step it wrote a vote; a prompt's "
+                                       "label is the answer composed from each step's most common result, and its "
+                                       "worked answer is what guidance and distillation train on (stages/steps.py). "
+                                       "0: the label is the majority of the judge's answers to the prompt.")
 
     @field_validator("solve_template")
     @classmethod
@@ -198,6 +205,11 @@ class Label:
     @property
     def readable(self) -> list[str]:
         return [a for a in self.answers if a is not None]
+
+    def composed(self, answer: Optional[str]) -> "Label":
+        """This label with the answer the judge's step table composed (`solve_steps`) as its majority; abstained
+        where none could be composed."""
+        return Label(self.answers, normalized(answer) if answer else None, self.share, not answer)
 
 
 def label_of(answers: Sequence[Optional[str]], min_share: float = 0.0) -> Label:
@@ -240,10 +252,13 @@ def score_solve(pool, cfg: SolveMode, pairs: Pairs, answer_pattern: str) -> Scor
     is marked `abstained` for each of its samples: their group takes no part in training."""
     prompts = list(dict.fromkeys(pairs.prompts))
     found, written, tokens = solve_labels(pool, cfg, prompts, answer_pattern)
-    labels = dict(zip(prompts, found))
+    table = pool.step_table(cfg, answer_pattern) if cfg.solve_steps else None
+    worked = {p: pool.steps.compose(p, table) for p in prompts} if cfg.solve_steps else {}
+    labels = {p: label.composed(extract(answer_pattern, worked[p]) if worked[p] else None) if cfg.solve_steps
+              else label for p, label in zip(prompts, found)}
     scores, unread = [], []
     for p, r in zip(pairs.prompts, pairs.responses):
-        judged = labels[p].readable
+        judged = ([labels[p].majority] if labels[p].majority else []) if cfg.solve_steps else labels[p].readable
         unread.append(not judged)
         scores.append(agreement(extract(answer_pattern, r), judged, cfg.solve_reward) if judged
                       else cfg.fallback_score)
@@ -251,7 +266,7 @@ def score_solve(pool, cfg: SolveMode, pairs: Pairs, answer_pattern: str) -> Scor
                       "label": labels[p].majority,
                       "label_share": round(labels[p].share, 3)} for p, outs in list(zip(prompts, written))[:4])
     abstained = tuple(labels[p].abstained for p in pairs.prompts)
-    guides = {p: guide_of(outs[:cfg.solve_samples], labels[p], answer_pattern)
+    guides = {p: worked[p] if cfg.solve_steps else guide_of(outs[:cfg.solve_samples], labels[p], answer_pattern)
               for p, outs in zip(prompts, written)} if cfg.solve_guide or cfg.solve_distill else {}
     return Scored(tuple(scores), sum(unread), tokens, examples, tuple(unread), abstained,
                   tuple(guides.get(p) for p in pairs.prompts) if guides else ())

@@ -3,6 +3,7 @@ workers and the judge pool (a verifier, or judge workers), their engine settings
 chat renderers and context lengths of the student and the judge."""
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -180,7 +181,15 @@ def build_judge_pool(spec, judge: ResolvedJudge, task: Task, seed: int, name_pre
                           lambda w: w.load_model.remote(judge.location, cfg), start, spec.resources.step_timeout_s)
     return JudgePool(workers, spec.judge_pool.batch_size, respawn=lambda: started(stages.start(start)), cfg=cfg,
                      max_replacements=spec.worker_replacements, chat=chat.user,
-                     timeout_s=spec.resources.step_timeout_s, views=task.views)
+                     timeout_s=spec.resources.step_timeout_s, views=task.views, steps=task.steps,
+                     step_prompts=step_prompts(task, cfg.settings, seed))
+
+
+def step_prompts(task: Task, settings, seed: int) -> tuple[str, ...]:
+    """The training prompts the judge's step table is learnt from (`judge.solve_steps` of them, drawn by the seed);
+    none when the table is not asked for."""
+    n = getattr(settings, "solve_steps", 0)
+    return tuple(e.prompt for e in random.Random(seed).sample(task.train, min(n, len(task.train)))) if n else ()
 
 
 def verifier_pool(spec, verifier, name_prefix: Optional[str], stages):

@@ -50,9 +50,11 @@ def build(terms: int, max_operand: int, train_size: int, eval_size: int, seed: i
         elif ex.prompt not in seen and len(eval_rows) < eval_size:
             seen.add(ex.prompt)
             eval_rows.append(ex)
+    from stages.steps import SIGNED_SUM_STEPS
     from stages.views import signed_sum_views
 
-    return Task("arithmetic", tuple(train_rows), tuple(eval_rows), verify, corrupt, views=signed_sum_views)
+    return Task("arithmetic", tuple(train_rows), tuple(eval_rows), verify, corrupt, views=signed_sum_views,
+                steps=SIGNED_SUM_STEPS)
 
 
 def final_answer(response: str) -> Optional[str]:

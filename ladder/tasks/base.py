@@ -61,6 +61,7 @@ class Task:
     answer_pattern: str = DEFAULT_ANSWER_PATTERN  # preset or regex; its first group is a response's final answer
     checker_accuracy: bool = False     # accuracy counts checker scores of 1 (a scorer that knows more than a reference)
     views: Optional[Callable[[str, int], tuple[str, ...]]] = None  # (prompt, k) -> up to k equivalent forms of it
+    steps: Optional[object] = None     # `stages.steps.StepRules`: the steps its answers are worked in (solve_steps)
 
     @cached_property
     def has_answers(self) -> bool:

@@ -163,7 +163,8 @@ class DataChanged(ValueError):
 
 
 class NoViews(ValueError):
-    """`judge.solve_views` asked of a task that gives no equivalent forms of its prompts (one line)."""
+    """`judge.solve_views` (or `solve_steps`) asked of a task that gives no equivalent forms of its prompts (no
+    steps of its answers) (one line)."""
 
 
 class MissingAnswers(ValueError):
@@ -191,6 +192,10 @@ def check_tasks(spec, gate: bool) -> None:
             raise NoViews(f"judge.solve_views: {rspec.judge.solve_views} views asked of task "
                                  f"{rspec.task_label()} (rung {k}), which gives no equivalent forms of its prompts "
                                  f"(the built-in arithmetic task does); set judge.solve_views: 1")
+        if by_model and rspec.judge.mode == "solve" and rspec.judge.solve_steps and task.steps is None:
+            raise NoViews(f"judge.solve_steps: {rspec.judge.solve_steps} asked of task {rspec.task_label()} (rung "
+                          f"{k}), which gives no steps of its answers (the built-in arithmetic task does); set "
+                          "judge.solve_steps: 0")
         if task.has_answers:
             continue
         field = getattr(rspec.task.source, "answer_field", "answer")

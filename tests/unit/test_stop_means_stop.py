@@ -47,7 +47,7 @@ def test_stop_now_kills_the_gate_workers_and_no_judge_replacement_starts(ray_loc
                         ray_local.remote(num_cpus=0)(Worker).remote())
     stages = StageSet()
     pool = build_judge_pool(judge_spec(), ResolvedJudge("model", "models:/s/1", "candidate"),
-                            SimpleNamespace(answer_pattern=None, views=None), 0, "s.job", stages)
+                            SimpleNamespace(answer_pattern=None, views=None, steps=None), 0, "s.job", stages)
     assert len(spawned) == 2 and pool.map("score", [1, 2, 3]) == [0.5] * 3
     workers = list(pool.workers)
     stages.guard.kill_started()  # what the controller's `stop(now=True)` does: the workers are known before

@@ -1,0 +1,86 @@
+"""Step votes (`judge.solve_steps`): the judge's label composed from its most common result for each step, pooled
+over its answers to a set of training prompts, and the worked answer it composes as what distillation trains on."""
+import json
+
+import pytest
+from test_label_rules import ScriptedPool, rollout  # tests/unit
+
+from stages.scoring import SolveMode
+from stages.steps import SIGNED_SUM_STEPS, signed_sum_compose, signed_sum_steps, table_of
+
+HARD = "Q:4+1-5+3\nA:"  # its worked answer: 4+1=5,5-5=0,0+3=3#3
+GAP = "Q:9+9-1+2\nA:"   # 9+9 is a step the judge never wrote
+
+
+class WorkingPool(ScriptedPool):
+    """A judge that writes the worked answers in `script` for each input text (cycled to `n`), no engine."""
+
+    def map(self, method, items, n, max_tokens, temperature):
+        assert method == "write"
+        self.asked += items
+        return [[(self.script[t][i % len(self.script[t])], 9) for i in range(n)] for t in items]
+
+
+# the training prompts the table is learnt from: each step of HARD is written right in most of the places it is
+# written (5-5=1 once), and HARD's own answers are wrong in their majority (the judge slips on it there)
+SCRIPT = {
+    "Q:4+1+2+0\nA:": ["4+1=5,5+2=7,7+0=7#7"],
+    "Q:5-5+1+1\nA:": ["5-5=0,0+1=1,1+1=2#2", "5-5=1,1+1=2,2+1=3#3"],
+    "Q:6-5+0+3\nA:": ["6-5=1,1+0=1,1+3=4#4"],
+    "Q:2+1-3+3\nA:": ["2+1=3,3-3=0,0+3=3#3"],
+    "Q:3+2-5+3\nA:": ["3+2=5,5-5=0,0+3=3#3"],
+    HARD: ["4+1=5,5-5=1,1+3=4#4", "4+1=5,5-5=1,1+3=4#4", "4+1=5,5-5=0,0+3=3#3", "4+1=6,6-5=1,1+3=4#4"],
+    GAP: ["9+9=17,17-1=16,16+2=18#18"],
+}
+TRAINING = tuple(p for p in SCRIPT if p not in (HARD, GAP))
+
+
+def pool(**settings) -> WorkingPool:
+    cfg = SolveMode(solve_samples=4, solve_reward="majority", solve_steps=len(TRAINING), **settings)
+    judge = WorkingPool(SCRIPT, cfg)
+    judge.steps, judge.step_prompts = SIGNED_SUM_STEPS, TRAINING
+    return judge
+
+
+def test_a_step_the_judge_writes_right_in_most_places_is_right_in_its_table_and_composes_the_answer():
+    texts = [signed_sum_steps(t) for p in TRAINING for t in SCRIPT[p]]
+    table = table_of(texts)
+    assert table[(5, "-", 5)] == "0"  # written 0 three times and 1 once (each prompt's answers count as written)
+    assert signed_sum_compose(HARD, table) == "4+1=5,5-5=0,0+3=3#3"
+    assert signed_sum_compose(GAP, table) is None  # a step missing from the table: no answer
+    assert signed_sum_steps("12+7=19,19-3=16#16") == [((12, "+", 7), "19"), ((19, "-", 3), "16")]
+
+
+def test_the_label_is_the_composed_answer_where_the_judges_own_majority_is_wrong():
+    judge = pool()
+    judged = judge.score(rollout([(HARD, ["#3", "#4"]), (GAP, ["#18", "#17"])]))
+    assert judged.scores[:2] == (1.0, 0.0)  # the composed 3, not the judge's majority 4 for this prompt
+    assert judged.trainable[2:] == (False, False)  # no composed answer: abstained, no learning signal
+    assert len(judge.asked) == len(TRAINING) * 1 + 2  # the table learnt once from its prompts, then each prompt
+    judge.score(rollout([(HARD, ["#3", "#3"])]))
+    assert len(judge.asked) == len(TRAINING) + 3  # not learnt again
+    plain = ScriptedPool(SCRIPT, SolveMode(solve_samples=4, solve_reward="majority"))
+    plain.map = WorkingPool.map.__get__(plain)
+    assert plain.score(rollout([(HARD, ["#3", "#4"])])).scores == (0.0, 1.0)  # without step votes: the majority
+
+
+def test_distillation_trains_on_the_composed_worked_answer():
+    judged = pool(solve_distill=True).score(rollout([(HARD, ["#4", "#4"]), (GAP, ["#18", "#17"])]), guide=True)
+    assert judged.guided == 1 and judged.trainable == (False, True, False, False)
+    assert judged.rollout.samples[1].completion_text == "4+1=5,5-5=0,0+3=3#3" and judged.scores[1] == 1.0
+
+
+def test_step_votes_asked_of_a_task_without_steps_are_refused_in_one_line(tmp_path):
+    from ladder.spec import parse_spec
+    from ladder.tasks.sets import NoViews, check_tasks
+
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"Q:{i}+1\nA:", "answer": i + 1}) + "\n" for i in range(40)))
+    spec = lambda source, n: parse_spec({  # noqa: E731
+        "name": "steps", "rungs": 2, "student": {"base": "m"},
+        "judge": {"initial": {"kind": "task"}, "mode": "solve", "solve_steps": n},
+        "task": {"source": {"kind": "builtin", "name": "arithmetic"}, "eval_size": 8},
+        "schedule": [{"rung": 2, "task": source}]})
+    with pytest.raises(NoViews, match=r"^judge.solve_steps: 64 asked of task .*rung 2.*set judge.solve_steps: 0$"):
+        check_tasks(spec({"kind": "jsonl", "path": str(path)}, 64), gate=True)
+    check_tasks(spec({"kind": "builtin", "name": "arithmetic", "max_operand": 7}, 64), gate=True)
