@@ -181,6 +181,8 @@ def main():
                     help="online: sample from the model being trained, or from a frozen copy of the start")
     ap.add_argument("--compose", action="store_true", help="offline: train on worked answers written from the "
                     "start's fact table (each step its most common result) instead of its samples")
+    ap.add_argument("--offline-prompts", type=int, default=1024, help="offline --compose: training prompts "
+                    "(the table is learnt from them too)")
     ap.add_argument("--measure-labels", action="store_true", help="no training: the start's views and facts "
                     "labels of 512 held-out prompts, against the reference and its greedy answers")
     ap.add_argument("--save", help="save the trained model here (the next round's --base)")
@@ -193,7 +195,7 @@ def main():
     if args.measure_labels:
         row = {"level": args.level, **label_accuracy(model, tok, task, rng)}
     elif args.mode == "offline" and args.compose:
-        rows = rng.sample(task.train, 1024)
+        rows = rng.sample(task.train, args.offline_prompts)
         pairs = composed(fact_table(model, tok, rows), rows)
         model.train()
         sft(model, tok, pairs, args.steps, args.lr, 0)

@@ -172,12 +172,11 @@ class SolveMode(ModeSettings):
                            "answers the checker accepts +3.1 points where its own samples fell 9.4; those its own "
                            "label accepts +0.4; README, Distillation).")
     solve_steps: int = Field(
-        0, ge=0, le=65536, description="Step votes (solve mode; a task that gives its answers' steps, such as the "
+        0, ge=0, le=65536, description="Step votes (solve mode; a task that gives its answers' steps, as the "
                                        "built-in arithmetic): the judge answers this many training prompts once "
-                                       "(every view, solve_samples times), each step it wrote a vote; a prompt's "
-                                       "label is the answer composed from each step's most common result, and its "
-                                       "worked answer is what guidance and distillation train on (stages/steps.py). "
-                                       "0: the label is the majority of the judge's answers to the prompt.")
+                                       "(every view, solve_samples times), each step it wrote a vote; a prompt's label "
+                                       "is the answer composed from each step's most common result, its worked "
+                                       "answer what guidance and distillation train on (stages/steps.py). 0: off.")
 
     @field_validator("solve_template")
     @classmethod
@@ -251,11 +250,15 @@ def score_solve(pool, cfg: SolveMode, pairs: Pairs, answer_pattern: str) -> Scor
     agrees with (`share`) or 1 for agreeing with the judge's majority (`majority`). A prompt the judge abstains on
     is marked `abstained` for each of its samples: their group takes no part in training."""
     prompts = list(dict.fromkeys(pairs.prompts))
-    found, written, tokens = solve_labels(pool, cfg, prompts, answer_pattern)
-    table = pool.step_table(cfg, answer_pattern) if cfg.solve_steps else None
-    worked = {p: pool.steps.compose(p, table) for p in prompts} if cfg.solve_steps else {}
-    labels = {p: label.composed(extract(answer_pattern, worked[p]) if worked[p] else None) if cfg.solve_steps
-              else label for p, label in zip(prompts, found)}
+    if cfg.solve_steps:  # the judge's step table is its answer: it writes nothing more for each prompt
+        table = pool.step_table(cfg, answer_pattern)
+        worked = {p: pool.steps.compose(p, table) for p in prompts}
+        found = [Label((), None, 0.0, False).composed(worked[p] and extract(answer_pattern, worked[p]))
+                 for p in prompts]
+        written, tokens = [[] for _ in prompts], 0
+    else:
+        (found, written, tokens), worked = solve_labels(pool, cfg, prompts, answer_pattern), {}
+    labels = dict(zip(prompts, found))
     scores, unread = [], []
     for p, r in zip(pairs.prompts, pairs.responses):
         judged = ([labels[p].majority] if labels[p].majority else []) if cfg.solve_steps else labels[p].readable

@@ -56,9 +56,9 @@ def test_the_label_is_the_composed_answer_where_the_judges_own_majority_is_wrong
     judged = judge.score(rollout([(HARD, ["#3", "#4"]), (GAP, ["#18", "#17"])]))
     assert judged.scores[:2] == (1.0, 0.0)  # the composed 3, not the judge's majority 4 for this prompt
     assert judged.trainable[2:] == (False, False)  # no composed answer: abstained, no learning signal
-    assert len(judge.asked) == len(TRAINING) * 1 + 2  # the table learnt once from its prompts, then each prompt
+    assert judge.asked == list(TRAINING)  # the table learnt from its prompts; nothing more written per prompt
     judge.score(rollout([(HARD, ["#3", "#3"])]))
-    assert len(judge.asked) == len(TRAINING) + 3  # not learnt again
+    assert judge.asked == list(TRAINING)  # not learnt again
     plain = ScriptedPool(SCRIPT, SolveMode(solve_samples=4, solve_reward="majority"))
     plain.map = WorkingPool.map.__get__(plain)
     assert plain.score(rollout([(HARD, ["#3", "#4"])])).scores == (0.0, 1.0)  # without step votes: the majority
