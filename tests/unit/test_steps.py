@@ -84,3 +84,16 @@ def test_step_votes_asked_of_a_task_without_steps_are_refused_in_one_line(tmp_pa
     with pytest.raises(NoViews, match=r"^judge.solve_steps: 64 asked of task .*rung 2.*set judge.solve_steps: 0$"):
         check_tasks(spec({"kind": "jsonl", "path": str(path)}, 64), gate=True)
     check_tasks(spec({"kind": "builtin", "name": "arithmetic", "max_operand": 7}, 64), gate=True)
+
+
+def test_the_table_is_learnt_from_training_prompts_drawn_by_the_seed_and_only_when_asked():
+    from ladder.rung.roles import step_prompts
+    from ladder.tasks.arithmetic import build
+
+    task = build(4, 9, 200, 16, 0)
+    drawn = step_prompts(task, SolveMode(solve_steps=64), seed=3)
+    assert len(drawn) == 64 and set(drawn) <= {e.prompt for e in task.train}
+    assert not set(drawn) & {e.prompt for e in task.eval}  # never a held-out prompt
+    assert step_prompts(task, SolveMode(solve_steps=64), seed=3) == drawn != step_prompts(task, SolveMode(
+        solve_steps=64), seed=4)
+    assert step_prompts(task, SolveMode(), seed=3) == () and task.steps is SIGNED_SUM_STEPS
