@@ -22,11 +22,9 @@ Usage: python bench/filter_online.py --base DIR [--level 9] [--mode offline|onli
        (one JSON line per run, appended to --out)
 """
 import argparse
-import collections
 import copy
 import json
 import random
-import re
 import sys
 import time
 from pathlib import Path
@@ -44,7 +42,8 @@ from ladder.models.bootstrap import _backward  # noqa: E402
 from ladder.tasks.arithmetic import final_answer  # noqa: E402
 from stages.answers import same_answer  # noqa: E402
 from stages.scoring import label_of  # noqa: E402
-from stages.views import signed_sum_views, signed_terms  # noqa: E402
+from stages.steps import signed_sum_compose, signed_sum_steps, table_of  # noqa: E402
+from stages.views import signed_sum_views  # noqa: E402
 
 torch.set_num_threads(2)
 
@@ -58,48 +57,23 @@ def views_labels(model, tok, rows):
     return [None if lab.majority is None or lab.abstained else lab.majority for lab in labels]
 
 
-STEP = re.compile(r"(\d+)([+-])(\d+)=(-?\d+)")  # a worked step, `12+7=19`
-
-
 def fact_table(model, tok, rows) -> dict:
-    """The model's own table of one-step facts: every `a op b = c` its answers to 8 reorderings x 2 samples at T=0.5
-    of `rows` write, the most common result of each (pooled over all the prompts, so a fact it gets right in most
-    of the places it writes it is right in the table)."""
+    """The model's own table of one-step facts (`stages.steps`, the ladder's `judge.solve_steps`): every `a op b = c`
+    its answers to 8 reorderings x 2 samples at T=0.5 of `rows` write, the most common result of each (pooled over
+    all the prompts, so a fact it gets right in most of the places it writes it is right in the table)."""
     forms = [f for e in rows for f in signed_sum_views(e.prompt, 8)]
-    votes = collections.defaultdict(collections.Counter)
-    for texts in generate(model, tok, forms, 2, 0.5):
-        for t in texts:
-            for a, op, b, c in STEP.findall(t.split("#")[0]):
-                votes[(int(a), op, int(b))][int(c)] += 1
-    return {fact: results.most_common(1)[0][0] for fact, results in votes.items()}
+    return table_of(signed_sum_steps(t) for texts in generate(model, tok, forms, 2, 0.5) for t in texts)
 
 
 def fact_labels(table, rows):
     """Each row's label chained through the table from its first term (None where a step is not in it)."""
-    labels = []
-    for e in rows:
-        terms = signed_terms(re.match(r"Q:(.*)\nA:", e.prompt).group(1))
-        total = terms[0][1]
-        for op, n in terms[1:]:
-            total = None if total is None else table.get((total, op, n))
-        labels.append(None if total is None else str(total))
-    return labels
+    return [final_answer(w) if (w := signed_sum_compose(e.prompt, table)) else None for e in rows]
 
 
 def composed(table, rows) -> list:
     """(prompt, worked answer) for each row the table covers: its steps written from the table's results, the
     start's most common answer to each step, in the task's worked format (`4+1=5,5-5=0#0`)."""
-    pairs = []
-    for e in rows:
-        terms = signed_terms(re.match(r"Q:(.*)\nA:", e.prompt).group(1))
-        total, steps = terms[0][1], []
-        for op, n in terms[1:]:
-            new = None if total is None else table.get((total, op, n))
-            steps.append(f"{total}{op}{n}={new}")
-            total = new
-        if total is not None:
-            pairs.append((e.prompt, ",".join(steps) + f"#{total}"))
-    return pairs
+    return [(e.prompt, w) for e in rows if (w := signed_sum_compose(e.prompt, table))]
 
 
 def greedy_finals(model, tok, prompts):
@@ -132,7 +106,10 @@ def label_accuracy(model, tok, task, rng) -> dict:
     """The start's labels of 512 held-out prompts against the reference: views (share labelled, share right) and
     facts (from a table pooled over 1024 training prompts), and where facts fixes the greedy answer."""
     rows, table = task.eval[:512], fact_table(model, tok, rng.sample(task.train, 1024))
-    right = lambda labels: [lab is not None and same_answer(lab, e.answer) for lab, e in zip(labels, rows)]  # noqa: E731
+
+    def right(labels):
+        return [lab is not None and same_answer(lab, e.answer) for lab, e in zip(labels, rows)]
+
     views, facts = views_labels(model, tok, rows), fact_labels(table, rows)
     greedy = right(greedy_finals(model, tok, [e.prompt for e in rows]))
     share = lambda flags: round(sum(flags) / len(rows), 3)  # noqa: E731
@@ -191,7 +168,8 @@ def main():
     tok = AutoTokenizer.from_pretrained(args.base)
     model = AutoModelForCausalLM.from_pretrained(args.base, dtype=torch.float32).eval()
     task, rng, t0 = level(args.level), random.Random(0), time.time()
-    row = {**{k: v for k, v in vars(args).items() if k not in ("base", "out", "save")}, "before": accuracy(model, tok, task)[0]}
+    row = {**{k: v for k, v in vars(args).items() if k not in ("base", "out", "save")},
+           "before": accuracy(model, tok, task)[0]}
     if args.measure_labels:
         row = {"level": args.level, **label_accuracy(model, tok, task, rng)}
     elif args.mode == "offline" and args.compose:

@@ -205,11 +205,6 @@ class Label:
     def readable(self) -> list[str]:
         return [a for a in self.answers if a is not None]
 
-    def composed(self, answer: Optional[str]) -> "Label":
-        """This label with the answer the judge's step table composed (`solve_steps`) as its majority; abstained
-        where none could be composed."""
-        return Label(self.answers, normalized(answer) if answer else None, self.share, not answer)
-
 
 def label_of(answers: Sequence[Optional[str]], min_share: float = 0.0) -> Label:
     """The label of a prompt the judge answered with `answers`: their majority, its share and whether the judge
@@ -253,15 +248,15 @@ def score_solve(pool, cfg: SolveMode, pairs: Pairs, answer_pattern: str) -> Scor
     if cfg.solve_steps:  # the judge's step table is its answer: it writes nothing more for each prompt
         table = pool.step_table(cfg, answer_pattern)
         worked = {p: pool.steps.compose(p, table) for p in prompts}
-        found = [Label((), None, 0.0, False).composed(worked[p] and extract(answer_pattern, worked[p]))
-                 for p in prompts]
+        composed = [worked[p] and extract(answer_pattern, worked[p]) for p in prompts]  # abstained where none
+        found = [Label((a,), normalized(a) if a else None, float(bool(a)), not a) for a in composed]
         written, tokens = [[] for _ in prompts], 0
     else:
         (found, written, tokens), worked = solve_labels(pool, cfg, prompts, answer_pattern), {}
     labels = dict(zip(prompts, found))
     scores, unread = [], []
     for p, r in zip(pairs.prompts, pairs.responses):
-        judged = ([labels[p].majority] if labels[p].majority else []) if cfg.solve_steps else labels[p].readable
+        judged = labels[p].readable
         unread.append(not judged)
         scores.append(agreement(extract(answer_pattern, r), judged, cfg.solve_reward) if judged
                       else cfg.fallback_score)

@@ -18,6 +18,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from stages.views import SUM, signed_terms
+
 Step = tuple  # a task's key of one step, e.g. (12, '+', 7)
 Table = dict  # step -> its most common result (text)
 
@@ -39,7 +41,6 @@ def table_of(texts) -> Table:
 
 # The built-in arithmetic task's steps: `Q:4+1-5+3\nA:` worked as `4+1=5,5-5=0,0+3=3#3` -------------------------
 SUM_STEP = re.compile(r"(\d+)([+-])(\d+)=(-?\d+)")
-SUM_PROMPT = re.compile(r"Q:(\d+(?:[+-]\d+)+)\nA:")
 
 
 def signed_sum_steps(response: str) -> list[tuple[Step, str]]:
@@ -48,13 +49,13 @@ def signed_sum_steps(response: str) -> list[tuple[Step, str]]:
 
 def signed_sum_compose(prompt: str, table: Table) -> Optional[str]:
     """`4+1=5,5-5=0,0+3=3#3` from the table's results for each step of the prompt's sum, in order."""
-    m = SUM_PROMPT.fullmatch(prompt)
-    if not m:
+    sums = SUM.findall(prompt)
+    if len(sums) != 1:
         return None
-    tokens = re.findall(r"[+-]|\d+", m.group(1))
-    total, steps = tokens[0], []
-    for op, n in zip(tokens[1::2], tokens[2::2]):
-        result = table.get((int(total), op, int(n))) if re.fullmatch(r"\d+", total) else None
+    terms = signed_terms(sums[0])
+    total, steps = str(terms[0][1]), []
+    for op, n in terms[1:]:
+        result = table.get((int(total), op, n))
         if result is None:
             return None
         steps.append(f"{total}{op}{n}={result}")
