@@ -352,8 +352,9 @@ def train_steps(rung: Rung, first: int, last: int, should_stop: Callable[[], boo
     spec = rung.spec
     approvals: list[float] = []
     skipped = 0
+    fixed_label = spec.judge.mode == "solve" and bool(spec.judge.solve_steps)  # step votes: learnt once, then fixed
     guard = CollapseGuard(spec.guard.tolerance, spec.guard.window, spec.guard.consistency_rise,
-                          spec.guard.consistency_drop) if spec.guard.enabled else None
+                          spec.guard.consistency_drop, rewards=not fixed_label) if spec.guard.enabled else None
     if guard is not None:
         guard.after_eval(rung.last_accuracy())
         rung.keep_best()

@@ -16,11 +16,16 @@ class CollapseGuard:
     """`after_eval(accuracy)` says whether the weights are the best so far ("best") or have collapsed
     ("collapse"); `after_step(metrics)` watches the mean reward accuracy over `window` steps, and the mean answer
     consistency beside it: it fires when consistency rose `consistency_rise` above its level at the best reward
-    accuracy while reward accuracy fell `consistency_drop` below that best. `reason` says why."""
+    accuracy while reward accuracy fell `consistency_drop` below that best. `reason` says why.
+
+    `rewards=False` (a judge whose label of a prompt is fixed before the rung, as step votes are) watches held-out
+    accuracy alone: a fixed label cannot drift with the student, and reward accuracy then falls toward the label's
+    own accuracy as the student learns it (it agrees with the label's errors too), which is the rung working."""
     tolerance: float
     window: int
     consistency_rise: float = 1.0
     consistency_drop: float = 1.0
+    rewards: bool = True
     best_accuracy: Optional[float] = None
     best_reward_accuracy: Optional[float] = None
     consistency_at_best: Optional[float] = None
@@ -45,7 +50,7 @@ class CollapseGuard:
         fell `consistency_drop` below it while the mean answer consistency rose `consistency_rise` above its level
         at that best."""
         value = metrics.get("judge/reward_accuracy")
-        if value is None:
+        if value is None or not self.rewards:
             return False
         self.reward_accuracies.append(value)
         self.consistencies.append(metrics.get("rollout/answer_consistency", 0.0))

@@ -33,7 +33,9 @@ class GuardSpec(Strict):
     """Self-judged training can rise and then collapse into consistent wrong answers: where the task has answers,
     a rung that falls from its best stops early and keeps its best weights as the candidate."""
     enabled: bool = Field(False, description="Stop a rung early when held-out accuracy or reward accuracy falls "
-                                             "from its best by more than `tolerance`.")
+                                             "from its best by more than `tolerance` (held-out accuracy alone "
+                                             "under step votes, whose fixed label a learning student agrees with "
+                                             "on its errors too).")
     tolerance: float = Field(0.1, gt=0, le=1, description="How far held-out accuracy (at an evaluation) or the mean "
                                                           "reward accuracy over `window` steps may fall below its "
                                                           "best in the rung.")

@@ -107,3 +107,29 @@ def test_the_step_loop_stops_a_collapsing_rung_and_puts_its_best_weights_back():
     off = parse_spec({**spec.model_dump(mode="json"), "guard": {"enabled": False}})
     rung = _Rung(off, [0.4, 0.7, 0.65, 0.5, 0.2, 0.1, 0.1, 0.1, 0.1, 0.1])
     assert train_steps(rung, 1, 20, lambda: False, lambda s, m: None) == "steps" and rung.restored is None
+
+
+class _LearningALabel(_Rung):
+    """A rung whose held-out accuracy holds while its reward accuracy falls: the student learning a fixed label
+    agrees with the label's errors too."""
+
+    def step(self, prefetch=True):
+        self.weights += 1
+        return {"judge/approval": 0.5, "judge/reward_accuracy": max(0.9 - 0.05 * self.weights, 0.4)}
+
+
+def test_a_fixed_label_is_guarded_by_held_out_accuracy_alone():
+    base = {"name": "x", "student": {"base": "m"}, "task": {"source": {"kind": "builtin"}},
+            "train": {"steps": 12}, "eval": {"every": 4}, "guard": {"enabled": True, "tolerance": 0.1, "window": 2}}
+    steps = parse_spec({**base, "judge": {"initial": {"kind": "model", "path": "m"}, "mode": "solve",
+                                          "solve_steps": 64}})
+    rung = _LearningALabel(steps, [0.5, 0.52, 0.55])
+    assert train_steps(rung, 1, 12, lambda: False, lambda s, m: None) == "steps" and rung.restored is None
+    # the same rewards from a judge that labels as it goes (its majority of each prompt's samples): a collapse
+    majority = parse_spec({**base, "judge": {"initial": {"kind": "model", "path": "m"}, "mode": "solve"}})
+    rung = _LearningALabel(majority, [0.5, 0.52, 0.55])
+    assert train_steps(rung, 1, 12, lambda: False, lambda s, m: None) == "collapse"
+    assert rung.ended_why.startswith("collapse guard: reward accuracy")
+    # a fixed label still stops a rung whose held-out accuracy falls
+    rung = _LearningALabel(steps, [0.5, 0.3, 0.3])
+    assert train_steps(rung, 1, 12, lambda: False, lambda s, m: None) == "collapse" and rung.restored == 4
