@@ -35,6 +35,10 @@ class RungSchedule(Strict):
     train: Optional[dict] = Field(
         None, description="Trainer fields to change from this rung on (e.g. {lr: 1.0e-4, kl_coef: 0.05}); "
                           "the rest stay as in `train`.")
+    rollout: Optional[dict] = Field(
+        None, description="Sampling fields to change from this rung on: `group_size`, `temperature` (e.g. "
+                          "{group_size: 2} where the student trains on its judge's answers and its own samples only "
+                          "measure it); the engines are the ladder's, so nothing else of `rollout` changes.")
 
 
 class LadderSpec(Strict):
@@ -100,6 +104,8 @@ class LadderSpec(Strict):
                     TrainSpec.model_validate({**self.train.model_dump(), **entry.train})
                 except ValidationError as err:
                     raise ValueError(f"schedule (rung {entry.rung}): " + format_validation_error(err, "train")) from None
+            if entry.rollout:
+                rollout_override(self.rollout, entry)
         first = 2 if self.judge.initial.kind in ("verifier", "task") else 1  # a checker writes no answers to learn
         for k in sorted(k for k in {first, *firsts} if first <= k <= self.rungs):
             rung = self.for_rung(k)
@@ -121,6 +127,8 @@ class LadderSpec(Strict):
             if entry.train:
                 train = TrainSpec.model_validate({**spec.train.model_dump(), **entry.train})
                 spec = spec.model_copy(update={"train": train})
+            if entry.rollout:
+                spec = spec.model_copy(update={"rollout": rollout_override(spec.rollout, entry)})
         return spec
 
     def task_label(self) -> str:
@@ -180,3 +188,18 @@ def load_spec(path: str | Path) -> LadderSpec:
 
 def json_schema() -> dict:
     return LadderSpec.model_json_schema()
+
+
+SAMPLING = ("group_size", "temperature")  # what a rung may change of the ladder's rollout: its engines stay
+
+
+def rollout_override(rollout: RolloutSpec, entry: RungSchedule) -> RolloutSpec:
+    """`rollout` with a schedule entry's sampling fields applied; any other field is refused in one line."""
+    other = sorted(set(entry.rollout) - set(SAMPLING))
+    if other:
+        raise ValueError(f"schedule (rung {entry.rung}): rollout.{other[0]} cannot change between rungs (the "
+                         f"engines are the ladder's); a rung may change {' and '.join(SAMPLING)}")
+    try:
+        return RolloutSpec.model_validate({**rollout.model_dump(), **entry.rollout})
+    except ValidationError as err:
+        raise ValueError(f"schedule (rung {entry.rung}): " + format_validation_error(err, "rollout")) from None

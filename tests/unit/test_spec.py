@@ -165,3 +165,16 @@ def test_distillation_from_the_judge_needs_the_filter_advantage_in_every_rung_it
                                     "mode": "solve", "solve_distill": True})
     checker["schedule"] = [{"rung": 2, "train": {"advantage": "filter"}}]
     assert parse_spec(checker).train.advantage == "group"  # rung 1's checker writes no answers: GRPO stays
+
+
+def test_a_schedule_changes_a_rungs_sampling_and_nothing_else_of_the_rollout():
+    spec = {**VALID, "rungs": 3, "rollout": {"group_size": 8, "temperature": 1.0, "max_tokens": 40},
+            "schedule": [{"rung": 2, "rollout": {"group_size": 2}}]}
+    parsed = parse_spec(spec)
+    assert [parsed.for_rung(k).rollout.group_size for k in (1, 2, 3)] == [8, 2, 2]
+    assert parsed.for_rung(3).rollout.max_tokens == 40 and parsed.for_rung(3).rollout.temperature == 1.0
+    for change, said in (({"workers": 2}, "rollout.workers cannot change between rungs"),
+                         ({"group_size": 1}, "rollout: group_size: Input should be greater")):
+        with pytest.raises(SpecError, match=r"schedule \(rung 2\): " + said) as err:
+            parse_spec({**spec, "schedule": [{"rung": 2, "rollout": change}]}, "spec.yaml")
+        assert "\n" not in str(err.value)
