@@ -65,6 +65,21 @@ def fact_table(model, tok, rows) -> dict:
     return table_of(signed_sum_steps(t) for texts in generate(model, tok, forms, 2, 0.5) for t in texts)
 
 
+def fact_tables(model, tok, rows) -> tuple:
+    """(every vote's table, the table of the votes of answers that agree with their prompt's views majority, backed by
+    the first for the steps it lacks): one pass of 8 reorderings x 2 samples at T=0.5 of `rows`."""
+    forms = [signed_sum_views(e.prompt, 8) for e in rows]
+    outs = iter(generate(model, tok, [f for fs in forms for f in fs], 2, 0.5))
+    texts = [[t for _ in fs for t in next(outs)] for fs in forms]
+    every = table_of(signed_sum_steps(t) for ts in texts for t in ts)
+    agreed = []
+    for ts in texts:
+        lab = label_of([final_answer(t) for t in ts], 0.5)
+        if lab.majority is not None and not lab.abstained:
+            agreed += [signed_sum_steps(t) for t in ts if same_answer(final_answer(t) or "", lab.majority)]
+    return every, {**every, **table_of(agreed)}
+
+
 def fact_labels(table, rows):
     """Each row's label chained through the table from its first term (None where a step is not in it)."""
     return [final_answer(w) if (w := signed_sum_compose(e.prompt, table)) else None for e in rows]
@@ -111,11 +126,17 @@ def label_accuracy(model, tok, task, rng) -> dict:
         return [lab is not None and same_answer(lab, e.answer) for lab, e in zip(labels, rows)]
 
     views, facts = views_labels(model, tok, rows), fact_labels(table, rows)
+    agreed = fact_labels(fact_tables(model, tok, rng.sample(task.train, 1024))[1], rows)
     greedy = right(greedy_finals(model, tok, [e.prompt for e in rows]))
     share = lambda flags: round(sum(flags) / len(rows), 3)  # noqa: E731
     return {"measure": "labels", "greedy": share(greedy), "views_labelled": share([v is not None for v in views]),
             "views_right": share(right(views)), "facts_labelled": share([f is not None for f in facts]),
-            "facts_right": share(right(facts)), "facts_fix": share([f and not g for f, g in zip(right(facts), greedy)])}
+            "facts_right": share(right(facts)), "facts_fix": share([f and not g for f, g in zip(right(facts), greedy)]),
+            # the views majority where it is sure (share >= 0.5), the composed answer elsewhere
+            "views_then_facts_right": share(right([v if v is not None else f for v, f in zip(views, facts)])),
+            "facts_of_256_right": share(right(fact_labels(fact_table(model, tok, rng.sample(task.train, 256)), rows))),
+            "agreed_facts_right": share(right(agreed)),
+            "views_then_agreed_right": share(right([v if v is not None else f for v, f in zip(views, agreed)]))}
 
 
 def online(model, tok, task, args, rng):

@@ -206,13 +206,14 @@ class JudgePool:
         """The judge's table of step results (`stages.steps`), learnt from `step_prompts` at the first call."""
         if self._table is None:
             from stages.scoring import solve_labels
-            from stages.steps import table_of
+            from stages.steps import agrees, voted_table
 
             if self.steps is None:
                 raise ValueError(f"judge.solve_steps is {settings.solve_steps}, but this task gives no steps of its "
                                  "answers")
-            _, written, _ = solve_labels(self, settings, self.step_prompts, answer_pattern)
-            self._table = table_of(self.steps.read(text) for outs in written for text, _ in outs)
+            labels, written, _ = solve_labels(self, settings, self.step_prompts, answer_pattern)
+            self._table = voted_table((self.steps.read(text), agrees(label, text, answer_pattern))
+                                      for label, outs in zip(labels, written) for text, _ in outs)
         return self._table
 
     def score(self, batch: RolloutBatch, guide: bool = False) -> JudgedBatch:

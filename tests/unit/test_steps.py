@@ -97,3 +97,16 @@ def test_the_table_is_learnt_from_training_prompts_drawn_by_the_seed_and_only_wh
     assert step_prompts(task, SolveMode(solve_steps=64), seed=3) == drawn != step_prompts(task, SolveMode(
         solve_steps=64), seed=4)
     assert step_prompts(task, SolveMode(), seed=3) == () and task.steps is SIGNED_SUM_STEPS
+
+
+def test_a_step_counts_from_the_answers_that_agree_with_their_prompts_majority():
+    """Two training prompts whose four answers all differ write 5-5=1 eight times; the answers that agree with
+    their prompt's majority write 5-5=0 six times and 5-5=1 never: the table keeps 0, so HARD composes to 3."""
+    noisy = {f"Q:5-5+{k}+1\nA:": [f"5-5=1,1+{k}={1 + k + d},{1 + k + d}+1={2 + k + d}#{2 + k + d}" for d in range(4)]
+             for k in (2, 3)}
+    judge = WorkingPool({**SCRIPT, **noisy}, SolveMode(solve_samples=4, solve_reward="majority", solve_steps=7))
+    judge.steps, judge.step_prompts = SIGNED_SUM_STEPS, TRAINING + tuple(noisy)
+    assert judge.score(rollout([(HARD, ["#3", "#4"])])).scores == (1.0, 0.0)
+    every = table_of(signed_sum_steps(t) for p in judge.step_prompts for t in (SCRIPT | noisy)[p] * (4 // len(
+        (SCRIPT | noisy)[p])))
+    assert every[(5, "-", 5)] == "1"  # every answer's votes: the noisy prompts' slip wins
