@@ -12,7 +12,7 @@ views, answers read with the task's answer pattern); labels are `stages.scoring.
 reference; references only score the labels.
 Usage: python bench/label_quality.py --judge DIR [--committee DIR ...] --terms 4 --max-operand 7 [--prompts 512]
        [--split heldout|train] [--temperatures 0.3,0.7,1.0] [--samples 8] [--views 8] [--view-temperatures 0.5]
-       [--view-samples 2] [--rollout-temperature 1.0] [--note TEXT] [--out F]
+       [--view-samples 2] [--rollout-temperature 1.0] [--step-prompts 1024] [--note TEXT] [--out F]
 Writes bench/results/label_quality_<terms>x<max_operand>.json (or `--out`).
 """
 from __future__ import annotations
@@ -120,7 +120,26 @@ def reach(labels, diffs: Sequence[int], rollouts: Sequence[Sequence[Optional[str
             "breaks": sum(d < 0 for d in diffs) / n}
 
 
-def rules(greedy_views, sampled, view_sampled, committee, refs, greedy_right, args) -> list[dict]:
+def step_votes(pool, prompts, args, pattern: str) -> list[list[Optional[str]]]:
+    """Each prompt's step-votes label (`judge.solve_steps`) as one vote: the answer the judge's step table composes
+    (none where a step is missing), the table learnt by the ladder's own `JudgePool.step_table` from its answers to
+    `--step-prompts` training prompts (`--views` reorderings x `--view-samples` at the first view temperature)."""
+    from ladder.tasks.arithmetic import build
+    from stages.judge import JudgePool
+    from stages.scoring import SolveMode
+    from stages.steps import SIGNED_SUM_STEPS
+    from stages.answers import extract_answer as extract
+
+    train = list({r.prompt: r for r in build(args.terms, args.max_operand, 4 * args.step_prompts, 1,
+                                                   args.seed + 1).train}.values())[:args.step_prompts]
+    pool._table, pool.steps, pool.step_prompts = None, SIGNED_SUM_STEPS, tuple(r.prompt for r in train)
+    cfg = SolveMode(solve_samples=args.view_samples, solve_temperature=args.view_temperatures[0],
+                    solve_views=args.views, solve_max_tokens=args.max_tokens, solve_steps=len(train))
+    table = JudgePool.step_table(pool, cfg, pattern)  # the pool's method, on this process's judge
+    return [[None if (w := SIGNED_SUM_STEPS.compose(p, table)) is None else extract(pattern, w)] for p in prompts]
+
+
+def rules(greedy_views, sampled, view_sampled, committee, refs, greedy_right, args, steps=()) -> list[dict]:
     """Every label rule of this run at every abstention threshold."""
     out = []
 
@@ -145,6 +164,11 @@ def rules(greedy_views, sampled, view_sampled, committee, refs, greedy_right, ar
             if n <= args.view_samples:
                 add(f"views{args.views} T={t} n={n}", [[a for v in p for a in v[:n]] for p in per_prompt],
                     temperature=t, samples=n, views=args.views)
+    if steps:
+        out.append(score_rule(f"step votes ({args.step_prompts} prompts, views{args.views} T="
+                              f"{args.view_temperatures[0]} n={args.view_samples})", steps, refs, greedy_right, 0.0,
+                              rollouts, temperature=args.view_temperatures[0], samples=args.view_samples,
+                              views=args.views, step_prompts=args.step_prompts))
     if committee:
         members = len(committee) + 1
         add(f"committee{members} greedy", [[m[i][0][0] for m in [greedy_views, *committee]] for i in range(len(refs))],
@@ -223,6 +247,7 @@ def measure(args) -> dict:
     greedy_right = [same_answer(p[0][0], r) for p, r in zip(greedy_views, refs)]
     sampled = {t: ask(args.samples, t, 1) for t in args.temperatures}
     view_sampled = {t: ask(args.view_samples, t, args.views) for t in args.view_temperatures}
+    steps = step_votes(pool, prompts, args, DEFAULT_ANSWER_PATTERN) if args.step_prompts else []
     print(f"all samples: {time.perf_counter() - t0:.0f} s", flush=True)
     committee = []
     for member in args.committee:
@@ -233,7 +258,7 @@ def measure(args) -> dict:
             "split": args.split, "seed": args.seed, "max_tokens": args.max_tokens,
             "greedy_accuracy": sum(greedy_right) / len(refs), **view_diagnostics(greedy_views, refs),
             **heldout_views(pool, prompts, greedy_views, refs, args.views),
-            "rules": rules(greedy_views, sampled, view_sampled, committee, refs, greedy_right, args),
+            "rules": rules(greedy_views, sampled, view_sampled, committee, refs, greedy_right, args, steps),
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
@@ -281,6 +306,8 @@ def main() -> None:
                          "student's, which start as the judge's (init: previous), for the reachable gain.")
     ap.add_argument("--view-temperatures", type=floats, default=[0.5])
     ap.add_argument("--view-samples", type=int, default=2, help="Most samples per view at each view temperature.")
+    ap.add_argument("--step-prompts", type=int, default=1024,
+                    help="Training prompts the step-votes rule's table is learnt from (judge.solve_steps); 0: no rule.")
     ap.add_argument("--out", default=None)
     ap.add_argument("--note", default="", help="Written into the JSON (which judge this is, the machine).")
     args = ap.parse_args()
