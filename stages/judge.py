@@ -183,7 +183,7 @@ class JudgePool:
                  respawn: Optional[Callable[[], object]] = None, cfg: Optional[JudgeConfig] = None,
                  max_replacements: Optional[int] = None, chat: Optional[Callable[[str], str]] = None,
                  timeout_s: Optional[float] = None, views: Optional[Callable[[str, int], tuple[str, ...]]] = None,
-                 steps=None, step_prompts: tuple = ()):
+                 steps=None, step_prompts: tuple = (), tables: Optional[tuple[dict, str]] = None):
         if not workers and verifier is None:
             raise JudgeError("a judge pool needs judge workers or a verifier")
         self.workers = list(workers)
@@ -200,6 +200,7 @@ class JudgePool:
         self.views = views  # (prompt, k) -> up to k equivalent forms of it, the task's (solve mode's solve_views)
         self.steps = steps  # the task's `stages.steps.StepRules` (solve mode's solve_steps)
         self.step_prompts = tuple(step_prompts)  # the training prompts the judge's step table is learnt from
+        self.tables = tables  # (tables learnt before, by key; this judge's location): a table is learnt once
         self._table = None
 
     def step_table(self, settings, answer_pattern: str) -> dict:
@@ -211,9 +212,16 @@ class JudgePool:
             if self.steps is None:
                 raise ValueError(f"judge.solve_steps is {settings.solve_steps}, but this task gives no steps of its "
                                  "answers")
+            known, judge = self.tables if self.tables is not None else ({}, None)
+            key = (judge, self.step_prompts, settings.solve_views, settings.solve_samples, settings.solve_temperature,
+                   settings.solve_max_tokens, answer_pattern)
+            if judge is not None and key in known:
+                self._table = known[key]
+                return self._table
             labels, written, _ = solve_labels(self, settings, self.step_prompts, answer_pattern)
             self._table = voted_table((self.steps.read(text), agrees(label, text, answer_pattern))
                                       for label, outs in zip(labels, written) for text, _ in outs)
+            known[key] = self._table
         return self._table
 
     def score(self, batch: RolloutBatch, guide: bool = False) -> JudgedBatch:

@@ -182,12 +182,13 @@ def build_judge_pool(spec, judge: ResolvedJudge, task: Task, seed: int, name_pre
     return JudgePool(workers, spec.judge_pool.batch_size, respawn=lambda: started(stages.start(start)), cfg=cfg,
                      max_replacements=spec.worker_replacements, chat=chat.user,
                      timeout_s=spec.resources.step_timeout_s, views=task.views, steps=task.steps,
-                     step_prompts=step_prompts(task, cfg.settings, seed))
+                     step_prompts=step_prompts(task, cfg.settings, spec.seed),
+                     tables=(stages.step_tables, judge.location))
 
 
 def step_prompts(task: Task, settings, seed: int) -> tuple[str, ...]:
-    """The training prompts the judge's step table is learnt from (`judge.solve_steps` of them, drawn by the seed);
-    none when the table is not asked for."""
+    """The training prompts the judge's step table is learnt from (`judge.solve_steps` of them, drawn by the ladder's
+    seed, so the gate and the next rung draw the same); none when the table is not asked for."""
     n = getattr(settings, "solve_steps", 0)
     return tuple(e.prompt for e in random.Random(seed).sample(task.train, min(n, len(task.train)))) if n else ()
 

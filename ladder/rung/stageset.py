@@ -23,6 +23,9 @@ class StageSet:
     started: int = 0         # actors the current rung had to start
     guard: StartGuard = field(default_factory=StartGuard)  # every start goes through it: none after a stop
     groups: dict = field(default_factory=dict)  # TrainerGroup handle -> its ranks' placement group (held by guard)
+    # judge step tables (`judge.solve_steps`) learnt in this ladder, by judge and settings: the table the gate
+    # measured a candidate with is the one the next rung labels with, learnt once
+    step_tables: dict = field(default_factory=dict)
 
     def start(self, spawn_one: Callable[[], object]):
         """A new stage actor, `spawn_one()`, tracked (`stop --now` kills it); StopRequested once a stop was asked."""

@@ -110,3 +110,19 @@ def test_a_step_counts_from_the_answers_that_agree_with_their_prompts_majority()
     every = table_of(signed_sum_steps(t) for p in judge.step_prompts for t in (SCRIPT | noisy)[p] * (4 // len(
         (SCRIPT | noisy)[p])))
     assert every[(5, "-", 5)] == "1"  # every answer's votes: the noisy prompts' slip wins
+
+
+def test_a_judges_table_is_learnt_once_per_ladder_and_the_next_rung_labels_with_the_gates():
+    """The gate measures a candidate with its step table; the next rung's pool (the same judge, prompts and settings,
+    the ladder's tables) labels with that table and writes nothing; another judge learns its own."""
+    known: dict = {}
+    gate = pool()
+    gate.tables = (known, "models:/tiny/2")
+    assert gate.score(rollout([(HARD, ["#3", "#4"])])).scores == (1.0, 0.0) and gate.asked
+    rung = pool()
+    rung.tables = (known, "models:/tiny/2")
+    assert rung.score(rollout([(HARD, ["#3", "#4"])])).scores == (1.0, 0.0) and rung.asked == []
+    other = pool()
+    other.tables = (known, "models:/tiny/3")
+    other.score(rollout([(HARD, ["#3"])]))
+    assert other.asked == list(TRAINING) and len(known) == 2
