@@ -65,7 +65,7 @@ def fact_table(model, tok, rows) -> dict:
     return table_of(signed_sum_steps(t) for texts in generate(model, tok, forms, 2, 0.5) for t in texts)
 
 
-def fact_tables(model, tok, rows) -> tuple:
+def fact_tables(model, tok, rows, share: float = 0.5) -> tuple:
     """(every vote's table, the table of the votes of answers that agree with their prompt's views majority, backed by
     the first for the steps it lacks): one pass of 8 reorderings x 2 samples at T=0.5 of `rows`."""
     forms = [signed_sum_views(e.prompt, 8) for e in rows]
@@ -74,7 +74,7 @@ def fact_tables(model, tok, rows) -> tuple:
     every = table_of(signed_sum_steps(t) for ts in texts for t in ts)
     agreed = []
     for ts in texts:
-        lab = label_of([final_answer(t) for t in ts], 0.5)
+        lab = label_of([final_answer(t) for t in ts], share)
         if lab.majority is not None and not lab.abstained:
             agreed += [signed_sum_steps(t) for t in ts if same_answer(final_answer(t) or "", lab.majority)]
     return every, {**every, **table_of(agreed)}
@@ -117,6 +117,23 @@ def right_answers(model, tok, rows, temperature, dedupe, label="checker", misses
     return pairs
 
 
+def composed_views(table, rows, right) -> dict:
+    """Labels composed through the table along each of 8 orders of a prompt's terms (its views): their majority,
+    and the original order's where it agrees with that majority (else none)."""
+    finals = [[final_answer(w) if (w := signed_sum_compose(v, table)) else None for v in signed_sum_views(e.prompt, 8)]
+              for e in rows]
+    majority = [label_of(f, 0.0).majority for f in finals]
+    strong = [label_of(f, 0.5) for f in finals]
+    agreeing = [f[0] if f[0] is not None and m is not None and same_answer(f[0], m) else None
+                for f, m in zip(finals, majority)]
+    n = len(rows)
+    return {"composed_views_right": round(sum(right(majority)) / n, 3),
+            "composed_views_half_labelled": round(sum(not s.abstained and s.majority is not None for s in strong) / n, 3),
+            "composed_views_half_right": round(sum(right([None if s.abstained else s.majority for s in strong])) / n, 3),
+            "composed_agreeing_labelled": round(sum(a is not None for a in agreeing) / n, 3),
+            "composed_agreeing_right": round(sum(right(agreeing)) / n, 3)}
+
+
 def label_accuracy(model, tok, task, rng) -> dict:
     """The start's labels of 512 held-out prompts against the reference: views (share labelled, share right) and
     facts (from a table pooled over 1024 training prompts), and where facts fixes the greedy answer."""
@@ -126,7 +143,10 @@ def label_accuracy(model, tok, task, rng) -> dict:
         return [lab is not None and same_answer(lab, e.answer) for lab, e in zip(labels, rows)]
 
     views, facts = views_labels(model, tok, rows), fact_labels(table, rows)
-    agreed = fact_labels(fact_tables(model, tok, rng.sample(task.train, 1024))[1], rows)
+    table_agreed = fact_tables(model, tok, rng.sample(task.train, 1024))[1]
+    agreed = fact_labels(table_agreed, rows)
+    strict = fact_labels(fact_tables(model, tok, rng.sample(task.train, 1024), 0.75)[1], rows)
+    agreed512 = fact_labels(fact_tables(model, tok, rng.sample(task.train, 512))[1], rows)
     greedy = right(greedy_finals(model, tok, [e.prompt for e in rows]))
     share = lambda flags: round(sum(flags) / len(rows), 3)  # noqa: E731
     return {"measure": "labels", "greedy": share(greedy), "views_labelled": share([v is not None for v in views]),
@@ -135,7 +155,9 @@ def label_accuracy(model, tok, task, rng) -> dict:
             # the views majority where it is sure (share >= 0.5), the composed answer elsewhere
             "views_then_facts_right": share(right([v if v is not None else f for v, f in zip(views, facts)])),
             "facts_of_256_right": share(right(fact_labels(fact_table(model, tok, rng.sample(task.train, 256)), rows))),
-            "agreed_facts_right": share(right(agreed)),
+            "agreed_facts_right": share(right(agreed)), "agreed_075_facts_right": share(right(strict)),
+            "agreed_facts_of_512_right": share(right(agreed512)),
+            **composed_views(table_agreed, rows, right),
             "views_then_agreed_right": share(right([v if v is not None else f for v, f in zip(views, agreed)]))}
 
 

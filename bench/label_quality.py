@@ -132,7 +132,8 @@ def step_votes(pool, prompts, args, pattern: str) -> list[list[Optional[str]]]:
 
     train = list({r.prompt: r for r in build(args.terms, args.max_operand, 4 * args.step_prompts, 1,
                                                    args.seed + 1).train}.values())[:args.step_prompts]
-    pool._table, pool.steps, pool.step_prompts = None, SIGNED_SUM_STEPS, tuple(r.prompt for r in train)
+    pool._table, pool.tables, pool.steps = None, None, SIGNED_SUM_STEPS
+    pool.step_prompts = tuple(r.prompt for r in train)
     cfg = SolveMode(solve_samples=args.view_samples, solve_temperature=args.view_temperatures[0],
                     solve_views=args.views, solve_max_tokens=args.max_tokens, solve_steps=len(train))
     table = JudgePool.step_table(pool, cfg, pattern)  # the pool's method, on this process's judge

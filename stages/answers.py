@@ -5,7 +5,9 @@ Pure Python: the scorers, the tasks and the spec's validation share it.
 from __future__ import annotations
 
 import re
-from typing import Optional
+from collections import Counter
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 _NUMBER = r"-?\$?\d[\d,]*(?:\.\d+)?|-?\$?\.\d+"
 
@@ -96,3 +98,27 @@ def wrong_number(reference: str, delta: int) -> Optional[str]:
     new = value + delta
     body = f"{abs(new):,.{decimals}f}" if "," in text else f"{abs(new):.{decimals}f}"
     return ("-" if new < 0 else "") + ("$" if "$" in text else "") + body
+
+
+@dataclass(frozen=True)
+class Label:
+    """The judge's label of one prompt in solve mode, from every answer it wrote (views x samples)."""
+    answers: tuple[Optional[str], ...]  # [views * samples] final answers read (None: unreadable)
+    majority: Optional[str]             # the most common readable answer (ties: the first written); None: none
+    share: float                        # the majority's count over every answer written, unreadable ones included
+    abstained: bool                     # share below `solve_min_share`: the prompt gets no learning signal
+
+    @property
+    def readable(self) -> list[str]:
+        return [a for a in self.answers if a is not None]
+
+
+def label_of(answers: Sequence[Optional[str]], min_share: float = 0.0) -> Label:
+    """The label of a prompt the judge answered with `answers`: their majority, its share and whether the judge
+    abstains (a prompt with no readable answer is unread, not abstained)."""
+    counts = Counter(normalized(a) for a in answers if a is not None)
+    if not counts:
+        return Label(tuple(answers), None, 0.0, False)
+    majority, count = counts.most_common(1)[0]  # ties: the first written
+    share = count / len(answers)
+    return Label(tuple(answers), majority, share, share < min_share)

@@ -14,8 +14,9 @@ from typing import Annotated, Literal, Optional, Sequence, Union
 
 from pydantic import Field, field_validator
 
-from stages.answers import normalized, same_answer
+from stages.answers import Label, label_of, normalized, same_answer  # noqa: F401 (Label: re-exported)
 from stages.answers import extract_answer as extract
+from stages.steps import composed_label
 from stages.settings import Strict, fill, has_placeholders, one_group_regex
 
 VERDICT_TEMPLATE = "{prompt}{response}\nok?"             # verdict and score modes: the judge's prompt
@@ -193,30 +194,6 @@ class SolveMode(ModeSettings):
         return self.solve_max_tokens  # the judge reads no response: it writes its own answers
 
 
-@dataclass(frozen=True)
-class Label:
-    """The judge's label of one prompt in solve mode, from every answer it wrote (views x samples)."""
-    answers: tuple[Optional[str], ...]  # [views * samples] final answers read (None: unreadable)
-    majority: Optional[str]             # the most common readable answer (ties: the first written); None: none
-    share: float                        # the majority's count over every answer written, unreadable ones included
-    abstained: bool                     # share below `solve_min_share`: the prompt gets no learning signal
-
-    @property
-    def readable(self) -> list[str]:
-        return [a for a in self.answers if a is not None]
-
-
-def label_of(answers: Sequence[Optional[str]], min_share: float = 0.0) -> Label:
-    """The label of a prompt the judge answered with `answers`: their majority, its share and whether the judge
-    abstains (a prompt with no readable answer is unread, not abstained)."""
-    counts = Counter(normalized(a) for a in answers if a is not None)
-    if not counts:
-        return Label(tuple(answers), None, 0.0, False)
-    majority, count = counts.most_common(1)[0]  # ties: the first written
-    share = count / len(answers)
-    return Label(tuple(answers), majority, share, share < min_share)
-
-
 def solve_labels(pool, cfg: SolveMode, prompts: Sequence[str], answer_pattern: str):
     """Each prompt's `Label`: the judge answers every form of it (`pool.views`, `solve_views` of them; the prompt
     only without views) `solve_samples` times. Returns the labels, what the judge read and wrote per prompt, and
@@ -247,10 +224,10 @@ def score_solve(pool, cfg: SolveMode, pairs: Pairs, answer_pattern: str) -> Scor
     prompts = list(dict.fromkeys(pairs.prompts))
     if cfg.solve_steps:  # the judge's step table is its answer: it writes nothing more for each prompt
         table = pool.step_table(cfg, answer_pattern)
-        worked = {p: pool.steps.compose(p, table) for p in prompts}
-        composed = [worked[p] and extract(answer_pattern, worked[p]) for p in prompts]  # abstained where none
-        found = [Label((a,), normalized(a) if a else None, float(bool(a)), not a) for a in composed]
-        written, tokens = [[] for _ in prompts], 0
+        labelled = [composed_label(views(pool, p, cfg.solve_views), pool.steps.compose, table, answer_pattern,
+                                   cfg.solve_min_share) for p in prompts]
+        found, own = [label for label, _ in labelled], [w for _, w in labelled]
+        worked, written, tokens = dict(zip(prompts, own)), [[] for _ in prompts], 0
     else:
         (found, written, tokens), worked = solve_labels(pool, cfg, prompts, answer_pattern), {}
     labels = dict(zip(prompts, found))

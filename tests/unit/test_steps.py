@@ -126,3 +126,20 @@ def test_a_judges_table_is_learnt_once_per_ladder_and_the_next_rung_labels_with_
     other.tables = (known, "models:/tiny/3")
     other.score(rollout([(HARD, ["#3"])]))
     assert other.asked == list(TRAINING) and len(known) == 2
+
+
+def test_the_label_is_the_majority_of_the_answers_composed_along_each_order_of_the_terms():
+    """The table has 5-5 wrong: the prompt's own order takes that step, two other orders of its terms do not. The
+    label is their majority (3); the prompt's own worked answer (4) is not trained on. A prompt whose own order
+    gives the majority is trained on its own composition."""
+    from stages.steps import composed_label
+
+    table = {(4, "+", 1): "5", (5, "-", 5): "1", (1, "+", 3): "4", (4, "+", 3): "7", (7, "-", 5): "2",
+             (2, "+", 1): "3", (3, "+", 4): "7"}
+    forms = [HARD, "Q:4+3-5+1\nA:", "Q:3+4-5+1\nA:"]
+    label, own = composed_label(forms, signed_sum_compose, table, "last_number")
+    assert (label.majority, round(label.share, 2), label.abstained, own) == ("3", 0.67, False, None)
+    label, own = composed_label(forms[1:] + [HARD], signed_sum_compose, table, "last_number")
+    assert label.majority == "3" and own == "4+3=7,7-5=2,2+1=3#3"
+    assert composed_label(forms, signed_sum_compose, table, "last_number", min_share=0.75)[0].abstained
+    assert composed_label([GAP], signed_sum_compose, table, "last_number")[0].abstained  # nothing composes
