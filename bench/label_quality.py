@@ -123,20 +123,18 @@ def reach(labels, diffs: Sequence[int], rollouts: Sequence[Sequence[Optional[str
 def step_votes(pool, prompts, args, pattern: str) -> list[list[Optional[str]]]:
     """Each prompt's step-votes label (`judge.solve_steps`) as one vote: the majority of the answers the judge's step
     table composes along `--views` orders of its terms (`stages.steps.composed_label`, none where nothing composes),
-    the table learnt by the ladder's own `JudgePool.step_table` from its answers to `--step-prompts` training
+    the table learnt by the ladder's own `learn_step_table` from its answers to `--step-prompts` training
     prompts (`--views` reorderings x `--view-samples` at the first view temperature)."""
     from ladder.tasks.arithmetic import build
-    from stages.judge import JudgePool
+    from stages.judge import learn_step_table
     from stages.scoring import SolveMode, views as forms_of
     from stages.steps import SIGNED_SUM_STEPS, composed_label
 
     train = list({r.prompt: r for r in build(args.terms, args.max_operand, 4 * args.step_prompts, 1,
                                                    args.seed + 1).train}.values())[:args.step_prompts]
-    pool._table, pool.tables, pool.steps = None, None, SIGNED_SUM_STEPS
-    pool.step_prompts = tuple(r.prompt for r in train)
     cfg = SolveMode(solve_samples=args.view_samples, solve_temperature=args.view_temperatures[0],
                     solve_views=args.views, solve_max_tokens=args.max_tokens, solve_steps=len(train))
-    table = JudgePool.step_table(pool, cfg, pattern)  # the pool's method, on this process's judge
+    table = learn_step_table(pool, cfg, [r.prompt for r in train], SIGNED_SUM_STEPS, pattern)  # the ladder's own
     labels = [composed_label(forms_of(pool, p, args.views), SIGNED_SUM_STEPS.compose, table, pattern)[0]
               for p in prompts]
     return [[label.majority] for label in labels]  # the ladder's label of each prompt, one vote

@@ -175,6 +175,17 @@ def load_verifier(path: str) -> Callable[[str, str, Optional[str]], float]:
     return func
 
 
+def learn_step_table(pool, settings, prompts, steps, answer_pattern: str) -> dict:
+    """A judge's table of step results (`stages.steps.voted_table`) from its answers to `prompts` (every view,
+    `solve_samples` times), written through `pool` (a `JudgePool`, or anything with its `map`, `chat`, `views`)."""
+    from stages.scoring import solve_labels
+    from stages.steps import agrees, voted_table
+
+    labels, written, _ = solve_labels(pool, settings, prompts, answer_pattern)
+    return voted_table((steps.read(text), agrees(label, text, answer_pattern))
+                       for label, outs in zip(labels, written) for text, _ in outs)
+
+
 class JudgePool:
     """Scores rollouts in batches spread over judge workers, or with a verifier function: on `VerifierWorker`s
     when `workers` are given (`verifies`), else in this process."""
@@ -206,22 +217,15 @@ class JudgePool:
     def step_table(self, settings, answer_pattern: str) -> dict:
         """The judge's table of step results (`stages.steps`), learnt from `step_prompts` at the first call."""
         if self._table is None:
-            from stages.scoring import solve_labels
-            from stages.steps import agrees, voted_table
-
             if self.steps is None:
                 raise ValueError(f"judge.solve_steps is {settings.solve_steps}, but this task gives no steps of its "
                                  "answers")
             known, judge = self.tables if self.tables is not None else ({}, None)
             key = (judge, self.step_prompts, settings.solve_views, settings.solve_samples, settings.solve_temperature,
                    settings.solve_max_tokens, answer_pattern)
-            if judge is not None and key in known:
-                self._table = known[key]
-                return self._table
-            labels, written, _ = solve_labels(self, settings, self.step_prompts, answer_pattern)
-            self._table = voted_table((self.steps.read(text), agrees(label, text, answer_pattern))
-                                      for label, outs in zip(labels, written) for text, _ in outs)
-            known[key] = self._table
+            if judge is None or key not in known:
+                known[key] = learn_step_table(self, settings, self.step_prompts, self.steps, answer_pattern)
+            self._table = known[key]
         return self._table
 
     def score(self, batch: RolloutBatch, guide: bool = False) -> JudgedBatch:

@@ -175,9 +175,10 @@ class SolveMode(ModeSettings):
     solve_steps: int = Field(
         0, ge=0, le=65536, description="Step votes (solve mode; a task that gives its answers' steps, as the "
                                        "built-in arithmetic): the judge answers this many training prompts once "
-                                       "(every view, solve_samples times), each step it wrote a vote; a prompt's label "
-                                       "is the answer composed from each step's most common result, its worked "
-                                       "answer what guidance and distillation train on (stages/steps.py). 0: off.")
+                                       "(every view, solve_samples times), each step an agreeing answer wrote a "
+                                       "vote; a prompt's label is the majority of the answers composed from each "
+                                       "step's most common result along its views, its own worked answer what "
+                                       "guidance and distillation train on (stages/steps.py). 0: off.")
 
     @field_validator("solve_template")
     @classmethod

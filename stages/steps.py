@@ -6,8 +6,9 @@ answer from a table of step results, or None where a step is missing. The judge 
 (every view, `solve_samples` times) once, at its first scoring call; every step written by an answer that agrees
 with its prompt's majority counts as a vote (the other answers' votes fill in steps only they wrote), and the table
 keeps each step's most common result, pooled over all the prompts: a step the judge gets right in most of the places
-it writes it is right in the table, though it slips on it in some. A prompt's label is then the answer the
-table composes, and the worked answer is what `solve_guide` and `solve_distill` train on. The judge never reads a
+it writes it is right in the table, though it slips on it in some. A prompt's label is then the majority of the
+answers the table composes along each form of the prompt (`composed_label`), and the prompt's own worked answer,
+where it gives that label, is what `solve_guide` and `solve_distill` train on. The judge never reads a
 reference; code only counts its votes and writes the steps in the task's format, as the views label counts its
 answers (bench/filter_online.py --compose: on operands 0-9 the label is right 0.76 against greedy 0.58, and three
 offline rounds, each round's student the next one's judge, climbed 0.578 -> 0.619 -> 0.648 -> 0.684).
@@ -41,9 +42,9 @@ def table_of(texts) -> Table:
     return {step: results.most_common(1)[0][0] for step, results in votes.items()}
 
 
-def agrees(label, text: str, answer_pattern: str) -> bool:
-    """Whether an answer the judge wrote gives its prompt's majority (`stages.scoring.Label`), one that at least half
-    of the prompt's answers give."""
+def agrees(label: Label, text: str, answer_pattern: str) -> bool:
+    """Whether an answer the judge wrote gives its prompt's majority, one that at least half of the prompt's answers
+    give."""
     answer = extract_answer(answer_pattern, text)
     return label.majority is not None and label.share >= 0.5 and answer is not None \
         and normalized(answer) == label.majority
