@@ -13,6 +13,11 @@ version measured on the judged ladder's yardstick. Per rung the oracle chain's h
 and for the chain the yardstick gain recovered, (judged last - rung 1) / (oracle last - rung 1).
 Usage: python bench/ladder_vs_oracle.py [--spec examples/tiny.yaml] [--chain] [--reuse] [--out F]
   --reuse: read the judged ladder (and oracle rungs) from MLflow when a completed run of them exists.
+With `--seeds 0,1,2` (an `init: previous` spec): per seed the judged ladder (`<name>-judged-s<seed>`) and its oracle
+chain, no per-rung oracle rungs; then rung 1's student, the judged chain's last version and the oracle chain's last
+answer each seed's yardstick items greedy, and the chain's gain share is given over all seeds' items with a paired
+bootstrap interval, beside an exact McNemar test of the judged last version against rung 1 (`bench/paired.py`).
+Writes bench/results/ladder_vs_oracle_seeds.json.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))  # bench/paired.py
 
 
 def run_ladder(spec: dict, folder: Path, reuse: bool) -> list[dict]:
@@ -75,7 +81,8 @@ def pgr(start, judged, oracle):
     return (judged - start) / (oracle - start)
 
 
-def oracle_chain(spec, judged: list[dict], per_rung: list[dict], folder: Path, reuse: bool) -> dict:
+def oracle_chain(spec, judged: list[dict], per_rung: list[dict], folder: Path, reuse: bool,
+                 keep_last: bool = False) -> dict:
     """The ladder's rungs 2.. again, each judged by the checker and starting from the oracle chain's rung before
     (rung 1 is the judged ladder's own: the checker judges it there too); per rung its held-out and yardstick
     accuracy, and the share of the oracle chain's yardstick gain past rung 1 the judged chain kept. With
@@ -95,12 +102,74 @@ def oracle_chain(spec, judged: list[dict], per_rung: list[dict], folder: Path, r
             row = run_ladder(one, folder, reuse)[0]
             rungs.append({"rung": k, "start": row["start_accuracy"], "heldout": row["heldout_accuracy"],
                           "yardstick": row.get("yardstick")})
-            if k < spec.rungs:
+            if k < spec.rungs or keep_last:
                 reg = Registry.for_spec(load_spec(folder / f"{one['name']}.yaml"))  # written by run_ladder
                 start = reg.download(str(row["version"]), str(folder / f"chain-v{k}"))
     last_judged = max((r for r in judged if r["rung"] == spec.rungs), key=lambda r: r["version"])
     return {"rungs": rungs, "chain_recovered": pgr(rungs[0]["yardstick"], last_judged.get("yardstick"),
                                                    rungs[-1]["yardstick"])}
+
+
+def judged_raw(spec_path: str, spec, seed=None) -> dict:
+    """The spec as written, named `<name>-judged` (`-judged-s<seed>` with a seed of the bench's own)."""
+    raw = yaml.safe_load(Path(spec_path).read_text())
+    raw["name"] = f"{spec.name}-judged" + ("" if seed is None else f"-s{seed}")
+    raw["workdir"] = str(spec.workdir)  # resolved as the spec file resolved it
+    raw["student"] = {**raw["student"], "base": spec.student.base}
+    if seed is not None:
+        raw["seed"] = seed
+    return raw
+
+
+def seeded_chains(args, spec) -> dict:
+    """Per seed the judged ladder and its oracle chain (`init: previous`); then rung 1's student, the judged
+    chain's last version and the oracle chain's last answer the seed's yardstick items, greedy, and the judged
+    chain's share of the oracle chain's gain past rung 1 is tested on those items, paired (`bench/paired.py`)."""
+    from ladder.registry.registry import Registry
+    from ladder.spec import load_spec
+    from paired import chain_share, greedy_right, mcnemar
+
+    if spec.student.init != "previous":
+        sys.exit("--seeds compares chains: the spec's student.init must be previous")
+    per_seed, runs = [], []
+    for seed in args.seeds:
+        folder = Path(tempfile.mkdtemp(prefix=f"ladder-vs-oracle-s{seed}-"))
+        raw = judged_raw(args.spec, spec, seed)
+        judged = run_ladder(raw, folder, args.reuse)
+        judged_spec = load_spec(folder / f"{raw['name']}.yaml")
+        chain = oracle_chain(judged_spec, judged, [], folder, args.reuse, keep_last=True)
+        last = max((r for r in judged if r["rung"] == judged_spec.rungs), key=lambda r: r["version"])
+        last_dir = Registry.for_spec(judged_spec).download(str(last["version"]), str(folder / "judged-last"))
+        dirs = {"first": folder / "chain-v1", "judged": last_dir, "oracle": folder / f"chain-v{judged_spec.rungs}"}
+        per_seed.append({"seed": seed, "judged_lineage": [{k: r.get(k) for k in LINEAGE_KEYS} for r in judged],
+                         "oracle_chain": chain})
+        runs += [(str(dirs[k]), judged_spec) for k in ("first", "judged", "oracle")]
+    print("== greedy answers on every seed's yardstick items", flush=True)
+    rights = greedy_right(runs)
+    items = [dict(zip(("first", "judged", "oracle"), rights[3 * i:3 * i + 3])) for i in range(len(args.seeds))]
+    for entry, its in zip(per_seed, items):
+        entry["yardstick_items"] = {k: sum(v) / len(v) for k, v in its.items()}
+    pooled = {k: [x for its in items for x in its[k]] for k in ("first", "judged", "oracle")}
+    return {"seeds": per_seed, "chain_share": chain_share(items),
+            "judged_last_vs_rung1": mcnemar(pooled["first"], pooled["judged"]),
+            "oracle_last_vs_judged_last": mcnemar(pooled["judged"], pooled["oracle"])}
+
+
+LINEAGE_KEYS = ("rung", "version", "status", "task", "judged_by", "start_accuracy", "heldout_accuracy",
+                "judge_task_accuracy", "yardstick")
+
+
+def print_seeds(result: dict, fmt) -> None:
+    print(f"\n{'seed':>4}  {'rung 1':>7} {'judged last':>11} {'oracle last':>11}  (greedy on the seed's yardstick items)")
+    for s in result["seeds"]:
+        y = s["yardstick_items"]
+        print(f"{s['seed']:>4}  {fmt(y['first']):>7} {fmt(y['judged']):>11} {fmt(y['oracle']):>11}")
+    c, m = result["chain_share"], result["judged_last_vs_rung1"]
+    print(f"the judged chain kept {fmt(c['share'])} of the oracle chain's gain past rung 1 over {c['items']} paired "
+          f"items (95% CI {fmt(c['ci95'][0])}-{fmt(c['ci95'][1])}; per seed "
+          + ", ".join(fmt(v) for v in c["per_seed"]) + ")")
+    print(f"judged last vs rung 1: right only for the last on {m['b_only']}, only for rung 1 on {m['a_only']} "
+          f"items, McNemar p = {m['p_value']:.2g}")
 
 
 def print_chain(chain: dict, judged: list[dict], fmt) -> None:
@@ -118,18 +187,27 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="Read completed ladders from MLflow instead of rerunning.")
     ap.add_argument("--chain", action="store_true", help="Also run the whole chain with the checker as every "
                                                          "rung's judge (the ladder's ceiling).")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "ladder_vs_oracle.json"))
+    ap.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")],
+                    help="Comma-separated ladder seeds: per seed the judged ladder and its oracle chain (no per-rung "
+                         "oracle rungs), then the chain's gain share tested on the same yardstick items, paired.")
+    ap.add_argument("--out", default=None, help="JSON output (default bench/results/ladder_vs_oracle.json, with "
+                                                "--seeds ladder_vs_oracle_seeds.json).")
     args = ap.parse_args()
+    args.out = args.out or str(ROOT / "bench" / "results" /
+                               ("ladder_vs_oracle_seeds.json" if args.seeds else "ladder_vs_oracle.json"))
     args.spec, args.out = str(Path(args.spec).resolve()), str(Path(args.out).resolve())
     os.chdir(ROOT)  # a spec's relative paths (workdir, models) are read from the repository root, as `make` does
     from ladder.registry.registry import Registry
     from ladder.spec import load_spec
 
     spec = load_spec(args.spec)
-    raw = yaml.safe_load(Path(args.spec).read_text())
-    raw["name"] = f"{spec.name}-judged"
-    raw["workdir"] = str(spec.workdir)  # resolved as the spec file resolved it
-    raw["student"] = {**raw["student"], "base": spec.student.base}
+    fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+    if args.seeds:
+        result = {"spec": relative(args.spec), **seeded_chains(args, spec)}
+        print_seeds(result, fmt)
+        write(result, args.out)
+        return
+    raw = judged_raw(args.spec, spec)
     folder = Path(tempfile.mkdtemp(prefix="ladder-vs-oracle-"))
     judged = run_ladder(raw, folder, args.reuse)
     judged_spec = load_spec(folder / f"{raw['name']}.yaml")
@@ -154,20 +232,27 @@ def main() -> None:
                          oracle_yardstick=oracle.get("yardstick"),
                          pgr=pgr(row["start_accuracy"], row["heldout_accuracy"], oracle["heldout_accuracy"]))
         results.append(entry)
-    fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
     print(f"\n{'rung':>4}  {'task':<34} {'start':>6} {'judged':>7} {'oracle':>7} {'PGR':>6}  judge solves")
     for e in results:
         print(f"{e['rung']:>4}  {str(e['task'])[:34]:<34} {fmt(e['start']):>6} {fmt(e['judged']):>7} "
               f"{fmt(e['oracle']):>7} {fmt(e['pgr']):>6}  {fmt(e['judge_task_accuracy'])}"
               + ("" if e["judge_majority_accuracy"] is None else f" (majority {fmt(e['judge_majority_accuracy'])})"))
-    out = {"spec": str(Path(args.spec).resolve().relative_to(ROOT)) if Path(args.spec).resolve().is_relative_to(ROOT)
-           else args.spec, "rungs": results}
+    out = {"spec": relative(args.spec), "rungs": results}
     if args.chain:
         out["oracle_chain"] = oracle_chain(judged_spec, judged, results, folder, args.reuse)
         print_chain(out["oracle_chain"], judged, fmt)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2))
-    print(f"wrote {args.out}")
+    write(out, args.out)
+
+
+def relative(path: str) -> str:
+    p = Path(path).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else path
+
+
+def write(out: dict, path: str) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(out, indent=2))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
