@@ -56,15 +56,17 @@ def progress_of(name, tracking_uri):
     return reg.load_progress() if reg else None
 
 
-def wait_for(name, tracking_uri, what, timeout_s=900.0, poll_s=1.0):
-    """Poll the ladder's saved progress until `what(progress)` holds; fail with the last progress."""
+def wait_for(name, tracking_uri, what, timeout_s=900.0, poll_s=1.0, near=None):
+    """Poll the ladder's saved progress until `what(progress)` holds; fail with the last progress. With `near`,
+    every second until `near(progress)` holds, then every `poll_s`: a poll costs this process and MLflow ~50 ms of
+    CPU, and a ladder's start (its engines, its first evaluation) takes a minute."""
     deadline, p = time.monotonic() + timeout_s, None
     while time.monotonic() < deadline:
         p = progress_of(name, tracking_uri)
         if p is not None and what(p):
             return p
         assert p is None or p.state.value != "failed", p.error
-        time.sleep(poll_s)
+        time.sleep(poll_s if near is None or (p is not None and near(p)) else max(poll_s, 1.0))
     pytest.fail(f"{name}: condition not reached in {timeout_s:.0f} s; last progress {p}")
 
 

@@ -52,7 +52,8 @@ def job_stop_mid_rung_one(env, name, sub, dashboard, uri) -> None:
     """`ray job stop` of the submission while rung 1 trains: a graceful stop (the step in flight ends and is
     checkpointed), nothing left running. The rung's trainer is paused (SIGSTOP) from its second step until the job
     has stopped: `ray job stop` takes seconds, a step of rung 1 under one (a run saw the stop land after the rung)."""
-    p = wait_for(name, uri, lambda p: p.rung == 1 and p.step >= 2, poll_s=0.2)
+    p = wait_for(name, uri, lambda p: p.rung == 1 and p.step >= 2, poll_s=0.2,
+                 near=lambda p: p.rung == 1 and p.phase.value == "train")
     with paused(actor_pid(dashboard, env, rf"{name}\.{p.job}\.trainer\..*")):
         ray_job_stop(env, dashboard, sub["submission"])
     stopped = wait_for(name, uri, lambda p: p.state.value == "stopped", timeout_s=300)

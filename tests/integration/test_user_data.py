@@ -105,7 +105,7 @@ def stop_now_at_first_checkpoint(env, name, uri, at):
 
     The controller's process is paused (SIGSTOP) from the checkpoint until the CLI's request is in MLflow: the
     CLI takes seconds to start, a step of rung 1 a fraction of one (a run saw the rung end before the stop)."""
-    p = wait_for(name, uri, lambda p: p.step >= 3 and p.checkpoint, poll_s=0.2)
+    p = wait_for(name, uri, lambda p: p.step >= 3 and p.checkpoint, poll_s=0.2, near=lambda p: p.phase.value == "train")
     stopped = stop_now_paused(env, name, uri, at, p.parent_run)
     assert stopped.rung == 1 and stopped.phase.value == "train", f"rung 1 ended before the stop: {stopped}"
     assert stopped.step % 3 == 0 and stopped.checkpoint.endswith(f"step-{stopped.step:05d}")
@@ -151,7 +151,7 @@ def take_over_in_the_gate(elsewhere, name, uri, at) -> dict:
     from ladder.registry.registry import Registry
 
     p = wait_for(name, uri, lambda p: p.rung == 1 and p.phase.value == "gate" and p.state.value == "running",
-                 poll_s=0.2)
+                 poll_s=0.2, near=lambda p: p.step >= RUNG1_STEPS - 3)
     reg = Registry.find(name, uri)
     record = Path(reg.load_spec(p.parent_run).workdir) / name / "local-job.json"
     old = json.loads(record.read_text())
@@ -167,7 +167,7 @@ def take_over_in_the_gate(elsewhere, name, uri, at) -> dict:
         while read_fence(reg)[0] == held:
             assert new.poll() is None, f"resume ended first: {new.communicate()[1][-3000:]}"
             assert time.monotonic() - t0 < 300, "the lease was not taken over in 300 s"
-            time.sleep(0.2)
+            time.sleep(0.5)
         took = time.monotonic() - t0
     out, err = new.communicate(timeout=1200)
     assert new.returncode == 0, (out[-2000:], err[-3000:])
