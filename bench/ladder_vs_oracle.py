@@ -7,6 +7,10 @@ Per rung: held-out accuracy at the start, after the model-judged rung and after 
 accuracy at the task, and the performance gap recovered, PGR = (judged - start) / (oracle - start): 1 means the
 model judge taught as much as the truth would have, 0 nothing, below 0 harm. Prints a table, writes JSON
 (bench/results/ladder_vs_oracle.json or `--out`).
+Under step votes (`judge.solve_steps`) the checker judges through the task's exact steps: the oracle's student
+distills exact worked answers where the judged one distills its judge's composed ones, the same recipe with a judge
+that never slips on a step (with rewards alone, the recipe's 2 samples a prompt and `filter` taught the demo's
+students nothing: bench/results/ladder_vs_oracle_seeds_rewards.json).
 With `--chain`, also the oracle chain: the whole ladder again with the exact checker as every rung's judge, each
 rung starting from the oracle chain's rung before (as `init: previous`; the base model with `init: base`), every
 version measured on the judged ladder's yardstick. Per rung the oracle chain's held-out and yardstick accuracy,
@@ -98,7 +102,7 @@ def oracle_chain(spec, judged: list[dict], per_rung: list[dict], folder: Path, r
     else:
         start = Registry.for_spec(spec).download(str(first["version"]), str(folder / "chain-v1"))
         for k in range(2, spec.rungs + 1):
-            one = oracle_spec(spec, k, start, name=f"{spec.name}-oracle-chain-r{k}")
+            one = oracle_spec(spec, k, start, name=f"{spec.name}-{chain_name(spec)}-r{k}")
             row = run_ladder(one, folder, reuse)[0]
             rungs.append({"rung": k, "start": row["start_accuracy"], "heldout": row["heldout_accuracy"],
                           "yardstick": row.get("yardstick")})
@@ -108,6 +112,13 @@ def oracle_chain(spec, judged: list[dict], per_rung: list[dict], folder: Path, r
     last_judged = max((r for r in judged if r["rung"] == spec.rungs), key=lambda r: r["version"])
     return {"rungs": rungs, "chain_recovered": pgr(rungs[0]["yardstick"], last_judged.get("yardstick"),
                                                    rungs[-1]["yardstick"])}
+
+
+def chain_name(spec) -> str:
+    """The oracle chain's ladders' name: `oracle-steps` where the checker teaches through step votes' exact steps
+    (a spec with `judge.solve_steps`: the checker's table is the task's arithmetic, its worked answers what the
+    student distills), `oracle-chain` where it gives rewards alone."""
+    return "oracle-steps" if spec.judge.mode == "solve" and spec.judge.solve_steps else "oracle-chain"
 
 
 def judged_raw(spec_path: str, spec, seed=None) -> dict:

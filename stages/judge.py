@@ -18,6 +18,7 @@ from stages.engine import EngineConfig, build_llm, load_model_into
 from stages.answers import DEFAULT_ANSWER_PATTERN
 from stages.scoring import (ModeSettings, Pairs, Scored, VerdictMode, VerdictTokens, checked, coverage, guided,
                              score_with)
+from stages.steps import exact_guide
 
 
 class JudgeError(ValueError):
@@ -246,9 +247,19 @@ class JudgePool:
         """Rewards for (prompt, response) pairs in the judge's mode; `groups` tie samples of one prompt."""
         if self.verifier is not None:
             items = list(zip(prompts, responses, references or [None] * len(prompts)))
-            return Scored(tuple(self.remote_verify(items) if self.verifies else self.local_verify(items)), 0, 0)
+            return Scored(tuple(self.remote_verify(items) if self.verifies else self.local_verify(items)), 0, 0,
+                          guides=self.exact_guides(prompts))
         groups = groups if groups is not None else list(range(len(prompts)))
         return self.cfg.score(self, Pairs(tuple(prompts), tuple(responses), tuple(groups)))
+
+    def exact_guides(self, prompts: list[str]) -> tuple:
+        """(A verifier pool given the task's exact `steps`, whose settings ask for guides: solve_guide or
+        solve_distill) each prompt's exact worked answer, `stages.steps.exact_guide`; () otherwise."""
+        settings = self.cfg.settings
+        wanted = getattr(settings, "solve_guide", False) or getattr(settings, "solve_distill", False)
+        if self.steps is None or not wanted:
+            return ()
+        return tuple(exact_guide(self.steps, p) for p in prompts)
 
     def local_verify(self, items: list) -> list[float]:
         """The verifier on `items` in this process (a pool without workers)."""

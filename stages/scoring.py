@@ -178,7 +178,10 @@ class SolveMode(ModeSettings):
                                        "(every view, solve_samples times), each step an agreeing answer wrote a "
                                        "vote; a prompt's label is the majority of the answers composed from each "
                                        "step's most common result along its views, its own worked answer what "
-                                       "guidance and distillation train on (stages/steps.py). 0: off.")
+                                       "guidance and distillation train on (stages/steps.py). With the task's own "
+                                       "checker as the judge (initial kind task), the task's exact steps: "
+                                       "guidance and distillation train on exact worked answers (the oracle of "
+                                       "step votes). 0: off.")
 
     @field_validator("solve_template")
     @classmethod

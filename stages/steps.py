@@ -31,6 +31,25 @@ Table = dict  # step -> its most common result (text)
 class StepRules:
     read: Callable[[str], list[tuple[Step, str]]]           # the (step, result) pairs a response wrote
     compose: Callable[[str, Table], Optional[str]]          # the prompt's worked answer from a table, or None
+    exact: Optional[Callable[[Step], str]] = None           # the task's own result of a step, where it has one
+
+
+class ExactTable(dict):
+    """Every step's result as the task itself works it (`StepRules.exact`): the table of a judge that never slips
+    on a step. With the task's checker as the judge, what solve_distill and solve_guide train on is then the
+    prompt's exact worked answer (`exact_guide`): step votes' ceiling (bench/ladder_vs_oracle.py)."""
+
+    def __init__(self, exact: Callable[[Step], str]):
+        super().__init__()
+        self.exact = exact
+
+    def get(self, step, default=None):
+        return self.exact(step)
+
+
+def exact_guide(rules: StepRules, prompt: str) -> Optional[str]:
+    """The prompt's worked answer with every step exact; None for a task that does not work its own steps."""
+    return rules.compose(prompt, ExactTable(rules.exact)) if rules.exact is not None else None
 
 
 def table_of(texts) -> Table:
@@ -102,4 +121,9 @@ def signed_sum_compose(prompt: str, table: Table) -> Optional[str]:
     return ",".join(steps) + f"#{total}"
 
 
-SIGNED_SUM_STEPS = StepRules(signed_sum_steps, signed_sum_compose)
+def signed_sum_exact(step: Step) -> str:
+    a, op, b = step
+    return str(a + b if op == "+" else a - b)
+
+
+SIGNED_SUM_STEPS = StepRules(signed_sum_steps, signed_sum_compose, signed_sum_exact)

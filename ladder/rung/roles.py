@@ -163,7 +163,7 @@ def build_judge_pool(spec, judge: ResolvedJudge, task: Task, seed: int, name_pre
 
     stages = stages if stages is not None else StageSet()
     if judge.kind == "verifier":
-        return verifier_pool(spec, verifier_of(judge, task), name_prefix, stages)
+        return verifier_pool(spec, verifier_of(judge, task), name_prefix, stages, exact_steps(spec, judge, task))
     stages.drop("verifier")
     cfg = JudgeConfig.from_spec(spec.judge, task.answer_pattern)
     chat, context = judge_prompts(spec, cfg, task, judge.location)
@@ -193,19 +193,31 @@ def step_prompts(task: Task, settings, seed: int) -> tuple[str, ...]:
     return tuple(e.prompt for e in random.Random(seed).sample(task.train, min(n, len(task.train)))) if n else ()
 
 
-def verifier_pool(spec, verifier, name_prefix: Optional[str], stages):
+def exact_steps(spec, judge: ResolvedJudge, task: Task):
+    """The task's own steps when its checker judges with step votes (`kind: task`, solve mode, `solve_steps`) and it
+    works them exactly (the built-in arithmetic): the student then learns the prompt's exact worked answer where a
+    model judge's table would give its composed one (`solve_distill`, `solve_guide`), step votes' oracle; else None."""
+    settings = spec.judge
+    if judge.location != TASK_CHECKER or settings.mode != "solve" or not settings.solve_steps:
+        return None
+    return task.steps if task.steps is not None and task.steps.exact is not None else None
+
+
+def verifier_pool(spec, verifier, name_prefix: Optional[str], stages, steps=None):
     """A pool that runs `verifier` on a `VerifierWorker` (an actor of no CPU of its own and no engine), taken over
     from `stages` where one runs: a verifier that hangs is timed out (`resources.step_timeout_s`) and replaced like
-    a judge worker, and `stop --now` kills it with the rest."""
+    a judge worker, and `stop --now` kills it with the rest. With the task's `steps` (`exact_steps`) its training
+    batches also get the prompts' exact worked answers as guides."""
     from stages.actors import spawn
-    from stages.judge import JudgePool, VerifierWorker
+    from stages.judge import JudgeConfig, JudgePool, VerifierWorker
 
     stages.drop("judges")
     start = lambda i=0: spawn(VerifierWorker, verifier, options={"num_cpus": 0},  # noqa: E731
                               name=actor_name(name_prefix, "verifier"), namespace="ladder")
     workers = stages.take("verifier", "verifier", 1, lambda w: w.set_verifier.remote(verifier), start,
                           spec.resources.step_timeout_s)
-    return JudgePool(workers, spec.judge_pool.batch_size, verifier=verifier,
+    cfg = JudgeConfig.from_spec(spec.judge) if steps is not None else None
+    return JudgePool(workers, spec.judge_pool.batch_size, verifier=verifier, cfg=cfg, steps=steps,
                      respawn=lambda: stages.start(start), max_replacements=spec.worker_replacements,
                      timeout_s=spec.resources.step_timeout_s)
 

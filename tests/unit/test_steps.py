@@ -143,3 +143,37 @@ def test_the_label_is_the_majority_of_the_answers_composed_along_each_order_of_t
     assert label.majority == "3" and own == "4+3=7,7-5=2,2+1=3#3"
     assert composed_label(forms, signed_sum_compose, table, "last_number", min_share=0.75)[0].abstained
     assert composed_label([GAP], signed_sum_compose, table, "last_number")[0].abstained  # nothing composes
+
+
+def test_the_tasks_checker_judging_with_step_votes_teaches_the_exact_worked_answers():
+    """Step votes' oracle (bench/ladder_vs_oracle.py): with the task's own checker as the judge (`kind: task`) the
+    table is the task's exact arithmetic, so distillation trains on each prompt's exact worked answer; a verifier
+    function (the demo's rung 1) or a judge without step votes keeps training on its rewards alone."""
+    from ladder.progress import TASK_CHECKER, ResolvedJudge
+    from ladder.rung.roles import exact_steps
+    from ladder.spec import parse_spec
+    from ladder.tasks import build_task
+    from stages.judge import JudgeConfig, JudgePool
+
+    def spec(initial, **judge):
+        return parse_spec({"name": "oracle", "rungs": 1, "student": {"base": "m"},
+                           "judge": {"initial": initial, "mode": "solve", "solve_distill": True, **judge},
+                           "task": {"source": {"kind": "builtin", "name": "arithmetic"}, "eval_size": 8},
+                           "train": {"advantage": "filter"}})
+
+    task = build_task(spec({"kind": "task"}).task, 0)
+    checker = ResolvedJudge("verifier", TASK_CHECKER, "task")
+    steps = exact_steps(spec({"kind": "task"}, solve_steps=64), checker, task)
+    assert steps is SIGNED_SUM_STEPS
+    function = ResolvedJudge("verifier", "ladder.tasks.arithmetic:exact", "verifier:ladder.tasks.arithmetic:exact")
+    assert exact_steps(spec({"kind": "verifier", "function": "ladder.tasks.arithmetic:exact"}, solve_steps=64),
+                       function, task) is None
+    assert exact_steps(spec({"kind": "task"}), checker, task) is None  # no step votes asked
+    cfg = JudgeConfig(SolveMode(solve_steps=64, solve_distill=True))
+    oracle = JudgePool([], 4, verifier=lambda p, r, ref: float(r.endswith("#3")), cfg=cfg, steps=steps)
+    judged = oracle.score(rollout([(HARD, ["#4", "#3"]), (GAP, ["#18", "#17"])]), guide=True)
+    assert judged.trainable == (False, True, False, True) and judged.guided == 2
+    assert [judged.rollout.samples[i].completion_text for i in (1, 3)] == ["4+1=5,5-5=0,0+3=3#3",
+                                                                           "9+9=18,18-1=17,17+2=19#19"]
+    rewards_only = JudgePool([], 4, verifier=lambda p, r, ref: float(r.endswith("#3")), cfg=cfg)
+    assert rewards_only.score(rollout([(HARD, ["#4", "#3"])]), guide=True).guided == 0
