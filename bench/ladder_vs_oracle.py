@@ -101,6 +101,7 @@ def oracle_chain(spec, judged: list[dict], per_rung: list[dict], folder: Path, r
                    "yardstick": e["oracle_yardstick"]} for e in per_rung[1:]]
     else:
         start = Registry.for_spec(spec).download(str(first["version"]), str(folder / "chain-v1"))
+        dirs = {1: start}
         for k in range(2, spec.rungs + 1):
             one = oracle_spec(spec, k, start, name=f"{spec.name}-{chain_name(spec)}-r{k}")
             row = run_ladder(one, folder, reuse)[0]
@@ -108,10 +109,11 @@ def oracle_chain(spec, judged: list[dict], per_rung: list[dict], folder: Path, r
                           "yardstick": row.get("yardstick")})
             if k < spec.rungs or keep_last:
                 reg = Registry.for_spec(load_spec(folder / f"{one['name']}.yaml"))  # written by run_ladder
-                start = reg.download(str(row["version"]), str(folder / f"chain-v{k}"))
+                start = dirs[k] = reg.download(str(row["version"]), str(folder / f"chain-v{k}"))
     last_judged = max((r for r in judged if r["rung"] == spec.rungs), key=lambda r: r["version"])
     return {"rungs": rungs, "chain_recovered": pgr(rungs[0]["yardstick"], last_judged.get("yardstick"),
-                                                   rungs[-1]["yardstick"])}
+                                                   rungs[-1]["yardstick"]),
+            **({"dirs": dirs} if keep_last and spec.student.init != "base" else {})}
 
 
 def chain_name(spec) -> str:
@@ -151,7 +153,8 @@ def seeded_chains(args, spec) -> dict:
         chain = oracle_chain(judged_spec, judged, [], folder, args.reuse, keep_last=True)
         last = max((r for r in judged if r["rung"] == judged_spec.rungs), key=lambda r: r["version"])
         last_dir = Registry.for_spec(judged_spec).download(str(last["version"]), str(folder / "judged-last"))
-        dirs = {"first": folder / "chain-v1", "judged": last_dir, "oracle": folder / f"chain-v{judged_spec.rungs}"}
+        chain_dirs = chain.pop("dirs")  # where the versions were downloaded to
+        dirs = {"first": chain_dirs[1], "judged": last_dir, "oracle": chain_dirs[judged_spec.rungs]}
         per_seed.append({"seed": seed, "judged_lineage": [{k: r.get(k) for k in LINEAGE_KEYS} for r in judged],
                          "oracle_chain": chain})
         runs += [(str(dirs[k]), judged_spec) for k in ("first", "judged", "oracle")]
