@@ -59,6 +59,11 @@ def run_ladder(spec: dict, folder: Path, reuse: bool) -> list[dict]:
     return lineage_rows(Registry.for_spec(loaded))
 
 
+def last_version(rows: list[dict], rung: int) -> dict:
+    """The rung's newest version, promoted or not (the last rung's result)."""
+    return max((r for r in rows if r["rung"] == rung), key=lambda r: r["version"])
+
+
 def promoted(rows: list[dict], rung: int) -> dict:
     found = [r for r in rows if r["rung"] == rung and r["status"] == "promoted"]
     if not found:
@@ -110,7 +115,7 @@ def oracle_chain(spec, judged: list[dict], per_rung: list[dict], folder: Path, r
             if k < spec.rungs or keep_last:
                 reg = Registry.for_spec(load_spec(folder / f"{one['name']}.yaml"))  # written by run_ladder
                 start = dirs[k] = reg.download(str(row["version"]), str(folder / f"chain-v{k}"))
-    last_judged = max((r for r in judged if r["rung"] == spec.rungs), key=lambda r: r["version"])
+    last_judged = last_version(judged, spec.rungs)
     return {"rungs": rungs, "chain_recovered": pgr(rungs[0]["yardstick"], last_judged.get("yardstick"),
                                                    rungs[-1]["yardstick"]),
             **({"dirs": dirs} if keep_last and spec.student.init != "base" else {})}
@@ -151,7 +156,7 @@ def seeded_chains(args, spec) -> dict:
         judged = run_ladder(raw, folder, args.reuse)
         judged_spec = load_spec(folder / f"{raw['name']}.yaml")
         chain = oracle_chain(judged_spec, judged, [], folder, args.reuse, keep_last=True)
-        last = max((r for r in judged if r["rung"] == judged_spec.rungs), key=lambda r: r["version"])
+        last = last_version(judged, judged_spec.rungs)
         last_dir = Registry.for_spec(judged_spec).download(str(last["version"]), str(folder / "judged-last"))
         chain_dirs = chain.pop("dirs")  # where the versions were downloaded to
         dirs = {"first": chain_dirs[1], "judged": last_dir, "oracle": chain_dirs[judged_spec.rungs]}
@@ -195,7 +200,7 @@ def print_chain(chain: dict, judged: list[dict], fmt) -> None:
           "rung 1")
 
 
-def main() -> None:
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--spec", default=str(ROOT / "examples" / "tiny.yaml"))
     ap.add_argument("--reuse", action="store_true", help="Read completed ladders from MLflow instead of rerunning.")
@@ -210,8 +215,38 @@ def main() -> None:
     args.out = args.out or str(ROOT / "bench" / "results" /
                                ("ladder_vs_oracle_seeds.json" if args.seeds else "ladder_vs_oracle.json"))
     args.spec, args.out = str(Path(args.spec).resolve()), str(Path(args.out).resolve())
-    os.chdir(ROOT)  # a spec's relative paths (workdir, models) are read from the repository root, as `make` does
+    return args
+
+
+def per_rung(spec, judged_spec, judged: list[dict], folder: Path, reuse: bool) -> list[dict]:
+    """Per rung of the judged ladder: its start and end, and for a model-judged rung the oracle rung from the same
+    start (the rung before's student, or the base model) with its performance gap recovered."""
     from ladder.registry.registry import Registry
+
+    reg = Registry.for_spec(judged_spec)
+    results = []
+    for k in range(1, judged_spec.rungs + 1):
+        row = promoted(judged, k) if k < judged_spec.rungs else last_version(judged, k)
+        entry = {"rung": k, "task": row["task"], "judged_by": row["judged_by"], "judge_mode": row["judge_mode"],
+                 "start": row["start_accuracy"], "judged": row["heldout_accuracy"],
+                 "judge_task_accuracy": row.get("judge_task_accuracy"),
+                 "judge_majority_accuracy": row.get("judge_majority_accuracy")}
+        if str(row["judged_by"]).startswith("verifier:"):
+            entry.update(oracle=row["heldout_accuracy"], pgr=1.0, note="judged by the verifier: the oracle itself")
+        else:
+            base = spec.student.base if judged_spec.student.init == "base" else \
+                reg.download(str(promoted(judged, k - 1)["version"]), str(folder / f"v-rung{k - 1}"))
+            oracle = run_ladder(oracle_spec(judged_spec, k, base), folder, reuse)[0]
+            entry.update(oracle=oracle["heldout_accuracy"], oracle_start=oracle["start_accuracy"],
+                         oracle_yardstick=oracle.get("yardstick"),
+                         pgr=pgr(row["start_accuracy"], row["heldout_accuracy"], oracle["heldout_accuracy"]))
+        results.append(entry)
+    return results
+
+
+def main() -> None:
+    args = parse_args()
+    os.chdir(ROOT)  # a spec's relative paths (workdir, models) are read from the repository root, as `make` does
     from ladder.spec import load_spec
 
     spec = load_spec(args.spec)
@@ -225,27 +260,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="ladder-vs-oracle-"))
     judged = run_ladder(raw, folder, args.reuse)
     judged_spec = load_spec(folder / f"{raw['name']}.yaml")
-    reg = Registry.for_spec(judged_spec)
-    results = []
-    for k in range(1, judged_spec.rungs + 1):
-        row = promoted(judged, k) if k < judged_spec.rungs else max(
-            (r for r in judged if r["rung"] == k), key=lambda r: r["version"])
-        entry = {"rung": k, "task": row["task"], "judged_by": row["judged_by"], "judge_mode": row["judge_mode"],
-                 "start": row["start_accuracy"], "judged": row["heldout_accuracy"],
-                 "judge_task_accuracy": row.get("judge_task_accuracy"),
-                 "judge_majority_accuracy": row.get("judge_majority_accuracy")}
-        if str(row["judged_by"]).startswith("verifier:"):
-            entry.update(oracle=row["heldout_accuracy"], pgr=1.0, note="judged by the verifier: the oracle itself")
-        else:
-            # the oracle rung starts where the judged rung did: the rung before's student, or the base model
-            base = spec.student.base if judged_spec.student.init == "base" else \
-                reg.download(str(promoted(judged, k - 1)["version"]), str(folder / f"v-rung{k - 1}"))
-            oracle_rows = run_ladder(oracle_spec(judged_spec, k, base), folder, args.reuse)
-            oracle = oracle_rows[0]
-            entry.update(oracle=oracle["heldout_accuracy"], oracle_start=oracle["start_accuracy"],
-                         oracle_yardstick=oracle.get("yardstick"),
-                         pgr=pgr(row["start_accuracy"], row["heldout_accuracy"], oracle["heldout_accuracy"]))
-        results.append(entry)
+    results = per_rung(spec, judged_spec, judged, folder, args.reuse)
     print(f"\n{'rung':>4}  {'task':<34} {'start':>6} {'judged':>7} {'oracle':>7} {'PGR':>6}  judge solves")
     for e in results:
         print(f"{e['rung']:>4}  {str(e['task'])[:34]:<34} {fmt(e['start']):>6} {fmt(e['judged']):>7} "

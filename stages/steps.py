@@ -48,8 +48,8 @@ class ExactTable(dict):
 
 
 def exact_guide(rules: StepRules, prompt: str) -> Optional[str]:
-    """The prompt's worked answer with every step exact; None for a task that does not work its own steps."""
-    return rules.compose(prompt, ExactTable(rules.exact)) if rules.exact is not None else None
+    """The prompt's worked answer with every step exact (`rules.exact` given)."""
+    return rules.compose(prompt, ExactTable(rules.exact))
 
 
 def table_of(texts) -> Table:
