@@ -36,7 +36,7 @@ def check_student_as_judge(spec) -> None:
     rung's own): a verdict word that is not one token for it fails here, in one line, not at the first gate after a
     rung of training (every candidate keeps the student's tokenizer)."""
     from ladder.errors import first_line
-    from ladder.rung.prompts import load_tokenizer
+    from ladder.rung.prompts import load_tokenizer, vocab_only
     from ladder.rung.roles import model_store
     from stages.judge import JudgeConfig, JudgeError, verdict_token_ids
     from stages.scoring import VerdictTokens
@@ -46,13 +46,29 @@ def check_student_as_judge(spec) -> None:
     configs = [cfg for cfg in configs if isinstance(cfg.settings, VerdictTokens)]
     if not configs:
         return
-    tokenizer = load_tokenizer(spec.student.base, model_store(spec), spec.trust_remote_code)
+    store = model_store(spec)
+    # its vocabulary alone first: a word it finds one token is one (milliseconds); what it refuses, or a model
+    # without a `tokenizer.json`, the full tokenizer decides (the one the gate's engines use)
+    light = None if spec.trust_remote_code else vocab_only(spec.student.base, store)
+    if light is not None and all(_verdict_ok(light, cfg) for cfg in configs):
+        return
+    tokenizer = load_tokenizer(spec.student.base, store, spec.trust_remote_code)
     for cfg in configs:
         try:
             verdict_token_ids(tokenizer, cfg)
         except JudgeError as err:
             raise JudgeError(f"{first_line(err, None)} (the student's tokenizer, {spec.student.base}: each "
                              f"candidate is measured as a judge at the gate)") from None
+
+
+def _verdict_ok(tokenizer, cfg) -> bool:
+    from stages.judge import JudgeError, verdict_token_ids
+
+    try:
+        verdict_token_ids(tokenizer, cfg)
+        return True
+    except JudgeError:
+        return False
 
 
 def check_local_models(spec) -> None:

@@ -82,6 +82,34 @@ def load_tokenizer(location: str, store=None, trust_remote_code: bool = False):
     return AutoTokenizer.from_pretrained(local, trust_remote_code=trust_remote_code)
 
 
+class VocabOnly:
+    """A model's `tokenizer.json` read by `tokenizers` alone, for what needs its vocabulary and nothing else (is a
+    word one token?): milliseconds, where `load_tokenizer` imports transformers and torch (~7 CPU-seconds in a
+    command that starts nothing else)."""
+
+    def __init__(self, path: str):
+        from tokenizers import Tokenizer
+
+        self.backend = Tokenizer.from_file(path)
+
+    def get_vocab(self) -> dict:
+        return self.backend.get_vocab(with_added_tokens=True)
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+
+
+def vocab_only(location: str, store=None) -> Optional[VocabOnly]:
+    """The model's `VocabOnly` tokenizer, or None where it has no `tokenizer.json` that `tokenizers` reads."""
+    import os
+
+    path = os.path.join(store.local(location) if store is not None else location, "tokenizer.json")
+    try:
+        return VocabOnly(path) if os.path.isfile(path) else None
+    except Exception:  # a file `tokenizers` cannot read: the full tokenizer says what is wrong
+        return None
+
+
 def model_limit(location: str, store=None) -> Optional[int]:
     """The model's own context limit (`max_position_embeddings` of its config), None when it says none."""
     import json
