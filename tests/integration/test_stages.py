@@ -51,7 +51,7 @@ def test_weight_sync_is_exact(ray_local, tiny_model, rollout_worker, engine_cfg,
     assert ray.get(rollout_worker.load_weights.remote(ref)) == ref.version
     synced = greedy_ids(ray, rollout_worker, PROMPTS)
     saved = ray.get(trainer.save.remote(str(tmp_path / "student")))
-    assert not loaded(ray, trainer, "sklearn")  # a stage process does without it (stages/models.py)
+    assert not loaded(ray, trainer, "sklearn") and not loaded(ray, trainer, "scipy")  # stages/models.py
     fresh = spawn(RolloutWorker, engine_cfg.__class__(**{**engine_cfg.__dict__, "model": saved}))
     try:
         fresh_ids = greedy_ids(ray, fresh, PROMPTS)
@@ -66,10 +66,10 @@ def loaded(ray, actor, module: str) -> bool:
     return ray.get(actor.__ray_call__.remote(lambda self: __import__("sys").modules.get(module) is not None))
 
 
-def test_engines_start_without_scikit_learn_or_triton(ray_local, rollout_worker, judge_worker):
-    """transformers would import scikit-learn in every engine process (about 1 s of CPU at each start) for
-    assisted decoding, which vLLM never runs, and vLLM's CPU build Triton, which it then disables (~2.3 s): the
-    engines leave both out and serve all the same."""
+def test_engines_start_without_unused_libraries(ray_local, rollout_worker, judge_worker):
+    """transformers and vLLM import scikit-learn and SciPy in every engine process (~2 CPU-s at each start) for
+    what vLLM never runs here, and vLLM's CPU build Triton, which it then disables (~2.3 s): the engines leave them
+    out and serve all the same."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -77,7 +77,7 @@ def test_engines_start_without_scikit_learn_or_triton(ray_local, rollout_worker,
     except PackageNotFoundError:
         cpu_build = False
     for worker in (rollout_worker, judge_worker):
-        assert not loaded(ray_local, worker, "sklearn")
+        assert not loaded(ray_local, worker, "sklearn") and not loaded(ray_local, worker, "scipy")
         assert loaded(ray_local, worker, "triton") is not cpu_build
     assert ray_local.get(rollout_worker.generate.remote(PROMPTS[:1], 1, 4, 0.0))[0][0].completion_ids
 
