@@ -183,8 +183,9 @@ def learn_step_table(pool, settings, prompts, steps, answer_pattern: str) -> dic
     from stages.steps import agrees, voted_table
 
     labels, written, _ = solve_labels(pool, settings, prompts, answer_pattern)
-    return voted_table((steps.read(text), agrees(label, text, answer_pattern))
-                       for label, outs in zip(labels, written) for text, _ in outs)
+    return voted_table(((steps.read(text), agrees(label, text, answer_pattern))
+                        for label, outs in zip(labels, written) for text, _ in outs),
+                       getattr(settings, "solve_step_votes", 0))
 
 
 class JudgePool:
@@ -223,7 +224,7 @@ class JudgePool:
                                  "answers")
             known, judge = self.tables if self.tables is not None else ({}, None)
             key = (judge, self.step_prompts, settings.solve_views, settings.solve_samples, settings.solve_temperature,
-                   settings.solve_max_tokens, answer_pattern)
+                   settings.solve_max_tokens, answer_pattern, settings.solve_step_votes)
             if judge is None or key not in known:
                 known[key] = learn_step_table(self, settings, self.step_prompts, self.steps, answer_pattern)
             self._table = known[key]

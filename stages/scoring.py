@@ -182,6 +182,16 @@ class SolveMode(ModeSettings):
                                        "checker as the judge (initial kind task), the task's exact steps: "
                                        "guidance and distillation train on exact worked answers (the oracle of "
                                        "step votes). 0: off.")
+    solve_step_votes: int = Field(
+        0, ge=0, le=1024, description="Step votes' confidence (with solve_steps): a step enters the judge's table "
+                                      "only where at least this many of its answers that agree with their prompt's "
+                                      "majority wrote it, with their most common result; a form of a prompt that "
+                                      "takes a step left out composes nothing, and a prompt none of whose forms "
+                                      "composes is abstained on. The judge's rare steps are where its table is wrong "
+                                      "(rung 2's student on operands 0-9: 154 of 412 steps wrong, most written "
+                                      "fewer than 5 times; at 5, 34 of 259, and its labels right 0.852 against "
+                                      "0.799; bench/label_quality.py). 0: every step any answer wrote, agreeing "
+                                      "answers' votes first.")
 
     @field_validator("solve_template")
     @classmethod

@@ -52,13 +52,15 @@ def exact_guide(rules: StepRules, prompt: str) -> Optional[str]:
     return rules.compose(prompt, ExactTable(rules.exact))
 
 
-def table_of(texts) -> Table:
-    """Each step's most common result over every step the texts wrote (ties: the first written)."""
+def table_of(texts, min_votes: int = 0) -> Table:
+    """Each step's most common result over every step the texts wrote (ties: the first written); a step they wrote
+    fewer than `min_votes` times is left out."""
     votes: dict[Step, Counter] = defaultdict(Counter)
     for steps in texts:
         for step, result in steps:
             votes[step][result] += 1
-    return {step: results.most_common(1)[0][0] for step, results in votes.items()}
+    return {step: results.most_common(1)[0][0] for step, results in votes.items()
+            if sum(results.values()) >= min_votes}
 
 
 def agrees(label: Label, text: str, answer_pattern: str) -> bool:
@@ -69,14 +71,17 @@ def agrees(label: Label, text: str, answer_pattern: str) -> bool:
         and normalized(answer) == label.majority
 
 
-def voted_table(answers) -> Table:
+def voted_table(answers, min_votes: int = 0) -> Table:
     """The table of the steps written by answers that agree with their prompt's majority (`agrees`: an answer the
     judge wrote alike for most forms of the prompt has its steps right far more often), backed, for a step only the
     others wrote, by every answer's votes. `answers`: (the (step, result) pairs one answer wrote, whether it agrees).
     On operands 0-9 a rung-1 student's table from agreeing answers composes a right label for 0.725 of held-out
     prompts against 0.664 from every answer's votes (its greedy answer: 0.586; bench/filter_online.py
-    --measure-labels)."""
+    --measure-labels). `min_votes` (judge.solve_step_votes): only the steps that at least that many agreeing
+    answers wrote, the others' votes left out."""
     answers = list(answers)
+    if min_votes:
+        return table_of((steps for steps, agreed in answers if agreed), min_votes)
     return {**table_of(steps for steps, _ in answers), **table_of(steps for steps, agreed in answers if agreed)}
 
 

@@ -177,3 +177,19 @@ def test_the_tasks_checker_judging_with_step_votes_teaches_the_exact_worked_answ
                                                                            "9+9=18,18-1=17,17+2=19#19"]
     rewards_only = JudgePool([], 4, verifier=lambda p, r, ref: float(r.endswith("#3")), cfg=cfg)
     assert rewards_only.score(rollout([(HARD, ["#4", "#3"])]), guide=True).guided == 0
+
+
+def test_a_step_too_few_agreeing_answers_wrote_is_left_out_of_the_table():
+    """`solve_step_votes`: a step enters the table only where that many answers agreeing with their prompt's
+    majority wrote it; the other answers' votes no longer fill in. HARD's first step, 4+1, is written by the four
+    answers of one training prompt: at 4 HARD composes as before, at 5 it composes nothing and is abstained on."""
+    from stages.steps import voted_table
+
+    answers = [([((2, "+", 2), "4")], True)] * 3 + [([((2, "+", 2), "5")], False)] * 5 + \
+              [([((3, "+", 3), "7")], False)] * 2
+    assert voted_table(answers) == {(2, "+", 2): "4", (3, "+", 3): "7"}  # agreeing votes first, the others fill in
+    assert voted_table(answers, min_votes=3) == {(2, "+", 2): "4"}
+    assert voted_table(answers, min_votes=4) == {}
+    assert pool(solve_step_votes=4).score(rollout([(HARD, ["#3", "#4"])])).scores == (1.0, 0.0)
+    judged = pool(solve_step_votes=5).score(rollout([(HARD, ["#3", "#4"])]))
+    assert judged.trainable == (False, False)
