@@ -12,7 +12,7 @@ views, answers read with the task's answer pattern); labels are `stages.scoring.
 reference; references only score the labels.
 Usage: python bench/label_quality.py --judge DIR [--committee DIR ...] --terms 4 --max-operand 7 [--prompts 512]
        [--split heldout|train] [--temperatures 0.3,0.7,1.0] [--samples 8] [--views 8] [--view-temperatures 0.5]
-       [--view-samples 2] [--rollout-temperature 1.0] [--step-prompts 1024] [--note TEXT] [--out F]
+       [--view-samples 2] [--rollout-temperature 1.0] [--step-prompts 1024] [--step-votes 0,5] [--note TEXT] [--out F]
 Writes bench/results/label_quality_<terms>x<max_operand>.json (or `--out`).
 """
 from __future__ import annotations
@@ -120,27 +120,32 @@ def reach(labels, diffs: Sequence[int], rollouts: Sequence[Sequence[Optional[str
             "breaks": sum(d < 0 for d in diffs) / n}
 
 
-def step_votes(pool, prompts, args, pattern: str) -> list[list[Optional[str]]]:
-    """Each prompt's step-votes label (`judge.solve_steps`) as one vote: the majority of the answers the judge's step
-    table composes along `--views` orders of its terms (`stages.steps.composed_label`, none where nothing composes),
-    the table learnt by the ladder's own `learn_step_table` from its answers to `--step-prompts` training
-    prompts (`--views` reorderings x `--view-samples` at the first view temperature)."""
+def step_votes(pool, prompts, args, pattern: str) -> dict[int, list[list[Optional[str]]]]:
+    """Each prompt's step-votes label (`judge.solve_steps`) as one vote, per `--step-votes` K
+    (`judge.solve_step_votes`): the majority of the answers the judge's step table composes along `--views` orders
+    of its terms (`stages.steps.composed_label`, none where nothing composes), the table the ladder's own
+    `voted_table` keeps from its answers to `--step-prompts` training prompts (`--views` reorderings x
+    `--view-samples` at the first view temperature), written once for every K."""
     from ladder.tasks.arithmetic import build
-    from stages.judge import learn_step_table
+    from stages.judge import step_answers
     from stages.scoring import SolveMode, views as forms_of
-    from stages.steps import SIGNED_SUM_STEPS, composed_label
+    from stages.steps import SIGNED_SUM_STEPS, composed_label, voted_table
 
     train = list({r.prompt: r for r in build(args.terms, args.max_operand, 4 * args.step_prompts, 1,
                                                    args.seed + 1).train}.values())[:args.step_prompts]
     cfg = SolveMode(solve_samples=args.view_samples, solve_temperature=args.view_temperatures[0],
                     solve_views=args.views, solve_max_tokens=args.max_tokens, solve_steps=len(train))
-    table = learn_step_table(pool, cfg, [r.prompt for r in train], SIGNED_SUM_STEPS, pattern)  # the ladder's own
-    labels = [composed_label(forms_of(pool, p, args.views), SIGNED_SUM_STEPS.compose, table, pattern)[0]
-              for p in prompts]
-    return [[label.majority] for label in labels]  # the ladder's label of each prompt, one vote
+    answers = step_answers(pool, cfg, [r.prompt for r in train], SIGNED_SUM_STEPS, pattern)  # the ladder's own
+    out = {}
+    for k in args.step_votes:
+        table = voted_table(answers, k)
+        labels = [composed_label(forms_of(pool, p, args.views), SIGNED_SUM_STEPS.compose, table, pattern)[0]
+                  for p in prompts]
+        out[k] = [[label.majority] for label in labels]  # the ladder's label of each prompt, one vote
+    return out
 
 
-def rules(greedy_views, sampled, view_sampled, committee, refs, greedy_right, args, steps=()) -> list[dict]:
+def rules(greedy_views, sampled, view_sampled, committee, refs, greedy_right, args, steps=None) -> list[dict]:
     """Every label rule of this run at every abstention threshold."""
     out = []
 
@@ -165,11 +170,12 @@ def rules(greedy_views, sampled, view_sampled, committee, refs, greedy_right, ar
             if n <= args.view_samples:
                 add(f"views{args.views} T={t} n={n}", [[a for v in p for a in v[:n]] for p in per_prompt],
                     temperature=t, samples=n, views=args.views)
-    if steps:
+    for k, votes in (steps or {}).items():
         out.append(score_rule(f"step votes ({args.step_prompts} prompts, views{args.views} T="
-                              f"{args.view_temperatures[0]} n={args.view_samples})", steps, refs, greedy_right, 0.0,
+                              f"{args.view_temperatures[0]} n={args.view_samples}"
+                              f"{f', steps >= {k} votes' if k else ''})", votes, refs, greedy_right, 0.0,
                               rollouts, temperature=args.view_temperatures[0], samples=args.view_samples,
-                              views=args.views, step_prompts=args.step_prompts))
+                              views=args.views, step_prompts=args.step_prompts, step_votes=k))
     if committee:
         members = len(committee) + 1
         add(f"committee{members} greedy", [[m[i][0][0] for m in [greedy_views, *committee]] for i in range(len(refs))],
@@ -248,7 +254,7 @@ def measure(args) -> dict:
     greedy_right = [same_answer(p[0][0], r) for p, r in zip(greedy_views, refs)]
     sampled = {t: ask(args.samples, t, 1) for t in args.temperatures}
     view_sampled = {t: ask(args.view_samples, t, args.views) for t in args.view_temperatures}
-    steps = step_votes(pool, prompts, args, DEFAULT_ANSWER_PATTERN) if args.step_prompts else []
+    steps = step_votes(pool, prompts, args, DEFAULT_ANSWER_PATTERN) if args.step_prompts else {}
     print(f"all samples: {time.perf_counter() - t0:.0f} s", flush=True)
     committee = []
     for member in args.committee:
@@ -309,6 +315,8 @@ def main() -> None:
     ap.add_argument("--view-samples", type=int, default=2, help="Most samples per view at each view temperature.")
     ap.add_argument("--step-prompts", type=int, default=1024,
                     help="Training prompts the step-votes rule's table is learnt from (judge.solve_steps); 0: no rule.")
+    ap.add_argument("--step-votes", type=lambda t: [int(x) for x in t.split(",")], default=[0],
+                    help="judge.solve_step_votes values, a step-votes rule each (0: every step any answer wrote).")
     ap.add_argument("--out", default=None)
     ap.add_argument("--note", default="", help="Written into the JSON (which judge this is, the machine).")
     args = ap.parse_args()

@@ -179,13 +179,21 @@ def load_verifier(path: str) -> Callable[[str, str, Optional[str]], float]:
 def learn_step_table(pool, settings, prompts, steps, answer_pattern: str) -> dict:
     """A judge's table of step results (`stages.steps.voted_table`) from its answers to `prompts` (every view,
     `solve_samples` times), written through `pool` (a `JudgePool`, or anything with its `map`, `chat`, `views`)."""
+    from stages.steps import voted_table
+
+    return voted_table(step_answers(pool, settings, prompts, steps, answer_pattern),
+                       getattr(settings, "solve_step_votes", 0))
+
+
+def step_answers(pool, settings, prompts, steps, answer_pattern: str) -> list:
+    """The judge's answers to `prompts` as `voted_table` reads them: (the steps one answer wrote, whether it agrees
+    with its prompt's majority)."""
     from stages.scoring import solve_labels
-    from stages.steps import agrees, voted_table
+    from stages.steps import agrees
 
     labels, written, _ = solve_labels(pool, settings, prompts, answer_pattern)
-    return voted_table(((steps.read(text), agrees(label, text, answer_pattern))
-                        for label, outs in zip(labels, written) for text, _ in outs),
-                       getattr(settings, "solve_step_votes", 0))
+    return [(steps.read(text), agrees(label, text, answer_pattern))
+            for label, outs in zip(labels, written) for text, _ in outs]
 
 
 class JudgePool:

@@ -27,18 +27,28 @@ def refusing_port():
         yield s.getsockname()[1]
 
 
-def wait_http(url: str, proc, timeout_s: float = 180.0) -> None:
-    """Until `url` answers (any HTTP status counts: an auth-protected server is up)."""
+class ServerExited(AssertionError):
+    """The server's process ended before it answered (a port taken meanwhile: it cannot listen there)."""
+
+
+def wait_http(url: str, proc, timeout_s: float = 180.0, expect: bytes = b"") -> None:
+    """Until `url` answers: any HTTP status counts (an auth-protected server is up), or, with `expect`, only a 200
+    whose body starts with it, so that another server that took the port meanwhile (a Ray dashboard, whose token
+    authentication answers 401) is not taken for this one."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        assert proc.poll() is None, f"server exited with {proc.returncode}"
+        if proc.poll() is not None:
+            raise ServerExited(f"server exited with {proc.returncode}")
         try:
-            urllib.request.urlopen(url, timeout=2)
-            return
+            with urllib.request.urlopen(url, timeout=2) as res:
+                if res.read(len(expect)) == expect:
+                    return
         except urllib.error.HTTPError:
-            return
+            if not expect:
+                return
         except OSError:
-            time.sleep(0.5)
+            pass
+        time.sleep(0.5)
     pytest.fail(f"{url} did not come up in {timeout_s:.0f} s")
 
 
@@ -59,18 +69,33 @@ class MlflowServer:
     again on the same port and store (an outage) by process group."""
 
     def __init__(self, store: Path, mlflow_bin: str, port: int = 0):
-        self.store, self.bin, self.port = Path(store), mlflow_bin, port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.store, self.bin, self.chosen, self.port = Path(store), mlflow_bin, not port, port or free_port()
         self.proc = None
 
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
     def start(self) -> "MlflowServer":
-        self.proc = subprocess.Popen(
-            [self.bin, "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{self.store / 'mlflow.db'}",
-             "--artifacts-destination", str(self.store / "art")],
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no idle job consumers on 2 cores
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        wait_http(f"{self.url}/health", self.proc)
+        """Start it and wait for its own answer (`/health`: OK). A free port let go of can be taken before the server
+        binds it (a Ray head's processes bind ports of the system's choosing; one answered a run's MLflow calls with
+        401): at its first start the server then moves to another free port; a restart keeps its port."""
+        for attempt in range(3):
+            self.proc = subprocess.Popen(
+                [self.bin, "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+                 "--backend-store-uri", f"sqlite:///{self.store / 'mlflow.db'}",
+                 "--artifacts-destination", str(self.store / "art")],
+                env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no idle job consumers on 2 cores
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            try:
+                wait_http(f"{self.url}/health", self.proc, expect=b"OK")
+            except ServerExited:
+                if not self.chosen or attempt == 2:
+                    raise
+                self.port = free_port()
+                continue
+            self.chosen = False  # from now on its URL is known to the tests: a restart keeps the port
+            return self
         return self
 
     def stop(self, grace_s: float = 20.0) -> None:
