@@ -181,8 +181,7 @@ def learn_step_table(pool, settings, prompts, steps, answer_pattern: str) -> dic
     `solve_samples` times), written through `pool` (a `JudgePool`, or anything with its `map`, `chat`, `views`)."""
     from stages.steps import voted_table
 
-    return voted_table(step_answers(pool, settings, prompts, steps, answer_pattern),
-                       getattr(settings, "solve_step_votes", 0))
+    return voted_table(step_answers(pool, settings, prompts, steps, answer_pattern), settings.solve_step_votes)
 
 
 def step_answers(pool, settings, prompts, steps, answer_pattern: str) -> list:

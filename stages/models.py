@@ -40,15 +40,18 @@ def without_unused_libraries() -> None:
     on a machine without them (both libraries import them only where they are available): ~4 of an engine start's
     ~14 CPU-seconds. A process that has loaded one already keeps it; a verifier, a user's code, runs on a worker
     of its own. A CUDA build of vLLM keeps Triton."""
+    for name in UNUSED_LIBRARIES + (("triton",) if vllm_cpu_build() else ()):
+        sys.modules.setdefault(name, None)
+
+
+def vllm_cpu_build() -> bool:
+    """Whether the vLLM installed is its CPU build (the `vllm-cpu` distribution)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    for name in UNUSED_LIBRARIES:
-        sys.modules.setdefault(name, None)
     try:
-        version("vllm-cpu")
+        return bool(version("vllm-cpu"))
     except PackageNotFoundError:
-        return
-    sys.modules.setdefault("triton", None)
+        return False
 
 
 def not_found(exc: BaseException) -> bool:

