@@ -28,10 +28,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec || true
 	touch $(STAMP)
 
-# two test processes (pytest-xdist), a module to each at a time, the longest modules first (tests/conftest.py):
-# engine starts, model loads and MLflow round trips of one leave a core idle that the other fills. Three measured no
-# faster on 2 cores (the cores were busy 95% of the run; every test took ~1.6 times as long)
-TEST_PROCS ?= 2
+# three test processes (pytest-xdist), a module to each at a time, the longest modules first (tests/conftest.py): the
+# service modules wait on ladders, kills and restarts (test_service and test_user_data alone keep 0.96 of 2 cores
+# busy), and a third process fills what two leave idle: 18:44 against 19:50 with two on one 2-core machine (on one
+# whose process starts ran ~1.9 times slower, where the cores were busy 95% of the run, three measured no faster)
+TEST_PROCS ?= 3
 PYTEST_ARGS ?=  # more pytest options, e.g. PYTEST_ARGS=--durations=0
 test: setup
 	$(PY) -m pytest tests -v -n $(TEST_PROCS) --dist loadfile --no-loadscope-reorder --timeout=3600 --durations=30 \

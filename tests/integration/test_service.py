@@ -102,36 +102,6 @@ def test_submit_jobstop_status_promote_stop_resume(tiny_model, ray_head, mlflow_
     assert Registry.find(name, mlflow_server).load_spec(stopped.parent_run).workdir == "w"
 
 
-def test_cli_errors_are_one_line(tiny_model, ray_head, mlflow_server, tmp_path):
-    from ladder.progress import Progress, State
-    from ladder.registry.registry import Registry
-
-    env, dashboard, gcs = ray_head
-    track = ["--tracking-uri", mlflow_server]
-    spec = service_spec(tiny_model, tmp_path / "w", "svc-errors", mlflow_server)
-    reg = Registry("svc-done", mlflow_server)  # a ladder that has ended: nothing is pending
-    parent = reg.start_ladder_run(__import__("ladder.spec", fromlist=["load_spec"]).load_spec(spec), "j1")
-    reg.save_progress(Progress("svc-done", "j1", state=State.COMPLETED, parent_run=parent))
-    with refusing_port() as closed:  # nothing answers there, and no server another test starts can take it
-        cases = {
-            "unknown ladder": (["status", "no-such-ladder", *track], "no ladder named 'no-such-ladder'"),
-            "unknown version": (["promote", "svc-done", "99", *track], "has no version 99"),
-            "no decision pending": (["promote", "svc-done", *track], "no decision pending"),
-            "not running": (["stop", "svc-done", *track], "is not running"),
-            "unreachable": (["submit", str(spec), "--address", f"http://127.0.0.1:{closed}"], "unreachable"),
-            "wrong token": (["submit", str(spec), "--address", dashboard], "refused the token"),
-            "no token": (["submit", str(spec), "--address", dashboard], "none was given"),
-            "dashboard address for run": (["run", str(spec), "--address", dashboard], "dashboard's address"),
-        }
-        for what, (args, expected) in cases.items():
-            run_env = {**env, "RAY_AUTH_TOKEN": "wrong"} if what == "wrong token" else \
-                {k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN"} if what == "no token" else env
-            res = ladder(run_env, *args, check=False, timeout=300)
-            assert res.returncode == 2, f"{what}: exit {res.returncode}: {res.stderr[-1500:]}"
-            lines = res.stderr.strip().splitlines()
-            assert len(lines) == 1 and expected in lines[0] and "Traceback" not in res.stderr, f"{what}: {res.stderr}"
-
-
 def test_five_faults_in_one_service_ladder(tiny_model, ray_head, mlflow_proc, tmp_path, fault_figures):
     """Five faults in one ladder. SIGKILL the trainer in rung 1: the rung restarts from its checkpoint on a new
     trainer and the rollout engine that outlived it. SIGKILL the driver of the `ladder run`: the ladder goes on.
@@ -192,3 +162,33 @@ def test_five_faults_in_one_service_ladder(tiny_model, ray_head, mlflow_proc, tm
                   f"Ray restarted it; it re-entered the rung from its last checkpoint against the pinned judge, rung 1's version "
                   f"(parse failures < 0.5 every step); checkpoint {recovery:.0f} s after the kill; every rung-2 "
                   f"step logged once (checkpoint interval {every}); one version per rung")
+
+
+def test_cli_errors_are_one_line(tiny_model, ray_head, mlflow_server, tmp_path):
+    from ladder.progress import Progress, State
+    from ladder.registry.registry import Registry
+
+    env, dashboard, gcs = ray_head
+    track = ["--tracking-uri", mlflow_server]
+    spec = service_spec(tiny_model, tmp_path / "w", "svc-errors", mlflow_server)
+    reg = Registry("svc-done", mlflow_server)  # a ladder that has ended: nothing is pending
+    parent = reg.start_ladder_run(__import__("ladder.spec", fromlist=["load_spec"]).load_spec(spec), "j1")
+    reg.save_progress(Progress("svc-done", "j1", state=State.COMPLETED, parent_run=parent))
+    with refusing_port() as closed:  # nothing answers there, and no server another test starts can take it
+        cases = {
+            "unknown ladder": (["status", "no-such-ladder", *track], "no ladder named 'no-such-ladder'"),
+            "unknown version": (["promote", "svc-done", "99", *track], "has no version 99"),
+            "no decision pending": (["promote", "svc-done", *track], "no decision pending"),
+            "not running": (["stop", "svc-done", *track], "is not running"),
+            "unreachable": (["submit", str(spec), "--address", f"http://127.0.0.1:{closed}"], "unreachable"),
+            "wrong token": (["submit", str(spec), "--address", dashboard], "refused the token"),
+            "no token": (["submit", str(spec), "--address", dashboard], "none was given"),
+            "dashboard address for run": (["run", str(spec), "--address", dashboard], "dashboard's address"),
+        }
+        for what, (args, expected) in cases.items():
+            run_env = {**env, "RAY_AUTH_TOKEN": "wrong"} if what == "wrong token" else \
+                {k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN"} if what == "no token" else env
+            res = ladder(run_env, *args, check=False, timeout=300)
+            assert res.returncode == 2, f"{what}: exit {res.returncode}: {res.stderr[-1500:]}"
+            lines = res.stderr.strip().splitlines()
+            assert len(lines) == 1 and expected in lines[0] and "Traceback" not in res.stderr, f"{what}: {res.stderr}"
