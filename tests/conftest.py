@@ -17,7 +17,7 @@ The rules every test here keeps, because `make test` must pass on any fresh x86 
    `mlflow server`) listen on 127.0.0.1 on free ports and are stopped by their process group id, and
    pytest keeps a lock on the session's temp dir (retention policy "failed", not "none", under which a
    second pytest run beside this one deletes its files mid-run).
-4. `make test` runs three test processes (pytest-xdist), each taking a whole module at a time (`MODULE_ORDER`
+4. `make test` runs two test processes (pytest-xdist), each taking a whole module at a time (`MODULE_ORDER`
    below): module fixtures stay in one process. The processes share only the test model (built once, under a
    lock, by the first that asks) and the SmolLM2 folder; everything else a test starts is its own.
 """
@@ -82,19 +82,18 @@ def fault_figures(record_property):
     return lambda fault, figures: record_property(FAULT, (fault, figures))
 
 
-# The order a run's test processes (`make test` starts three, pytest-xdist, a module to one process) take the
-# modules in, with the seconds each took in a run of three processes on 2 cores. The longest first, so no process
-# waits alone at the end, except that what needs no test model (the pretrained model's tests, the unit tests) comes
-# right after the first module: one process builds the test model (~3 min) while the others run those. Unlisted
-# modules run last.
+# The order a run's test processes (`make test` starts two, pytest-xdist, a module to one process) take the
+# modules in, with the seconds each took in a run on 2 cores. The longest first, so no process waits alone at the
+# end, except that what needs no test model (the pretrained model's tests, the unit tests) comes right after the
+# first module: one process builds the test model (~3 min) while the other runs those. Unlisted modules run last.
 MODULE_ORDER = [
-    ("integration/test_service.py", 735), ("integration/test_pretrained.py", 285), ("unit", 225),
-    ("integration/test_rung.py", 515), ("integration/test_user_data.py", 365), ("integration/test_stages.py", 345),
-    ("integration/test_ladder.py", 210), ("integration/test_tensor_parallel.py", 180),
-    ("integration/test_placement.py", 85), ("integration/test_train_group.py", 80),
-    ("integration/test_controller_faults.py", 80), ("integration/test_weight_sync.py", 65),
-    ("integration/test_mlflow_auth.py", 55), ("integration/test_integrity.py", 45),
-    ("integration/test_mlflow_models.py", 35),
+    ("integration/test_service.py", 615), ("integration/test_pretrained.py", 205), ("unit", 170),
+    ("integration/test_rung.py", 350), ("integration/test_user_data.py", 210), ("integration/test_stages.py", 195),
+    ("integration/test_tensor_parallel.py", 140), ("integration/test_ladder.py", 135),
+    ("integration/test_controller_faults.py", 60), ("integration/test_placement.py", 60),
+    ("integration/test_train_group.py", 60), ("integration/test_weight_sync.py", 35),
+    ("integration/test_mlflow_auth.py", 35), ("integration/test_integrity.py", 25),
+    ("integration/test_mlflow_models.py", 20),
 ]
 
 
@@ -111,7 +110,8 @@ def pytest_collection_modifyitems(items):
 def pytest_xdist_make_scheduler(config, log):
     """With `--dist loadfile` (`make test`), a test process is given its next module once it has one test left to run,
     not two (pytest-xdist's own rule): by two, the module after test_service went, ~4 minutes early, to the process
-    still running test_service's fault scenario, and that process ran ~100 s past the others at the end."""
+    still running test_service's fault scenario, and that process ran ~100 s past the others at the end (a run of
+    three processes)."""
     if config.getoption("dist") != "loadfile":
         return None
     from xdist.scheduler import LoadFileScheduling
